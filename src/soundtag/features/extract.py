@@ -1,0 +1,235 @@
+"""Feature extraction over a whole manifest: decode in worker processes, log-mel in batches.
+
+Decoding (soundfile + soxr + trim) is per file and runs in PyTorch DataLoader workers; the
+log-mel runs in the main process on batches, on the CPU or a GPU. Only clips missing from the
+store are computed. A clip that cannot be decoded is listed in the failures report and the
+run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soundtag import audio
+from soundtag._io import atomic_write_text
+from soundtag.errors import AudioError
+from soundtag.features.melspec import LogMel
+from soundtag.features.recipe import Recipe
+from soundtag.features.store import FeatureStore, clip_key
+from soundtag.manifest import Clip, Manifest
+
+# Samples in one padded log-mel batch: bounds memory when a batch mixes short and very long
+# clips (600 s at 44.1 kHz is 26M samples).
+MAX_BATCH_SAMPLES = 1 << 23
+
+
+@dataclass(frozen=True)
+class Failure:
+    clip_id: str
+    path: str
+    reason: str
+    message: str
+
+
+@dataclass
+class ExtractionSummary:
+    """What one extraction run did."""
+
+    recipe: str
+    store: Path
+    clips: int = 0
+    computed: int = 0
+    cached: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)
+    failures_csv: Path | None = None
+
+    @property
+    def clips_per_second(self) -> float:
+        """Clips handled (computed, cached or failed) per second of wall time."""
+        return self.clips / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def hours(self) -> float:
+        return self.audio_seconds / 3600
+
+
+def decode_for_recipe(path: str | Path, recipe: Recipe) -> audio.Waveform:
+    """Decode a clip and crop or pad it as the recipe's view stores it.
+
+    LH keeps the head (``view.duration`` seconds, centre-padded when shorter); X keeps the
+    whole clip, centre-padded to at least one chunk.
+    """
+    wav = audio.load(path, sample_rate=recipe.audio.sample_rate, trim_db=recipe.audio.trim_db,
+                     max_duration=recipe.audio.max_duration)
+    n = recipe.view_samples
+    wav.samples = audio.head(wav.samples, n) if recipe.view.kind == "lh" else audio.pad_center(wav.samples, n)
+    return wav
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, clips: list[Clip], recipe: Recipe):
+        self.clips, self.recipe = clips, recipe
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        clip = self.clips[i]
+        try:
+            return i, decode_for_recipe(clip.path, self.recipe), None
+        except AudioError as exc:
+            return i, None, Failure(clip.id, clip.path, exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the run
+            return i, None, Failure(clip.id, clip.path, "error", f"{clip.path}: {type(exc).__name__}: {exc}")
+
+
+def _sub_batches(items: list, max_samples: int) -> list[list]:
+    """Group decoded clips by length so that each padded batch stays under ``max_samples``."""
+    items = sorted(items, key=lambda it: it[1].samples.shape[0])
+    groups, current = [], []
+    for it in items:
+        longest = it[1].samples.shape[0]
+        if current and longest * (len(current) + 1) > max_samples:
+            groups.append(current)
+            current = []
+        current.append(it)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def extract_features(
+    manifest: Manifest,
+    recipe: Recipe,
+    *,
+    cache_dir: str | Path,
+    workers: int = 2,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[FeatureStore, ExtractionSummary]:
+    """Compute the recipe's view features for every clip of ``manifest`` not yet in the store.
+
+    Parameters
+    ----------
+    manifest : clips to compute
+    recipe : decides the audio handling, the log-mel and the crop
+    cache_dir : folder of feature stores (one sub-folder per feature config)
+    workers : decoding processes (0 decodes in this process)
+    batch_size : clips per log-mel batch
+    device : where the log-mel runs (``"cpu"``, ``"cuda"``)
+    progress : show a progress bar
+
+    Returns
+    -------
+    store : the opened :class:`FeatureStore`, holding every clip that could be decoded
+    summary : counts, hours of audio, speed and the failures (also written to
+        ``<store>/failures.csv``)
+    """
+    start = time.perf_counter()
+    store = FeatureStore.open(cache_dir, recipe)
+    summary = ExtractionSummary(recipe.name, store.path, clips=len(manifest))
+    keys: list[str] = []
+    todo: list[Clip] = []
+    for clip in manifest:
+        try:
+            key = clip_key(clip.path)
+        except OSError:
+            summary.failures.append(Failure(clip.id, clip.path, "missing",
+                                            f"{clip.path}: no such file; check the path in the manifest"))
+            continue
+        if key in store:
+            summary.cached += 1
+            summary.audio_seconds += store.entries[key].duration
+        else:
+            keys.append(key)
+            todo.append(clip)
+
+    if todo:
+        _compute(todo, keys, recipe, store, summary, workers=workers, batch_size=batch_size,
+                 device=device, progress=progress)
+    summary.wall_seconds = time.perf_counter() - start
+    summary.failures_csv = _write_failures(store.path / "failures.csv", summary.failures)
+    return store, summary
+
+
+def _compute(todo, keys, recipe, store, summary, *, workers, batch_size, device, progress) -> None:
+    logmel = LogMel(sample_rate=recipe.audio.sample_rate, n_fft=recipe.features.n_fft,
+                    hop_length=recipe.features.hop_length, n_mels=recipe.features.n_mels,
+                    fmin=recipe.features.fmin, fmax=recipe.features.fmax,
+                    top_db=recipe.features.top_db).to(device)
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(todo, recipe), batch_size=batch_size, num_workers=workers, collate_fn=list,
+        prefetch_factor=4 if workers else None)
+    with _progress(progress, len(todo), f"features {recipe.name}") as advance, store.writer() as writer:
+        for batch in loader:
+            decoded = []
+            for i, wav, failure in batch:
+                if failure is not None:
+                    summary.failures.append(failure)
+                else:
+                    decoded.append((i, wav))
+            for group in _sub_batches(decoded, MAX_BATCH_SAMPLES):
+                _compute_group(group, logmel, device, writer, keys, todo, summary)
+            advance(len(batch))
+
+
+def _compute_group(group, logmel: LogMel, device, writer, keys, todo, summary) -> None:
+    lengths = torch.tensor([wav.samples.shape[0] for _, wav in group])
+    batch = torch.zeros(len(group), int(lengths.max()))
+    for row, (_, wav) in enumerate(group):
+        batch[row, : wav.samples.shape[0]] = torch.from_numpy(wav.samples)
+    with torch.no_grad():
+        specs = logmel(batch.to(device), lengths).cpu().numpy()
+    hop = logmel.hop_length
+    for row, (i, wav) in enumerate(group):
+        frames = 1 + int(lengths[row]) // hop
+        source_seconds = wav.source_duration
+        writer.add(keys[i], todo[i].id, specs[row, :, :frames], duration=source_seconds, notes=wav.notes)
+        summary.computed += 1
+        summary.audio_seconds += source_seconds
+        summary.notes.update(note.split(" ")[0] for note in wav.notes)
+
+
+def _write_failures(path: Path, failures: list[Failure]) -> Path:
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["clip_id", "path", "reason", "message"])
+    for f in failures:
+        out.writerow([f.clip_id, f.path, f.reason, f.message])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+class _progress:
+    """A rich progress bar, or nothing when disabled; yields an ``advance(n)`` function."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled and total > 0, total, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn())
+        self.bar.start()
+        task = self.bar.add_task(self.label, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()

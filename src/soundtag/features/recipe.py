@@ -1,0 +1,194 @@
+"""Recipes: YAML files, validated by pydantic, that fix every parameter of a view.
+
+A recipe names the audio handling, the log-mel parameters and the view (LH: head crop; X:
+overlapping chunks of the whole clip). Built-in recipes live in ``soundtag/recipes/*.yaml``;
+a user's own YAML file is loaded the same way. A key that does not exist is an error naming
+the key and the nearest valid one, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from soundtag.errors import ParameterError
+
+# Bump when the meaning of stored features changes, so old caches are not read as current.
+FEATURE_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioConfig(_Section):
+    sample_rate: int = Field(gt=0, description="rate the audio is resampled to, Hz")
+    trim_db: float | None = Field(60.0, gt=0, description="librosa.effects.trim top_db; null: no trim")
+    max_duration: float = Field(600.0, gt=0, description="seconds read at most from one file")
+
+
+class FeatureConfig(_Section):
+    n_fft: int = Field(gt=0)
+    hop_length: int = Field(gt=0)
+    n_mels: int = Field(gt=0)
+    fmin: float = Field(20.0, ge=0)
+    fmax: float | None = Field(None, gt=0, description="null means sample_rate / 2")
+    top_db: float | None = Field(80.0, gt=0)
+
+
+class ViewConfig(_Section):
+    kind: Literal["lh", "x"]
+    duration: float = Field(gt=0, description="LH: seconds of the head; X: seconds per chunk")
+    overlap: float = Field(0.1, ge=0, lt=1, description="X: fraction shared by neighbouring chunks")
+    min_tail: float = Field(0.2, ge=0, le=1, description="X: a tail shorter than this fraction of a chunk is dropped")
+    normalization: Literal["per_sample", "per_feature", "none"] = "per_sample"
+
+
+class Recipe(_Section):
+    """A complete, validated recipe. Build with :func:`load_recipe`."""
+
+    name: str
+    description: str = ""
+    audio: AudioConfig
+    features: FeatureConfig
+    view: ViewConfig
+    validation: Literal["verified_only", "all"] = "all"
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Recipe":
+        nyquist = self.audio.sample_rate / 2
+        fmax = self.features.fmax if self.features.fmax is not None else nyquist
+        if not self.features.fmin < fmax <= nyquist:
+            raise ValueError(f"features.fmin={self.features.fmin} and features.fmax={fmax} must "
+                             f"satisfy fmin < fmax <= sample_rate/2 = {nyquist}")
+        if self.features.hop_length > self.features.n_fft:
+            raise ValueError(f"features.hop_length={self.features.hop_length} must not exceed "
+                             f"features.n_fft={self.features.n_fft}")
+        return self
+
+    # --- derived quantities --------------------------------------------------------------
+    @property
+    def view_samples(self) -> int:
+        """Samples in the LH head or in one X chunk."""
+        return int(round(self.view.duration * self.audio.sample_rate))
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames in one X chunk (``duration * sample_rate // hop_length``)."""
+        return self.view_samples // self.features.hop_length
+
+    @property
+    def chunk_step(self) -> int:
+        """Frames between the starts of neighbouring X chunks."""
+        return max(1, int(round(self.chunk_frames * (1 - self.view.overlap))))
+
+    def feature_key(self) -> dict[str, Any]:
+        """Everything that decides the stored features (and nothing that does not)."""
+        crop = {"kind": self.view.kind}
+        # The LH store keeps only the head; the X store keeps the whole clip padded to a chunk.
+        crop["samples"] = self.view_samples
+        return {"version": FEATURE_VERSION, "audio": self.audio.model_dump(),
+                "features": self.features.model_dump(), "crop": crop}
+
+    def feature_hash(self) -> str:
+        text = json.dumps(self.feature_key(), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in recipes."""
+    folder = resources.files("soundtag") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Load a built-in recipe by name, or a YAML file by path, and apply overrides.
+
+    Parameters
+    ----------
+    name_or_path : ``fsd2018-lh``, ``esc50-x``... (see :func:`list_recipes`) or a YAML path
+    overrides : ``section.key=value`` strings, values parsed as YAML
+        (``features.hop_length=441``, ``audio.trim_db=null``)
+
+    Raises
+    ------
+    ParameterError
+        for an unknown recipe, a mistyped key (with the nearest valid one) or a bad value
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ParameterError(f"recipe file {path} does not exist")
+        source, text = str(path), path.read_text(encoding="utf-8")
+    else:
+        names = list_recipes()
+        if str(name_or_path) not in names:
+            close = difflib.get_close_matches(str(name_or_path), names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"built-in recipes: {', '.join(names)}"
+            raise ParameterError(f"unknown recipe {str(name_or_path)!r}: {hint}")
+        source = f"recipe {name_or_path}"
+        text = (resources.files("soundtag") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParameterError(f"{source}: a recipe must be a mapping of sections")
+    for item in overrides:
+        _apply_override(data, item)
+    return recipe_from_dict(data, source=source)
+
+
+def recipe_from_dict(data: dict, *, source: str = "recipe") -> Recipe:
+    """Validate a recipe given as a dict; errors name each bad key and the nearest valid one."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ParameterError(f"{source}: {len(lines)} problem(s):\n" + "\n".join(f"  - {x}" for x in lines)) from None
+
+
+def _apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise ParameterError(f"override {item!r} must look like section.key=value, e.g. features.hop_length=441")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    target = data
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ParameterError(f"override {item!r}: {key!r} is not a section")
+    target[keys[-1]] = yaml.safe_load(raw)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for key in loc:
+        field = model.model_fields.get(key) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(str(x) for x in err["loc"])
+    where = ".".join(loc) or "recipe"
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}?" if close else f"valid keys: {', '.join(valid)}"
+        return f"unknown key {where!r}: {hint}"
+    if err["type"] == "missing":
+        return f"missing key {where!r}"
+    return f"{where}={err.get('input')!r}: {err['msg']}"

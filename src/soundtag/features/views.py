@@ -1,0 +1,89 @@
+"""The two views of a clip's log-mel spectrogram, and their normalisations.
+
+* **LH**: the head of the sound at the finest resolution. The store already holds exactly the
+  head crop (``recipe.view.duration`` seconds, centre-padded when shorter), so the view is the
+  stored array itself.
+* **X**: the whole sound at a coarser resolution, cut into chunks of ``chunk`` frames that
+  start every ``step`` frames (10% overlap by default). A tail left after the last full chunk
+  is kept as one more chunk aligned to the clip's end when it is at least ``min_tail`` of a
+  chunk, and dropped otherwise. A clip shorter than a chunk is padded (the audio stage already
+  centre-pads short clips to one chunk, so this is only a safety net for hand-made inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from soundtag.errors import ParameterError
+
+
+def chunk_starts(n_frames: int, *, chunk: int, step: int, min_tail: float = 0.2) -> list[int]:
+    """Start frames of the X chunks of a spectrogram ``n_frames`` long.
+
+    Examples
+    --------
+    >>> chunk_starts(251, chunk=100, step=90)
+    [0, 90, 151]
+    >>> chunk_starts(200, chunk=100, step=90)    # tail of 10 frames < 20 frames: dropped
+    [0, 90]
+    >>> chunk_starts(40, chunk=100, step=90)     # shorter than a chunk: one padded chunk
+    [0]
+    """
+    if chunk <= 0 or step <= 0:
+        raise ParameterError(f"chunk={chunk} and step={step} must be positive integers")
+    if n_frames <= chunk:
+        return [0]
+    starts = list(range(0, n_frames - chunk + 1, step))
+    tail = n_frames - (starts[-1] + chunk)
+    if tail > 0 and tail >= min_tail * chunk:
+        starts.append(n_frames - chunk)
+    return starts
+
+
+def x_chunks(spec: np.ndarray, *, chunk: int, step: int, min_tail: float = 0.2) -> np.ndarray:
+    """Cut a ``(n_mels, frames)`` spectrogram into X chunks, shape ``(n_chunks, n_mels, chunk)``.
+
+    A spectrogram shorter than ``chunk`` is centre-padded with its own minimum (the dB floor).
+    """
+    n_mels, frames = spec.shape
+    if frames < chunk:
+        left = (chunk - frames) // 2
+        floor = spec.min() if spec.size else 0.0
+        spec = np.pad(spec, ((0, 0), (left, chunk - frames - left)), constant_values=floor)
+        frames = chunk
+    starts = chunk_starts(frames, chunk=chunk, step=step, min_tail=min_tail)
+    return np.stack([spec[:, s:s + chunk] for s in starts])
+
+
+def normalize_per_sample(spec: np.ndarray) -> np.ndarray:
+    """The kernel's LH normalisation ``(x - mean) / (std + 1)`` over one sample.
+
+    The ``+ 1`` keeps a silent (constant) clip finite: it becomes all zeros.
+    """
+    spec = spec.astype(np.float32)
+    return (spec - spec.mean()) / (spec.std() + 1.0)
+
+
+def feature_stats(specs) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and standard deviation over an iterable of ``(n_mels, frames)`` arrays.
+
+    Accumulated in float64 one array at a time, so a memory-mapped store never has to fit in
+    memory.
+    """
+    total = sq = None
+    count = 0
+    for spec in specs:
+        spec = np.asarray(spec, dtype=np.float64)
+        s, q = spec.sum(axis=1), np.square(spec).sum(axis=1)
+        total, sq = (s, q) if total is None else (total + s, sq + q)
+        count += spec.shape[1]
+    if not count:
+        raise ParameterError("feature_stats needs at least one non-empty spectrogram")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize_per_feature(spec: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """The kernel's X normalisation: each mel bin by the training set's mean and std."""
+    return ((spec.astype(np.float32) - mean[:, None]) / (std[:, None] + eps)).astype(np.float32)

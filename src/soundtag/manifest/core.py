@@ -1,0 +1,241 @@
+"""Manifests: plain records that describe a dataset's clips, never the audio itself.
+
+A :class:`Manifest` is an immutable list of :class:`Clip` records plus the label vocabulary.
+Operations (``filter``, ``with_probed_audio``...) return new manifests. Every reader in
+:mod:`soundtag.manifest.readers` produces one, so the later stages never care where the data
+came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from soundtag._io import atomic_write_text
+from soundtag.errors import DataError
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled (or unlabelled test) sound clip.
+
+    Attributes
+    ----------
+    id : unique identifier of the clip within its manifest (e.g. ``00044347.wav``)
+    path : absolute path of the audio file
+    labels : tuple of label names; one for single-label data, empty for unlabelled test clips
+    fold : cross-validation fold given by the dataset, or None
+    manually_verified : whether a person checked the label (FSDKaggle2018), or None
+    group : source group (clips of one group must share a fold), e.g. ESC-50's ``src_file``
+    duration : length in seconds, or None when not probed
+    sample_rate : native sample rate in Hz, or None when not probed
+    """
+
+    id: str
+    path: str
+    labels: tuple[str, ...] = ()
+    fold: int | None = None
+    manually_verified: bool | None = None
+    group: str | None = None
+    duration: float | None = None
+    sample_rate: int | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["labels"] = list(self.labels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Clip":
+        d = dict(d)
+        d["labels"] = tuple(d.get("labels") or ())
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: where it is, what is wrong, and what to do."""
+
+    where: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+
+class ManifestError(DataError):
+    """A dataset has problems; ``problems`` lists every one of them, not just the first."""
+
+    def __init__(self, source: str, problems: Sequence[Problem], limit: int = 20):
+        self.source = source
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
+        more = len(self.problems) - limit
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        super().__init__(f"{source}: {len(self.problems)} problem(s) found:\n{shown}{tail}")
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ``"did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An immutable, ordered collection of clips with its label vocabulary.
+
+    Parameters
+    ----------
+    clips : the clips, in dataset order
+    labels : the label vocabulary in a fixed order (the model's output order); defaults to
+        the sorted set of labels found in ``clips``
+    name : a short name for messages and file names
+    multilabel : whether a clip may carry several labels; inferred when None
+    """
+
+    clips: tuple[Clip, ...]
+    labels: tuple[str, ...] = ()
+    name: str = "dataset"
+    multilabel: bool = False
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def build(
+        cls,
+        clips: Iterable[Clip],
+        *,
+        labels: Sequence[str] | None = None,
+        name: str = "dataset",
+        multilabel: bool | None = None,
+        meta: dict | None = None,
+    ) -> "Manifest":
+        clips = tuple(clips)
+        if labels is None:
+            labels = sorted({lab for c in clips for lab in c.labels})
+        if multilabel is None:
+            multilabel = any(len(c.labels) > 1 for c in clips)
+        return cls(clips, tuple(labels), name, bool(multilabel), dict(meta or {}))
+
+    # --- container protocol -------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self) -> Iterator[Clip]:
+        return iter(self.clips)
+
+    def __getitem__(self, i: int) -> Clip:
+        return self.clips[i]
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.clips]
+
+    # --- operations return new manifests ----------------------------------------------
+    def replace(self, **changes) -> "Manifest":
+        return dataclasses.replace(self, **changes)
+
+    def filter(self, keep: Callable[[Clip], bool]) -> "Manifest":
+        """Return a manifest of the clips for which ``keep(clip)`` is true."""
+        return self.replace(clips=tuple(c for c in self.clips if keep(c)))
+
+    def map(self, change: Callable[[Clip], Clip]) -> "Manifest":
+        return self.replace(clips=tuple(change(c) for c in self.clips))
+
+    def label_counts(self) -> Counter:
+        return Counter(lab for c in self.clips for lab in c.labels)
+
+    @property
+    def total_duration(self) -> float:
+        """Sum of the probed durations in seconds (clips not probed count as 0)."""
+        return float(sum(c.duration or 0.0 for c in self.clips))
+
+    # --- validation ----------------------------------------------------------------------
+    def problems(self, *, check_files: bool = True) -> list[Problem]:
+        """List every problem: duplicated ids, empty or unknown labels, missing files."""
+        found: list[Problem] = []
+        vocab = set(self.labels)
+        seen: dict[str, int] = {}
+        # Readers of CSV files set ``first_row`` so that rows are named as the user's editor
+        # numbers them (the header is line 1, the first clip line 2).
+        first_row = int(self.meta.get("first_row", 1))
+        for row, clip in enumerate(self.clips, start=first_row):
+            where = f"row {row} ({clip.id})"
+            if clip.id in seen:
+                found.append(Problem(where, f"duplicated id {clip.id!r}, first seen in row {seen[clip.id]}",
+                                     "give every clip a unique id"))
+            else:
+                seen[clip.id] = row
+            if not self.meta.get("unlabelled") and not clip.labels:
+                found.append(Problem(where, "empty label", "give the clip a label or remove the row"))
+            for lab in clip.labels:
+                if lab not in vocab:
+                    hint = suggest(lab, vocab) or f"known labels: {', '.join(sorted(vocab)[:10])}..."
+                    found.append(Problem(where, f"unknown label {lab!r}", hint))
+            if check_files and not Path(clip.path).is_file():
+                found.append(Problem(where, f"missing file {clip.path}",
+                                     "check the audio folder, or remove the row"))
+        return found
+
+    def validate(self, *, check_files: bool = True) -> "Manifest":
+        """Raise :class:`ManifestError` listing every problem at once; return self if none."""
+        found = self.problems(check_files=check_files)
+        if found:
+            raise ManifestError(self.meta.get("source", self.name), found)
+        return self
+
+    # --- audio probing -----------------------------------------------------------------
+    def with_probed_audio(self) -> "Manifest":
+        """Return a copy whose clips carry ``duration`` and ``sample_rate`` from file headers.
+
+        Reads only headers (``soundfile.info``), so it is cheap; unreadable files keep None
+        and are reported later, when decoding.
+        """
+        import soundfile as sf
+
+        def probe(clip: Clip) -> Clip:
+            if clip.duration is not None and clip.sample_rate is not None:
+                return clip
+            try:
+                info = sf.info(clip.path)
+            except Exception:  # noqa: BLE001 - corrupt/missing files are reported by the decoder
+                return clip
+            return dataclasses.replace(clip, duration=float(info.duration), sample_rate=int(info.samplerate))
+
+        return self.map(probe)
+
+    # --- serialisation -----------------------------------------------------------------
+    def to_jsonl(self, path: str | Path) -> Path:
+        """Write the manifest as JSON lines (a header line, then a line per clip), atomically."""
+        header = {"name": self.name, "labels": list(self.labels), "multilabel": self.multilabel,
+                  "meta": self.meta, "soundtag_manifest": 1}
+        lines = [json.dumps(header)] + [json.dumps(c.to_dict()) for c in self.clips]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return Path(path)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            header = json.loads(lines[0])
+            if header.get("soundtag_manifest") != 1:
+                raise ValueError("not a soundtag manifest (no header line)")
+            clips = [Clip.from_dict(json.loads(line)) for line in lines[1:] if line.strip()]
+        except (OSError, ValueError, IndexError, TypeError) as exc:
+            raise DataError(f"{path}: cannot read manifest: {exc}") from exc
+        return cls(tuple(clips), tuple(header["labels"]), header["name"], header["multilabel"],
+                   header.get("meta", {}))
+
+    def to_frame(self):
+        """Return a pandas DataFrame, one row per clip (labels joined by ``,``)."""
+        import pandas as pd
+
+        rows = [c.to_dict() | {"labels": ",".join(c.labels)} for c in self.clips]
+        return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Clip)])
