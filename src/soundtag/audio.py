@@ -120,16 +120,36 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(samples, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def trim(samples: np.ndarray, *, top_db: float = 60.0) -> np.ndarray:
-    """Remove leading and trailing silence, exactly as ``librosa.effects.trim(top_db=...)[0]``.
+def trim(samples: np.ndarray, *, top_db: float = 60.0, frame_length: int = 2048,
+         hop_length: int = 512) -> np.ndarray:
+    """Remove leading and trailing silence, as ``librosa.effects.trim(samples, top_db=...)[0]``.
 
-    librosa's own function is used (frame 2048, hop 512, RMS against the peak) so that the
-    recipe's trimming is the kernel's to the sample.
+    Frames are centred, zero-padded windows of ``frame_length`` every ``hop_length`` samples;
+    a frame is kept when its RMS is within ``top_db`` of the loudest frame's; the result runs
+    from the first kept frame's start to the last kept frame's end. Written here instead of
+    calling librosa because importing ``librosa.effects`` costs over a second in every
+    decoding worker, and a running sum gives every frame's energy in one pass.
+
+    Examples
+    --------
+    >>> x = np.r_[np.zeros(8192), np.ones(4096), np.zeros(8192)].astype(np.float32)
+    >>> trimmed = trim(x, top_db=60)
+    >>> len(trimmed) < len(x), float(trimmed.max())
+    (True, 1.0)
     """
-    import librosa
-
-    trimmed, _ = librosa.effects.trim(samples, top_db=top_db)
-    return trimmed
+    n = samples.shape[0]
+    half = frame_length // 2
+    padded = np.zeros(n + 2 * half, dtype=np.float64)
+    padded[half:half + n] = samples
+    energy = np.concatenate(([0.0], np.cumsum(np.square(padded))))
+    starts = np.arange(1 + n // hop_length) * hop_length
+    power = (energy[starts + frame_length] - energy[starts]) / frame_length
+    # librosa: amplitude_to_db(rms, ref=np.max) > -top_db, with amplitude floor amin=1e-5.
+    power = np.maximum(power, 1e-10)
+    keep = np.flatnonzero(10.0 * np.log10(power / power.max()) > -top_db)
+    if keep.size == 0:
+        return samples[:0]
+    return samples[keep[0] * hop_length: min(n, (keep[-1] + 1) * hop_length)]
 
 
 def pad_center(samples: np.ndarray, length: int) -> np.ndarray:

@@ -169,37 +169,57 @@ def _compute(todo, keys, recipe, store, summary, *, workers, batch_size, device,
                     hop_length=recipe.features.hop_length, n_mels=recipe.features.n_mels,
                     fmin=recipe.features.fmin, fmax=recipe.features.fmax,
                     top_db=recipe.features.top_db).to(device)
+    on_cpu = torch.device(device).type == "cpu"
+    # On the CPU each worker turns its own batch into log-mels, so decoding and the FFTs of
+    # different batches run on different cores and only small float16 arrays cross processes.
+    # On a GPU the workers only decode and the main process batches onto the device.
+    collate = _Featurize(logmel if on_cpu else None)
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(todo, recipe), batch_size=batch_size, num_workers=workers, collate_fn=list,
-        prefetch_factor=4 if workers else None)
+        _DecodeDataset(todo, recipe), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+        prefetch_factor=2 if workers else None)
     with _progress(progress, len(todo), f"features {recipe.name}") as advance, store.writer() as writer:
-        for batch in loader:
-            decoded = []
-            for i, wav, failure in batch:
-                if failure is not None:
-                    summary.failures.append(failure)
-                else:
-                    decoded.append((i, wav))
-            for group in _sub_batches(decoded, MAX_BATCH_SAMPLES):
-                _compute_group(group, logmel, device, writer, keys, todo, summary)
-            advance(len(batch))
+        for failures, results in loader:
+            summary.failures.extend(failures)
+            if not on_cpu:
+                results = _featurize(results, logmel, device)
+            for i, spec, wav in results:
+                writer.add(keys[i], todo[i].id, spec, duration=wav.source_duration, notes=wav.notes)
+                summary.computed += 1
+                summary.audio_seconds += wav.source_duration
+                summary.notes.update(note.split(" ")[0] for note in wav.notes)
+            advance(len(failures) + len(results))
 
 
-def _compute_group(group, logmel: LogMel, device, writer, keys, todo, summary) -> None:
-    lengths = torch.tensor([wav.samples.shape[0] for _, wav in group])
-    batch = torch.zeros(len(group), int(lengths.max()))
-    for row, (_, wav) in enumerate(group):
-        batch[row, : wav.samples.shape[0]] = torch.from_numpy(wav.samples)
-    with torch.no_grad():
-        specs = logmel(batch.to(device), lengths).cpu().numpy()
-    hop = logmel.hop_length
-    for row, (i, wav) in enumerate(group):
-        frames = 1 + int(lengths[row]) // hop
-        source_seconds = wav.source_duration
-        writer.add(keys[i], todo[i].id, specs[row, :, :frames], duration=source_seconds, notes=wav.notes)
-        summary.computed += 1
-        summary.audio_seconds += source_seconds
-        summary.notes.update(note.split(" ")[0] for note in wav.notes)
+class _Featurize:
+    """DataLoader collate: split failures from decoded clips; log-mel them when given a module."""
+
+    def __init__(self, logmel: LogMel | None):
+        self.logmel = logmel
+
+    def __call__(self, batch):
+        failures = [failure for _, _, failure in batch if failure is not None]
+        decoded = [(i, wav) for i, wav, failure in batch if failure is None]
+        if self.logmel is None:
+            return failures, decoded
+        return failures, _featurize(decoded, self.logmel, "cpu")
+
+
+def _featurize(decoded, logmel: LogMel, device) -> list:
+    """Log-mel of decoded clips as ``(index, float16 (n_mels, frames), waveform)`` triples."""
+    out = []
+    for group in _sub_batches(decoded, MAX_BATCH_SAMPLES):
+        lengths = torch.tensor([wav.samples.shape[0] for _, wav in group])
+        batch = torch.zeros(len(group), int(lengths.max()))
+        for row, (_, wav) in enumerate(group):
+            batch[row, : wav.samples.shape[0]] = torch.from_numpy(wav.samples)
+        with torch.no_grad():
+            specs = logmel(batch.to(device), lengths).cpu().numpy()
+        for row, (i, wav) in enumerate(group):
+            frames = 1 + int(lengths[row]) // logmel.hop_length
+            spec = specs[row, :, :frames].astype(np.float16)
+            wav.samples = wav.samples[:0]  # the waveform is not needed any more: do not ship it back
+            out.append((i, spec, wav))
+    return out
 
 
 def _write_failures(path: Path, failures: list[Failure]) -> Path:
