@@ -109,6 +109,89 @@ def show(
     console.print(f"wrote {out}")
 
 
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="dataset folder, CSV, manifest or registered name"),
+    recipe: str = typer.Option("esc50-lh", "--recipe", "-r", help="built-in recipe name or YAML file"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<recipe>-<time>)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run: finished folds are skipped"),
+    folds: Optional[int] = typer.Option(None, "--folds", help="number of folds (datasets with their own folds keep them)"),
+    fold: List[int] = typer.Option([], "--fold", help="train only this fold (repeatable)"),
+    model: Optional[str] = typer.Option(None, "--model", help="alexnet-kernel, vgg, seresnet-kernel or timm:<name>"),
+    blacklist: Optional[Path] = typer.Option(None, "--blacklist", help="CSV of clips to leave out of training"),
+    cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="folder of the feature stores"),
+    layout: Optional[str] = LayoutOpt,
+    override: List[str] = OverrideOpt,
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Train one model per fold; write checkpoints, out-of-fold predictions, metrics and plots.
+
+    Examples:
+
+      soundtag train --data esc10 --recipe esc10-cpu-lh
+
+      soundtag train --data ../shared/data/esc50 -r esc50-lh --model timm:resnet18 -o training.epochs=80
+
+      soundtag train --resume runs/esc10-cpu-lh-20261124-101500
+    """
+    import datetime as dt
+
+    from soundtag.features import load_recipe
+    from soundtag.manifest import open_dataset
+    from soundtag.training import resume as resume_run
+    from soundtag.training import train as train_run
+
+    if resume is not None:
+        result = resume_run(resume, progress=progress)
+    else:
+        if data is None:
+            raise typer.BadParameter("give --data DATASET (or --resume RUN)")
+        extra = list(override)
+        if folds is not None:
+            extra.append(f"training.folds={folds}")
+        if model is not None:
+            extra.append(f"training.model={model}")
+        if blacklist is not None:
+            extra.append(f"training.blacklist={blacklist.absolute()}")
+        r = load_recipe(recipe, extra)
+        out = out or Path("runs") / f"{r.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        result = train_run(open_dataset(data, layout), r, out, cache_dir=cache, folds=fold or None,
+                           progress=progress, data_source=data)
+    if result.folds_skipped:
+        console.print(f"skipped finished fold(s) {result.folds_skipped}")
+    if result.metrics:
+        _print_metrics(result.run_dir, result.metrics)
+    else:
+        console.print(f"trained fold(s) {result.folds_trained}; evaluate once every fold is done")
+
+
+def _print_metrics(run_dir: Path, metrics: dict) -> None:
+    table = Table(title=f"out-of-fold metrics: {run_dir}")
+    for col in ("subset", "clips", "MAP@3", "top-1", "log loss / lwlrap"):
+        table.add_column(col, justify="left" if col == "subset" else "right")
+    for name in ("all", "verified", "not_blacklisted", "blacklisted"):
+        m = metrics.get(name, {})
+        if not m.get("clips"):
+            continue
+        last = m.get("log_loss", m.get("lwlrap"))
+        table.add_row(name, str(m["clips"]), f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{last:.4f}")
+    console.print(table)
+    console.print(f"wrote {run_dir / 'metrics.json'}, oof.csv, confusion.png, learning_curves.png")
+
+
+@app.command()
+def evaluate(run: Path = typer.Argument(..., help="a run directory")):
+    """Evaluate a run's out-of-fold predictions: metrics, confusion matrix, learning curves.
+
+    Example:
+
+      soundtag evaluate runs/esc10-cpu-lh-20261124-101500
+    """
+    from soundtag.training import evaluate_run
+
+    _print_metrics(run, evaluate_run(run))
+
+
 @app.command("recipes")
 def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this recipe, resolved"),
                 override: List[str] = OverrideOpt):

@@ -51,6 +51,67 @@ class ViewConfig(_Section):
     normalization: Literal["per_sample", "per_feature", "none"] = "per_sample"
 
 
+class MixupConfig(_Section):
+    enabled: bool = True
+    alpha: float = Field(1.0, gt=0)
+
+
+class ErasingConfig(_Section):
+    enabled: bool = True
+    p: float = Field(0.5, ge=0, le=1)
+    area: tuple[float, float] = (0.02, 0.4)
+    aspect: tuple[float, float] = (0.3, 3.33)
+
+
+class ShiftConfig(_Section):
+    enabled: bool = True
+    max_fraction: float = Field(0.4, ge=0, le=1)
+
+
+class ReverseConfig(_Section):
+    enabled: bool = False
+    p: float = Field(0.5, ge=0, le=1)
+
+
+class SpecAugmentConfig(_Section):
+    enabled: bool = False
+    time_masks: int = Field(2, ge=0)
+    time_width: float = Field(0.1, ge=0, le=1)
+    freq_masks: int = Field(2, ge=0)
+    freq_width: float = Field(0.15, ge=0, le=1)
+
+
+class AugmentConfig(_Section):
+    mixup: MixupConfig = MixupConfig()
+    erasing: ErasingConfig = ErasingConfig()
+    shift: ShiftConfig = ShiftConfig()
+    reverse: ReverseConfig = ReverseConfig()
+    specaugment: SpecAugmentConfig = SpecAugmentConfig()
+
+
+class TrainingConfig(_Section):
+    model: str = "alexnet-kernel"
+    model_args: dict[str, Any] = {}
+    checkpoint: str | None = Field(None, description="local weights to start from")
+    folds: int = Field(5, ge=2)
+    fold_strategy: Literal["auto", "given", "stratified"] = "auto"
+    seed: int = 0
+    epochs: int = Field(50, gt=0)
+    batch_size: int = Field(32, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["cosine", "onecycle", "none"] = "cosine"
+    monitor: Literal["val_loss", "val_map3"] = "val_loss"
+    early_stopping: int | None = Field(None, gt=0, description="patience in epochs; null: off")
+    balance: Literal["oversample", "balanced", "none"] = "oversample"
+    augment: AugmentConfig = AugmentConfig()
+    blacklist: str | None = Field(None, description="CSV of clips left out of training (column clip_id or fname)")
+    relabel: str | None = Field(None, description="CSV of clip_id,label corrections")
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
+    workers: int = Field(0, ge=0, description="DataLoader workers")
+
+
 class Recipe(_Section):
     """A complete, validated recipe. Build with :func:`load_recipe`."""
 
@@ -60,6 +121,7 @@ class Recipe(_Section):
     features: FeatureConfig
     view: ViewConfig
     validation: Literal["verified_only", "all"] = "all"
+    training: TrainingConfig = TrainingConfig()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Recipe":

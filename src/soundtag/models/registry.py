@@ -1,0 +1,90 @@
+"""One registry and one factory for every model, as timm does it.
+
+``create_model("alexnet-kernel", num_classes=41)`` builds one of ours;
+``create_model("timm:efficientnet_b0", num_classes=41)`` builds any timm backbone with one input
+channel. Every model has the same surface as timm's: ``forward_features``, ``forward_head(x,
+pre_logits=...)``, ``num_features`` and ``reset_classifier``, so embeddings, ensembling and the
+review page need no special cases.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from soundtag.errors import ParameterError
+
+_MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+TIMM_PREFIX = "timm:"
+
+
+def register_model(name: str):
+    """Decorator registering ``fn(num_classes, in_chans, **kwargs) -> nn.Module`` as ``name``."""
+
+    def wrap(fn):
+        if name in _MODELS:
+            raise ParameterError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Our registered model names matching a wildcard pattern (timm's are ``timm:<name>``)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int = 1, checkpoint: str | Path | None = None,
+                 **kwargs) -> torch.nn.Module:
+    """Build a model by name, from scratch or from a local checkpoint's weights.
+
+    Parameters
+    ----------
+    name : one of :func:`list_models`, or ``timm:<any timm model name>``
+    num_classes : outputs of the classifier
+    in_chans : input channels (1 for a log-mel spectrogram)
+    checkpoint : a local ``.ckpt`` (Lightning) or ``.pt`` state dict to start from; a
+        classifier of another size is left at its fresh initialisation
+    """
+    if num_classes <= 0:
+        raise ParameterError(f"num_classes={num_classes} must be a positive integer")
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        timm_name = name[len(TIMM_PREFIX):]
+        if not timm.is_model(timm_name):
+            close = difflib.get_close_matches(timm_name, timm.list_models(), n=1)
+            raise ParameterError(f"unknown timm model {timm_name!r}"
+                                 + (f": did you mean 'timm:{close[0]}'?" if close else ""))
+        # Never pretrained: weights would come from a hub; a local checkpoint can be given instead.
+        model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    elif name in _MODELS:
+        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    else:
+        close = difflib.get_close_matches(name, list(_MODELS), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(list_models())} or timm:<name>"
+        raise ParameterError(f"unknown model {name!r}: {hint}")
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model
+
+
+def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Copy matching weights from a local checkpoint into ``model`` (shapes must agree)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ParameterError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    # Lightning prefixes the wrapped model's keys with "model.".
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ParameterError(f"checkpoint {path} has no weights that fit this model")
+    model.load_state_dict(usable, strict=False)

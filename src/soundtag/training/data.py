@@ -1,0 +1,126 @@
+"""PyTorch datasets over the feature store: view crops, normalisation and class balance.
+
+* LH: the stored head crop, normalised per sample.
+* X: in training a random chunk-sized crop of the whole clip each time it is drawn; in
+  evaluation every chunk of the clip (:func:`~soundtag.features.views.x_chunks`), so a clip's
+  prediction is the mean over its chunks. Normalised per feature with training-set statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from soundtag.features.recipe import Recipe
+from soundtag.features.store import FeatureStore
+from soundtag.features.views import feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
+from soundtag.training.sampling import Balance, epoch_indices
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """The recipe's normalisation; ``mean``/``std`` are per mel bin for ``per_feature``."""
+
+    kind: str
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, recipe: Recipe, store: FeatureStore, keys: list[str]) -> "Normalizer":
+        kind = recipe.view.normalization
+        if kind != "per_feature":
+            return cls(kind)
+        mean, std = feature_stats(store.get(k) for k in keys)
+        return cls(kind, mean, std)
+
+    def __call__(self, spec: np.ndarray) -> np.ndarray:
+        if self.kind == "per_sample":
+            return normalize_per_sample(spec)
+        if self.kind == "per_feature":
+            return normalize_per_feature(spec, self.mean, self.std)
+        return np.asarray(spec, dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "mean": None if self.mean is None else self.mean.tolist(),
+                "std": None if self.std is None else self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalizer":
+        arr = (lambda v: None if v is None else np.asarray(v, dtype=np.float32))
+        return cls(d["kind"], arr(d["mean"]), arr(d["std"]))
+
+
+class TrainViews(torch.utils.data.Dataset):
+    """Training samples ``(x (1, mels, frames), target (classes,))``."""
+
+    def __init__(self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe,
+                 normalizer: Normalizer, seed: int = 0):
+        self.store, self.keys, self.targets = store, keys, targets
+        self.recipe, self.normalizer = recipe, normalizer
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):
+        spec = self.store.get(self.keys[i])
+        if self.recipe.view.kind == "x":
+            chunk = self.recipe.chunk_frames
+            if spec.shape[1] > chunk:
+                start = int(self._rng.integers(0, spec.shape[1] - chunk + 1))
+                spec = spec[:, start:start + chunk]
+            else:
+                spec = x_chunks(np.asarray(spec), chunk=chunk, step=chunk)[0]
+        x = self.normalizer(np.asarray(spec))
+        return torch.from_numpy(x)[None], torch.from_numpy(self.targets[i])
+
+
+class EvalViews(torch.utils.data.Dataset):
+    """Evaluation samples ``(chunks (n, 1, mels, frames), target)``: one chunk for LH."""
+
+    def __init__(self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe,
+                 normalizer: Normalizer):
+        self.store, self.keys, self.targets = store, keys, targets
+        self.recipe, self.normalizer = recipe, normalizer
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):
+        spec = np.asarray(self.store.get(self.keys[i]))
+        if self.recipe.view.kind == "x":
+            chunks = x_chunks(spec, chunk=self.recipe.chunk_frames, step=self.recipe.chunk_step,
+                              min_tail=self.recipe.view.min_tail)
+        else:
+            chunks = spec[None]
+        x = np.stack([self.normalizer(c) for c in chunks])
+        return torch.from_numpy(x)[:, None], torch.from_numpy(self.targets[i])
+
+
+def collate_chunks(batch):
+    """Stack clips of varying chunk counts: ``(chunks, owner, targets)`` with ``owner[j]`` the
+    clip (row of ``targets``) that chunk ``j`` belongs to."""
+    xs, ys = zip(*batch)
+    owner = torch.cat([torch.full((x.shape[0],), i, dtype=torch.long) for i, x in enumerate(xs)])
+    return torch.cat(xs), owner, torch.stack(ys)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Draws a new balanced epoch (oversampling etc.) each time it is iterated, seeded."""
+
+    def __init__(self, classes: np.ndarray, balance: Balance, seed: int = 0):
+        self.classes, self.balance, self.seed, self.epoch = np.asarray(classes), balance, seed, 0
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        return iter(epoch_indices(self.classes, self.balance, rng).tolist())
+
+    def __len__(self) -> int:
+        if self.balance == "oversample":
+            counts = np.bincount(self.classes)
+            return int(counts.max() * (counts > 0).sum())
+        return len(self.classes)

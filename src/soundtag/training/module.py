@@ -1,0 +1,113 @@
+"""The LightningModule: a registered model, the recipe's batch augmentations and its loss.
+
+Single-label data: softmax with cross-entropy on soft targets (mixup makes them soft).
+Multi-label data: sigmoid with binary cross-entropy. Validation averages each clip's chunk
+probabilities and logs ``val_loss`` and ``val_map3`` at clip level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from soundtag import evaluation
+from soundtag.features.recipe import Recipe
+from soundtag.models import create_model
+from soundtag.training import augment
+
+
+def clip_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_clips: int, multilabel: bool) -> torch.Tensor:
+    """Mean of each clip's chunk probabilities, ``(n_clips, classes)``."""
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+    total = torch.zeros(n_clips, probs.shape[1], dtype=probs.dtype, device=probs.device)
+    total.index_add_(0, owner, probs)
+    counts = torch.bincount(owner, minlength=n_clips).clamp(min=1).to(probs.dtype)
+    return total / counts[:, None]
+
+
+class TaggerModule(L.LightningModule):
+    """Trains one fold. Everything needed to tag a file later is in ``hparams``: the recipe,
+    the label names, and the normaliser's statistics."""
+
+    def __init__(self, recipe: dict, labels: list[str], multilabel: bool, normalizer: dict, fold: int = 0,
+                 steps_per_epoch: int = 1):
+        super().__init__()
+        self.save_hyperparameters()
+        self.recipe = Recipe.model_validate(recipe)
+        t = self.recipe.training
+        self.model = create_model(t.model, num_classes=len(labels), in_chans=1, checkpoint=t.checkpoint,
+                                  **t.model_args)
+        self.multilabel = multilabel
+        self.rng = np.random.default_rng([t.seed, fold])
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        return torch.nn.functional.cross_entropy(logits, targets)  # soft targets
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.recipe.training.augment
+        if a.shift.enabled:
+            x = augment.time_shift(x, max_fraction=a.shift.max_fraction, rng=self.rng)
+        if a.reverse.enabled:
+            x = augment.time_reverse(x, p=a.reverse.p, rng=self.rng)
+        if a.specaugment.enabled:
+            s = a.specaugment
+            x = augment.spec_augment(x, time_masks=s.time_masks, time_width=s.time_width,
+                                     freq_masks=s.freq_masks, freq_width=s.freq_width, rng=self.rng)
+        if a.erasing.enabled:
+            x = augment.random_erasing(x, p=a.erasing.p, area=a.erasing.area, aspect=a.erasing.aspect, rng=self.rng)
+        if a.mixup.enabled:
+            x, y = augment.mixup(x, y, alpha=a.mixup.alpha, rng=self.rng)
+        return x, y
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x, y = self.augment(x, y)
+        loss = self.loss(self(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, owner, y = batch
+        probs = clip_probabilities(self(x), owner, len(y), self.multilabel)
+        self._val.append((probs.float().cpu(), y.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        probs = torch.cat([p for p, _ in self._val]).numpy()
+        targets = torch.cat([t for _, t in self._val]).numpy()
+        self._val.clear()
+        if self.multilabel:
+            eps = 1e-7
+            p = np.clip(probs, eps, 1 - eps)
+            val_loss = float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+        else:
+            val_loss = evaluation.log_loss(targets, probs)
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val_map3", evaluation.map_at_k(targets, probs, 3), prog_bar=True, sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        x, owner, y = batch
+        return clip_probabilities(self(x), owner, len(y), self.multilabel).float().cpu()
+
+    def configure_optimizers(self) -> Any:
+        t = self.recipe.training
+        opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if t.scheduler == "none":
+            return opt
+        if t.scheduler == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, epochs=t.epochs,
+                                                        steps_per_epoch=self.hparams.steps_per_epoch)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,228 @@
+"""A cross-validated training run: one model per fold, out-of-fold predictions for every clip.
+
+Layout of a run directory::
+
+    run.json            what made the run (recipe, data, feature cache, versions)
+    recipe.yaml         the fully resolved recipe
+    manifest.jsonl      the clips, labels after relabelling
+    folds.csv           clip_id, fold, in_training (false for blacklisted clips)
+    fold-K/             best.ckpt, last.ckpt, logs/metrics.csv, tb/, oof.npy, done.json
+    oof.csv             clip_id, fold, labels, verified, blacklisted, one probability per class
+    metrics.json        evaluation (see soundtag.training.evaluate)
+    confusion.png, learning_curves.png
+
+A fold counts as finished only once its ``done.json`` is written (atomically, last). ``resume``
+skips finished folds and continues an interrupted one from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soundtag._io import atomic_path, atomic_write_json, atomic_write_text
+from soundtag.errors import DataError, ParameterError
+from soundtag.features.extract import extract_features
+from soundtag.features.recipe import Recipe, load_recipe
+from soundtag.features.store import FeatureStore, clip_key
+from soundtag.manifest import Manifest
+from soundtag.training.data import EpochSampler, EvalViews, Normalizer, TrainViews, collate_chunks
+from soundtag.training.splits import label_matrix, make_folds, validation_mask
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    folds_trained: list[int]
+    folds_skipped: list[int]
+
+
+def read_clip_list(path: str | Path, manifest: Manifest, *, what: str) -> dict[str, str]:
+    """Read a blacklist or relabel CSV: ``clip_id`` (or ``fname``/``id``) and an optional second
+    column (``label`` for relabels). Unknown clips are an error naming the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file {path} does not exist")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    id_col = next((c for c in ("clip_id", "fname", "id") if c in rows[0]), None)
+    if id_col is None:
+        raise DataError(f"{path}: needs a clip_id column; found {list(rows[0])}")
+    known = set(manifest.ids)
+    bad = [f"row {i} ({r[id_col]})" for i, r in enumerate(rows, start=2) if r[id_col] not in known]
+    if bad:
+        raise DataError(f"{path}: {len(bad)} {what} row(s) name clips that are not in the dataset: "
+                        f"{', '.join(bad[:10])}")
+    return {r[id_col]: (r.get("label") or r.get("decision") or "") for r in rows}
+
+
+def _apply_relabel(manifest: Manifest, relabel: dict[str, str], source: str) -> Manifest:
+    import dataclasses
+
+    unknown = sorted({lab for labs in relabel.values() for lab in labs.split(",") if lab and lab not in manifest.labels})
+    if unknown:
+        raise DataError(f"{source}: unknown label(s) {unknown}; known: {', '.join(manifest.labels)}")
+    return manifest.map(lambda c: dataclasses.replace(c, labels=tuple(relabel[c.id].split(","))) if relabel.get(c.id) else c)
+
+
+def _accelerator() -> tuple[str, str]:
+    if torch.cuda.is_available():
+        return "gpu", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "cpu", "32-true"
+
+
+def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir: str | Path,
+          folds: list[int] | None = None, progress: bool = True, resume: bool = False,
+          data_source: str | None = None) -> RunResult:
+    """Train one model per fold and write out-of-fold predictions and metrics.
+
+    Parameters
+    ----------
+    manifest : the training clips (every clip gets an out-of-fold prediction)
+    recipe : features, view and ``training`` section
+    run_dir : the run directory; must not exist unless ``resume``
+    cache_dir : the feature store folder (features are computed once and reused)
+    folds : train only these fold numbers (default: all)
+    resume : continue a run: finished folds are skipped, an interrupted one continues
+    """
+    run_dir = Path(run_dir)
+    t = recipe.training
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise ParameterError(f"run directory {run_dir} already exists; use --resume to continue it "
+                             "or give another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    if t.relabel:
+        manifest = _apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
+    blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
+    if not (run_dir / "run.json").exists():
+        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+        manifest.to_jsonl(run_dir / "manifest.jsonl")
+        atomic_write_json(run_dir / "run.json", {
+            "recipe": recipe.name, "data": data_source, "cache_dir": str(Path(cache_dir).absolute()),
+            "created": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__})
+
+    store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
+    failed = {f.clip_id for f in summary.failures}
+    if failed:
+        manifest = manifest.filter(lambda c: c.id not in failed)
+    keys = [clip_key(c.path) for c in manifest]
+    targets = label_matrix(manifest)
+    fold_of = make_folds(manifest, t.folds, seed=t.seed, strategy=t.fold_strategy)
+    in_training = np.array([c.id not in blacklist for c in manifest])
+    _write_folds(run_dir / "folds.csv", manifest, fold_of, in_training)
+
+    n_folds = int(fold_of.max()) + 1
+    wanted = list(range(n_folds)) if folds is None else folds
+    trained, skipped = [], []
+    for k in wanted:
+        if not 0 <= k < n_folds:
+            raise ParameterError(f"fold {k} does not exist: this run has folds 0..{n_folds - 1}")
+        if (run_dir / f"fold-{k}" / "done.json").is_file():
+            skipped.append(k)
+            continue
+        _train_fold(k, run_dir, manifest, recipe, store, keys, targets, fold_of, in_training, progress)
+        trained.append(k)
+
+    from soundtag.training.evaluate import evaluate_run
+
+    metrics = evaluate_run(run_dir) if all((run_dir / f"fold-{k}" / "done.json").is_file()
+                                           for k in range(n_folds)) else {}
+    return RunResult(run_dir, metrics, trained, skipped)
+
+
+def resume(run_dir: str | Path, *, progress: bool = True) -> RunResult:
+    """Continue a run from what its directory holds (recipe, manifest, feature cache)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise DataError(f"{run_dir} is not a soundtag run (no run.json)")
+    info = json.loads((run_dir / "run.json").read_text())
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    manifest = Manifest.from_jsonl(run_dir / "manifest.jsonl")
+    return train(manifest, recipe, run_dir, cache_dir=info["cache_dir"], progress=progress, resume=True,
+                 data_source=info.get("data"))
+
+
+def _write_folds(path: Path, manifest: Manifest, fold_of: np.ndarray, in_training: np.ndarray) -> None:
+    lines = ["clip_id,fold,in_training"]
+    lines += [f"{json.dumps(c.id) if ',' in c.id else c.id},{int(f)},{bool(t)}"
+              for c, f, t in zip(manifest, fold_of, in_training)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _train_fold(k: int, run_dir: Path, manifest: Manifest, recipe: Recipe, store: FeatureStore, keys: list[str],
+                targets: np.ndarray, fold_of: np.ndarray, in_training: np.ndarray, progress: bool) -> None:
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from soundtag.training.module import TaggerModule
+
+    t = recipe.training
+    fold_dir = run_dir / f"fold-{k}"
+    fold_dir.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    L.seed_everything(t.seed + k, workers=True, verbose=False)
+
+    train_idx = np.flatnonzero((fold_of != k) & in_training)
+    val_idx = np.flatnonzero(validation_mask(manifest, fold_of, k, verified_only=recipe.validation == "verified_only")
+                             & in_training)
+    oof_idx = np.flatnonzero(fold_of == k)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DataError(f"fold {k}: {len(train_idx)} training and {len(val_idx)} validation clips; "
+                        "check the blacklist and the folds")
+    normalizer = Normalizer.fit(recipe, store, [keys[i] for i in train_idx])
+
+    def subset(idx):
+        return [keys[i] for i in idx], targets[idx]
+
+    train_set = TrainViews(store, *subset(train_idx), recipe, normalizer, seed=t.seed + k)
+    classes = targets[train_idx].argmax(axis=1)
+    sampler = EpochSampler(classes, t.balance, seed=t.seed + k)
+    loader_args = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
+                                               **loader_args)
+    eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **loader_args}
+    val_loader = torch.utils.data.DataLoader(EvalViews(store, *subset(val_idx), recipe, normalizer), **eval_args)
+
+    module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, normalizer.to_dict(),
+                          fold=k, steps_per_epoch=max(1, len(sampler) // t.batch_size))
+    mode = "min" if t.monitor == "val_loss" else "max"
+    checkpoint = ModelCheckpoint(dirpath=fold_dir, filename="best", monitor=t.monitor, mode=mode, save_last=True,
+                                 enable_version_counter=False)
+    callbacks = [checkpoint]
+    if t.early_stopping:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
+    accelerator, auto_precision = _accelerator()
+    trainer = L.Trainer(
+        max_epochs=t.epochs, accelerator=accelerator, devices=1,
+        precision=auto_precision if t.precision == "auto" else t.precision,
+        callbacks=callbacks, logger=[CSVLogger(fold_dir, name="logs", version=""),
+                                     TensorBoardLogger(fold_dir, name="tb", version="")],
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(train_loader))))
+    last = fold_dir / "last.ckpt"
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+
+    best = checkpoint.best_model_path or str(last)
+    best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu")
+    oof_loader = torch.utils.data.DataLoader(EvalViews(store, *subset(oof_idx), recipe, normalizer), **eval_args)
+    probs = torch.cat(trainer.predict(best_module, oof_loader)).numpy()
+    with atomic_path(fold_dir / "oof.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, probs.astype(np.float32))
+    atomic_write_json(fold_dir / "done.json", {
+        "fold": k, "clips": [manifest[i].id for i in oof_idx], "train_clips": int(len(train_idx)),
+        "val_clips": int(len(val_idx)), "best_checkpoint": Path(best).name,
+        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs": int(trainer.current_epoch), "seconds": time.perf_counter() - start})
