@@ -212,6 +212,10 @@ def _train_fold(k: int, run_dir: Path, manifest: Manifest, recipe: Recipe, store
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, len(train_loader))))
     last = fold_dir / "last.ckpt"
+    resumed_from = None
+    if last.is_file():
+        resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
+        print(f"fold {k}: resuming from {last} after epoch {resumed_from}")
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
 
     best = checkpoint.best_model_path or str(last)
@@ -225,4 +229,5 @@ def _train_fold(k: int, run_dir: Path, manifest: Manifest, recipe: Recipe, store
         "fold": k, "clips": [manifest[i].id for i in oof_idx], "train_clips": int(len(train_idx)),
         "val_clips": int(len(val_idx)), "best_checkpoint": Path(best).name,
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
-        "epochs": int(trainer.current_epoch), "seconds": time.perf_counter() - start})
+        "epochs": int(trainer.current_epoch), "resumed_after_epoch": resumed_from,
+        "seconds": time.perf_counter() - start})
