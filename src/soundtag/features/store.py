@@ -2,7 +2,7 @@
 
 Layout of one store (one per feature config, i.e. per :meth:`Recipe.feature_hash`)::
 
-    <cache>/<recipe-name>-<hash>/
+    <cache>/<view>-<rate>hz-<mels>mels-<hash>/
         store.json              the feature config that made every array here
         parts/part-<id>.npy     float16, shape (frames, n_mels): many clips end to end
         parts/part-<id>.json    the part's index: clip key, id, frame offset and count, notes
@@ -63,7 +63,10 @@ class FeatureStore:
     def open(cls, cache_dir: str | Path, recipe: Recipe) -> "FeatureStore":
         """Open (or create) the store of ``recipe``'s feature config under ``cache_dir``."""
         key = recipe.feature_key()
-        path = Path(cache_dir) / f"{recipe.name}-{recipe.feature_hash()}"
+        # Named by what decides the features, not by the recipe, so recipes that differ only in
+        # training settings share one store.
+        path = Path(cache_dir) / (f"{recipe.view.kind}-{recipe.audio.sample_rate}hz-"
+                                  f"{recipe.features.n_mels}mels-{recipe.feature_hash()}")
         (path / "parts").mkdir(parents=True, exist_ok=True)
         config_file = path / "store.json"
         if config_file.is_file():

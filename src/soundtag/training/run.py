@@ -116,13 +116,10 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     failed = {f.clip_id for f in summary.failures}
     if failed:
         manifest = manifest.filter(lambda c: c.id not in failed)
-    keys = [clip_key(c.path) for c in manifest]
-    targets = label_matrix(manifest)
-    fold_of = make_folds(manifest, t.folds, seed=t.seed, strategy=t.fold_strategy)
-    in_training = np.array([c.id not in blacklist for c in manifest])
-    _write_folds(run_dir / "folds.csv", manifest, fold_of, in_training)
+    plan = FoldSet.build(manifest, recipe, store, blacklist)
+    _write_folds(run_dir / "folds.csv", manifest, plan.fold_of, plan.in_training)
 
-    n_folds = int(fold_of.max()) + 1
+    n_folds = plan.n_folds
     wanted = list(range(n_folds)) if folds is None else folds
     trained, skipped = [], []
     for k in wanted:
@@ -131,7 +128,7 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
         if (run_dir / f"fold-{k}" / "done.json").is_file():
             skipped.append(k)
             continue
-        _train_fold(k, run_dir, manifest, recipe, store, keys, targets, fold_of, in_training, progress)
+        _train_fold(plan, k, run_dir, progress)
         trained.append(k)
 
     from soundtag.training.evaluate import evaluate_run
@@ -160,43 +157,89 @@ def _write_folds(path: Path, manifest: Manifest, fold_of: np.ndarray, in_trainin
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _train_fold(k: int, run_dir: Path, manifest: Manifest, recipe: Recipe, store: FeatureStore, keys: list[str],
-                targets: np.ndarray, fold_of: np.ndarray, in_training: np.ndarray, progress: bool) -> None:
+@dataclass
+class FoldLoaders:
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    oof: torch.utils.data.DataLoader
+    normalizer: Normalizer
+    oof_ids: list[str]
+    train_clips: int
+    val_clips: int
+    steps_per_epoch: int
+
+
+@dataclass
+class FoldSet:
+    """The clips of a run, their folds, and which of them may be trained on."""
+
+    manifest: Manifest
+    recipe: Recipe
+    store: FeatureStore
+    keys: list[str]
+    targets: np.ndarray
+    fold_of: np.ndarray
+    in_training: np.ndarray
+
+    @classmethod
+    def build(cls, manifest: Manifest, recipe: Recipe, store: FeatureStore, blacklist=frozenset()) -> "FoldSet":
+        t = recipe.training
+        return cls(manifest, recipe, store, [clip_key(c.path) for c in manifest], label_matrix(manifest),
+                   make_folds(manifest, t.folds, seed=t.seed, strategy=t.fold_strategy),
+                   np.array([c.id not in blacklist for c in manifest]))
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.fold_of.max()) + 1
+
+    def loaders(self, k: int) -> FoldLoaders:
+        """Training (balanced, augmented later on the batch), validation and out-of-fold loaders.
+
+        Validation leaves out blacklisted clips (and unverified ones for ``verified_only``
+        recipes); the out-of-fold loader covers every clip of the fold.
+        """
+        recipe, t = self.recipe, self.recipe.training
+        train_idx = np.flatnonzero((self.fold_of != k) & self.in_training)
+        verified_only = recipe.validation == "verified_only"
+        val_idx = np.flatnonzero(validation_mask(self.manifest, self.fold_of, k, verified_only=verified_only)
+                                 & self.in_training)
+        oof_idx = np.flatnonzero(self.fold_of == k)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise DataError(f"fold {k}: {len(train_idx)} training and {len(val_idx)} validation clips; "
+                            "check the blacklist and the folds")
+        normalizer = Normalizer.fit(recipe, self.store, [self.keys[i] for i in train_idx])
+
+        def subset(idx):
+            return [self.keys[i] for i in idx], self.targets[idx]
+
+        sampler = EpochSampler(self.targets[train_idx].argmax(axis=1), t.balance, seed=t.seed + k)
+        common = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
+        train = torch.utils.data.DataLoader(
+            TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k),
+            batch_size=t.batch_size, sampler=sampler, drop_last=True, **common)
+        eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **common}
+        val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer), **eval_args)
+        oof = torch.utils.data.DataLoader(EvalViews(self.store, *subset(oof_idx), recipe, normalizer), **eval_args)
+        return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx], len(train_idx),
+                           len(val_idx), max(1, len(sampler) // t.batch_size))
+
+
+def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from soundtag.training.module import TaggerModule
 
+    recipe, manifest = plan.recipe, plan.manifest
     t = recipe.training
     fold_dir = run_dir / f"fold-{k}"
     fold_dir.mkdir(exist_ok=True)
     start = time.perf_counter()
     L.seed_everything(t.seed + k, workers=True, verbose=False)
-
-    train_idx = np.flatnonzero((fold_of != k) & in_training)
-    val_idx = np.flatnonzero(validation_mask(manifest, fold_of, k, verified_only=recipe.validation == "verified_only")
-                             & in_training)
-    oof_idx = np.flatnonzero(fold_of == k)
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise DataError(f"fold {k}: {len(train_idx)} training and {len(val_idx)} validation clips; "
-                        "check the blacklist and the folds")
-    normalizer = Normalizer.fit(recipe, store, [keys[i] for i in train_idx])
-
-    def subset(idx):
-        return [keys[i] for i in idx], targets[idx]
-
-    train_set = TrainViews(store, *subset(train_idx), recipe, normalizer, seed=t.seed + k)
-    classes = targets[train_idx].argmax(axis=1)
-    sampler = EpochSampler(classes, t.balance, seed=t.seed + k)
-    loader_args = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                                               **loader_args)
-    eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **loader_args}
-    val_loader = torch.utils.data.DataLoader(EvalViews(store, *subset(val_idx), recipe, normalizer), **eval_args)
-
-    module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, normalizer.to_dict(),
-                          fold=k, steps_per_epoch=max(1, len(sampler) // t.batch_size))
+    data = plan.loaders(k)
+    module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict(),
+                          fold=k, steps_per_epoch=data.steps_per_epoch)
     mode = "min" if t.monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(dirpath=fold_dir, filename="best", monitor=t.monitor, mode=mode, save_last=True,
                                  enable_version_counter=False)
@@ -210,24 +253,23 @@ def _train_fold(k: int, run_dir: Path, manifest: Manifest, recipe: Recipe, store
         callbacks=callbacks, logger=[CSVLogger(fold_dir, name="logs", version=""),
                                      TensorBoardLogger(fold_dir, name="tb", version="")],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, len(train_loader))))
+        log_every_n_steps=max(1, min(50, data.steps_per_epoch)))
     last = fold_dir / "last.ckpt"
     resumed_from = None
     if last.is_file():
         resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
         print(f"fold {k}: resuming from {last} after epoch {resumed_from}")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+    trainer.fit(module, data.train, data.val, ckpt_path=str(last) if last.is_file() else None)
 
     best = checkpoint.best_model_path or str(last)
     best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu")
-    oof_loader = torch.utils.data.DataLoader(EvalViews(store, *subset(oof_idx), recipe, normalizer), **eval_args)
-    probs = torch.cat(trainer.predict(best_module, oof_loader)).numpy()
+    probs = torch.cat(trainer.predict(best_module, data.oof)).numpy()
     with atomic_path(fold_dir / "oof.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, probs.astype(np.float32))
     atomic_write_json(fold_dir / "done.json", {
-        "fold": k, "clips": [manifest[i].id for i in oof_idx], "train_clips": int(len(train_idx)),
-        "val_clips": int(len(val_idx)), "best_checkpoint": Path(best).name,
+        "fold": k, "clips": data.oof_ids, "train_clips": data.train_clips,
+        "val_clips": data.val_clips, "best_checkpoint": Path(best).name,
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "epochs": int(trainer.current_epoch), "resumed_after_epoch": resumed_from,
         "seconds": time.perf_counter() - start})
