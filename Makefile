@@ -26,6 +26,10 @@ demo: venv
 	$(SOUNDTAG) features --data esc50 --recipe esc50-lh --recipe esc50-x --cache $(DEMO)/features
 	$(SOUNDTAG) features --data esc10 --recipe fsd2018-lh --recipe fsd2018-x --cache $(DEMO)/features
 	$(SOUNDTAG) show "$(SOUNDTAG_DATA)/esc10/audio/001 - Dog bark/1-100032-A.ogg" --recipe fsd2018-lh --out $(DEMO)/dog-bark.png
+	test -f $(DEMO)/esc10-run/metrics.json || \
+	  if [ -f $(DEMO)/esc10-run/run.json ]; then $(SOUNDTAG) train --resume $(DEMO)/esc10-run; \
+	  else $(SOUNDTAG) train --data esc10 --recipe esc50-cpu-lh --out $(DEMO)/esc10-run --cache $(DEMO)/features; fi
+	$(SOUNDTAG) evaluate $(DEMO)/esc10-run
 
 bench: venv
 	$(PY) benchmarks/features.py

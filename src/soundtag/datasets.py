@@ -1,24 +1,19 @@
 """Registry of downloadable datasets, and a resumable, verified downloader.
 
-``soundtag data get esc50|esc10|fsdkaggle2018 [--to DIR]`` calls :func:`get`. A dataset is a
-:class:`DatasetSpec`: a list of :class:`RemoteFile` (address, checksum, whether to unpack it).
-:func:`get` prefers a local copy (the ``local_copy`` argument, else ``$SOUNDTAG_DATA``), which
-is how tests and CI use the read-only ``../shared/data``; otherwise it downloads every file into
-``<to>/<name>/``, verifies it, unpacks archives and writes ``.soundtag-complete.json`` last, so
-an interrupted run resumes and a finished one returns at once.
-
-Checksums are the published ones. ESC-50 and ESC-10 are served only as GitHub branch archives
-(``archive/master.zip``), which GitHub regenerates, and their author publishes no checksum:
-those files carry ``md5=None`` and every download of them warns that it was not verified.
+``soundtag data get NAME [--to DIR]`` calls :func:`get`: it uses a local copy if configured
+(``local_copy`` or ``$SOUNDTAG_DATA``: how tests and CI use ``../shared/data``), else downloads
+the :class:`DatasetSpec`'s files into ``<to>/<name>/``, verifies and unpacks them, and writes
+``.soundtag-complete.json`` last. ESC-50 and ESC-10 exist only as GitHub branch archives with
+no published checksum: they carry ``md5=None`` and their downloads warn that they are unverified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import http.client
 import json
-import logging
 import os
 import re
 import shutil
@@ -28,16 +23,14 @@ import urllib.request
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from soundtag import __version__
 from soundtag._io import atomic_write_json
 from soundtag.errors import DataError, ParameterError
 
-log = logging.getLogger(__name__)
-
 MARKER = ".soundtag-complete.json"
-_HEX = re.compile(r"[0-9a-f]+")
 
 
 class UnverifiedDownloadWarning(UserWarning):
@@ -50,12 +43,10 @@ class RemoteFile:
 
     Parameters
     ----------
-    url : address to download from (``https://``)
-    filename : name the download is saved under (no folders)
-    size : expected size in bytes, or None if unknown
-    md5, sha256 : published checksum as lowercase hex; None where none is published
+    url, filename : address to download from; bare file name to save it under
+    size, md5, sha256 : expected size in bytes, published lowercase-hex checksums; None if unknown
     extract : unpack this zip/tar archive into the dataset folder
-    strip_components : leading path components removed from archive members (like ``tar``)
+    strip_components : leading path components dropped from archive members (as in ``tar``)
     subdir : folder, relative to the dataset folder, that the file or its members go into
     """
 
@@ -70,24 +61,22 @@ class RemoteFile:
 
     def __post_init__(self):
         for algo, value, length in (("md5", self.md5, 32), ("sha256", self.sha256, 64)):
-            if value is not None and (len(value) != length or not _HEX.fullmatch(value)):
+            if value is not None and not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
                 raise ParameterError(f"{self.filename}: {algo}={value!r} must be {length} "
                                      "lowercase hex digits, or None where none is published")
         if not self.filename or "/" in self.filename or "\\" in self.filename:
             raise ParameterError(f"filename={self.filename!r} must be a bare file name")
-        if self.strip_components < 0:
-            raise ParameterError(f"strip_components={self.strip_components} must be >= 0")
-        if _unsafe(self.subdir):
-            raise ParameterError(f"subdir={self.subdir!r} must be a relative path inside the dataset")
+        if self.strip_components < 0 or _unsafe(self.subdir):
+            raise ParameterError(f"{self.filename}: strip_components={self.strip_components} "
+                                 f"must be >= 0 and subdir={self.subdir!r} a relative folder")
 
     @property
     def verification(self) -> str:
         """How a download of this file is checked, in words."""
         if self.sha256 or self.md5:
             return "sha256" if self.sha256 else "md5"
-        if self.size is not None:
-            return "no published checksum: verified by size only"
-        return "no published checksum: not verified"
+        how = "verified by size only" if self.size is not None else "not verified"
+        return f"no published checksum: {how}"
 
 
 @dataclass(frozen=True)
@@ -96,12 +85,11 @@ class DatasetSpec:
 
     Parameters
     ----------
-    name : registry key (``soundtag data get NAME``)
-    description : one line for listings
-    files : the files to download
-    layout : manifest layout name that readers of the folder use
+    name, description : registry key (``soundtag data get NAME``); one line for listings
+    files, layout : the files to download; manifest layout name that readers of the folder use
     local_subdir : folder name of this dataset inside a local copy (``$SOUNDTAG_DATA``)
-    license, homepage : where the data comes from and under which terms
+    license, homepage : under which terms the data comes, and from where
+    copies : ``(source, copy)`` paths in the folder, copied after unpacking to fit ``layout``
     """
 
     name: str
@@ -111,13 +99,14 @@ class DatasetSpec:
     local_subdir: str
     license: str
     homepage: str
+    copies: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
-        if not self.name or not self.files:
-            raise ParameterError(f"dataset {self.name!r} needs a name and at least one file")
         names = [f.filename for f in self.files]
-        if len(set(names)) != len(names):
-            raise ParameterError(f"dataset {self.name!r}: file names must be unique, got {names}")
+        if not self.name or not names or len(set(names)) != len(names) or any(
+                _unsafe(p) for pair in self.copies for p in pair):
+            raise ParameterError(f"dataset {self.name!r} needs a name, at least one file, unique "
+                                 f"file names (got {names}) and relative copies {self.copies}")
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -134,9 +123,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 
 def unregister_dataset(name: str) -> DatasetSpec:
     """Remove and return the dataset registered as ``name`` (used by tests)."""
-    spec = get_spec(name)
-    del _REGISTRY[spec.name]
-    return spec
+    return _REGISTRY.pop(get_spec(name).name)
 
 
 def list_datasets() -> list[str]:
@@ -163,31 +150,22 @@ def default_data_root() -> Path:
 
 def _unsafe(rel: str) -> bool:
     p = PurePosixPath(rel.replace("\\", "/"))
-    return p.is_absolute() or ".." in p.parts or bool(re.match(r"^[A-Za-z]:", rel))
-
-
-def _digests(path: Path, chunk_size: int = 1 << 20) -> tuple[int, str, str]:
-    md5, sha, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_size):
-            md5.update(block)
-            sha.update(block)
-            size += len(block)
-    return size, md5.hexdigest(), sha.hexdigest()
+    return p.is_absolute() or ".." in p.parts or bool(re.match(r"[A-Za-z]:", rel))
 
 
 def _mismatch(path: Path, md5: str | None, sha256: str | None, size: int | None) -> str | None:
     """Describe how ``path`` differs from what is expected, or None if it matches."""
-    if md5 is None and sha256 is None:
-        actual = path.stat().st_size
-        return None if size in (None, actual) else f"expected {size} bytes, got {actual}"
-    actual_size, actual_md5, actual_sha = _digests(path)
-    if size is not None and actual_size != size:
-        return f"expected {size} bytes, got {actual_size}"
-    if sha256 and actual_sha != sha256:
-        return f"expected sha256 {sha256}, got {actual_sha}"
-    if md5 and actual_md5 != md5:
-        return f"expected md5 {md5}, got {actual_md5}"
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"expected {size} bytes, got {actual}"
+    for algo, want in (("sha256", sha256), ("md5", md5)):
+        if want:
+            digest = hashlib.new(algo)
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+            got = digest.hexdigest()
+            return None if got == want else f"expected {algo} {want}, got {got}"
     return None
 
 
@@ -196,37 +174,22 @@ def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
              progress: bool = True, chunk_size: int = 1 << 20, timeout: float = 60) -> Path:
     """Download ``url`` to ``dest``, resuming a partial download and verifying the result.
 
-    Data goes to ``dest + ".part"``; an existing part is resumed with ``Range: bytes=N-`` (a
-    server that answers 200 instead of 206 is read again from the start). Only a verified
-    file is renamed to ``dest``; a ``dest`` that already verifies is not fetched again.
+    Data goes to ``dest + ".part"``, resumed with ``Range: bytes=N-`` (a server answering 200
+    instead of 206 is read from the start); only a verified file is renamed to ``dest``, and a
+    ``dest`` that already verifies is not fetched again. A network error raises DataError and
+    keeps the ``.part`` (run again to resume); a checksum or size mismatch deletes it.
 
     Parameters
     ----------
-    url : address to fetch
-    dest : final path of the file
-    expected_md5, expected_sha256, expected_size : what the file must match; with no
-        checksum an :class:`UnverifiedDownloadWarning` says the file was not verified
-    progress : show a rich progress bar
-    chunk_size : bytes read per step
-    timeout : seconds to wait on the network before giving up
-
-    Returns
-    -------
-    Path of the verified file.
-
-    Raises
-    ------
-    DataError
-        On a network error (the ``.part`` is kept: run again to resume) or a checksum or
-        size mismatch (the ``.part`` is deleted).
+    url, dest : address to fetch and final path of the file
+    expected_md5, expected_sha256, expected_size : what the file must match; with no checksum
+        an :class:`UnverifiedDownloadWarning` says it was verified by size only or not at all
+    progress, chunk_size, timeout : show a rich progress bar; bytes per read; network timeout (s)
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    if dest.is_file():
-        if _mismatch(dest, expected_md5, expected_sha256, expected_size) is None:
-            return dest
-        log.warning("%s does not match its checksum; downloading it again", dest)
-        dest.unlink()
+    if dest.is_file() and _mismatch(dest, expected_md5, expected_sha256, expected_size) is None:
+        return dest  # a dest that does not verify is replaced by the new download
     dest.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.is_file() else 0
     if expected_size is not None and offset > expected_size:
@@ -243,13 +206,12 @@ def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
             if not (err.code == 416 and offset):  # 416 with a part: the part is already whole
                 raise
             err.close()
-            resp = None
-        if resp is not None:
+        else:
             with resp:
                 _receive(resp, url, part, offset, expected_size, progress, chunk_size)
     except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
-        raise DataError(f"download of {url} failed: {err}. The partial file {part} was kept; "
-                        "check the network and run the same command again to resume.") from err
+        raise DataError(f"download of {url} failed: {err}. Check the network and run the same "
+                        f"command again: it resumes from {part} when that exists.") from err
     problem = _mismatch(part, expected_md5, expected_sha256, expected_size)
     if problem:
         part.unlink()
@@ -258,8 +220,7 @@ def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
                         "server changed: report it to the soundtag maintainers.")
     if not (expected_md5 or expected_sha256):
         how = "verified by size only" if expected_size is not None else "not verified"
-        warnings.warn(f"{url}: no published checksum: {how}", UnverifiedDownloadWarning,
-                      stacklevel=2)
+        warnings.warn(f"{url}: no published checksum: {how}", UnverifiedDownloadWarning, 2)
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(part, dest)
@@ -267,100 +228,74 @@ def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
 
 
 def _receive(resp, url, part: Path, offset: int, expected_size, progress, chunk_size) -> None:
-    """Append (206) or write (200) the body of ``resp`` to ``part``."""
+    """Append (206) or write (200: no range support, start over) the body to ``part``."""
     if offset and resp.status == 206:
-        start = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
-        if not start or int(start.group(1)) != offset:
-            part.unlink()
-            raise DataError(f"{url}: the server resumed at the wrong place (Content-Range "
-                            f"{resp.headers.get('Content-Range')!r}, wanted byte {offset}). The "
-                            "partial file was deleted; run the command again to start afresh.")
-    elif offset:
-        log.info("%s ignores Range requests; downloading from the start", url)
+        if not re.match(rf"bytes {offset}-", resp.headers.get("Content-Range", "")):
+            part.unlink()  # cannot be appended to: the next run starts afresh
+            raise OSError(f"the server resumed at another byte than {offset}")
+    elif offset:  # 200: the server ignores Range, so start over
         offset = 0
-    length = resp.headers.get("Content-Length")
-    length = int(length) if length and length.isdigit() else None
+    length = resp.headers.get("Content-Length", "")
+    length = int(length) if length.isdigit() else None
     total = offset + length if length is not None else expected_size
-    received = 0
-    bar = None
+    received, bar = 0, contextlib.nullcontext()
     if progress:
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                       TransferSpeedColumn(), TimeRemainingColumn())
-        bar.start()
-        task = bar.add_task(part.name[: -len(".part")], total=total, completed=offset)
-    try:
-        with open(part, "ab" if offset else "wb") as fh:
-            while block := resp.read(chunk_size):
-                fh.write(block)
-                received += len(block)
-                if bar:
-                    bar.update(task, advance=len(block))
-    finally:
-        if bar:
-            bar.stop()
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+        bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    with bar, open(part, "ab" if offset else "wb") as fh:
+        task = bar.add_task(part.name[:-5], total=total, completed=offset) if progress else None
+        while block := resp.read(chunk_size):
+            fh.write(block)
+            received += len(block)
+            if progress:
+                bar.update(task, advance=len(block))
     if length is not None and received < length:
         raise OSError(f"connection closed after {offset + received} of {offset + length} bytes")
 
 
-def _extract(archive: Path, target: Path, strip_components: int = 0) -> list[str]:
-    """Unpack a zip or tar ``archive`` into ``target``; members escaping it raise DataError."""
+def _extract(archive: Path, target: Path, strip_components: int = 0) -> None:
+    """Unpack a zip or tar ``archive`` into ``target``; any unsafe member raises DataError first."""
     if zipfile.is_zipfile(archive):
-        zf = zipfile.ZipFile(archive)
-        members = [(i.filename, i.is_dir(), True, lambda i=i: zf.open(i)) for i in zf.infolist()]
-        closer = zf
+        arc = zipfile.ZipFile(archive)
+        members = [(i.filename, i.is_dir(), True, partial(arc.open, i)) for i in arc.infolist()]
     elif tarfile.is_tarfile(archive):
-        tf = tarfile.open(archive)
-        members = [(m.name, m.isdir(), m.isdir() or m.isfile(), lambda m=m: tf.extractfile(m))
-                   for m in tf.getmembers()]
-        closer = tf
+        arc = tarfile.open(archive)
+        members = [(m.name, m.isdir(), m.isdir() or m.isfile(), partial(arc.extractfile, m))
+                   for m in arc.getmembers()]
     else:
         raise DataError(f"{archive} is neither a zip nor a tar archive; delete it and run again.")
     root, plan = target.resolve(), []
-    with closer:
-        for name, is_dir, regular, opener in members:
-            if not regular:
-                raise DataError(f"{archive}: member {name!r} is a link or special file; soundtag "
-                                "unpacks only plain files and folders. The archive was not used.")
+    with arc:
+        for name, is_dir, plain, opener in members:
             parts = PurePosixPath(name.replace("\\", "/")).parts
-            out = (root.joinpath(*parts[strip_components:])).resolve()
-            if _unsafe(name) or (out != root and root not in out.parents):
-                raise DataError(f"{archive}: member {name!r} would be written outside {target}; "
-                                "the archive is unsafe and was not unpacked.")
+            out = root.joinpath(*parts[strip_components:]).resolve()
+            if not plain or _unsafe(name) or not out.is_relative_to(root):
+                why = "is a link or special file" if not plain else f"would land outside {target}"
+                raise DataError(f"{archive}: member {name!r} {why}; the archive is unsafe and was "
+                                "not unpacked. Delete it and tell the dataset's maintainers.")
             if len(parts) > strip_components:
                 plan.append((out, is_dir, opener))
-        for out, is_dir, opener in plan:  # every member checked before anything is written
-            if is_dir:
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with opener() as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    return [str(out.relative_to(root)) for out, _, _ in plan]
-
-
-def _marker_record(spec: DatasetSpec) -> dict:
-    return {"dataset": spec.name, "layout": spec.layout,
-            "files": [{**asdict(f), "verified": f.verification} for f in spec.files]}
+        for out, is_dir, opener in plan:  # written only once every member has passed
+            (out if is_dir else out.parent).mkdir(parents=True, exist_ok=True)
+            if not is_dir:
+                with opener() as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def get(name: str, to: str | Path | None = None, *, local_copy: str | Path | None = None,
         progress: bool = True) -> Path:
     """Make dataset ``name`` available on disk and return its folder.
 
+    The marker ``.soundtag-complete.json`` is written last; a folder whose marker matches the
+    spec is returned at once, anything less is resumed.
+
     Parameters
     ----------
-    name : a registered dataset (``list_datasets()``)
-    to : parent folder; the dataset goes to ``to/<name>/`` (default: :func:`default_data_root`)
-    local_copy : folder holding local copies (default ``$SOUNDTAG_DATA``); when
+    name, to : a registered dataset; parent folder, ``to/<name>/`` (default: under
+        :func:`default_data_root`)
+    local_copy : folder of local copies (default ``$SOUNDTAG_DATA``); if
         ``<local_copy>/<spec.local_subdir>`` exists it is returned as is: no copy, no network
     progress : show progress bars while downloading
-
-    Returns
-    -------
-    The dataset folder. Downloads are verified, archives unpacked and the marker
-    ``.soundtag-complete.json`` written last; a folder with a valid marker is returned at once.
     """
     spec = get_spec(name)
     local = local_copy if local_copy is not None else os.environ.get("SOUNDTAG_DATA")
@@ -368,14 +303,13 @@ def get(name: str, to: str | Path | None = None, *, local_copy: str | Path | Non
         candidate = Path(local).expanduser() / spec.local_subdir
         if candidate.is_dir():
             return candidate
-        log.info("no local copy at %s; downloading %s", candidate, spec.name)
     target = (Path(to).expanduser() if to is not None else default_data_root()) / spec.name
-    marker, record = target / MARKER, _marker_record(spec)
-    try:
+    marker = target / MARKER
+    record = {"dataset": spec.name, "layout": spec.layout,
+              "files": [{**asdict(f), "verified": f.verification} for f in spec.files]}
+    with contextlib.suppress(OSError, ValueError):
         if json.loads(marker.read_text(encoding="utf-8")) == record:
             return target
-    except (OSError, ValueError):
-        pass
     staging = target / ".downloads"
     for f in spec.files:
         where = staging if f.extract else target / f.subdir
@@ -383,36 +317,36 @@ def get(name: str, to: str | Path | None = None, *, local_copy: str | Path | Non
                         expected_size=f.size, progress=progress)
         if f.extract:
             _extract(path, target / f.subdir, f.strip_components)
+    for source, copy in spec.copies:
+        if not (target / source).is_file():
+            raise DataError(f"{target / source} is missing after unpacking {spec.name}: the "
+                            "archives changed layout. Report it to the soundtag maintainers.")
+        shutil.copyfile(target / source, target / copy)
     atomic_write_json(marker, record)
     shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-_ZENODO = "https://zenodo.org/records/2552860/files/"
-_FSD_MD5 = {  # published on Zenodo record 2552860 (as hard-coded in mteb's FSDKaggle2018 script)
-    "audio_train": "a8b47ff4b52022c178f88fa5c6f080d0", "audio_test": "f85c8665c3fc39311ea1b748e194a81d",
-    "meta": "f16828ac8be0e5285b9175a12f90d784", "doc": "4f2d1ac88f33a62f9db3108b269ee1b7"}
-
+_GITHUB, _ZENODO = "https://github.com/karolpiczak/", "https://zenodo.org/records/2552860/files/"
+_FSD_MD5 = dict(  # published on Zenodo record 2552860, as hard-coded in mteb's FSDKaggle2018 script
+    meta="f16828ac8be0e5285b9175a12f90d784", doc="4f2d1ac88f33a62f9db3108b269ee1b7",
+    audio_test="f85c8665c3fc39311ea1b748e194a81d", audio_train="a8b47ff4b52022c178f88fa5c6f080d0")
 for _spec in (
-    DatasetSpec(
-        "esc50", "ESC-50: 2000 environmental clips, 50 classes, 5 folds (Piczak 2015)",
-        (RemoteFile("https://github.com/karolpiczak/ESC-50/archive/master.zip", "ESC-50-master.zip",
-                    extract=True, strip_components=1),),
-        layout="esc50", local_subdir="esc50", license="CC BY-NC 3.0",
-        homepage="https://github.com/karolpiczak/ESC-50"),
-    DatasetSpec(
-        "esc10", "ESC-10, original release: 400 clips, 10 classes, 5 folds (Ogg Vorbis)",
-        (RemoteFile("https://github.com/karolpiczak/ESC-10/archive/master.zip", "ESC-10-master.zip",
-                    extract=True, strip_components=1, subdir="audio"),),
-        layout="esc10", local_subdir="esc10", license="CC BY 3.0",
-        homepage="https://github.com/karolpiczak/ESC-10"),
-    DatasetSpec(
-        "fsdkaggle2018", "FSDKaggle2018: 11073 Freesound clips, 41 labels (DCASE 2018 task 2)",
-        tuple(RemoteFile(f"{_ZENODO}FSDKaggle2018.{part}.zip?download=1", f"FSDKaggle2018.{part}.zip",
-                         md5=md5, extract=True, strip_components=1,
-                         subdir="" if part == "meta" else part)
-              for part, md5 in _FSD_MD5.items()),
-        layout="fsdkaggle2018", local_subdir="fsdkaggle2018", license="CC BY 4.0 (clips: CC)",
-        homepage="https://zenodo.org/records/2552860"),
+    DatasetSpec("esc50", "ESC-50: 2000 environmental clips, 50 classes, 5 folds (Piczak 2015)",
+                (RemoteFile(f"{_GITHUB}ESC-50/archive/master.zip", "ESC-50-master.zip",
+                            extract=True, strip_components=1),),
+                "esc50", "esc50", "CC BY-NC 3.0", f"{_GITHUB}ESC-50"),
+    DatasetSpec("esc10", "ESC-10, original release: 400 Ogg clips, 10 classes, 5 folds",
+                (RemoteFile(f"{_GITHUB}ESC-10/archive/master.zip", "ESC-10-master.zip",
+                            extract=True, strip_components=1, subdir="audio"),),
+                "esc10", "esc10", "CC BY 3.0", f"{_GITHUB}ESC-10"),
+    DatasetSpec("fsdkaggle2018", "FSDKaggle2018: 11073 Freesound clips, 41 labels (DCASE 2018)",
+                tuple(RemoteFile(f"{_ZENODO}FSDKaggle2018.{p}.zip?download=1",
+                                 f"FSDKaggle2018.{p}.zip", md5=md5, extract=True,
+                                 strip_components=1, subdir="" if p == "meta" else p)
+                      for p, md5 in _FSD_MD5.items()),
+                "fsdkaggle2018", "fsdkaggle2018", "CC BY 4.0 (per-clip CC licences in meta)",
+                "https://zenodo.org/records/2552860",
+                copies=(("train_post_competition.csv", "train.csv"),)),
 ):
     register_dataset(_spec)

@@ -197,8 +197,9 @@ def read_fsdkaggle2018(root: Path, *, split: str = "train", labels: Sequence[str
     """Read the FSDKaggle2018 Kaggle layout.
 
     ``split="train"`` reads ``train.csv`` with ``audio_train/``; ``split="test"`` reads the
-    clip list of ``sample_submission.csv`` (or ``test_post_competition.csv``) with
-    ``audio_test/``, unlabelled. The vocabulary is the challenge's 41 labels.
+    clip list of ``sample_submission.csv`` (unlabelled) or, in the Zenodo release,
+    ``test_post_competition_scoring_clips.csv`` (labelled) with ``audio_test/``. The
+    vocabulary is the challenge's 41 labels.
     """
     vocab = tuple(labels or FSDKAGGLE2018_LABELS)
     problems: list[Problem] = []
@@ -215,14 +216,21 @@ def read_fsdkaggle2018(root: Path, *, split: str = "train", labels: Sequence[str
             ))
         meta = {}
     elif split == "test":
+        # Kaggle's layout lists test clips in sample_submission.csv (unlabelled); the Zenodo
+        # release ships the scored test clips with their labels instead.
         csv_path = root / "sample_submission.csv"
+        labelled = root / "test_post_competition_scoring_clips.csv"
+        if not csv_path.is_file() and labelled.is_file():
+            csv_path = labelled
         if not csv_path.is_file():
-            raise DataError(f"{csv_path}: missing; the test split is listed by sample_submission.csv "
-                            "from the competition's data")
+            raise DataError(f"{root}: no sample_submission.csv or test_post_competition_scoring_clips.csv; "
+                            "the test split is listed by one of them")
         rows, _ = _read_csv(csv_path, [("fname",)])
         audio = root / "audio_test"
-        clips = [Clip(id=r["fname"], path=str(audio / r["fname"])) for r in rows]
-        meta = {"unlabelled": True}
+        with_labels = csv_path == labelled
+        clips = [Clip(id=r["fname"], path=str(audio / r["fname"]),
+                      labels=_split_labels(r.get("label")) if with_labels else ()) for r in rows]
+        meta = {} if with_labels else {"unlabelled": True}
     else:
         raise ParameterError(f"split={split!r} must be 'train' or 'test'")
     return _finish(clips, problems, csv_path, labels=vocab, name=f"fsdkaggle2018-{split}",
