@@ -73,7 +73,8 @@ def features(
         if len(summary.failures) > 10:
             console.print(f"[yellow]... {len(summary.failures) - 10} more in {summary.failures_csv}[/]")
         if summary.notes:
-            console.print(f"{r.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(summary.notes.items())))
+            console.print(f"{r.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(summary.notes.items()))
+                          + f" (listed in {summary.notes_csv})")
     console.print(table)
     if failures:
         console.print(f"[yellow]{failures} clip(s) could not be decoded; they are listed in each store's "

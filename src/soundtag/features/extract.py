@@ -52,7 +52,9 @@ class ExtractionSummary:
     wall_seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     notes: Counter = field(default_factory=Counter)
+    noted: list[tuple[str, str, str]] = field(default_factory=list)
     failures_csv: Path | None = None
+    notes_csv: Path | None = None
 
     @property
     def clips_per_second(self) -> float:
@@ -135,7 +137,8 @@ def extract_features(
     -------
     store : the opened :class:`FeatureStore`, holding every clip that could be decoded
     summary : counts, hours of audio, speed and the failures (also written to
-        ``<store>/failures.csv``)
+        ``<store>/failures.csv``); notes on computed clips (silent, down-mixed, resampled,
+        truncated) go to ``<store>/notes.csv``
     """
     start = time.perf_counter()
     store = FeatureStore.open(cache_dir, recipe)
@@ -160,7 +163,10 @@ def extract_features(
         _compute(todo, keys, recipe, store, summary, workers=workers, batch_size=batch_size,
                  device=device, progress=progress)
     summary.wall_seconds = time.perf_counter() - start
-    summary.failures_csv = _write_failures(store.path / "failures.csv", summary.failures)
+    summary.failures_csv = _write_rows(store.path / "failures.csv", ["clip_id", "path", "reason", "message"],
+                                       [(f.clip_id, f.path, f.reason, f.message) for f in summary.failures])
+    # Clips that were computed but are worth a look: silent, down-mixed, resampled, truncated.
+    summary.notes_csv = _write_rows(store.path / "notes.csv", ["clip_id", "path", "note"], summary.noted)
     return store, summary
 
 
@@ -187,6 +193,7 @@ def _compute(todo, keys, recipe, store, summary, *, workers, batch_size, device,
                 summary.computed += 1
                 summary.audio_seconds += wav.source_duration
                 summary.notes.update(note.split(" ")[0] for note in wav.notes)
+                summary.noted.extend((todo[i].id, todo[i].path, note) for note in wav.notes)
             advance(len(failures) + len(results))
 
 
@@ -222,12 +229,11 @@ def _featurize(decoded, logmel: LogMel, device) -> list:
     return out
 
 
-def _write_failures(path: Path, failures: list[Failure]) -> Path:
+def _write_rows(path: Path, header: list[str], rows) -> Path:
     buf = io.StringIO()
     out = csv.writer(buf)
-    out.writerow(["clip_id", "path", "reason", "message"])
-    for f in failures:
-        out.writerow([f.clip_id, f.path, f.reason, f.message])
+    out.writerow(header)
+    out.writerows(rows)
     atomic_write_text(path, buf.getvalue())
     return path
 

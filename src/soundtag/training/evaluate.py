@@ -46,8 +46,9 @@ def evaluate_run(run_dir: str | Path, *, plots: bool = True) -> dict:
     targets = label_matrix(manifest)
     verified = np.array([c.manually_verified is not False for c in manifest])
     ml = manifest.multilabel
-    subsets = {"all": np.ones(len(manifest), bool), "verified": verified, "not_blacklisted": in_training,
-               "blacklisted": ~in_training}
+    subsets = {"all": np.ones(len(manifest), bool), "not_blacklisted": in_training, "blacklisted": ~in_training}
+    if any(c.manually_verified is not None for c in manifest):
+        subsets["verified"] = verified
     metrics = {name: evaluation.summarize(targets[m], probs[m], multilabel=ml) for name, m in subsets.items()}
     metrics["per_fold"] = {int(k): evaluation.summarize(targets[folds == k], probs[folds == k], multilabel=ml)
                            for k in np.unique(folds)}
