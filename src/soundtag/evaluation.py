@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 
-from soundtag._io import atomic_path
 from soundtag.errors import ParameterError
 
 
@@ -132,11 +131,9 @@ def summarize(targets: np.ndarray, probs: np.ndarray, *, multilabel: bool = Fals
 def plot_confusion(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], out: str | Path,
                    title: str = "") -> Path:
     """Write a confusion-matrix PNG, rows normalised to recall."""
-    import matplotlib
+    from soundtag.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     m = confusion(targets, probs).astype(float)
     m /= np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = max(5, 0.28 * len(labels) + 2)
@@ -152,12 +149,7 @@ def plot_confusion(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def plot_learning_curves(histories: dict[str, "object"], out: str | Path) -> Path:
@@ -166,12 +158,9 @@ def plot_learning_curves(histories: dict[str, "object"], out: str | Path) -> Pat
     ``histories`` maps a fold name to a pandas DataFrame with ``epoch`` and any of
     ``train_loss``, ``val_loss``, ``val_map3`` columns (Lightning's CSV log, one row per epoch).
     """
-    import matplotlib
+    from soundtag.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_map) = pyplot().subplots(1, 2, figsize=(11, 4))
     for fold, df in histories.items():
         for col, style in (("train_loss", "--"), ("val_loss", "-")):
             if col in df:
@@ -184,9 +173,4 @@ def plot_learning_curves(histories: dict[str, "object"], out: str | Path) -> Pat
     ax_map.set(xlabel="epoch", ylabel="MAP@3", title="validation MAP@3")
     ax_loss.legend(fontsize=7)
     ax_map.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)

@@ -15,6 +15,26 @@ from soundtag.features.recipe import Recipe
 from soundtag.features.views import chunk_starts
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display is ever needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, out: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``out`` as a PNG atomically, and close it."""
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    pyplot().close(fig)
+    return out
+
+
 def _view_spectrogram(path: str | Path, recipe: Recipe) -> np.ndarray:
     wav = decode_for_recipe(path, recipe)
     f = recipe.features
@@ -28,11 +48,7 @@ def show_clip(path: str | Path, recipes: Sequence[Recipe], out: str | Path) -> P
     The X view is drawn whole, with its chunk boundaries marked, so the overlap and the
     dropped tail are visible.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     native = audio.load(path, sample_rate=recipes[0].audio.sample_rate)
     fig, axes = plt.subplots(1 + len(recipes), 1, figsize=(10, 2.2 + 2.6 * len(recipes)),
                              gridspec_kw={"height_ratios": [0.7] + [1.0] * len(recipes)})
@@ -57,9 +73,4 @@ def show_clip(path: str | Path, recipes: Sequence[Recipe], out: str | Path) -> P
             title += f", {len(starts)} chunk(s) of {recipe.chunk_frames}"
         ax.set(title=title, xlabel="seconds", ylabel="mel bin")
         fig.colorbar(im, ax=ax, label="dB")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, out)

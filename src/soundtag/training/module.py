@@ -32,8 +32,7 @@ class TaggerModule(L.LightningModule):
     """Trains one fold. Everything needed to tag a file later is in ``hparams``: the recipe,
     the label names, and the normaliser's statistics."""
 
-    def __init__(self, recipe: dict, labels: list[str], multilabel: bool, normalizer: dict, fold: int = 0,
-                 steps_per_epoch: int = 1):
+    def __init__(self, recipe: dict, labels: list[str], multilabel: bool, normalizer: dict, fold: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.recipe = Recipe.model_validate(recipe)
@@ -106,8 +105,8 @@ class TaggerModule(L.LightningModule):
         if t.scheduler == "none":
             return opt
         if t.scheduler == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, epochs=t.epochs,
-                                                        steps_per_epoch=self.hparams.steps_per_epoch)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr,
+                                                        total_steps=int(self.trainer.estimated_stepping_batches))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

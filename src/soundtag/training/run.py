@@ -166,7 +166,6 @@ class FoldLoaders:
     oof_ids: list[str]
     train_clips: int
     val_clips: int
-    steps_per_epoch: int
 
 
 @dataclass
@@ -221,7 +220,7 @@ class FoldSet:
         val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer), **eval_args)
         oof = torch.utils.data.DataLoader(EvalViews(self.store, *subset(oof_idx), recipe, normalizer), **eval_args)
         return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx], len(train_idx),
-                           len(val_idx), max(1, len(sampler) // t.batch_size))
+                           len(val_idx))
 
 
 def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
@@ -239,7 +238,7 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
     L.seed_everything(t.seed + k, workers=True, verbose=False)
     data = plan.loaders(k)
     module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict(),
-                          fold=k, steps_per_epoch=data.steps_per_epoch)
+                          fold=k)
     mode = "min" if t.monitor == "val_loss" else "max"
     checkpoint = ModelCheckpoint(dirpath=fold_dir, filename="best", monitor=t.monitor, mode=mode, save_last=True,
                                  enable_version_counter=False)
@@ -253,7 +252,7 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
         callbacks=callbacks, logger=[CSVLogger(fold_dir, name="logs", version=""),
                                      TensorBoardLogger(fold_dir, name="tb", version="")],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, data.steps_per_epoch)))
+        log_every_n_steps=max(1, min(50, len(data.train))))
     last = fold_dir / "last.ckpt"
     resumed_from = None
     if last.is_file():
