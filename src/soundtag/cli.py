@@ -129,11 +129,11 @@ def train(
 
     Examples:
 
-      soundtag train --data esc10 --recipe esc10-cpu-lh
+      soundtag train --data esc10 --recipe esc50-cpu-lh
 
       soundtag train --data ../shared/data/esc50 -r esc50-lh --model timm:resnet18 -o training.epochs=80
 
-      soundtag train --resume runs/esc10-cpu-lh-20261124-101500
+      soundtag train --resume runs/esc50-cpu-lh-20261124-101500
     """
     import datetime as dt
 
@@ -186,7 +186,7 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory")):
 
     Example:
 
-      soundtag evaluate runs/esc10-cpu-lh-20261124-101500
+      soundtag evaluate runs/esc50-cpu-lh-20261124-101500
     """
     from soundtag.training import evaluate_run
 

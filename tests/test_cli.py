@@ -1,0 +1,196 @@
+"""The ``soundtag`` command line, run as a real subprocess (``python -m soundtag.cli``)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COMMANDS = [["features"], ["show"], ["train"], ["evaluate"], ["recipes"],
+            ["data", "list"], ["data", "get"], ["data", "check"]]
+
+
+def soundtag(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """Run ``soundtag ARGS`` the way the console script does (``soundtag.cli:main``)."""
+    env = dict(os.environ, COLUMNS="250", PYTHONIOENCODING="utf-8", NO_COLOR="1", TERM="dumb",
+               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "soundtag.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def clips_csv(esc10_root, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A generic CSV (path,label) listing 6 real ESC-10 clips, some not 5 s long."""
+    audio = esc10_root / "audio"
+    paths = [audio / "010 - Fire crackling/4-164661-B.ogg", audio / "007 - Helicopter/1-172649-F.ogg",
+             audio / "001 - Dog bark/1-100032-A.ogg", audio / "002 - Rain/1-17367-A.ogg",
+             audio / "004 - Baby cry/1-187207-A.ogg", audio / "009 - Rooster/1-26806-A.ogg"]
+    assert all(p.is_file() for p in paths)
+    folder = tmp_path_factory.mktemp("cli-data")
+    out = folder / "six.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        for p in paths:
+            w.writerow([str(p), p.parent.name.split(" - ", 1)[1]])
+    return out, paths
+
+
+def _summary_row(stdout: str, recipe: str) -> list[str]:
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line)]
+        if recipe in cells:
+            return [c for c in cells if c]
+    raise AssertionError(f"no summary row for {recipe} in:\n{stdout}")
+
+
+# --- help ------------------------------------------------------------------------------------
+
+def test_help_lists_commands():
+    res = soundtag("--help")
+    assert res.returncode == 0, res.stderr
+    for name in ("features", "show", "recipes", "data", "train", "evaluate"):
+        assert re.search(rf"^\W*{name}\s", res.stdout, re.M), f"{name} missing from --help:\n{res.stdout}"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_each_command_help_shows_an_example(command):
+    res = soundtag(*command, "--help")
+    assert res.returncode == 0, res.stderr
+    example = re.compile(rf"^\W*soundtag {' '.join(command)}\b", re.M)
+    assert example.search(res.stdout), f"no example line 'soundtag {' '.join(command)} ...':\n{res.stdout}"
+
+
+def _example_recipes(help_text: str) -> set[str]:
+    lines = [ln for ln in help_text.splitlines() if re.match(r"^\W*soundtag ", ln)]
+    return {m.group(1) for ln in lines for m in re.finditer(r"(?:--recipe|-r)\s+([\w.-]+)", ln)}
+
+
+@pytest.mark.parametrize("command", [
+    ["features"], ["show"], ["recipes"], ["train"],
+], ids=" ".join)
+def test_help_examples_name_existing_recipes(command):
+    from soundtag.features import list_recipes
+
+    res = soundtag(*command, "--help")
+    assert res.returncode == 0
+    named = _example_recipes(res.stdout)
+    unknown = {r for r in named if r not in list_recipes() and not r.endswith((".yaml", ".yml"))}
+    assert not unknown, f"examples in `soundtag {' '.join(command)} --help` name unknown recipes {unknown}"
+
+
+# --- features -----------------------------------------------------------------------------
+
+def test_features_computes_then_caches(clips_csv, tmp_path):
+    csv_path, paths = clips_csv
+    cache = tmp_path / "cache"
+    args = ["features", "--data", csv_path, "-r", "esc50-lh", "--cache", cache, "--no-progress", "--workers", "0"]
+
+    first = soundtag(*args)
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    assert f"({len(paths)} clips)" in first.stdout
+    row = _summary_row(first.stdout, "esc50-lh")
+    # recipe, clips, computed, cached, failed, hours, clips/s, store
+    assert row[1:5] == ["6", "6", "0", "0"], row
+    assert "fsd2018" not in first.stdout  # -r replaces the default recipes
+    stores = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(stores) == 1 and stores[0].name.startswith("lh-16000hz-128mels-")
+    assert row[-1].endswith(stores[0].name)
+    parts = list((stores[0] / "parts").glob("part-*.npy"))
+    assert parts and sum(np.load(p, mmap_mode="r").shape[0] for p in parts) == 6 * (1 + 5 * 16000 // 320)
+
+    second = soundtag(*args)
+    assert second.returncode == 0, second.stderr
+    row = _summary_row(second.stdout, "esc50-lh")
+    assert row[1:5] == ["6", "0", "6", "0"], row
+
+
+def test_features_override_typo_exits_2(clips_csv, tmp_path):
+    csv_path, _ = clips_csv
+    res = soundtag("features", "--data", csv_path, "-r", "esc50-x", "--cache", tmp_path / "c", "--no-progress",
+                   "-o", "view.overlpa=0.3")
+    assert res.returncode == 2
+    assert "view.overlap" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("part-*.npy"))
+
+
+def test_recipes_override_typo_exits_2():
+    res = soundtag("recipes", "fsd2018-x", "-o", "view.overlpa=0.5")
+    assert res.returncode == 2
+    assert "view.overlap" in res.stderr and "overlpa" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_recipes_prints_resolved_override():
+    res = soundtag("recipes", "fsd2018-x", "-o", "view.overlap=0.5")
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^\s*overlap: 0\.5\s*$", res.stdout, re.M), res.stdout
+    listing = soundtag("recipes")
+    assert listing.returncode == 0
+    for name in ("esc50-lh", "esc50-x", "fsd2018-lh", "fsd2018-x"):
+        assert name in listing.stdout
+
+
+def test_missing_dataset_exits_2_without_traceback(tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    res = soundtag("features", "--data", missing, "-r", "esc50-lh", "--cache", tmp_path / "c", "--no-progress")
+    assert res.returncode == 2
+    err = _flat(res.stderr)
+    assert "no such file or folder" in err
+    assert "no-such-dataset" in err
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_console_script_entry_point(tmp_path):
+    script = Path(sys.executable).parent / "soundtag"
+    if not script.is_file():
+        pytest.skip("soundtag console script not installed in this environment")
+    env = dict(os.environ, COLUMNS="250")
+    ok = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0 and "features" in ok.stdout
+    bad = subprocess.run([str(script), "recipes", "fsd2018-lhh"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert bad.returncode == 2
+    assert "fsd2018-lh" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- show ---------------------------------------------------------------------------------
+
+def test_show_writes_a_png(clips_csv, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+
+    _, paths = clips_csv
+    out = tmp_path / "x.png"
+    res = soundtag("show", paths[1], "--recipe", "fsd2018-lh", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert out.is_file()
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    img = mpimg.imread(out)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert float(np.std(img[..., :3])) > 0.01  # not a blank canvas
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_show_missing_clip_exits_2(tmp_path):
+    res = soundtag("show", tmp_path / "nope.ogg", "--recipe", "fsd2018-lh", "--out", tmp_path / "nope.png")
+    assert res.returncode == 2
+    assert "no such file" in _flat(res.stderr)
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not (tmp_path / "nope.png").exists()
