@@ -291,3 +291,30 @@ def test_metrics_against_hand_computed_values():
     assert ev.confusion(t, p).tolist() == [[1, 0, 1], [1, 0, 0], [0, 1, 0]]
     # lwlrap: clip 1 has labels 0 and 2 ranked 2nd and 3rd -> precisions 1/2 and 2/3
     assert ev.lwlrap(np.array([[1, 0, 1]]), np.array([[0.2, 0.9, 0.1]])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_x_view_and_multilabel_runs_predict_every_clip(esc10_root, tmp_path):
+    """The X view (chunks averaged per clip, per-feature statistics) and a multi-label manifest
+    (sigmoid + BCE, iterative stratification, lwlrap) both go through a whole run."""
+    subset = write_subset_csv(esc10_root, tmp_path / "subset.csv")
+    rows = list(csv.DictReader(open(subset)))
+    for i, row in enumerate(rows):  # every third clip also carries the next class's label
+        if i % 3 == 0:
+            other = rows[(i + 7) % len(rows)]["labels"]
+            row["labels"] = ",".join(sorted({row["labels"], other}))
+        del row["fold"]
+    ml_csv = tmp_path / "multilabel.csv"
+    with open(ml_csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "labels"])
+        w.writeheader()
+        w.writerows(rows)
+    data = read_manifest(ml_csv)
+    assert data.multilabel
+    recipe = load_recipe("esc50-x", FAST + ["training.folds=2"])
+    result = train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    metrics = result.metrics
+    assert metrics["all"]["clips"] == len(data) and 0 <= metrics["all"]["lwlrap"] <= 1
+    with open(tmp_path / "run" / "oof.csv", newline="") as fh:
+        probs = np.array([[float(r[lab]) for lab in data.labels] for r in csv.DictReader(fh)])
+    assert probs.shape == (len(data), len(data.labels))
+    assert np.all((probs >= 0) & (probs <= 1)) and not np.allclose(probs.sum(1), 1)  # sigmoid, not softmax
