@@ -146,7 +146,7 @@ def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | Non
     write_section(f"train-{case}", [
         f"## Accuracy: {case} (`benchmarks/train.py {case}`)", "",
         f"- Date: {dt.date.today()}; machine: {device_line()}",
-        f"- Command: `python benchmarks/train.py {case} --recipe {recipe_name} {over}`".rstrip(),
+        f"- Command: `{f'python benchmarks/train.py {case} --recipe {recipe_name} {over}'.rstrip()}`",
         f"- Goal: {goal}", "",
         "| clips scored out of fold | top-1 | MAP@3 | wall time |", "|---|---|---|---|",
         f"| {m['clips']} | {100 * m['top1']:.1f}% | {m['map@3']:.4f} | {wall / 60:.1f} min |",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -151,10 +152,11 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> RunResult:
 
 
 def _write_folds(path: Path, manifest: Manifest, fold_of: np.ndarray, in_training: np.ndarray) -> None:
-    lines = ["clip_id,fold,in_training"]
-    lines += [f"{json.dumps(c.id) if ',' in c.id else c.id},{int(f)},{bool(t)}"
-              for c, f, t in zip(manifest, fold_of, in_training)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["clip_id", "fold", "in_training"])
+    out.writerows((c.id, int(f), bool(t)) for c, f, t in zip(manifest, fold_of, in_training))
+    atomic_write_text(path, buf.getvalue())
 
 
 @dataclass
