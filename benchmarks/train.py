@@ -41,6 +41,7 @@ def write_section(name: str, lines: list[str]) -> None:
         text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 
 
