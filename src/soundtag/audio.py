@@ -82,16 +82,17 @@ def load(
     if not path.is_file():
         raise AudioError(path, "missing", "no such file; check the path in the manifest")
     try:
-        info = sf.info(str(path))
-        frames = -1 if max_duration is None else int(max_duration * info.samplerate)
-        data, native_rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as fh:  # one open for the header and the samples
+            native_rate, total_frames = fh.samplerate, fh.frames
+            frames = -1 if max_duration is None else int(max_duration * native_rate)
+            data = fh.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
         raise AudioError(path, "corrupt", f"cannot decode ({exc}); re-encode the file or blacklist it") from exc
     notes: list[str] = []
     if data.shape[0] == 0:
         raise AudioError(path, "empty", "the file holds no audio samples; remove or blacklist it")
-    if max_duration is not None and info.frames > data.shape[0]:
-        notes.append(f"truncated from {info.frames / native_rate:.1f} s to {max_duration:g} s")
+    if max_duration is not None and total_frames > data.shape[0]:
+        notes.append(f"truncated from {total_frames / native_rate:.1f} s to {max_duration:g} s")
 
     channels = data.shape[1]
     samples = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]

@@ -26,9 +26,11 @@ from soundtag.features.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Clip, Manifest
 
-# Samples in one padded log-mel batch: bounds memory when a batch mixes short and very long
-# clips (600 s at 44.1 kHz is 26M samples).
-MAX_BATCH_SAMPLES = 1 << 23
+# Samples in one padded log-mel batch. On a GPU large batches bound memory when short and very
+# long clips mix (600 s at 44.1 kHz is 26M samples). On the CPU small ones are faster: a batch
+# whose STFT outgrows the cache costs 2.5x more per clip than one of two 4 s clips (measured:
+# 4.7 ms against 1.8 ms per clip at n_fft 2560, one thread).
+MAX_BATCH_SAMPLES = {"cpu": 1 << 19, "gpu": 1 << 23}
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,8 @@ class _Featurize:
 def _featurize(decoded, logmel: LogMel, device) -> list:
     """Log-mel of decoded clips as ``(index, float16 (n_mels, frames), waveform)`` triples."""
     out = []
-    for group in _sub_batches(decoded, MAX_BATCH_SAMPLES):
+    budget = MAX_BATCH_SAMPLES["cpu" if torch.device(device).type == "cpu" else "gpu"]
+    for group in _sub_batches(decoded, budget):
         lengths = torch.tensor([wav.samples.shape[0] for _, wav in group])
         batch = torch.zeros(len(group), int(lengths.max()))
         for row, (_, wav) in enumerate(group):
