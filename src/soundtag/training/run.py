@@ -22,6 +22,7 @@ import datetime as dt
 import io
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +233,8 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
 
     from soundtag.training.module import TaggerModule
 
+    # The fold folder holds logs (and, on resume, checkpoints) before the callback writes there.
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     recipe, manifest = plan.recipe, plan.manifest
     t = recipe.training
     fold_dir = run_dir / f"fold-{k}"
