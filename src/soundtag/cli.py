@@ -58,16 +58,17 @@ def features(
 
     manifest = open_dataset(data, layout)
     table = Table(title=f"features: {manifest.name} ({len(manifest)} clips)")
-    for col in ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s", "store"):
-        table.add_column(col, justify="right" if col not in ("recipe", "store") else "left")
+    for col in ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s"):
+        table.add_column(col, justify="left" if col == "recipe" else "right", no_wrap=True)
     failures = 0
+    stores = []
     for r in _recipes(recipe, override):
         _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers,
                                       batch_size=batch_size, device=device, progress=progress)
         failures += len(summary.failures)
         table.add_row(r.name, str(summary.clips), str(summary.computed), str(summary.cached),
-                      str(len(summary.failures)), f"{summary.hours:.2f}", f"{summary.clips_per_second:.0f}",
-                      str(summary.store))
+                      str(len(summary.failures)), f"{summary.hours:.2f}", f"{summary.clips_per_second:.0f}")
+        stores.append(summary.store)
         for f in summary.failures[:10]:
             console.print(f"[yellow]failed[/]: {f.message}")
         if len(summary.failures) > 10:
@@ -76,6 +77,8 @@ def features(
             console.print(f"{r.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(summary.notes.items()))
                           + f" (listed in {summary.notes_csv})")
     console.print(table)
+    for store in stores:
+        console.print(f"store: {store}", soft_wrap=True)
     if failures:
         console.print(f"[yellow]{failures} clip(s) could not be decoded; they are listed in each store's "
                       "failures.csv and left out.[/]")
