@@ -173,9 +173,10 @@ def _print_metrics(run_dir: Path, metrics: dict) -> None:
     table = Table(title=f"out-of-fold metrics: {run_dir}")
     for col in ("subset", "clips", "MAP@3", "top-1", "log loss / lwlrap"):
         table.add_column(col, justify="left" if col == "subset" else "right")
+    any_blacklisted = metrics.get("blacklisted", {}).get("clips", 0) > 0
     for name in ("all", "verified", "not_blacklisted", "blacklisted"):
         m = metrics.get(name, {})
-        if not m.get("clips"):
+        if not m.get("clips") or (name == "not_blacklisted" and not any_blacklisted):
             continue
         last = m.get("log_loss", m.get("lwlrap"))
         table.add_row(name, str(m["clips"]), f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{last:.4f}")
