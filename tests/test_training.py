@@ -20,7 +20,7 @@ from soundtag.errors import DataError, ParameterError
 from soundtag.features import load_recipe
 from soundtag.manifest import Clip, Manifest, read_manifest
 from soundtag.models import create_model, list_models, register_model
-from soundtag.training import augment, evaluate_run, make_folds, train, validation_mask
+from soundtag.training import augment, make_folds, train, validation_mask
 from soundtag.training.sampling import epoch_indices, oversample_indices
 from soundtag.training.splits import label_matrix
 

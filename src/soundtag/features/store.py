@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +168,3 @@ class PartWriter:
     def __exit__(self, *exc) -> None:
         self.flush()
 
-
-def store_size_bytes(store: FeatureStore) -> int:
-    """Bytes of feature data on disk."""
-    return sum(os.path.getsize(p) for p in (store.path / "parts").glob("part-*.npy"))

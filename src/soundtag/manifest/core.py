@@ -232,10 +232,3 @@ class Manifest:
             raise DataError(f"{path}: cannot read manifest: {exc}") from exc
         return cls(tuple(clips), tuple(header["labels"]), header["name"], header["multilabel"],
                    header.get("meta", {}))
-
-    def to_frame(self):
-        """Return a pandas DataFrame, one row per clip (labels joined by ``,``)."""
-        import pandas as pd
-
-        rows = [c.to_dict() | {"labels": ",".join(c.labels)} for c in self.clips]
-        return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Clip)])

@@ -12,7 +12,7 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from soundtag.errors import DataError, ParameterError
 from soundtag.manifest.core import Clip, Manifest, ManifestError, Problem, suggest
@@ -446,6 +446,3 @@ def read_folders(root: Path, *, labels: Sequence[str] | None = None) -> Manifest
 def read_jsonl(path: Path) -> Manifest:
     return Manifest.from_jsonl(path)
 
-
-def iter_layouts() -> Iterable[Layout]:
-    return iter(_LAYOUTS.values())
