@@ -120,7 +120,8 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run: finished folds are skipped"),
     folds: Optional[int] = typer.Option(None, "--folds", help="number of folds (datasets with their own folds keep them)"),
-    fold: List[int] = typer.Option([], "--fold", help="train only this fold (repeatable)"),
+    fold: List[int] = typer.Option([], "--fold", help="train only this fold, counted from 0 in the order of "
+                                   "the dataset's folds (ESC-50 fold 1 is 0); repeatable"),
     model: Optional[str] = typer.Option(None, "--model", help="alexnet-kernel, vgg, seresnet-kernel or timm:<name>"),
     blacklist: Optional[Path] = typer.Option(None, "--blacklist", help="CSV of clips to leave out of training"),
     cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="folder of the feature stores"),
