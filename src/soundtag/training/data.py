@@ -65,12 +65,19 @@ class TrainViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    def _generator(self) -> np.random.Generator:
+        # Each DataLoader worker gets its own stream; a copied generator would repeat the crops.
+        info = torch.utils.data.get_worker_info()
+        if info is not None and getattr(self, "_worker", None) != info.id:
+            self._worker, self._rng = info.id, np.random.default_rng([self.seed, info.seed % (2**32)])
+        return self._rng
+
     def __getitem__(self, i: int):
         spec = self.store.get(self.keys[i])
         if self.recipe.view.kind == "x":
             chunk = self.recipe.chunk_frames
             if spec.shape[1] > chunk:
-                start = int(self._rng.integers(0, spec.shape[1] - chunk + 1))
+                start = int(self._generator().integers(0, spec.shape[1] - chunk + 1))
                 spec = spec[:, start:start + chunk]
             else:
                 spec = x_chunks(np.asarray(spec), chunk=chunk, step=chunk)[0]
