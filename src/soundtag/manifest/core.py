@@ -142,8 +142,26 @@ class Manifest:
         return dataclasses.replace(self, **changes)
 
     def filter(self, keep: Callable[[Clip], bool]) -> "Manifest":
-        """Return a manifest of the clips for which ``keep(clip)`` is true."""
-        return self.replace(clips=tuple(c for c in self.clips if keep(c)))
+        """Return a manifest of the clips for which ``keep(clip)`` is true.
+
+        The kept clips keep their source row numbers, so later problems still name the row of
+        the user's file.
+        """
+        kept = [i for i, c in enumerate(self.clips) if keep(c)]
+        rows = self.source_rows()
+        return self.replace(clips=tuple(self.clips[i] for i in kept), meta=self.meta | {"rows": [rows[i] for i in kept]})
+
+    def source_rows(self) -> list[int]:
+        """The row (line) of the source file each clip came from, as an editor numbers it.
+
+        Readers set ``meta["rows"]`` when they skip lines, or ``meta["first_row"]`` (2 for a
+        CSV with a header) when clips follow the file line by line.
+        """
+        rows = self.meta.get("rows")
+        if rows is not None and len(rows) == len(self.clips):
+            return list(rows)
+        first = int(self.meta.get("first_row", 1))
+        return list(range(first, first + len(self.clips)))
 
     def map(self, change: Callable[[Clip], Clip]) -> "Manifest":
         return self.replace(clips=tuple(change(c) for c in self.clips))
@@ -162,10 +180,7 @@ class Manifest:
         found: list[Problem] = []
         vocab = set(self.labels)
         seen: dict[str, int] = {}
-        # Readers of CSV files set ``first_row`` so that rows are named as the user's editor
-        # numbers them (the header is line 1, the first clip line 2).
-        first_row = int(self.meta.get("first_row", 1))
-        for row, clip in enumerate(self.clips, start=first_row):
+        for row, clip in zip(self.source_rows(), self.clips):
             where = f"row {row} ({clip.id})"
             if clip.id in seen:
                 found.append(Problem(where, f"duplicated id {clip.id!r}, first seen in row {seen[clip.id]}",
@@ -213,8 +228,10 @@ class Manifest:
     # --- serialisation -----------------------------------------------------------------
     def to_jsonl(self, path: str | Path) -> Path:
         """Write the manifest as JSON lines (a header line, then a line per clip), atomically."""
+        # Row numbers of the source file do not carry over: in the .jsonl clip k is on line k + 1.
+        meta = {k: v for k, v in self.meta.items() if k not in ("rows", "first_row")} | {"first_row": 2}
         header = {"name": self.name, "labels": list(self.labels), "multilabel": self.multilabel,
-                  "meta": self.meta, "soundtag_manifest": 1}
+                  "meta": meta, "soundtag_manifest": 1}
         lines = [json.dumps(header)] + [json.dumps(c.to_dict()) for c in self.clips]
         atomic_write_text(path, "\n".join(lines) + "\n")
         return Path(path)

@@ -259,6 +259,7 @@ def read_esc50(root: Path, *, esc10_only: bool = False) -> Manifest:
     rows, _ = _read_csv(csv_path, [("filename",), ("fold",), ("target",), ("category",)])
     problems: list[Problem] = []
     clips = []
+    rows_kept = []
     by_target: dict[int, str] = {}
     for row_no, row in enumerate(rows, start=2):
         where = f"row {row_no}"
@@ -273,6 +274,7 @@ def read_esc50(root: Path, *, esc10_only: bool = False) -> Manifest:
             problems.append(Problem(where, f"target {target} is {row['category']!r} here but "
                                     f"{by_target[target]!r} earlier", "fix the category or target"))
         src = row.get("src_file") or None
+        rows_kept.append(row_no)
         clips.append(Clip(
             id=row["filename"], path=str(root / "audio" / row["filename"]),
             labels=_split_labels(row["category"]), fold=_parse_fold(row["fold"], where, problems),
@@ -280,7 +282,7 @@ def read_esc50(root: Path, *, esc10_only: bool = False) -> Manifest:
         ))
     vocab = [by_target[t] for t in sorted(by_target)]
     return _finish(clips, problems, csv_path, labels=vocab, multilabel=False,
-                   name="esc10" if esc10_only else "esc50")
+                   name="esc10" if esc10_only else "esc50", meta={"rows": rows_kept})
 
 
 _ESC10_DIR = re.compile(r"^(\d{3}) - (.+)$")
@@ -405,7 +407,7 @@ def read_csv_manifest(csv_path: Path, *, root: str | Path | None = None,
     clips = []
     for row_no, row in enumerate(rows, start=2):
         where = f"row {row_no}"
-        rel = row[cols["path"]].strip()
+        rel = (row.get(cols["path"]) or "").strip()  # a short row has no cell at all
         if not rel:
             problems.append(Problem(where, "empty path"))
             continue
