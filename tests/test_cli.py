@@ -194,3 +194,11 @@ def test_show_missing_clip_exits_2(tmp_path):
     assert "no such file" in _flat(res.stderr)
     assert "Traceback" not in res.stderr + res.stdout
     assert not (tmp_path / "nope.png").exists()
+
+
+def test_data_check_reports_missing_audio_unless_told_metadata_only(fsd2018_root):
+    strict = soundtag("data", "check", fsd2018_root)
+    assert strict.returncode == 2 and "9473 problem(s)" in strict.stderr and "missing file" in strict.stderr
+    relaxed = soundtag("data", "check", fsd2018_root, "--no-files")
+    assert relaxed.returncode == 0, relaxed.stderr
+    assert "9473 clips, 41 labels" in relaxed.stdout

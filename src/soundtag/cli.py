@@ -258,6 +258,7 @@ def data_check(
     layout: Optional[str] = LayoutOpt,
     save: Optional[Path] = typer.Option(None, "--save", help="write the manifest as .jsonl"),
     probe: bool = typer.Option(False, help="read every file's header for duration and rate"),
+    files: bool = typer.Option(True, help="report clips whose audio file is missing (--no-files: metadata only)"),
 ):
     """Read a dataset, report every problem at once, and print what it holds.
 
@@ -266,10 +267,12 @@ def data_check(
       soundtag data check ../shared/data/esc10
 
       soundtag data check my_clips.csv --save clips.jsonl --probe
+
+      soundtag data check fsdkaggle2018 --no-files
     """
     from soundtag.manifest import open_dataset
 
-    manifest = open_dataset(data, layout)
+    manifest = open_dataset(data, layout, check_files=files)
     if probe:
         manifest = manifest.with_probed_audio()
     folds = sorted({c.fold for c in manifest if c.fold is not None})
