@@ -291,6 +291,9 @@ def test_metrics_against_hand_computed_values():
     assert ev.confusion(t, p).tolist() == [[1, 0, 1], [1, 0, 0], [0, 1, 0]]
     # lwlrap: clip 1 has labels 0 and 2 ranked 2nd and 3rd -> precisions 1/2 and 2/3
     assert ev.lwlrap(np.array([[1, 0, 1]]), np.array([[0.2, 0.9, 0.1]])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # binary log loss: mean over clips x classes of -log p(true) and -log(1 - p(false))
+    assert ev.binary_log_loss(np.array([[1, 0]]), np.array([[0.8, 0.3]])) == pytest.approx(
+        -(np.log(0.8) + np.log(0.7)) / 2)
 
 
 def test_x_view_and_multilabel_runs_predict_every_clip(esc10_root, tmp_path):

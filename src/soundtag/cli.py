@@ -179,7 +179,7 @@ def _print_metrics(run_dir: Path, metrics: dict) -> None:
         m = metrics.get(name, {})
         if not m.get("clips") or (name == "not_blacklisted" and not any_blacklisted):
             continue
-        last = m.get("log_loss", m.get("lwlrap"))
+        last = m.get("lwlrap", m.get("log_loss"))
         table.add_row(name, str(m["clips"]), f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{last:.4f}")
     console.print(table)
     console.print(f"wrote {run_dir / 'metrics.json'}, oof.csv, confusion.png, learning_curves.png")

@@ -57,6 +57,13 @@ def log_loss(targets: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float
     return float(-(targets * np.log(probs)).sum(axis=1).mean())
 
 
+def binary_log_loss(targets: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy over every clip and class (multi-label: sigmoid probabilities)."""
+    targets, probs = _check(targets, probs)
+    p = np.clip(probs, eps, 1 - eps)
+    return float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+
+
 def per_class_recall(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """For each class, the fraction of its clips whose top prediction is that class."""
     targets, probs = _check(targets, probs)
@@ -123,6 +130,7 @@ def summarize(targets: np.ndarray, probs: np.ndarray, *, multilabel: bool = Fals
            "top1": top1_accuracy(targets, probs)}
     if multilabel:
         out["lwlrap"] = lwlrap(targets, probs)
+        out["log_loss"] = binary_log_loss(targets, probs)
     else:
         out["log_loss"] = log_loss(targets, probs)
     return out

@@ -328,8 +328,8 @@ def read_esc10(root: Path) -> Manifest:
                               group=m.group(2)))
     if not clips and not problems:
         problems.append(Problem(str(base), "no audio files in 'NNN - Class' folders"))
-    manifest = _finish(clips, problems, root, labels=classes, multilabel=False, name="esc10")
-    return manifest.replace(meta=manifest.meta | {"first_row": 1})
+    return _finish(clips, problems, root, labels=classes, multilabel=False, name="esc10",
+                   meta={"first_row": 1})
 
 
 # --- generic CSV, folder-per-class, multi-label CSV -------------------------------------

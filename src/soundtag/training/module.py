@@ -85,12 +85,8 @@ class TaggerModule(L.LightningModule):
         probs = torch.cat([p for p, _ in self._val]).numpy()
         targets = torch.cat([t for _, t in self._val]).numpy()
         self._val.clear()
-        if self.multilabel:
-            eps = 1e-7
-            p = np.clip(probs, eps, 1 - eps)
-            val_loss = float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
-        else:
-            val_loss = evaluation.log_loss(targets, probs)
+        loss = evaluation.binary_log_loss if self.multilabel else evaluation.log_loss
+        val_loss = loss(targets, probs)
         self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
         self.log("val_map3", evaluation.map_at_k(targets, probs, 3), prog_bar=True, sync_dist=True)
 

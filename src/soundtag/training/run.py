@@ -65,7 +65,7 @@ def read_clip_list(path: str | Path, manifest: Manifest, *, what: str) -> dict[s
     if bad:
         raise DataError(f"{path}: {len(bad)} {what} row(s) name clips that are not in the dataset: "
                         f"{', '.join(bad[:10])}")
-    return {r[id_col]: (r.get("label") or r.get("decision") or "") for r in rows}
+    return {r[id_col]: (r.get("label") or "") for r in rows}
 
 
 def _apply_relabel(manifest: Manifest, relabel: dict[str, str], source: str) -> Manifest:
