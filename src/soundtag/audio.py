@@ -80,7 +80,7 @@ def load(
         raise ParameterError(f"sample_rate={sample_rate} must be a positive integer")
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "missing", "no such file; check the path in the manifest")
+        raise AudioError(path, "missing", "no such file; check the path")
     try:
         with sf.SoundFile(str(path)) as fh:  # one open for the header and the samples
             native_rate, total_frames = fh.samplerate, fh.frames

@@ -198,6 +198,170 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory")):
     _print_metrics(run, evaluate_run(run))
 
 
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    data: str = DataOpt,
+    layout: Optional[str] = LayoutOpt,
+    split: Optional[str] = typer.Option(None, "--split", help="for datasets with splits (fsdkaggle2018): train or test"),
+    out: Optional[Path] = typer.Option(None, "--out", help="predictions CSV (default: RUN/predictions/<dataset>.csv)"),
+    tta: int = typer.Option(0, "--tta", help="test-time augmentation: shifted copies of every crop"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="feature store folder (default: the run's)"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Predict every clip of a dataset with every fold model of a run.
+
+    LH runs see the head crop, X runs every chunk (averaged per clip); fold models are combined
+    by their geometric mean.
+
+    Examples:
+
+      soundtag predict runs/esc10-lh --data esc10
+
+      soundtag predict runs/fsd-lh --data ~/data/fsdkaggle2018 --split test --tta 4
+    """
+    from soundtag.manifest import open_dataset
+    from soundtag.prediction import predict_dataset
+
+    manifest = open_dataset(data, layout, **({"split": split} if split else {}))
+    result = predict_dataset(run, manifest, out=out, cache_dir=cache, tta=tta, progress=progress)
+    for f in result.failures[:10]:
+        console.print(f"[yellow]not predicted[/]: {f.message}")
+    console.print(f"predicted {len(result.predictions.ids)} clips of {manifest.name}"
+                  + (f", {len(result.failures)} could not be decoded" if result.failures else ""))
+    if result.metrics:
+        m = result.metrics
+        console.print(f"MAP@3 {m['map@3']:.4f}  top-1 {m['top1']:.4f}  log loss {m['log_loss']:.4f}")
+    console.print(f"wrote {result.path}", soft_wrap=True)
+
+
+@app.command()
+def ensemble(
+    runs: List[Path] = typer.Argument(..., help="two or more finished runs of the same dataset"),
+    out: Path = typer.Option(..., "--out", help="ensemble directory to write"),
+):
+    """Blend runs (LH with X, and more) with weights fitted on out-of-fold predictions.
+
+    Writes ENSEMBLE/ensemble.json, the blended oof.csv, and blended predictions/<name>.csv for
+    every prediction file all the runs have.
+
+    Example:
+
+      soundtag ensemble runs/esc10-lh runs/esc10-x --out runs/esc10-lh+x
+    """
+    from soundtag.prediction import ensemble_runs
+
+    result = ensemble_runs(runs, out)
+    metric = "lwlrap" if "lwlrap" in result.blend_metrics else "log_loss"
+    table = Table(title=f"ensemble: out-of-fold, weights fitted on {result.fitted_on} training clips")
+    for col in ("run", "weight", "MAP@3", "top-1", metric.replace("_", " ")):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r, w, m in zip(result.runs, result.weights, result.run_metrics):
+        table.add_row(str(r), f"{w:.3f}", f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{m[metric]:.4f}")
+    b = result.blend_metrics
+    table.add_row("[bold]blend[/]", "1.000", f"{b['map@3']:.4f}", f"{b['top1']:.4f}", f"{b[metric]:.4f}")
+    console.print(table)
+    console.print(f"wrote {out / 'ensemble.json'}, {out / 'oof.csv'}"
+                  + "".join(f", {p}" for p in result.predictions), soft_wrap=True)
+
+
+@app.command()
+def submit(
+    predictions: Path = typer.Argument(..., help="a predictions CSV (soundtag predict or ensemble)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="kaggle (top-3 labels) or kaggle-multilabel "
+                                      "(a probability per label); default from the predictions"),
+    sample: Optional[Path] = typer.Option(None, "--sample-submission", help="the competition's "
+                                          "sample_submission.csv: its order, and every clip must be predicted"),
+    out: Path = typer.Option(Path("submission.csv"), "--out", help="file to write"),
+):
+    """Write a competition submission from predictions.
+
+    Example:
+
+      soundtag submit runs/fsd-lh+x/predictions/fsdkaggle2018-test.csv --format kaggle \\
+        --sample-submission ~/data/fsdkaggle2018/sample_submission.csv --out submission.csv
+    """
+    from soundtag.prediction import read_predictions, write_submission
+
+    preds = read_predictions(predictions)
+    write_submission(preds, out, fmt=fmt, sample_submission=sample)
+    console.print(f"wrote {out} ({len(preds.ids) if sample is None else 'sample order'}; "
+                  f"{fmt or ('kaggle-multilabel' if preds.multilabel else 'kaggle')} format)")
+
+
+@app.command()
+def tag(
+    model: Path = typer.Argument(..., help="a run or ensemble directory, a fold .ckpt, or an exported .onnx"),
+    paths: List[Path] = typer.Argument(..., help="audio files or folders (searched recursively)"),
+    top: int = typer.Option(3, "--top", "-k", help="labels shown per file"),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write JSON/CSV here instead of printing it"),
+    timeline: bool = typer.Option(False, "--timeline", help="tags per window over time, for long recordings"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
+    tta: int = typer.Option(0, "--tta", help="shifted copies of every crop"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
+):
+    """Tag audio files of any format, rate, channel count and length.
+
+    A missing or unreadable file is reported and the others are tagged; the exit status is 1
+    when any file failed.
+
+    Examples:
+
+      soundtag tag runs/esc10-lh dog.ogg recordings/
+
+      soundtag tag model.onnx --engine onnx field.wav --timeline --format csv --out field.csv
+    """
+    from soundtag.prediction import render_tags
+    from soundtag.prediction.tagger import load_tagger, tag_files
+
+    if fmt not in ("table", "json", "csv"):
+        raise typer.BadParameter(f"--format {fmt!r}: use table, json or csv")
+    tagger = load_tagger(model, engine=engine, threads=threads)
+    err = Console(stderr=True)
+
+    def report(item):
+        if not hasattr(item, "probs"):
+            err.print(f"[yellow]not tagged[/]: {item.message}", highlight=False)
+
+    results, failures = tag_files(tagger, paths, timeline=timeline, tta=tta, on_result=report)
+    if fmt == "table":
+        console.print(render_tags.table(results, tagger.labels, top, timeline))
+    else:
+        text = (render_tags.to_json if fmt == "json" else render_tags.to_csv)(results, tagger.labels, top, timeline)
+        if out:
+            from soundtag._io import atomic_write_text
+
+            atomic_write_text(out, text)
+            console.print(f"wrote {out}")
+        else:
+            sys.stdout.write(text)
+    if failures:
+        err.print(f"{len(failures)} of {len(results) + len(failures)} file(s) could not be tagged")
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN/model.onnx)"),
+):
+    """Export a run's fold ensemble as one self-contained ONNX model (labels and features inside).
+
+    Example:
+
+      soundtag export runs/esc10-lh --format onnx --out esc10-lh.onnx
+      soundtag tag esc10-lh.onnx dog.ogg
+    """
+    from soundtag.prediction import export_onnx
+
+    if fmt != "onnx":
+        raise typer.BadParameter(f"--format {fmt!r}: only onnx is supported")
+    path = export_onnx(run, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); checked against PyTorch to 1e-4")
+
+
 @app.command("recipes")
 def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this recipe, resolved"),
                 override: List[str] = OverrideOpt):

@@ -9,7 +9,7 @@ import numpy as np
 
 from soundtag import audio
 from soundtag._io import atomic_path
-from soundtag.features.extract import decode_for_recipe
+from soundtag.features.views import decode_for_recipe
 from soundtag.features.melspec import log_mel
 from soundtag.features.recipe import Recipe
 from soundtag.features.views import chunk_starts

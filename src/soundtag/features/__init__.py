@@ -1,19 +1,28 @@
-"""Log-mel features, the LH and X views, recipes and the cached feature store."""
+"""Log-mel features, the LH and X views, recipes and the cached feature store.
 
-from soundtag.features.extract import ExtractionSummary, Failure, decode_for_recipe, extract_features
-from soundtag.features.melspec import LogMel, log_mel, n_frames
-from soundtag.features.recipe import Recipe, list_recipes, load_recipe
-from soundtag.features.store import FeatureStore, clip_key
-from soundtag.features.views import (
-    chunk_starts,
-    feature_stats,
-    normalize_per_feature,
-    normalize_per_sample,
-    x_chunks,
-)
+Names are imported on first use (PEP 562), so that the PyTorch-free parts (recipes, views,
+the NumPy log-mel) load without PyTorch: the ONNX Runtime engine tags files without it.
+"""
 
-__all__ = [
-    "ExtractionSummary", "Failure", "FeatureStore", "LogMel", "Recipe", "chunk_starts", "clip_key",
-    "decode_for_recipe", "extract_features", "feature_stats", "list_recipes", "load_recipe", "log_mel",
-    "n_frames", "normalize_per_feature", "normalize_per_sample", "x_chunks",
-]
+from importlib import import_module
+
+_HOMES = {
+    "ExtractionSummary": "extract", "Failure": "extract", "extract_features": "extract",
+    "LogMel": "melspec", "log_mel": "melspec",
+    "n_frames": "numpy_melspec", "NumpyLogMel": "numpy_melspec",
+    "Recipe": "recipe", "list_recipes": "recipe", "load_recipe": "recipe",
+    "FeatureStore": "store", "clip_key": "store",
+    "chunk_starts": "views", "decode_for_recipe": "views", "eval_chunks": "views",
+    "feature_stats": "views", "normalize_per_feature": "views", "normalize_per_sample": "views",
+    "x_chunks": "views",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'soundtag.features' has no attribute {name!r}")
+    value = getattr(import_module(f"soundtag.features.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soundtag import audio
 from soundtag._io import atomic_write_text
 from soundtag.errors import AudioError
 from soundtag.features.melspec import LogMel
 from soundtag.features.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
+from soundtag.features.views import decode_for_recipe
 from soundtag.manifest import Clip, Manifest
 
 # Samples in one padded log-mel batch. On a GPU large batches bound memory when short and very
@@ -66,19 +66,6 @@ class ExtractionSummary:
     @property
     def hours(self) -> float:
         return self.audio_seconds / 3600
-
-
-def decode_for_recipe(path: str | Path, recipe: Recipe) -> audio.Waveform:
-    """Decode a clip and crop or pad it as the recipe's view stores it.
-
-    LH keeps the head (``view.duration`` seconds, centre-padded when shorter); X keeps the
-    whole clip, centre-padded to at least one chunk.
-    """
-    wav = audio.load(path, sample_rate=recipe.audio.sample_rate, trim_db=recipe.audio.trim_db,
-                     max_duration=recipe.audio.max_duration)
-    n = recipe.view_samples
-    wav.samples = audio.head(wav.samples, n) if recipe.view.kind == "lh" else audio.pad_center(wav.samples, n)
-    return wav
 
 
 class _DecodeDataset(torch.utils.data.Dataset):

@@ -13,26 +13,7 @@ import numpy as np
 import torch
 
 from soundtag.errors import ParameterError
-
-
-def n_frames(n_samples: int, hop_length: int) -> int:
-    """Frames of a centred STFT over ``n_samples``: ``1 + n_samples // hop_length``.
-
-    Examples
-    --------
-    >>> n_frames(176400, 882)
-    201
-    """
-    return 1 + n_samples // hop_length
-
-
-def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
-    """librosa's Slaney-normalised mel filterbank, shape ``(n_mels, 1 + n_fft // 2)``."""
-    import librosa
-
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                               htk=False, norm="slaney")
+from soundtag.features.numpy_melspec import mel_filterbank
 
 
 class LogMel(torch.nn.Module):

@@ -12,9 +12,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from soundtag import audio
 from soundtag.errors import ParameterError
+
+if TYPE_CHECKING:
+    from soundtag.features.recipe import Recipe
+
+
+def decode_for_recipe(path: str | Path, recipe: "Recipe") -> audio.Waveform:
+    """Decode a clip and crop or pad it as the recipe's view stores it.
+
+    LH keeps the head (``view.duration`` seconds, centre-padded when shorter); X keeps the
+    whole clip, centre-padded to at least one chunk.
+    """
+    wav = audio.load(path, sample_rate=recipe.audio.sample_rate, trim_db=recipe.audio.trim_db,
+                     max_duration=recipe.audio.max_duration)
+    n = recipe.view_samples
+    wav.samples = audio.head(wav.samples, n) if recipe.view.kind == "lh" else audio.pad_center(wav.samples, n)
+    return wav
 
 
 def chunk_starts(n_frames: int, *, chunk: int, step: int, min_tail: float = 0.2) -> list[int]:
@@ -53,6 +73,18 @@ def x_chunks(spec: np.ndarray, *, chunk: int, step: int, min_tail: float = 0.2) 
         frames = chunk
     starts = chunk_starts(frames, chunk=chunk, step=step, min_tail=min_tail)
     return np.stack([spec[:, s:s + chunk] for s in starts])
+
+
+def eval_chunks(spec: np.ndarray, recipe: "Recipe") -> np.ndarray:
+    """What a model sees of one stored clip at evaluation, before normalisation.
+
+    Returns ``(n_chunks, n_mels, frames)``: the LH crop itself (one chunk), or every X chunk
+    (:func:`x_chunks` with the recipe's chunk size, step and ``min_tail``).
+    """
+    spec = np.asarray(spec, dtype=np.float32)
+    if recipe.view.kind == "x":
+        return x_chunks(spec, chunk=recipe.chunk_frames, step=recipe.chunk_step, min_tail=recipe.view.min_tail)
+    return spec[None]
 
 
 def normalize_per_sample(spec: np.ndarray) -> np.ndarray:

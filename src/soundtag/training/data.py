@@ -15,7 +15,7 @@ import torch
 
 from soundtag.features.recipe import Recipe
 from soundtag.features.store import FeatureStore
-from soundtag.features.views import feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
+from soundtag.features.views import eval_chunks, feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
 from soundtag.training.sampling import Balance, epoch_indices
 
 
@@ -97,12 +97,7 @@ class EvalViews(torch.utils.data.Dataset):
         return len(self.keys)
 
     def __getitem__(self, i: int):
-        spec = np.asarray(self.store.get(self.keys[i]))
-        if self.recipe.view.kind == "x":
-            chunks = x_chunks(spec, chunk=self.recipe.chunk_frames, step=self.recipe.chunk_step,
-                              min_tail=self.recipe.view.min_tail)
-        else:
-            chunks = spec[None]
+        chunks = eval_chunks(self.store.get(self.keys[i]), self.recipe)
         x = np.stack([self.normalizer(c) for c in chunks])
         return torch.from_numpy(x)[:, None], torch.from_numpy(self.targets[i])
 

@@ -1,0 +1,104 @@
+"""Blend runs (LH with X, and more) with weights fitted on out-of-fold predictions.
+
+The weights are non-negative and sum to one; they minimise the log loss of the weighted
+geometric blend on the runs' out-of-fold predictions of the training clips (blacklisted clips
+left out). Test predictions are only blended with those weights, never used to choose them.
+
+An ensemble directory holds ``ensemble.json`` (runs, weights, each run's and the blend's
+out-of-fold metrics), the blended ``oof.csv`` and ``predictions/<name>.csv`` for every
+prediction file that all the runs have. ``soundtag tag`` and ``soundtag submit`` take it like
+a run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from soundtag import evaluation
+from soundtag._io import atomic_write_json
+from soundtag.errors import DataError, ParameterError
+from soundtag.prediction.combine import fit_blend_weights, geometric_mean
+from soundtag.prediction.predictions import Predictions, read_predictions
+
+
+@dataclass
+class EnsembleResult:
+    out_dir: Path
+    runs: list[Path]
+    weights: np.ndarray
+    run_metrics: list[dict]
+    blend_metrics: dict
+    fitted_on: int
+    predictions: list[Path]
+
+
+def load_oof_predictions(run: str | Path) -> tuple[Predictions, np.ndarray]:
+    """A finished run's out-of-fold predictions and which clips were trained on (not blacklisted)."""
+    from soundtag.training.evaluate import load_oof
+
+    manifest, probs, _, in_training = load_oof(run)
+    return Predictions(manifest.ids, list(manifest.labels), probs, [tuple(c.labels) for c in manifest],
+                       manifest.multilabel), in_training
+
+
+def align(base: Predictions, other: Predictions, what: str) -> Predictions:
+    """``other`` with ``base``'s clip order and label order; the clip sets must be equal."""
+    missing = sorted(set(base.ids) - set(other.ids))
+    extra = sorted(set(other.ids) - set(base.ids))
+    if missing or extra:
+        raise DataError(f"{what}: the clips differ ({len(missing)} missing, e.g. {missing[:3]}; {len(extra)} "
+                        f"extra, e.g. {extra[:3]}); blend runs of the same dataset")
+    other = other.reorder(base.labels)
+    row = {c: i for i, c in enumerate(other.ids)}
+    idx = [row[c] for c in base.ids]
+    return Predictions(base.ids, base.labels, other.probs[idx], base.given, base.multilabel)
+
+
+def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult:
+    """Fit blend weights on the runs' out-of-fold predictions and write the ensemble directory."""
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ParameterError(f"an ensemble needs at least two runs, got {len(runs)}")
+    oofs, masks = zip(*(load_oof_predictions(r) for r in runs))
+    base = oofs[0]
+    aligned = [base] + [align(base, o, f"{r} against {runs[0]}") for r, o in zip(runs[1:], oofs[1:])]
+    # Fit on the clips every run trained on: a clip blacklisted in any run is left out.
+    fit_mask = np.ones(len(base.ids), dtype=bool)
+    for o, m in zip(oofs, masks):
+        keep = {c for c, t in zip(o.ids, m) if t}
+        fit_mask &= np.array([c in keep for c in base.ids])
+    targets = base.targets()
+    stack = np.stack([p.probs for p in aligned])
+    weights = fit_blend_weights(targets[fit_mask], stack[:, fit_mask], multilabel=base.multilabel)
+    blended = geometric_mean(stack, weights=weights, multilabel=base.multilabel)
+    run_metrics = [evaluation.summarize(targets, p.probs, multilabel=base.multilabel) for p in aligned]
+    blend_metrics = evaluation.summarize(targets, blended, multilabel=base.multilabel)
+
+    out_dir = Path(out_dir)
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    Predictions(base.ids, base.labels, blended, base.given, base.multilabel).write_csv(out_dir / "oof.csv")
+    written = []
+    for name in sorted(p.name for p in (runs[0] / "predictions").glob("*.csv")):
+        files = [r / "predictions" / name for r in runs]
+        if not all(f.is_file() for f in files):
+            continue
+        tests = [read_predictions(f, multilabel=base.multilabel) for f in files]
+        tests = [tests[0].reorder(base.labels)] + [align(tests[0].reorder(base.labels), t, str(f))
+                                                   for t, f in zip(tests[1:], files[1:])]
+        probs = geometric_mean(np.stack([t.probs for t in tests]), weights=weights, multilabel=base.multilabel)
+        written.append(Predictions(tests[0].ids, base.labels, probs, tests[0].given, base.multilabel)
+                       .write_csv(out_dir / "predictions" / name))
+    atomic_write_json(out_dir / "ensemble.json", {
+        "runs": [{"path": str(r.absolute()), "weight": float(w), "oof": m}
+                 for r, w, m in zip(runs, weights, run_metrics)],
+        "blend": {"oof": blend_metrics, "combination": "weighted geometric mean",
+                  "fitted_on": "out-of-fold predictions of the training clips, blacklisted clips left out",
+                  "fitted_clips": int(fit_mask.sum())},
+        "predictions": [p.name for p in written],
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+    })
+    return EnsembleResult(out_dir, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written)

@@ -1,0 +1,76 @@
+"""Export a run's fold ensemble to one self-contained ONNX file.
+
+The graph is :class:`~soundtag.prediction.fold_models.FoldEnsemble` (normalisation and every
+fold model): input ``chunks`` ``(n, n_mels, frames)`` float32 dB, output ``fold_probs``
+``(folds, n, classes)``. Everything else tagging needs rides in the model's metadata under
+``soundtag``: the labels, multi-label flag, the full recipe (audio handling, log-mel, view)
+and the mel filterbank, so :func:`~soundtag.prediction.tagger.load_tagger` needs neither the
+run directory nor PyTorch nor librosa.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from soundtag._io import atomic_path
+from soundtag.features.numpy_melspec import mel_filterbank, n_frames
+from soundtag.prediction.tagger import ONNX_METADATA_KEY
+
+OPSET = 18
+
+
+def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``run``'s fold models as ``out`` (default ``<run>/model.onnx``) and check it.
+
+    The check runs a batch of random chunks through PyTorch and ONNX Runtime and refuses to
+    keep a file whose probabilities differ by more than 1e-4.
+    """
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from soundtag.errors import SoundtagError
+    from soundtag.prediction.fold_models import load_run
+
+    loaded = load_run(run)
+    recipe = loaded.recipe
+    out = Path(out) if out else Path(run) / "model.onnx"
+    f = recipe.features
+    frames = recipe.chunk_frames if recipe.view.kind == "x" else n_frames(recipe.view_samples, f.hop_length)
+    example = torch.randn(3, f.n_mels, frames) * 10 - 40
+    basis = mel_filterbank(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels,
+                           fmin=f.fmin, fmax=f.fmax).astype(np.float32)
+    meta = {
+        "format": 1, "labels": loaded.labels, "multilabel": loaded.multilabel,
+        "recipe": recipe.model_dump(mode="json"), "folds": len(loaded.checkpoints),
+        "mel_basis": base64.b64encode(basis.tobytes()).decode("ascii"), "mel_basis_shape": list(basis.shape),
+        "source": str(Path(run).absolute()), "exported": dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    ensemble = loaded.ensemble.eval()
+    with atomic_path(out) as tmp:
+        # The TorchScript exporter: it writes one file with the weights inside, and handles the
+        # timm and kernel models alike.
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(ensemble, (example,), str(tmp), input_names=["chunks"], output_names=["fold_probs"],
+                              dynamic_axes={"chunks": {0: "n"}, "fold_probs": {1: "n"}}, opset_version=OPSET,
+                              dynamo=False)
+        model = onnx.load(str(tmp))
+        entry = model.metadata_props.add()
+        entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
+        model.producer_name = "soundtag"
+        onnx.save(model, str(tmp))
+        check = torch.randn(5, f.n_mels, frames) * 10 - 40
+        with torch.no_grad():
+            expected = ensemble(check).numpy()
+        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"chunks": check.numpy()})[0]
+        worst = float(np.abs(expected - got).max())
+        if worst > 1e-4:
+            raise SoundtagError(f"{out}: ONNX Runtime and PyTorch differ by {worst:.2e} (> 1e-4); "
+                                "the model was not written. Please report this with the model name.")
+    return out

@@ -1,0 +1,109 @@
+"""A run's fold models as one PyTorch module: raw log-mel chunks in, every fold's chunk
+probabilities out. The same module runs eagerly and is what ``soundtag export`` writes to
+ONNX, so both engines compute the same thing.
+
+Each fold keeps its own normalisation (an X run's per-mel-bin statistics come from that
+fold's training clips), so the normalisation is part of the module, not of the input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soundtag.errors import DataError
+from soundtag.features.recipe import Recipe
+from soundtag.models import create_model
+
+
+class FoldEnsemble(torch.nn.Module):
+    """``forward(chunks (n, n_mels, frames) dB) -> (folds, n, classes)`` probabilities.
+
+    Parameters
+    ----------
+    models : one trained model per fold (eval mode is set here)
+    normalization : the recipe's ``view.normalization`` (``per_sample``, ``per_feature``, ``none``)
+    means, stds : ``(folds, n_mels)`` per-fold statistics for ``per_feature``
+    multilabel : sigmoid per class instead of a softmax
+    """
+
+    def __init__(self, models: list[torch.nn.Module], *, normalization: str, multilabel: bool,
+                 means: np.ndarray | None = None, stds: np.ndarray | None = None):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models).eval()
+        self.normalization, self.multilabel = normalization, multilabel
+        if normalization == "per_feature":
+            self.register_buffer("means", torch.as_tensor(np.asarray(means), dtype=torch.float32)[:, :, None])
+            # The same epsilon as views.normalize_per_feature.
+            self.register_buffer("scales", 1.0 / (torch.as_tensor(np.asarray(stds), dtype=torch.float32)[:, :, None] + 1e-6))
+
+    def forward(self, chunks: torch.Tensor) -> torch.Tensor:
+        if self.normalization == "per_sample":
+            # views.normalize_per_sample per chunk: (x - mean) / (population std + 1)
+            mean = chunks.mean(dim=(1, 2), keepdim=True)
+            std = (chunks - mean).square().mean(dim=(1, 2), keepdim=True).sqrt()
+            chunks = (chunks - mean) / (std + 1.0)
+        out = []
+        for k, model in enumerate(self.models):
+            x = chunks
+            if self.normalization == "per_feature":
+                x = (x - self.means[k]) * self.scales[k]
+            logits = model(x[:, None])
+            out.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
+        return torch.stack(out)
+
+
+@dataclass
+class LoadedRun:
+    """What tagging needs of a finished run."""
+
+    path: Path
+    recipe: Recipe
+    labels: list[str]
+    multilabel: bool
+    ensemble: FoldEnsemble
+    checkpoints: list[Path]
+
+
+def fold_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The best checkpoint of every finished fold, in fold order."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise DataError(f"{run_dir} is not a soundtag run (no run.json); give a run directory, "
+                        "an ensemble directory, a .ckpt or an exported .onnx model")
+    dones = sorted(run_dir.glob("fold-*/done.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not dones:
+        raise DataError(f"{run_dir}: no finished fold yet; train it first (`soundtag train --resume {run_dir}`)")
+    return [d.parent / json.loads(d.read_text())["best_checkpoint"] for d in dones]
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Load a run directory's finished fold models (or one Lightning ``.ckpt``) for inference."""
+    path = Path(path)
+    checkpoints = [path] if path.suffix == ".ckpt" else fold_checkpoints(path)
+    models, means, stds = [], [], []
+    hp = None
+    for ckpt in checkpoints:
+        if not ckpt.is_file():
+            raise DataError(f"checkpoint {ckpt} is missing; retrain that fold with `soundtag train --resume`")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        hp = state.get("hyper_parameters")
+        if not hp or "recipe" not in hp:
+            raise DataError(f"{ckpt} is not a soundtag checkpoint (no recipe in its hyper-parameters)")
+        recipe = Recipe.model_validate(hp["recipe"])
+        t = recipe.training
+        model = create_model(t.model, num_classes=len(hp["labels"]), in_chans=1, **t.model_args)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()
+                               if k.startswith("model.")})
+        models.append(model)
+        norm = hp["normalizer"]
+        if norm["kind"] == "per_feature":
+            means.append(norm["mean"])
+            stds.append(norm["std"])
+    ensemble = FoldEnsemble(models, normalization=recipe.view.normalization, multilabel=hp["multilabel"],
+                            means=np.array(means) if means else None, stds=np.array(stds) if stds else None)
+    return LoadedRun(path, recipe, list(hp["labels"]), bool(hp["multilabel"]), ensemble, checkpoints)

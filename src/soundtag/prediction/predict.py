@@ -1,0 +1,89 @@
+"""Predict every clip of a dataset with every fold model of a run.
+
+Features come from the run's feature store (computed once, like training's), so predicting a
+test set costs one pass of the models. Each clip's chunks (one for LH, all of them for X, plus
+shifted copies with test-time augmentation) go through every fold model; chunks are averaged
+per clip and the folds combined by their geometric mean
+(:func:`~soundtag.prediction.combine.combine_folds`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from soundtag.features.views import eval_chunks
+from soundtag.manifest import Manifest
+from soundtag.prediction.combine import combine_folds
+from soundtag.prediction.predictions import Predictions
+from soundtag.prediction.tagger import tta_shifts, with_shifted_copies
+
+
+@dataclass
+class PredictResult:
+    predictions: Predictions
+    path: Path
+    failures: list = field(default_factory=list)   # clips whose audio could not be decoded
+    metrics: dict | None = None                      # when the dataset is labelled
+
+
+def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | None = None,
+                    cache_dir: str | Path | None = None, tta: int = 0, batch_clips: int = 64,
+                    progress: bool = True) -> PredictResult:
+    """Predict ``manifest``'s clips with ``run``'s fold ensemble and write the predictions.
+
+    Parameters
+    ----------
+    run : a finished run directory
+    manifest : the clips (labelled or not; labels must be among the run's)
+    out : predictions CSV (default ``<run>/predictions/<dataset name>.csv``)
+    cache_dir : feature store folder (default: the run's own)
+    tta : shifted copies of every chunk added at test time (0: none)
+    batch_clips : clips per forward pass
+    """
+    import torch
+
+    from soundtag import evaluation
+    from soundtag.features.extract import _progress, extract_features
+    from soundtag.features.store import clip_key
+    from soundtag.prediction.fold_models import load_run
+
+    run = Path(run)
+    loaded = load_run(run)
+    recipe = loaded.recipe
+    unknown = sorted(set(manifest.labels) - set(loaded.labels))
+    if unknown:
+        from soundtag.errors import DataError
+
+        raise DataError(f"{manifest.name}: label(s) {unknown[:10]} are not among the run's {len(loaded.labels)} labels")
+    cache_dir = cache_dir or json.loads((run / "run.json").read_text())["cache_dir"]
+    store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
+    failed = {f.clip_id for f in summary.failures}
+    clips = [c for c in manifest if c.id not in failed]
+    shifts = None
+    probs = np.empty((len(clips), len(loaded.labels)))
+    with _progress(progress, len(clips), f"predict {manifest.name}") as advance:
+        for start in range(0, len(clips), batch_clips):
+            batch = clips[start:start + batch_clips]
+            per_clip = [eval_chunks(store.get(clip_key(c.path)), recipe) for c in batch]
+            if tta:
+                shifts = shifts or tta_shifts(per_clip[0].shape[-1], tta,
+                                              0.5 * recipe.training.augment.shift.max_fraction)
+                per_clip = [with_shifted_copies(ch, shifts) for ch in per_clip]
+            owner = np.concatenate([np.full(len(ch), i) for i, ch in enumerate(per_clip)])
+            with torch.inference_mode():
+                fold_probs = loaded.ensemble(torch.from_numpy(np.concatenate(per_clip))).numpy()
+            probs[start:start + len(batch)] = combine_folds(fold_probs, owner, len(batch),
+                                                            multilabel=loaded.multilabel)
+            advance(len(batch))
+    predictions = Predictions([c.id for c in clips], loaded.labels, probs, [tuple(c.labels) for c in clips],
+                              loaded.multilabel)
+    path = Path(out) if out else run / "predictions" / f"{manifest.name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions.write_csv(path)
+    metrics = (evaluation.summarize(predictions.targets(), probs, multilabel=loaded.multilabel)
+               if predictions.labelled else None)
+    return PredictResult(predictions, path, summary.failures, metrics)

@@ -1,0 +1,270 @@
+"""Tag audio files with a trained run, an exported ONNX model, or an ensemble of runs.
+
+One pipeline for every engine: decode and crop as the recipe's view does
+(:func:`~soundtag.features.views.decode_for_recipe`), log-mel, the view's chunks, then every
+fold model's chunk probabilities, combined by :func:`~soundtag.prediction.combine.combine_folds`.
+The engines differ only in the last two steps' machinery:
+
+* ``torch``: PyTorch's :class:`~soundtag.features.melspec.LogMel` (the one training used) and
+  the fold models in eager mode;
+* ``onnx``: :class:`~soundtag.features.numpy_melspec.NumpyLogMel` and ONNX Runtime. Nothing
+  on this path imports PyTorch.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from soundtag import audio
+from soundtag.errors import DataError, ParameterError, SoundtagError
+from soundtag.features.numpy_melspec import NumpyLogMel, n_frames
+from soundtag.features.recipe import Recipe
+from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
+from soundtag.prediction.combine import combine_folds, geometric_mean
+
+ENGINES = ("torch", "onnx")
+#: Key of the JSON blob an exported model carries in its ONNX metadata.
+ONNX_METADATA_KEY = "soundtag"
+
+
+@dataclass
+class ClipTags:
+    """One file's result: class probabilities and, when asked, a timeline of windows."""
+
+    path: str
+    probs: np.ndarray
+    #: ``(start seconds, end seconds, probabilities)`` per window, for ``timeline=True``
+    timeline: list[tuple[float, float, np.ndarray]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TagFailure:
+    path: str
+    message: str
+
+
+def tta_shifts(width: int, n: int, max_fraction: float = 0.2) -> list[int]:
+    """Frame shifts of ``n`` extra test-time copies of a ``width``-frame view.
+
+    Alternating directions with growing size up to ``max_fraction`` of the width; the copies
+    are rolled in time as training's shift augmentation rolls its inputs.
+
+    Examples
+    --------
+    >>> tta_shifts(100, 4)
+    [10, -10, 20, -20]
+    """
+    if n < 0:
+        raise ParameterError(f"tta={n} must be 0 or more")
+    pairs = -(-n // 2)
+    step = max_fraction * width / max(pairs, 1)
+    return [int(round(step * (1 + i // 2))) * (1 if i % 2 == 0 else -1) for i in range(n)]
+
+
+def with_shifted_copies(chunks: np.ndarray, shifts: list[int]) -> np.ndarray:
+    """``chunks`` followed by each of them rolled by every shift: ``(n * (1 + len(shifts)), ...)``."""
+    return np.concatenate([chunks] + [np.roll(chunks, s, axis=-1) for s in shifts])
+
+
+class ModelTagger:
+    """Tags files with one run's fold ensemble.
+
+    Build with :func:`load_tagger`. ``logmel`` turns mono samples into dB ``(n_mels, frames)``;
+    ``fold_probs`` turns ``(n, n_mels, frames)`` chunks into ``(folds, n, classes)``.
+    """
+
+    def __init__(self, *, recipe: Recipe, labels: list[str], multilabel: bool,
+                 logmel: Callable[[np.ndarray], np.ndarray],
+                 fold_probs: Callable[[np.ndarray], np.ndarray], source: str, engine: str):
+        self.recipe, self.labels, self.multilabel = recipe, list(labels), multilabel
+        self.logmel, self.fold_probs, self.source, self.engine = logmel, fold_probs, source, engine
+
+    def __repr__(self) -> str:
+        return f"ModelTagger({self.source!r}, engine={self.engine!r}, {len(self.labels)} labels)"
+
+    def chunks(self, path: str | Path) -> tuple[np.ndarray, list[str]]:
+        """The view's chunks of a file as the model sees them (before normalisation)."""
+        wav = decode_for_recipe(path, self.recipe)
+        return eval_chunks(self.logmel(wav.samples), self.recipe), wav.notes
+
+    def tag(self, path: str | Path, *, timeline: bool = False, tta: int = 0) -> ClipTags:
+        """Probabilities for one file (any format, rate, channels, length)."""
+        chunks, notes = self.chunks(path)
+        if tta:
+            shift = self.recipe.training.augment.shift
+            chunks = with_shifted_copies(chunks, tta_shifts(chunks.shape[-1], tta, 0.5 * shift.max_fraction))
+        probs = combine_folds(self.fold_probs(chunks), np.zeros(len(chunks), dtype=int), 1,
+                              multilabel=self.multilabel)[0]
+        result = ClipTags(str(path), probs, notes=notes)
+        if timeline:
+            result.timeline = self._timeline(path)
+        return result
+
+    def _timeline(self, path: str | Path) -> list[tuple[float, float, np.ndarray]]:
+        """Windows the model's input size long over the whole file (X: its own chunks)."""
+        r = self.recipe
+        wav = audio.load(path, sample_rate=r.audio.sample_rate, trim_db=None, max_duration=r.audio.max_duration)
+        width_samples = r.view_samples
+        samples = audio.pad_center(wav.samples, width_samples)
+        spec = self.logmel(samples)
+        width = r.chunk_frames if r.view.kind == "x" else n_frames(width_samples, r.features.hop_length)
+        step = max(1, int(round(width * (1 - r.view.overlap))))
+        starts = chunk_starts(spec.shape[1], chunk=width, step=step, min_tail=r.view.min_tail)
+        windows = x_chunks(spec, chunk=width, step=step, min_tail=r.view.min_tail)
+        probs = geometric_mean(self.fold_probs(windows), axis=0, multilabel=self.multilabel)
+        seconds = r.features.hop_length / r.audio.sample_rate
+        # Centre padding moved the clip right; report times in the file's own clock.
+        offset = (len(samples) - len(wav.samples)) // 2 / r.audio.sample_rate
+        return [(max(0.0, s * seconds - offset), min(wav.duration, s * seconds - offset + width_samples / r.audio.sample_rate), p)
+                for s, p in zip(starts, probs)]
+
+
+class EnsembleTagger:
+    """Tags files with several runs blended by a weighted geometric mean (``soundtag ensemble``)."""
+
+    def __init__(self, members: list[ModelTagger], weights: np.ndarray, source: str):
+        labels = members[0].labels
+        for m in members[1:]:
+            if m.labels != labels:
+                raise DataError(f"{source}: the runs of this ensemble have different labels")
+        self.members, self.weights, self.source = members, np.asarray(weights, dtype=np.float64), source
+        self.labels, self.multilabel, self.engine = labels, members[0].multilabel, members[0].engine
+
+    def tag(self, path: str | Path, *, timeline: bool = False, tta: int = 0) -> ClipTags:
+        if timeline:
+            raise ParameterError("--timeline needs one run or model: an ensemble's runs cut time differently")
+        parts = [m.tag(path, tta=tta) for m in self.members]
+        probs = geometric_mean(np.stack([p.probs for p in parts]), weights=self.weights, multilabel=self.multilabel)
+        return ClipTags(str(path), probs, notes=parts[0].notes)
+
+
+def load_tagger(source: str | Path, *, engine: str | None = None, threads: int | None = None):
+    """A tagger for a run directory, an ensemble directory, a fold ``.ckpt`` or an ``.onnx`` file.
+
+    ``engine`` defaults to ``onnx`` for ``.onnx`` files and ``torch`` otherwise. With
+    ``engine="onnx"`` a run must be exported first (``soundtag export``).
+    """
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source} does not exist; give a run directory, an ensemble directory, "
+                        "a .ckpt or an exported .onnx model")
+    engine = engine or ("onnx" if source.suffix == ".onnx" else "torch")
+    if engine not in ENGINES:
+        raise ParameterError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
+    if (source / "ensemble.json").is_file():
+        info = json.loads((source / "ensemble.json").read_text())
+        members = [load_tagger(r["path"], engine=engine, threads=threads) for r in info["runs"]]
+        return EnsembleTagger(members, np.array([r["weight"] for r in info["runs"]]), str(source))
+    if engine == "onnx":
+        if source.suffix != ".onnx":
+            raise ParameterError(f"the onnx engine runs exported models: run `soundtag export {source}` "
+                                 "and tag with the .onnx file it writes")
+        return _onnx_tagger(source, threads)
+    if source.suffix == ".onnx":
+        raise ParameterError(f"{source} is an ONNX model: tag it with --engine onnx")
+    return _torch_tagger(source, threads)
+
+
+def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
+    import torch
+
+    from soundtag.features.melspec import LogMel
+    from soundtag.prediction.fold_models import load_run
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = load_run(source)
+    f = run.recipe.features
+    logmel = LogMel(sample_rate=run.recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                    n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+
+    def spectrogram(samples: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return logmel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])[0].numpy()
+
+    def fold_probs(chunks: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return run.ensemble(torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32))).numpy()
+
+    return ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
+                       fold_probs=fold_probs, source=str(source), engine="torch")
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The soundtag metadata of an exported model: labels, recipe, mel filterbank, folds."""
+    import onnxruntime as ort
+
+    try:
+        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        raise DataError(f"{path}: not a readable ONNX model ({exc})") from exc
+    if ONNX_METADATA_KEY not in meta.custom_metadata_map:
+        raise DataError(f"{path}: this ONNX model was not exported by soundtag (no '{ONNX_METADATA_KEY}' metadata)")
+    return json.loads(meta.custom_metadata_map[ONNX_METADATA_KEY])
+
+
+def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
+    import onnxruntime as ort
+
+    info = read_onnx_metadata(source)
+    recipe = Recipe.model_validate(info["recipe"])
+    basis = np.frombuffer(base64.b64decode(info["mel_basis"]), dtype=np.float32).reshape(info["mel_basis_shape"])
+    f = recipe.features
+    logmel = NumpyLogMel(basis, n_fft=f.n_fft, hop_length=f.hop_length, top_db=f.top_db)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+
+    def fold_probs(chunks: np.ndarray) -> np.ndarray:
+        return session.run(None, {"chunks": np.ascontiguousarray(chunks, dtype=np.float32)})[0]
+
+    return ModelTagger(recipe=recipe, labels=info["labels"], multilabel=info["multilabel"], logmel=logmel,
+                       fold_probs=fold_probs, source=str(source), engine="onnx")
+
+
+def audio_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly (any extension), and the audio files found in folders, sorted."""
+    from soundtag.manifest.readers import AUDIO_SUFFIXES
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES))
+        else:
+            out.append(p)  # a missing file is reported when it is tagged
+    return out
+
+
+def tag_files(tagger, paths: Iterable[str | Path], *, timeline: bool = False, tta: int = 0,
+              on_result: Callable[[ClipTags | TagFailure], None] | None = None
+              ) -> tuple[list[ClipTags], list[TagFailure]]:
+    """Tag every file; one that is missing or cannot be decoded becomes a :class:`TagFailure`
+    and the rest are tagged."""
+    results, failures = [], []
+    for path in audio_files(paths):
+        try:
+            item = tagger.tag(path, timeline=timeline, tta=tta)
+            results.append(item)
+        except SoundtagError as exc:
+            if isinstance(exc, ParameterError):
+                raise
+            item = TagFailure(str(path), str(exc))
+            failures.append(item)
+        if on_result:
+            on_result(item)
+    return results, failures
+
+
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable labels with their probabilities, best first (ties: label order)."""
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [(labels[i], float(probs[i])) for i in order]
