@@ -68,6 +68,13 @@ def _all_parts_finite(store: FeatureStore) -> None:
         assert np.isfinite(data).all(), npy
 
 
+def _age(*paths: Path, seconds: float = 3600) -> None:
+    """Make files look abandoned (older than the store's sweep threshold)."""
+    past = time.time() - seconds
+    for p in paths:
+        os.utime(p, (past, past))
+
+
 def _leftovers(store_path: Path) -> tuple[list[Path], list[Path]]:
     parts = store_path / "parts"
     tmp = sorted(parts.glob("*.tmp")) + sorted(parts.glob(".*.tmp"))
@@ -188,6 +195,7 @@ def test_killed_run_leaves_a_readable_store_and_rerun_completes(esc10_root, tmp_
     (parts / ".part-fedcba9876543210.npy.x1y2z3.tmp").write_bytes(b"\x93NUMPY half written")
     orphan_tmp, orphans = _leftovers(store_path)
     assert orphan_tmp and orphans
+    _age(*orphan_tmp, *orphans)
 
     store = FeatureStore.open(cache, lh)
     orphan_tmp, orphans = _leftovers(store_path)
@@ -225,6 +233,11 @@ def test_orphan_part_without_index_is_ignored_and_removed(esc10_root, tmp_path, 
     tmp = parts / ".part-y.npy.abc123.tmp"
     tmp.write_bytes(b"\x00" * 100)
 
+    # Fresh, they may be another shard's part being written: left alone, and not read.
+    reopened = FeatureStore.open(cache, lh)
+    assert orphan.exists() and tmp.exists()
+    assert all(e.part != "part-x" for e in reopened.entries.values())
+    _age(orphan, tmp)
     reopened = FeatureStore.open(cache, lh)
     assert not orphan.exists() and not tmp.exists()
     assert set(reopened.entries) == set(good)

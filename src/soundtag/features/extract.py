@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from soundtag._io import atomic_write_text
-from soundtag.errors import AudioError
+from soundtag.errors import AudioError, ParameterError
 from soundtag.features.melspec import LogMel
 from soundtag.features.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
@@ -109,6 +109,7 @@ def extract_features(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[FeatureStore, ExtractionSummary]:
     """Compute the recipe's view features for every clip of ``manifest`` not yet in the store.
 
@@ -121,6 +122,10 @@ def extract_features(
     batch_size : clips per log-mel batch
     device : where the log-mel runs (``"cpu"``, ``"cuda"``)
     progress : show a progress bar
+    shard : ``(i, n)``: compute only clips ``i, i + n, i + 2n, ...`` of the manifest, so that
+        ``n`` processes or jobs share the work. Each writes its own parts into the same store
+        (a store is the union of its parts: nothing is copied to merge them) and its own
+        ``failures-shard-i-of-n.csv`` / ``notes-shard-i-of-n.csv``.
 
     Returns
     -------
@@ -130,11 +135,18 @@ def extract_features(
         truncated) go to ``<store>/notes.csv``
     """
     start = time.perf_counter()
+    suffix = ""
+    clips = list(manifest)
+    if shard is not None:
+        i, n = shard
+        if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+            raise ParameterError(f"shard={i}/{n}: needs 0 <= i < n, e.g. 0/4 ... 3/4")
+        clips, suffix = clips[i::n], f"-shard-{i}-of-{n}"
     store = FeatureStore.open(cache_dir, recipe)
-    summary = ExtractionSummary(recipe.name, store.path, clips=len(manifest))
+    summary = ExtractionSummary(recipe.name, store.path, clips=len(clips))
     keys: list[str] = []
     todo: list[Clip] = []
-    for clip in manifest:
+    for clip in clips:
         try:
             key = clip_key(clip.path)
         except OSError:
@@ -152,10 +164,10 @@ def extract_features(
         _compute(todo, keys, recipe, store, summary, workers=workers, batch_size=batch_size,
                  device=device, progress=progress)
     summary.wall_seconds = time.perf_counter() - start
-    summary.failures_csv = _write_rows(store.path / "failures.csv", ["clip_id", "path", "reason", "message"],
+    summary.failures_csv = _write_rows(store.path / f"failures{suffix}.csv", ["clip_id", "path", "reason", "message"],
                                        [(f.clip_id, f.path, f.reason, f.message) for f in summary.failures])
     # Clips that were computed but are worth a look: silent, down-mixed, resampled, truncated.
-    summary.notes_csv = _write_rows(store.path / "notes.csv", ["clip_id", "path", "note"], summary.noted)
+    summary.notes_csv = _write_rows(store.path / f"notes{suffix}.csv", ["clip_id", "path", "note"], summary.noted)
     return store, summary
 
 

@@ -10,7 +10,8 @@ Layout of one store (one per feature config, i.e. per :meth:`Recipe.feature_hash
 A clip's key is its identity on disk (absolute path, size, modification time), so an edited
 file is computed again and an unchanged one never is. Each part's ``.npy`` is written and
 renamed first and its ``.json`` index last, both atomically: a part without an index (a run
-killed mid-write) is never read and is swept away on the next open. New clips go to new parts,
+killed mid-write) is never read, and is swept away by a later open once it is ten minutes old
+(younger, it may be another shard's part being written). New clips go to new parts,
 so a run adds to the store without rewriting it, and a dataset larger than memory is read
 through memory maps only.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,19 @@ def clip_key(path: str | Path) -> str:
     p = Path(path).absolute()
     st = p.stat()
     return hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+
+
+#: A part file without an index, or a temp file, younger than this may belong to a writer
+#: still at work (another shard, another job): it is left alone. Writing one part takes
+#: well under a second.
+ABANDONED_AFTER_SECONDS = 600
+
+
+def _abandoned(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > ABANDONED_AFTER_SECONDS
+    except FileNotFoundError:  # its writer finished or removed it meanwhile
+        return False
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ class FeatureStore:
     def _load_index(self) -> None:
         parts = self.path / "parts"
         for leftover in parts.glob(".*.tmp"):  # from a writer killed mid-rename
-            leftover.unlink(missing_ok=True)
+            if _abandoned(leftover):
+                leftover.unlink(missing_ok=True)
         indexed = set()
         for index_file in sorted(parts.glob("part-*.json")):
             index = json.loads(index_file.read_text())
@@ -92,7 +108,7 @@ class FeatureStore:
                 self.entries[e["key"]] = Entry(e["key"], e["clip_id"], part, e["offset"], e["frames"],
                                                e["duration"], tuple(e.get("notes", ())))
         for data_file in parts.glob("part-*.npy"):
-            if data_file.stem not in indexed:  # data written, index never: not a valid part
+            if data_file.stem not in indexed and _abandoned(data_file):  # data written, index never
                 data_file.unlink(missing_ok=True)
 
     # --- reading ---------------------------------------------------------------------------

@@ -149,7 +149,8 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
     """A tagger for a run directory, an ensemble directory, a fold ``.ckpt`` or an ``.onnx`` file.
 
     ``engine`` defaults to ``onnx`` for ``.onnx`` files and ``torch`` otherwise. With
-    ``engine="onnx"`` a run must be exported first (``soundtag export``).
+    ``engine="onnx"`` a run must be exported first (``soundtag export``); a run directory then
+    stands for its ``model.onnx``.
     """
     source = Path(source)
     if not source.exists():
@@ -163,6 +164,8 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
         members = [load_tagger(r["path"], engine=engine, threads=threads) for r in info["runs"]]
         return EnsembleTagger(members, np.array([r["weight"] for r in info["runs"]]), str(source))
     if engine == "onnx":
+        if source.is_dir() and (source / "model.onnx").is_file():  # where `soundtag export RUN` writes
+            source = source / "model.onnx"
         if source.suffix != ".onnx":
             raise ParameterError(f"the onnx engine runs exported models: run `soundtag export {source}` "
                                  "and tag with the .onnx file it writes")

@@ -110,8 +110,23 @@ def collate_chunks(batch):
     return torch.cat(xs), owner, torch.stack(ys)
 
 
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` outside ``torch.distributed``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class EpochSampler(torch.utils.data.Sampler):
-    """Draws a new balanced epoch (oversampling etc.) each time it is iterated, seeded."""
+    """Draws a new balanced epoch (oversampling etc.) each time it is iterated, seeded.
+
+    Under ``torch.distributed`` every rank draws the same epoch (same seed and epoch number)
+    and keeps every ``world``-th index from its rank on, cut to an equal count per rank, so
+    the ranks see disjoint parts of one balanced epoch and step the same number of batches.
+    The rank is read when iterating, because Lightning starts the process group after the
+    loaders are built.
+    """
 
     def __init__(self, classes: np.ndarray, balance: Balance, seed: int = 0):
         self.classes, self.balance, self.seed, self.epoch = np.asarray(classes), balance, seed, 0
@@ -119,10 +134,34 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        return iter(epoch_indices(self.classes, self.balance, rng).tolist())
+        rank, size = world()
+        indices = epoch_indices(self.classes, self.balance, rng)
+        return iter(indices[rank::size][: len(indices) // size].tolist())
 
-    def __len__(self) -> int:
+    def _epoch_size(self) -> int:
         if self.balance == "oversample":
             counts = np.bincount(self.classes)
             return int(counts.max() * (counts > 0).sum())
         return len(self.classes)
+
+    def __len__(self) -> int:
+        return self._epoch_size() // world()[1]
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Evaluation order over ``n`` clips: every clip once, rank ``r`` taking ``r, r + world, ...``.
+
+    Unlike ``DistributedSampler`` it never pads the last shard with repeated clips, so
+    gathered predictions hold each clip exactly once (the shards may differ by one clip).
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        rank, size = world()
+        return iter(range(rank, self.n, size))
+
+    def __len__(self) -> int:
+        rank, size = world()
+        return len(range(rank, self.n, size))

@@ -28,6 +28,16 @@ def clip_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_clips: int, 
     return total / counts[:, None]
 
 
+def _gather(array: np.ndarray) -> np.ndarray:
+    """Concatenate an array's rows from every rank (shards may differ in length)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return array
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
 class TaggerModule(L.LightningModule):
     """Trains one fold. Everything needed to tag a file later is in ``hparams``: the recipe,
     the label names, and the normaliser's statistics."""
@@ -42,6 +52,11 @@ class TaggerModule(L.LightningModule):
         self.multilabel = multilabel
         self.rng = np.random.default_rng([t.seed, fold])
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_fit_start(self) -> None:
+        # Each rank augments its own batches differently.
+        t = self.recipe.training
+        self.rng = np.random.default_rng([t.seed, self.hparams.fold, self.global_rank])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -71,7 +86,8 @@ class TaggerModule(L.LightningModule):
         x, y = batch
         x, y = self.augment(x, y)
         loss = self.loss(self(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
+                 sync_dist=True)  # equal shards: the mean of the ranks' means is the mean
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -85,10 +101,13 @@ class TaggerModule(L.LightningModule):
         probs = torch.cat([p for p, _ in self._val]).numpy()
         targets = torch.cat([t for _, t in self._val]).numpy()
         self._val.clear()
+        probs, targets = _gather(probs), _gather(targets)
         loss = evaluation.binary_log_loss if self.multilabel else evaluation.log_loss
-        val_loss = loss(targets, probs)
-        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
-        self.log("val_map3", evaluation.map_at_k(targets, probs, 3), prog_bar=True, sync_dist=True)
+        # Computed over every validation clip on every rank (gathered above), so each rank logs
+        # the same number: averaging per-rank losses would weight uneven shards wrongly and
+        # MAP@3 does not average at all.
+        self.log("val_loss", loss(targets, probs), prog_bar=True)
+        self.log("val_map3", evaluation.map_at_k(targets, probs, 3), prog_bar=True)
 
     def predict_step(self, batch, batch_idx):
         x, owner, y = batch

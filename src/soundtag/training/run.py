@@ -21,6 +21,7 @@ import csv
 import datetime as dt
 import io
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from soundtag.features.extract import extract_features
 from soundtag.features.recipe import Recipe, load_recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Manifest
-from soundtag.training.data import EpochSampler, EvalViews, Normalizer, TrainViews, collate_chunks
+from soundtag.training.data import EpochSampler, EvalViews, Normalizer, ShardSampler, TrainViews, collate_chunks
 from soundtag.training.splits import label_matrix, make_folds, validation_mask
 
 
@@ -83,9 +84,55 @@ def _accelerator() -> tuple[str, str]:
     return "cpu", "32-true"
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """Where a run trains: devices per node, nodes, and Lightning's strategy.
+
+    ``devices=2`` on one machine starts the other process itself (Lightning's launcher);
+    under ``torchrun`` or SLURM every process runs the same command and finds its rank in the
+    environment. ``strategy="ddp"`` is DistributedDataParallel (gloo on CPUs, NCCL on GPUs).
+    """
+
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    def __post_init__(self):
+        if self.strategy not in ("auto", "ddp"):
+            raise ParameterError(f"strategy={self.strategy!r} must be 'auto' or 'ddp'")
+        if self.num_nodes < 1 or (isinstance(self.devices, int) and self.devices < 1):
+            raise ParameterError(f"devices={self.devices} and num_nodes={self.num_nodes} must be at least 1")
+
+    def lightning_strategy(self):
+        if self.strategy == "ddp":
+            import inspect
+
+            from lightning.pytorch.strategies import DDPStrategy
+
+            # No buffer broadcast in forward: evaluation shards differ by a clip, and a
+            # broadcast in a forward that one rank skips would hang every rank. Newer torch
+            # names the switch forward_sync_buffers and deprecates broadcast_buffers.
+            ddp_args = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+            name = "forward_sync_buffers" if "forward_sync_buffers" in ddp_args else "broadcast_buffers"
+            return DDPStrategy(**{name: False})
+        return "auto"
+
+
+def launch_rank() -> tuple[int, int]:
+    """``(global rank, world size)`` given by an external launcher (torchrun, SLURM), before
+    the process group exists; ``(0, 1)`` when this process is the only one so far."""
+    env = os.environ
+    size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1")))
+    if "RANK" in env or "SLURM_PROCID" in env:
+        return int(env.get("RANK", env.get("SLURM_PROCID"))), size
+    # Processes started by Lightning's own launcher know only their node and local rank; this
+    # number is unique and zero for the first process only, which is all that is asked of it.
+    return int(env.get("NODE_RANK", "0")) * size + int(env.get("LOCAL_RANK", "0")), size
+
+
 def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir: str | Path,
           folds: list[int] | None = None, progress: bool = True, resume: bool = False,
-          data_source: str | None = None) -> RunResult:
+          data_source: str | None = None, hardware: Hardware = Hardware()) -> RunResult:
     """Train one model per fold and write out-of-fold predictions and metrics.
 
     Parameters
@@ -96,10 +143,13 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     cache_dir : the feature store folder (features are computed once and reused)
     folds : train only these fold numbers (default: all)
     resume : continue a run: finished folds are skipped, an interrupted one continues
+    hardware : devices, nodes and strategy (see :class:`Hardware`); with several processes,
+        only global rank 0 writes files
     """
     run_dir = Path(run_dir)
     t = recipe.training
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    rank, launched = launch_rank()
+    if rank == 0 and run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise ParameterError(f"run directory {run_dir} already exists; use --resume to continue it "
                              "or give another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,19 +157,25 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     if t.relabel:
         manifest = _apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
     blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
-    if not (run_dir / "run.json").exists():
+    if rank == 0 and not (run_dir / "run.json").exists():
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         manifest.to_jsonl(run_dir / "manifest.jsonl")
         atomic_write_json(run_dir / "run.json", {
             "recipe": recipe.name, "data": data_source, "cache_dir": str(Path(cache_dir).absolute()),
             "created": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__})
 
-    store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
-    failed = {f.clip_id for f in summary.failures}
+    if launched > 1:
+        # Processes started together (torchrun, SLURM) must not compute the same features at
+        # once: they read a store made beforehand (`soundtag features`, sharded if need be).
+        store, failed = stored_features(manifest, recipe, cache_dir)
+    else:
+        store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
+        failed = {f.clip_id for f in summary.failures}
     if failed:
         manifest = manifest.filter(lambda c: c.id not in failed)
     plan = FoldSet.build(manifest, recipe, store, blacklist)
-    _write_folds(run_dir / "folds.csv", manifest, plan.fold_of, plan.in_training)
+    if rank == 0:
+        _write_folds(run_dir / "folds.csv", manifest, plan.fold_of, plan.in_training)
 
     n_folds = plan.n_folds
     wanted = list(range(n_folds)) if folds is None else folds
@@ -130,9 +186,11 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
         if (run_dir / f"fold-{k}" / "done.json").is_file():
             skipped.append(k)
             continue
-        _train_fold(plan, k, run_dir, progress)
+        _train_fold(plan, k, run_dir, progress, hardware)
         trained.append(k)
 
+    if not is_primary_process():
+        return RunResult(run_dir, {}, trained, skipped)  # rank 0 evaluates
     from soundtag.training.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir) if all((run_dir / f"fold-{k}" / "done.json").is_file()
@@ -140,7 +198,30 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     return RunResult(run_dir, metrics, trained, skipped)
 
 
-def resume(run_dir: str | Path, *, progress: bool = True) -> RunResult:
+def is_primary_process() -> bool:
+    """Whether this is the one process (of several, or the only one) that writes and reports."""
+    from soundtag.training.data import world
+
+    return world()[0] == 0 and launch_rank()[0] == 0
+
+
+def stored_features(manifest: Manifest, recipe: Recipe, cache_dir: str | Path) -> tuple[FeatureStore, set[str]]:
+    """The store of ``recipe`` holding every clip of ``manifest``, and the clips whose audio
+    failed (listed in the store's failure reports); any other missing clip is an error."""
+    store = FeatureStore.open(cache_dir, recipe)
+    failed: set[str] = set()
+    for report in store.path.glob("failures*.csv"):
+        with open(report, newline="") as fh:
+            failed |= {row["clip_id"] for row in csv.DictReader(fh)}
+    missing = [c.id for c in manifest if c.id not in failed and clip_key(c.path) not in store]
+    if missing:
+        raise DataError(f"{len(missing)} clip(s) (e.g. {missing[:3]}) have no features in {store.path}; with "
+                        "several processes, compute them first: `soundtag features --data ... --recipe "
+                        f"{recipe.name} --cache {cache_dir}` (or in shards with --shard i/n)")
+    return store, failed
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, hardware: Hardware = Hardware()) -> RunResult:
     """Continue a run from what its directory holds (recipe, manifest, feature cache)."""
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
@@ -149,7 +230,7 @@ def resume(run_dir: str | Path, *, progress: bool = True) -> RunResult:
     recipe = load_recipe(run_dir / "recipe.yaml")
     manifest = Manifest.from_jsonl(run_dir / "manifest.jsonl")
     return train(manifest, recipe, run_dir, cache_dir=info["cache_dir"], progress=progress, resume=True,
-                 data_source=info.get("data"))
+                 data_source=info.get("data"), hardware=hardware)
 
 
 def _write_folds(path: Path, manifest: Manifest, fold_of: np.ndarray, in_training: np.ndarray) -> None:
@@ -220,13 +301,14 @@ class FoldSet:
             TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k),
             batch_size=t.batch_size, sampler=sampler, drop_last=True, **common)
         eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **common}
-        val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer), **eval_args)
+        val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer),
+                                          sampler=ShardSampler(len(val_idx)), **eval_args)
         oof = torch.utils.data.DataLoader(EvalViews(self.store, *subset(oof_idx), recipe, normalizer), **eval_args)
         return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx], len(train_idx),
                            len(val_idx))
 
 
-def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
+def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool, hardware: Hardware = Hardware()) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -235,6 +317,8 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
 
     # The fold folder holds logs (and, on resume, checkpoints) before the callback writes there.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # val_loss and val_map3 are computed over clips gathered from every rank (module.py).
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val_")
     recipe, manifest = plan.recipe, plan.manifest
     t = recipe.training
     fold_dir = run_dir / f"fold-{k}"
@@ -252,7 +336,8 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
     accelerator, auto_precision = _accelerator()
     trainer = L.Trainer(
-        max_epochs=t.epochs, accelerator=accelerator, devices=1,
+        max_epochs=t.epochs, accelerator=accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
+        strategy=hardware.lightning_strategy(), use_distributed_sampler=False,  # ours shard by rank
         precision=auto_precision if t.precision == "auto" else t.precision,
         callbacks=callbacks, logger=[CSVLogger(fold_dir, name="logs", version=""),
                                      TensorBoardLogger(fold_dir, name="tb", version="")],
@@ -265,9 +350,13 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
         print(f"fold {k}: resuming from {last} after epoch {resumed_from}")
     trainer.fit(module, data.train, data.val, ckpt_path=str(last) if last.is_file() else None)
 
+    if not trainer.is_global_zero:
+        trainer.strategy.barrier("oof")  # wait for rank 0's out-of-fold predictions
+        return
     best = checkpoint.best_model_path or str(last)
     best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu")
-    probs = torch.cat(trainer.predict(best_module, data.oof)).numpy()
+    # One process predicts the whole fold, so every clip is predicted exactly once.
+    probs = predict_clips(best_module, data.oof, trainer.strategy.root_device)
     with atomic_path(fold_dir / "oof.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, probs.astype(np.float32))
@@ -276,4 +365,17 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool) -> None:
         "val_clips": data.val_clips, "best_checkpoint": Path(best).name,
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "epochs": int(trainer.current_epoch), "resumed_after_epoch": resumed_from,
-        "seconds": time.perf_counter() - start})
+        "processes": trainer.world_size, "seconds": time.perf_counter() - start})
+    trainer.strategy.barrier("oof")
+
+
+def predict_clips(module, loader: torch.utils.data.DataLoader, device: torch.device) -> np.ndarray:
+    """Clip probabilities of every clip of an evaluation loader, in its order."""
+    from soundtag.training.module import clip_probabilities
+
+    module = module.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for x, owner, y in loader:
+            out.append(clip_probabilities(module(x.to(device)), owner.to(device), len(y), module.multilabel).float().cpu())
+    return torch.cat(out).numpy()
