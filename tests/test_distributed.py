@@ -1,0 +1,185 @@
+"""Scaling out: DDP training in two real processes (gloo on the CPU), rank-sharded samplers,
+sharded feature extraction and folds trained as separate jobs, all on real ESC-10 clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundtag import evaluation
+from soundtag.errors import DataError
+from soundtag.features import FeatureStore, clip_key, extract_features, load_recipe
+from soundtag.manifest import Manifest, read_manifest
+from soundtag.training import data as training_data
+from soundtag.training.data import EpochSampler, ShardSampler
+from soundtag.training.merge import merge_folds
+from soundtag.training.run import train
+from soundtag.training.splits import label_matrix
+
+from test_training import FAST, write_subset_csv
+
+# Two folds of 4 classes x 5 clips; one epoch keeps the two-process run to seconds.
+OVERRIDES = [o for o in FAST if not o.startswith("training.epochs")] + ["training.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def subset(esc10_root, tmp_path_factory) -> Path:
+    return write_subset_csv(esc10_root, tmp_path_factory.mktemp("data") / "subset.csv")
+
+
+def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None = None, cwd=None):
+    env = {**os.environ, **(env_extra or {})}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        if not env_extra or var not in env_extra:
+            env.pop(var, None)
+    cmd = (launcher or [sys.executable]) + ["-m", "soundtag.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def _recipe_args() -> list[str]:
+    return [a for o in OVERRIDES for a in ("-o", o)]
+
+
+def _fold_loss(run: Path, k: int) -> tuple[float, list[str]]:
+    """Log loss of a fold's out-of-fold predictions, over all of its clips."""
+    manifest = Manifest.from_jsonl(run / "manifest.jsonl")
+    done = json.loads((run / f"fold-{k}" / "done.json").read_text())
+    probs = np.load(run / f"fold-{k}" / "oof.npy")
+    row = {c.id: i for i, c in enumerate(manifest)}
+    targets = label_matrix(manifest)[[row[c] for c in done["clips"]]]
+    return evaluation.log_loss(targets, probs), done["clips"]
+
+
+def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path):
+    recipe = load_recipe("esc50-lh", OVERRIDES)
+    manifest = read_manifest(subset)
+    cache = tmp_path / "cache"
+    extract_features(manifest, recipe, cache_dir=cache, workers=0, progress=False)
+
+    run = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--out", str(run),
+                "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp", "--no-progress",
+                launcher=torchrun)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stdout + proc.stderr
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+
+    done = json.loads((run / "fold-0" / "done.json").read_text())
+    assert done["processes"] == 2
+    fold_clips = sorted(c.id for c in manifest if c.fold == 1)
+    assert sorted(done["clips"]) == fold_clips and len(set(done["clips"])) == len(done["clips"])
+    assert np.load(run / "fold-0" / "oof.npy").shape == (len(fold_clips), len(manifest.labels))
+    # Checkpoints come from rank 0 alone: one best and one last, no versioned copies.
+    assert sorted(p.name for p in (run / "fold-0").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+
+    # The monitored val_loss is the loss over every validation clip (gathered from both ranks):
+    # it equals the loss of the best checkpoint's out-of-fold predictions over the whole fold,
+    # which the loss over either rank's half would not.
+    loss, clips = _fold_loss(run, 0)
+    assert done["best_score"] == pytest.approx(loss, abs=1e-4)
+    halves = [evaluation.log_loss(*_half(run, clips, manifest, r)) for r in (0, 1)]
+    assert all(abs(h - loss) > 1e-4 for h in halves)
+
+    # Same coverage as a single-process run of the same fold.
+    single = train(manifest, recipe, tmp_path / "single", cache_dir=cache, folds=[0], progress=False)
+    single_done = json.loads((single.run_dir / "fold-0" / "done.json").read_text())
+    assert sorted(single_done["clips"]) == sorted(done["clips"])
+    assert single_done["processes"] == 1
+
+
+def _half(run: Path, clips: list[str], manifest: Manifest, rank: int):
+    probs = np.load(run / "fold-0" / "oof.npy")
+    row = {c.id: i for i, c in enumerate(manifest)}
+    targets = label_matrix(manifest)[[row[c] for c in clips]]
+    # The validation loader's order is the fold's clip order; rank r saw rows r, r + 2, ...
+    return targets[rank::2], probs[rank::2]
+
+
+def test_samplers_split_one_epoch_between_ranks(monkeypatch):
+    classes = np.repeat(np.arange(4), [10, 3, 7, 5])
+    full = list(EpochSampler(classes, "oversample", seed=3))
+    shards = []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(training_data, "world", lambda rank=rank: (rank, 3))
+        sampler = EpochSampler(classes, "oversample", seed=3)
+        shards.append(list(sampler))
+        assert len(shards[-1]) == len(sampler) == len(full) // 3
+    # disjoint parts of the same balanced epoch, equal in size so every rank steps alike
+    positions = [list(range(r, len(full), 3))[: len(full) // 3] for r in range(3)]
+    for shard, pos in zip(shards, positions):
+        assert shard == [full[p] for p in pos]
+    eval_shards = []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(training_data, "world", lambda rank=rank: (rank, 3))
+        eval_shards.append(list(ShardSampler(11)))
+        assert len(ShardSampler(11)) == len(eval_shards[-1])
+    assert sorted(sum(eval_shards, [])) == list(range(11))  # every clip once, no padding
+
+
+def test_sharded_extraction_in_two_processes_fills_one_store(subset, tmp_path):
+    cache = tmp_path / "cache"
+    script = ("import sys; from soundtag.features import extract_features, load_recipe; "
+              "from soundtag.manifest import read_manifest; "
+              f"r = load_recipe('esc50-lh', {OVERRIDES!r}); "
+              "extract_features(read_manifest(sys.argv[1]), r, cache_dir=sys.argv[2], workers=0, progress=False, "
+              "shard=(int(sys.argv[3]), 2))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(subset), str(cache), str(i)], stderr=subprocess.PIPE)
+             for i in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    recipe = load_recipe("esc50-lh", OVERRIDES)
+    manifest = read_manifest(subset)
+    store = FeatureStore.open(cache, recipe)
+    assert set(store.entries) == {clip_key(c.path) for c in manifest}
+    assert sorted(p.name for p in store.path.glob("failures*.csv")) == ["failures-shard-0-of-2.csv",
+                                                                        "failures-shard-1-of-2.csv"]
+    # The same arrays as one unsharded extraction.
+    whole, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "whole", workers=0, progress=False)
+    assert summary.computed == len(manifest)
+    for key in list(whole.entries)[:5]:
+        np.testing.assert_array_equal(store.get(key), whole.get(key))
+    # Nothing is left to compute afterwards.
+    _, again = extract_features(manifest, recipe, cache_dir=cache, workers=0, progress=False)
+    assert (again.computed, again.cached) == (0, len(manifest))
+
+
+def test_processes_started_together_need_the_features_first(subset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    recipe = load_recipe("esc50-lh", OVERRIDES)
+    with pytest.raises(DataError, match="soundtag features"):
+        train(read_manifest(subset), recipe, tmp_path / "run", cache_dir=tmp_path / "empty", progress=False)
+    assert not (tmp_path / "run" / "run.json").exists(), "a rank other than 0 must not write the run files"
+
+
+def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path):
+    cache = tmp_path / "cache"
+    for k in (0, 1):
+        proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--cache", str(cache),
+                    "--fold", str(k), "--out", str(tmp_path / f"job-{k}"), "--no-progress")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert not (tmp_path / f"job-{k}" / "metrics.json").exists()  # half a run is not evaluated
+    proc = _cli("merge-folds", str(tmp_path / "job-0"), str(tmp_path / "job-1"), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["all"]["clips"] == len(read_manifest(subset))
+    # the fold files are the jobs' own (hard links where possible), not retrained
+    assert (run / "fold-1" / "oof.npy").read_bytes() == (tmp_path / "job-1" / "fold-1" / "oof.npy").read_bytes()
+
+    # a job of another run (other recipe) is refused
+    other = tmp_path / "other"
+    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "-o", "training.seed=7",
+                "--cache", str(cache), "--fold", "1", "--out", str(other), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with pytest.raises(DataError, match="not folds of one run"):
+        merge_folds([tmp_path / "job-0", other], tmp_path / "bad")
+    with pytest.raises(DataError, match="both"):
+        merge_folds([tmp_path / "job-1", run], tmp_path / "twice")
