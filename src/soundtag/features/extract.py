@@ -9,6 +9,7 @@ run goes on.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from soundtag._io import atomic_write_text
+from soundtag._io import atomic_write_json, atomic_write_text
 from soundtag.errors import AudioError, ParameterError
 from soundtag.features.melspec import LogMel
 from soundtag.features.recipe import Recipe
@@ -131,8 +132,9 @@ def extract_features(
     -------
     store : the opened :class:`FeatureStore`, holding every clip that could be decoded
     summary : counts, hours of audio, speed and the failures (also written to
-        ``<store>/failures.csv``); notes on computed clips (silent, down-mixed, resampled,
-        truncated) go to ``<store>/notes.csv``
+        ``<store>/failures.csv``, and the counts and time to ``<store>/extraction.json``);
+        notes on computed clips (silent, down-mixed, resampled, truncated) go to
+        ``<store>/notes.csv``
     """
     start = time.perf_counter()
     suffix = ""
@@ -168,6 +170,10 @@ def extract_features(
                                        [(f.clip_id, f.path, f.reason, f.message) for f in summary.failures])
     # Clips that were computed but are worth a look: silent, down-mixed, resampled, truncated.
     summary.notes_csv = _write_rows(store.path / f"notes{suffix}.csv", ["clip_id", "path", "note"], summary.noted)
+    atomic_write_json(store.path / f"extraction{suffix}.json", {
+        "recipe": recipe.name, "clips": summary.clips, "computed": summary.computed, "cached": summary.cached,
+        "failed": len(summary.failures), "audio_hours": summary.hours, "wall_seconds": summary.wall_seconds,
+        "finished": dt.datetime.now().isoformat(timespec="seconds")})
     return store, summary
 
 
