@@ -25,6 +25,7 @@ from soundtag.features.melspec import LogMel
 from soundtag.features.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.features.views import decode_for_recipe
+from soundtag.progress import progress_bar
 from soundtag.manifest import Clip, Manifest
 
 # Samples in one padded log-mel batch. On a GPU large batches bound memory when short and very
@@ -190,7 +191,7 @@ def _compute(todo, keys, recipe, store, summary, *, workers, batch_size, device,
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(todo, recipe), batch_size=batch_size, num_workers=workers, collate_fn=collate,
         prefetch_factor=2 if workers else None)
-    with _progress(progress, len(todo), f"features {recipe.name}") as advance, store.writer() as writer:
+    with progress_bar(progress, len(todo), f"features {recipe.name}") as advance, store.writer() as writer:
         for failures, results in loader:
             summary.failures.extend(failures)
             if not on_cpu:
@@ -244,26 +245,3 @@ def _write_rows(path: Path, header: list[str], rows) -> Path:
     out.writerows(rows)
     atomic_write_text(path, buf.getvalue())
     return path
-
-
-class _progress:
-    """A rich progress bar, or nothing when disabled; yields an ``advance(n)`` function."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled and total > 0, total, label
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn())
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()

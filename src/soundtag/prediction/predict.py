@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from soundtag.errors import DataError
 from soundtag.features.views import eval_chunks
 from soundtag.manifest import Manifest
 from soundtag.prediction.combine import combine_folds
 from soundtag.prediction.predictions import Predictions
 from soundtag.prediction.tagger import tta_shifts, with_shifted_copies
+from soundtag.progress import progress_bar
 
 
 @dataclass
@@ -47,7 +49,7 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     import torch
 
     from soundtag import evaluation
-    from soundtag.features.extract import _progress, extract_features
+    from soundtag.features.extract import extract_features
     from soundtag.features.store import clip_key
     from soundtag.prediction.fold_models import load_run
 
@@ -56,8 +58,6 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     recipe = loaded.recipe
     unknown = sorted(set(manifest.labels) - set(loaded.labels))
     if unknown:
-        from soundtag.errors import DataError
-
         raise DataError(f"{manifest.name}: label(s) {unknown[:10]} are not among the run's {len(loaded.labels)} labels")
     cache_dir = cache_dir or json.loads((run / "run.json").read_text())["cache_dir"]
     store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
@@ -65,7 +65,7 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     clips = [c for c in manifest if c.id not in failed]
     shifts = None
     probs = np.empty((len(clips), len(loaded.labels)))
-    with _progress(progress, len(clips), f"predict {manifest.name}") as advance:
+    with progress_bar(progress, len(clips), f"predict {manifest.name}") as advance:
         for start in range(0, len(clips), batch_clips):
             batch = clips[start:start + batch_clips]
             per_clip = [eval_chunks(store.get(clip_key(c.path)), recipe) for c in batch]
