@@ -6,7 +6,7 @@ SOUNDTAG := $(VENV)/bin/soundtag
 export SOUNDTAG_DATA ?= $(abspath ../shared/data)
 DEMO ?= demo
 
-.PHONY: venv test demo demo-run bench clean
+.PHONY: venv test browser demo demo-run bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,11 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest
+
+# Debian's chromium for the review page's browser test (Playwright drives it; no browser download).
+browser:
+	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; }
 
 demo: venv
 	$(SOUNDTAG) data check esc50

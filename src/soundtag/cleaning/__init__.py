@@ -1,0 +1,16 @@
+"""The blacklist loop: find suspect training clips, review them, and write the lists training reads.
+
+- :mod:`~soundtag.cleaning.suspects`: rank a finished run's clips by out-of-fold mistakes,
+  cleanlab's label quality and audio defects (``soundtag suspects RUN``);
+- :mod:`~soundtag.cleaning.decisions`: the lists folder (``blacklist.csv``, ``relabel.csv``,
+  ``decisions.csv``) and its :class:`DecisionBook`;
+- :mod:`~soundtag.cleaning.review`: the local review page (``soundtag review RUN``);
+- :mod:`~soundtag.cleaning.auto`: cleanlab's findings applied without review (``soundtag clean --auto``).
+"""
+
+from soundtag.cleaning.auto import auto_clean
+from soundtag.cleaning.decisions import Decision, DecisionBook, default_lists_dir
+from soundtag.cleaning.suspects import find_suspects, rank_suspects, read_suspects, summarize, write_suspects
+
+__all__ = ["Decision", "DecisionBook", "auto_clean", "default_lists_dir", "find_suspects", "rank_suspects",
+           "read_suspects", "summarize", "write_suspects"]
