@@ -42,6 +42,8 @@ def features(
     workers: int = typer.Option(2, help="decoding processes"),
     batch_size: int = typer.Option(32, help="clips per log-mel batch"),
     device: str = typer.Option("cpu", help="where the log-mel runs: cpu or cuda"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: compute only every n-th clip from the "
+                                        "i-th (0-based), so n jobs share the work"),
     override: List[str] = OverrideOpt,
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
@@ -52,10 +54,13 @@ def features(
       soundtag features --data ../shared/data/esc50 --recipe esc50-lh --recipe esc50-x
 
       soundtag features --data esc10 -r fsd2018-lh -o audio.trim_db=null
+
+      soundtag features --data fsd50k -r fsd2018-x --shard $SLURM_ARRAY_TASK_ID/8
     """
     from soundtag.features import extract_features
     from soundtag.manifest import open_dataset
 
+    shard_of = _parse_shard(shard) if shard else None
     manifest = open_dataset(data, layout)
     table = Table(title=f"features: {manifest.name} ({len(manifest)} clips)")
     for col in ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s"):
@@ -63,8 +68,8 @@ def features(
     failures = 0
     stores = []
     for r in _recipes(recipe, override):
-        _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers,
-                                      batch_size=batch_size, device=device, progress=progress)
+        _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers, batch_size=batch_size,
+                                      device=device, progress=progress, shard=shard_of)
         failures += len(summary.failures)
         table.add_row(r.name, str(summary.clips), str(summary.computed), str(summary.cached),
                       str(len(summary.failures)), f"{summary.hours:.2f}", f"{summary.clips_per_second:.0f}")
@@ -82,6 +87,14 @@ def features(
     if failures:
         console.print(f"[yellow]{failures} clip(s) could not be decoded; they are listed in each store's "
                       "failures.csv and left out.[/]")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard {text!r}: write it as i/n, e.g. 0/4") from None
+    return i, n
 
 
 @app.command()
@@ -124,9 +137,14 @@ def train(
                                    "the dataset's folds (ESC-50 fold 1 is 0); repeatable"),
     model: Optional[str] = typer.Option(None, "--model", help="alexnet-kernel, vgg, seresnet-kernel or timm:<name>"),
     blacklist: Optional[Path] = typer.Option(None, "--blacklist", help="CSV of clips to leave out of training"),
+    relabel: Optional[Path] = typer.Option(None, "--relabel", help="CSV of clip_id,label corrections "
+                                           "(e.g. relabel.csv from `soundtag review`)"),
     cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="folder of the feature stores"),
     layout: Optional[str] = LayoutOpt,
     override: List[str] = OverrideOpt,
+    devices: str = typer.Option("1", "--devices", help="devices (GPUs, or CPU processes) per node, or 'auto'"),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="machines taking part (torchrun or SLURM starts them)"),
+    strategy: str = typer.Option("auto", "--strategy", help="auto, or ddp for DistributedDataParallel"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Train one model per fold; write checkpoints, out-of-fold predictions, metrics and plots.
@@ -138,6 +156,8 @@ def train(
       soundtag train --data ../shared/data/esc50 -r esc50-lh --model timm:resnet18 -o training.epochs=80
 
       soundtag train --resume runs/esc50-cpu-lh-20261124-101500
+
+      torchrun --nproc-per-node 4 -m soundtag.cli train --data fsd50k --out runs/big --devices 4 --strategy ddp
     """
     import datetime as dt
 
@@ -145,9 +165,12 @@ def train(
     from soundtag.manifest import open_dataset
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
+    from soundtag.training.run import Hardware, is_primary_process, launch_rank
 
+    hardware = Hardware(devices=devices if devices == "auto" else int(devices), num_nodes=num_nodes,
+                        strategy=strategy)
     if resume is not None:
-        result = resume_run(resume, progress=progress)
+        result = resume_run(resume, progress=progress, hardware=hardware)
     else:
         if data is None:
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
@@ -158,10 +181,16 @@ def train(
             extra.append(f"training.model={model}")
         if blacklist is not None:
             extra.append(f"training.blacklist={blacklist.absolute()}")
+        if relabel is not None:
+            extra.append(f"training.relabel={relabel.absolute()}")
         r = load_recipe(recipe, extra)
+        if out is None and launch_rank()[1] > 1:
+            raise typer.BadParameter("give --out RUN: processes started together must agree on the run directory")
         out = out or Path("runs") / f"{r.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
         result = train_run(open_dataset(data, layout), r, out, cache_dir=cache, folds=fold or None,
-                           progress=progress, data_source=data)
+                           progress=progress, data_source=data, hardware=hardware)
+    if not is_primary_process():
+        return  # the first process reports
     if result.folds_skipped:
         console.print(f"skipped finished fold(s) {result.folds_skipped}")
     if result.metrics:
@@ -183,6 +212,39 @@ def _print_metrics(run_dir: Path, metrics: dict) -> None:
         table.add_row(name, str(m["clips"]), f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{last:.4f}")
     console.print(table)
     console.print(f"wrote {run_dir / 'metrics.json'}, oof.csv, confusion.png, learning_curves.png")
+
+
+@app.command("merge-folds")
+def merge_folds_cmd(
+    jobs: List[Path] = typer.Argument(..., help="run directories of fold jobs (soundtag train --fold K)"),
+    out: Path = typer.Option(..., "--out", help="the merged run directory"),
+):
+    """Merge folds trained as independent jobs into one run, then evaluate it when complete.
+
+    Example:
+
+      for k in 0 1 2 3 4; do sbatch --wrap "soundtag train --data esc50 --fold $k --out runs/job-$k"; done
+
+      soundtag merge-folds runs/job-* --out runs/esc50
+    """
+    from soundtag.training import evaluate_run
+    from soundtag.training.merge import merge_folds
+
+    run, source = merge_folds(jobs, out)
+    for k, job in sorted(source.items()):
+        console.print(f"fold {k}: {job}")
+    missing = [k for k in range(_fold_count(run)) if k not in source]
+    if missing:
+        console.print(f"[yellow]fold(s) {missing} are not finished in any job; merge again when they are[/]")
+    else:
+        _print_metrics(run, evaluate_run(run))
+
+
+def _fold_count(run: Path) -> int:
+    import csv
+
+    with open(run / "folds.csv", newline="") as fh:
+        return 1 + max(int(row["fold"]) for row in csv.DictReader(fh))
 
 
 @app.command()
@@ -446,6 +508,143 @@ def data_check(
     if save:
         manifest.to_jsonl(save)
         console.print(f"wrote {save}")
+
+
+ListsOpt = typer.Option(None, "--lists", help="folder of blacklist.csv, relabel.csv and decisions.csv "
+                        "(default: cleaning/<dataset name>/ in the current folder)")
+
+
+def _lists_dir(run: Path, lists: Optional[Path]) -> Path:
+    from soundtag.cleaning import default_lists_dir
+    from soundtag.cleaning.suspects import check_run
+
+    check_run(run)
+    if lists is not None:
+        return lists
+    folder = default_lists_dir(run)
+    console.print(f"lists: {folder} (choose another folder with --lists DIR)", soft_wrap=True)
+    return folder
+
+
+def _retrain_hint(run: Path, folder: Path) -> str:
+    import json
+
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    data = info.get("data") or "DATA"
+    return (f"soundtag train --data {data} --recipe {run / 'recipe.yaml'} --blacklist {folder / 'blacklist.csv'} "
+            f"--relabel {folder / 'relabel.csv'}")
+
+
+@app.command()
+def suspects(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    lists: Optional[Path] = ListsOpt,
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="keep only the N most suspect clips"),
+    audio: bool = typer.Option(True, help="also decode every clip to flag silent, clipped, duplicate and short ones"),
+):
+    """Rank a run's training clips by how suspect their label or audio is; write RUN/suspects.csv.
+
+    Misclassified clips (out of fold), cleanlab's label issues and audio problems (near-silent,
+    clipped, duplicate audio, much shorter than the class) are listed, most suspect first.
+
+    Examples:
+
+      soundtag suspects runs/esc10
+
+      soundtag suspects runs/esc10 --top 100 --no-audio
+    """
+    from soundtag.cleaning import DecisionBook, find_suspects, summarize, write_suspects
+    from soundtag.manifest import Manifest
+
+    folder = _lists_dir(run, lists)
+    df = find_suspects(run, audio=audio)
+    if top is not None:
+        df = df.head(top)
+    path = write_suspects(df, run / "suspects.csv")
+    manifest = Manifest.from_jsonl(run / "manifest.jsonl")
+    decided = set(DecisionBook(folder).latest()) if (folder / "decisions.csv").is_file() else set()
+    table = Table(title=f"suspects per class: {run}")
+    for col in ("class", "clips", "suspects", "misclassified", "label issue", "audio", "decided", "most confused with"):
+        table.add_column(col, justify="left" if col in ("class", "most confused with") else "right")
+    summary = summarize(df, manifest.labels, manifest.label_counts())
+    for row in summary.itertuples(index=False):
+        n_decided = sum(c in decided for c, labs in zip(df["clip_id"], df["label"]) if row[0] in labs.split(","))
+        table.add_row(row[0], str(row[1]), str(row.suspects), str(row.misclassified), str(row.label_issue),
+                      str(row.audio), str(n_decided), row.confused_with)
+    console.print(table)
+    head = Table(title="most suspect")
+    for col in ("rank", "clip", "label", "predicted", "score", "reasons"):
+        head.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for r in df.head(10).itertuples(index=False):
+        head.add_row(str(r.rank), r.clip_id, r.label, f"{r.pred1} {r.prob1:.2f}", f"{r.score:.3f}", r.reasons)
+    console.print(head)
+    console.print(f"wrote {path}: {len(df)} suspects of {len(manifest)} clips; listen to them with "
+                  f"`soundtag review {run}`", soft_wrap=True)
+
+
+@app.command()
+def review(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    port: int = typer.Option(8765, "--port", help="port on 127.0.0.1 (0: any free port)"),
+    lists: Optional[Path] = ListsOpt,
+):
+    """Review the suspects in a local web page: listen, then Blacklist, Keep or Relabel each.
+
+    Every decision is written at once to the lists folder; stop with Ctrl-C and run the command
+    again to go on where you stopped.
+
+    Examples:
+
+      soundtag review runs/esc10
+
+      soundtag review runs/esc10 --port 8800 --lists cleaning/esc10
+    """
+    from soundtag.cleaning.review import HOST, check_port, create_app, serve
+
+    folder = _lists_dir(run, lists)
+    port = check_port(port)
+    if not (run / "suspects.csv").is_file():
+        console.print("no suspects.csv yet: finding the suspects first (as `soundtag suspects` does)")
+    web = create_app(run, folder)
+    data = web.state.review
+    console.print(f"review {run}, round {data.round}: {data.progress()['reviewed']} of {len(data.suspects)} reviewed; "
+                  f"decisions go to {folder}", soft_wrap=True)
+    console.print(f"open http://{HOST}:{port}/ in a browser (Ctrl-C to stop)", soft_wrap=True)
+    serve(web, port=port)
+    console.print(f"then retrain: {_retrain_hint(run, folder)}", soft_wrap=True)
+
+
+@app.command()
+def clean(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    auto: bool = typer.Option(False, "--auto", help="apply cleanlab's findings without review"),
+    max_fraction: float = typer.Option(0.05, "--max-fraction", help="decide at most this share of the clips"),
+    relabel_above: Optional[float] = typer.Option(None, "--relabel-above", help="relabel to the top prediction "
+                                                  "when its probability is at least this, instead of blacklisting"),
+    lists: Optional[Path] = ListsOpt,
+):
+    """Blacklist the clips cleanlab flags, worst first, without listening (for those who trust it).
+
+    Clips that already have a decision keep it. Writes the same files as `soundtag review`.
+
+    Example:
+
+      soundtag clean runs/esc10 --auto --max-fraction 0.05
+    """
+    from soundtag.cleaning import auto_clean
+
+    if not auto:
+        raise typer.BadParameter("clean needs --auto; to decide by ear, run `soundtag review RUN`")
+    folder = _lists_dir(run, lists)
+    taken = auto_clean(run, folder, max_fraction=max_fraction, relabel_above=relabel_above)
+    table = Table(title=f"clean --auto: {len(taken)} decision(s)")
+    for col in ("clip", "decision", "reason"):
+        table.add_column(col)
+    for d in taken:
+        table.add_row(d.clip_id, d.decision + (f" -> {d.label}" if d.label else ""), d.reason)
+    console.print(table)
+    console.print(f"wrote {folder / 'blacklist.csv'} and {folder / 'relabel.csv'}; retrain with:\n  "
+                  f"{_retrain_hint(run, folder)}", soft_wrap=True)
 
 
 def main() -> None:
