@@ -14,8 +14,26 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COMMANDS = [["features"], ["show"], ["train"], ["evaluate"], ["recipes"],
-            ["data", "list"], ["data", "get"], ["data", "check"]]
+def _all_commands() -> list[list[str]]:
+    """Every command of the app, read from it, so that a new command is held to the same rules."""
+    import typer.main
+
+    from soundtag.cli import app
+
+    out = []
+
+    def walk(group, prefix: list[str]) -> None:
+        for name, cmd in sorted(group.commands.items()):
+            if hasattr(cmd, "commands"):  # a group (typer bundles its own click)
+                walk(cmd, prefix + [name])
+            else:
+                out.append(prefix + [name])
+
+    walk(typer.main.get_command(app), [])
+    return out
+
+
+COMMANDS = _all_commands()
 
 
 def soundtag(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
