@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages name files, and file names may hold [brackets]
 from rich.table import Table
 
 from soundtag.errors import SoundtagError
@@ -75,7 +76,7 @@ def features(
                       str(len(summary.failures)), f"{summary.hours:.2f}", f"{summary.clips_per_second:.0f}")
         stores.append(summary.store)
         for f in summary.failures[:10]:
-            console.print(f"[yellow]failed[/]: {f.message}")
+            console.print(f"[yellow]failed[/]: {escape(f.message)}")
         if len(summary.failures) > 10:
             console.print(f"[yellow]... {len(summary.failures) - 10} more in {summary.failures_csv}[/]")
         if summary.notes:
@@ -288,7 +289,7 @@ def predict(
     manifest = open_dataset(data, layout, **({"split": split} if split else {}))
     result = predict_dataset(run, manifest, out=out, cache_dir=cache, tta=tta, progress=progress)
     for f in result.failures[:10]:
-        console.print(f"[yellow]not predicted[/]: {f.message}")
+        console.print(f"[yellow]not predicted[/]: {escape(f.message)}")
     console.print(f"predicted {len(result.predictions.ids)} clips of {manifest.name}"
                   + (f", {len(result.failures)} could not be decoded" if result.failures else ""))
     if result.metrics:
@@ -383,12 +384,13 @@ def tag(
     err = Console(stderr=True)
 
     def report(item):
-        if not hasattr(item, "probs"):
-            err.print(f"[yellow]not tagged[/]: {item.message}", highlight=False)
+        if not hasattr(item, "probs"):  # file names may hold brackets: never read them as markup
+            err.print(f"[yellow]not tagged[/]: {escape(item.message)}", highlight=False)
 
     results, failures = tag_files(tagger, paths, timeline=timeline, tta=tta, on_result=report)
     if fmt == "table":
-        console.print(render_tags.table(results, tagger.labels, top, timeline))
+        if results:
+            console.print(render_tags.table(results, tagger.labels, top, timeline))
     else:
         text = (render_tags.to_json if fmt == "json" else render_tags.to_csv)(results, tagger.labels, top, timeline)
         if out:
@@ -651,7 +653,7 @@ def main() -> None:
     try:
         app()
     except SoundtagError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(2)
 
 

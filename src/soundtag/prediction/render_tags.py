@@ -45,6 +45,7 @@ def to_csv(results: list[ClipTags], labels: list[str], k: int, timeline: bool) -
 def table(results: list[ClipTags], labels: list[str], k: int, timeline: bool):
     """A rich table: a row per file (and per window with ``timeline``)."""
     from rich.table import Table
+    from rich.text import Text  # plain text: a file name may hold [brackets]
 
     t = Table(title=f"top {k} labels")
     t.add_column("file", overflow="fold")
@@ -53,8 +54,8 @@ def table(results: list[ClipTags], labels: list[str], k: int, timeline: bool):
     t.add_column("labels (probability)")
     for r in results:
         shown = "  ".join(f"{lab} ({p:.2f})" for lab, p in top_k(r.probs, labels, k))
-        t.add_row(r.path, *(["whole"] if timeline else []), shown)
+        t.add_row(Text(r.path), *(["whole"] if timeline else []), Text(shown))
         for s, e, probs in (r.timeline if timeline else []):
             t.add_row("", f"{_seconds(s)}-{_seconds(e)}",
-                      "  ".join(f"{lab} ({p:.2f})" for lab, p in top_k(probs, labels, k)))
+                      Text("  ".join(f"{lab} ({p:.2f})" for lab, p in top_k(probs, labels, k))))
     return t

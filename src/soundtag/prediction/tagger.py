@@ -116,8 +116,12 @@ class ModelTagger:
         spec = self.logmel(samples)
         width = r.chunk_frames if r.view.kind == "x" else n_frames(width_samples, r.features.hop_length)
         step = max(1, int(round(width * (1 - r.view.overlap))))
-        starts = chunk_starts(spec.shape[1], chunk=width, step=step, min_tail=r.view.min_tail)
-        windows = x_chunks(spec, chunk=width, step=step, min_tail=r.view.min_tail)
+        # The view's min_tail drops a short tail from a clip's chunks; a timeline must reach the
+        # end of the file, so a tail of more than the one frame the centred STFT adds gets one
+        # more window aligned to the end.
+        min_tail = 2 / width
+        starts = chunk_starts(spec.shape[1], chunk=width, step=step, min_tail=min_tail)
+        windows = x_chunks(spec, chunk=width, step=step, min_tail=min_tail)
         probs = geometric_mean(self.fold_probs(windows), axis=0, multilabel=self.multilabel)
         seconds = r.features.hop_length / r.audio.sample_rate
         # Centre padding moved the clip right; report times in the file's own clock.

@@ -1,0 +1,749 @@
+"""Prediction: geometric means, blend weights fitted on out-of-fold predictions only,
+submissions against the real FSDKaggle2018 labels, odd input files, and ONNX parity.
+
+Expected values come from arithmetic done here (logs, roots, means), from the real
+``train.csv``, or from a second, independent path through the models (the PyTorch engine
+against ONNX Runtime, a manual fold ensemble against ``predict_dataset``); never from
+running the code under test and copying its output.
+
+Two tiny real runs (LH and X, two folds, four ESC-10 classes) are trained once per module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from typer.testing import CliRunner
+
+from soundtag import evaluation
+from soundtag.cli import app
+from soundtag.errors import DataError, ParameterError
+from soundtag.features import clip_key, eval_chunks, extract_features, load_recipe
+from soundtag.manifest import read_manifest
+from soundtag.manifest.readers import FSDKAGGLE2018_LABELS
+from soundtag.prediction import (
+    Predictions,
+    combine_folds,
+    ensemble_runs,
+    export_onnx,
+    fit_blend_weights,
+    geometric_mean,
+    load_run,
+    load_tagger,
+    predict_dataset,
+    read_predictions,
+    tag_files,
+    write_submission,
+)
+from soundtag.prediction.combine import EPS, blend_loss, clip_means
+from soundtag.prediction.ensemble import load_oof_predictions
+from soundtag.prediction.tagger import read_onnx_metadata
+from soundtag.training import train
+from test_training import FAST, write_subset_csv
+
+REPO = Path(__file__).resolve().parents[1]
+#: A higher learning rate than FAST's default, so that two epochs already make the models
+#: depend on their input by far more than the 1e-4 parity tolerance (checked below).
+LEARN = ["training.lr=0.01"]
+ONNX_TOL = 1e-4
+
+
+def runner() -> CliRunner:
+    return CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"})
+
+
+def _flat(text: str) -> str:
+    return "".join(text.split())
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a run (checkpoints and out-of-fold files), without predictions."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("predictions", "*.onnx", "tb", "logs", "*.png"))
+    return dest
+
+
+# --- fixtures: two real runs, their ONNX exports, odd files -----------------------------------
+
+@pytest.fixture(scope="module")
+def runs(esc10_root, tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("prediction-runs")
+    subset = write_subset_csv(esc10_root, root / "subset.csv")
+    data = read_manifest(subset)
+    cache = root / "cache"
+    out = {}
+    for kind in ("lh", "x"):
+        recipe = load_recipe(f"esc50-{kind}", FAST + LEARN)
+        out[kind] = train(data, recipe, root / kind, cache_dir=cache, progress=False).run_dir
+    return SimpleNamespace(root=root, subset=subset, data=data, cache=cache, lh=out["lh"], x=out["x"])
+
+
+@pytest.fixture(scope="module")
+def onnx_models(runs) -> dict[str, Path]:
+    return {kind: export_onnx(getattr(runs, kind), runs.root / f"{kind}.onnx") for kind in ("lh", "x")}
+
+
+@pytest.fixture(scope="module")
+def odd(esc10_root, tmp_path_factory) -> SimpleNamespace:
+    """Odd inputs made from real ESC-10 audio, and bad files."""
+    folder = tmp_path_factory.mktemp("odd")
+    audio = esc10_root / "audio"
+    source = audio / "001 - Dog bark/1-100032-A.ogg"
+    x, sr = sf.read(source, dtype="float32")
+    assert x.ndim == 1 and sr == 44100
+    f = SimpleNamespace(folder=folder, source=source)
+
+    f.stereo = folder / "stereo.wav"        # two identical channels, float: down-mixes to x exactly
+    sf.write(f.stereo, np.stack([x, x], axis=1), sr, subtype="FLOAT")
+    f.flac8k = folder / "low.flac"
+    sf.write(f.flac8k, soxr.resample(x, sr, 8000), 8000, subtype="PCM_16")
+    f.short = folder / "short.wav"          # 0.1 s around the loudest sample
+    peak = int(np.argmax(np.abs(x)))
+    start = max(0, min(peak - sr // 20, len(x) - sr // 10))
+    sf.write(f.short, x[start:start + sr // 10], sr)
+    pieces, total = [], 0
+    for p in sorted(audio.glob("*/*.ogg"))[::37]:  # real clips of several classes, 40 s in all
+        y, r = sf.read(p, dtype="float32")
+        assert r == sr
+        pieces.append(y)
+        total += len(y)
+        if total >= 40 * sr:
+            break
+    f.long = folder / "long.wav"
+    sf.write(f.long, np.concatenate(pieces)[:40 * sr], sr)
+    f.silent = folder / "silent.wav"
+    sf.write(f.silent, np.zeros(2 * 16000, dtype=np.float32), 16000)
+    f.corrupt = folder / "corrupt.wav"
+    f.corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    f.empty = folder / "empty.wav"
+    f.empty.write_bytes(b"")
+    f.missing = folder / "not-there.wav"
+    f.batch = folder / "batch"                 # a folder: two good files, a bad one, a text file
+    (f.batch / "sub").mkdir(parents=True)
+    shutil.copy(f.short, f.batch / "a_short.wav")
+    shutil.copy(f.flac8k, f.batch / "sub" / "b_low.flac")
+    shutil.copy(f.corrupt, f.batch / "c_bad.wav")
+    (f.batch / "notes.txt").write_text("not audio\n")
+    return f
+
+
+# --- geometric mean and fold combination ------------------------------------------------------
+
+def test_geometric_mean_is_the_renormalised_exp_of_weighted_mean_logs():
+    p1, p2 = [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]
+    w = [0.25, 0.75]
+    raw = [math.pow(a, 0.25) * math.pow(b, 0.75) for a, b in zip(p1, p2)]
+    expected = [r / sum(raw) for r in raw]
+    got = geometric_mean(np.array([[p1], [p2]]), weights=np.array(w))
+    assert got.shape == (1, 3)
+    assert np.allclose(got[0], expected, rtol=0, atol=1e-12)
+    # equal weights by default: the square root of the product, renormalised
+    raw = [math.sqrt(a * b) for a, b in zip(p1, p2)]
+    assert np.allclose(geometric_mean(np.array([[p1], [p2]]))[0], [r / sum(raw) for r in raw], atol=1e-12)
+    # along another axis: (clips, models, classes)
+    assert np.allclose(geometric_mean(np.array([[p1, p2]]), weights=np.array(w), axis=1)[0], expected, atol=1e-12)
+    # a zero in one model is clipped to EPS, not a veto
+    vetoed = geometric_mean(np.array([[[1.0, 0.0]], [[0.5, 0.5]]]))[0]
+    assert np.isfinite(vetoed).all() and vetoed[1] > 0
+    assert vetoed[1] / vetoed[0] == pytest.approx(math.sqrt(EPS * 0.5) / math.sqrt(1.0 * 0.5), rel=1e-9)
+
+
+def test_identical_models_leave_a_distribution_unchanged_unlike_the_old_product():
+    p = np.array([[0.6, 0.3, 0.1], [0.25, 0.25, 0.5]])
+    stack = np.stack([p, p, p])
+    assert np.allclose(geometric_mean(stack), p, atol=1e-12)
+    old = stack.prod(axis=0)                 # the kernel's product without the root
+    old = old / old.sum(axis=1, keepdims=True)
+    assert not np.allclose(old, p, atol=1e-2)
+    assert (old.max(axis=1) > p.max(axis=1) + 0.1).all(), "the product sharpens; the root does not"
+    assert old[0, 0] == pytest.approx(0.216 / (0.216 + 0.027 + 0.001))
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.6], [1.2, -0.2], [0.5, 0.25, 0.25], [0.3, 0.3]])
+def test_weights_must_be_non_negative_and_sum_to_one(weights):
+    probs = np.full((2, 1, 3), 1 / 3)
+    with pytest.raises(ParameterError, match="weights"):
+        geometric_mean(probs, weights=np.array(weights))
+
+
+def test_multilabel_keeps_each_class_unnormalised():
+    a, b = np.array([[0.9, 0.5]]), np.array([[0.4, 0.2]])
+    got = geometric_mean(np.stack([a, b]), multilabel=True)
+    assert np.allclose(got, [[0.6, math.sqrt(0.1)]], atol=1e-12)
+    assert got.sum() != pytest.approx(1.0)
+    single = geometric_mean(np.stack([a, b]))
+    assert np.allclose(single, [[0.6 / (0.6 + math.sqrt(0.1)), math.sqrt(0.1) / (0.6 + math.sqrt(0.1))]])
+
+
+def test_combine_folds_means_chunks_per_clip_then_takes_the_geometric_mean_of_folds():
+    # 6 chunks of 3 clips, in mixed order: clip 0 has 3 chunks, clip 1 one, clip 2 two.
+    owner = np.array([0, 1, 0, 2, 0, 2])
+    fold_a = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1],
+                       [0.2, 0.2, 0.6], [0.6, 0.2, 0.2], [0.4, 0.2, 0.4]])
+    fold_b = np.array([[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.7, 0.1, 0.2],
+                       [0.1, 0.1, 0.8], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]])
+    means_a = [[(0.7 + 0.5 + 0.6) / 3, (0.2 + 0.4 + 0.2) / 3, (0.1 + 0.1 + 0.2) / 3],
+               [0.1, 0.8, 0.1],
+               [(0.2 + 0.4) / 2, (0.2 + 0.2) / 2, (0.6 + 0.4) / 2]]
+    means_b = [[(0.5 + 0.7 + 0.3) / 3, (0.4 + 0.1 + 0.6) / 3, (0.1 + 0.2 + 0.1) / 3],
+               [0.3, 0.3, 0.4],
+               [(0.1 + 0.2) / 2, (0.1 + 0.3) / 2, (0.8 + 0.5) / 2]]
+    expected = []
+    for ra, rb in zip(means_a, means_b):
+        raw = [math.sqrt(x * y) for x, y in zip(ra, rb)]
+        expected.append([r / sum(raw) for r in raw])
+    got = combine_folds(np.stack([fold_a, fold_b]), owner, 3)
+    assert got.shape == (3, 3)
+    assert np.allclose(got, expected, atol=1e-12)
+    assert np.allclose(clip_means(fold_a, owner, 3), means_a, atol=1e-12)
+    with pytest.raises(ParameterError, match="no chunk"):
+        clip_means(fold_a, owner, 4)  # clip 3 has no chunk
+
+
+# --- blend weights ----------------------------------------------------------------------------
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_fit_blend_weights_gives_a_calibrated_run_the_weight_over_random_ones():
+    rng = np.random.default_rng(0)
+    n, k = 600, 6
+    good = _softmax(2.5 * rng.normal(size=(n, k)))
+    y = np.array([rng.choice(k, p=p) for p in good])  # labels drawn from good: it is calibrated
+    targets = np.eye(k)[y]
+    random = rng.dirichlet(np.ones(k), size=n)
+    anti = _softmax(-4 * targets + rng.normal(size=(n, k)))  # confidently wrong
+
+    w = fit_blend_weights(targets, np.stack([random, good]))
+    assert w.shape == (2,) and (w >= 0).all() and w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert w[1] > 0.95, w
+    loss = blend_loss(targets, np.stack([random, good]), w, multilabel=False)
+    for other in ([0.5, 0.5], [0.0, 1.0], [1.0, 0.0], [0.1, 0.9]):
+        assert loss <= blend_loss(targets, np.stack([random, good]), np.array(other), multilabel=False) + 1e-9
+
+    w3 = fit_blend_weights(targets, np.stack([good, anti, random]))
+    assert (w3 >= 0).all() and w3.sum() == pytest.approx(1.0, abs=1e-12)
+    assert w3[1] < 1e-3 and w3[0] > 0.9, w3  # would want a negative weight: held at zero
+
+    # multi-label: independent sigmoids
+    ml = 1 / (1 + np.exp(-2.5 * rng.normal(size=(n, k))))
+    ml_targets = (rng.random((n, k)) < ml).astype(float)
+    wm = fit_blend_weights(ml_targets, np.stack([rng.random((n, k)), ml]), multilabel=True)
+    assert (wm >= 0).all() and wm.sum() == pytest.approx(1.0) and wm[1] > 0.95, wm
+
+    assert fit_blend_weights(targets, good[None]).tolist() == [1.0]
+    with pytest.raises(ParameterError, match="do not match"):
+        fit_blend_weights(targets[:10], np.stack([good, random]))
+
+
+def _garbage_test_predictions(run: Path, labels: list[str], ids: list[str], given: list[str],
+                              right: bool, seed: int) -> np.ndarray:
+    """Write ``run/predictions/test.csv``: confidently right (or wrong) about ``given``;
+    columns in reversed label order and rows shuffled, so the blend must align them."""
+    rng = np.random.default_rng(seed)
+    k = len(labels)
+    y = np.array([labels.index(g) for g in given])
+    hit = np.eye(k)[y if right else (y + 1) % k]
+    probs = _softmax(5 * hit + rng.normal(size=(len(ids), k)))
+    order = rng.permutation(len(ids))
+    cols = list(reversed(range(k)))
+    Predictions([ids[i] for i in order], [labels[c] for c in cols], probs[order][:, cols],
+                [(given[i],) for i in order]).write_csv(run / "predictions" / "test.csv")
+    return probs  # in ``ids`` order, ``labels`` columns
+
+
+def _oof(run: Path, ids: list[str], labels: list[str]) -> np.ndarray:
+    """A run's out-of-fold probabilities (as ensembling reads them), in the given clip and label order."""
+    pred, _ = load_oof_predictions(run)
+    pred = pred.reorder(labels)
+    return pred.probs[[pred.ids.index(c) for c in ids]]
+
+
+def test_ensemble_weights_come_from_oof_only_and_blend_the_test_predictions(runs, tmp_path, esc10_root):
+    a, b = _copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")
+    first = ensemble_runs([a, b], tmp_path / "e1")
+    w = first.weights
+    assert w.shape == (2,) and (w >= 0).all() and w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert first.fitted_on == len(runs.data) and first.predictions == []
+    info = json.loads((tmp_path / "e1" / "ensemble.json").read_text())
+    assert [r["weight"] for r in info["runs"]] == pytest.approx(w.tolist(), abs=1e-12)
+    assert info["blend"]["fitted_clips"] == len(runs.data)
+    # the blended oof.csv is the weighted geometric mean of the runs' out-of-fold predictions
+    blend = read_predictions(tmp_path / "e1" / "oof.csv")
+    labels, ids = blend.labels, blend.ids
+    assert sorted(ids) == sorted(runs.data.ids)
+    stack = np.stack([_oof(a, ids, labels), _oof(b, ids, labels)])
+    assert np.allclose(blend.probs, geometric_mean(stack, weights=w), atol=1e-6)
+    targets = np.array([[lab in runs.data[runs.data.ids.index(c)].labels for lab in labels] for c in ids], float)
+    assert np.allclose(w, fit_blend_weights(targets, stack), atol=1e-6)
+
+    # Test predictions that reward the run with less weight: fitting on them would move the weights.
+    test_ids = [f"test-{i:03d}.wav" for i in range(30)]
+    given = [labels[i % len(labels)] for i in range(30)]
+    favoured = int(np.argmin(w))
+    pa = _garbage_test_predictions(a, labels, test_ids, given, right=favoured == 0, seed=1)
+    pb = _garbage_test_predictions(b, labels, test_ids, given, right=favoured == 1, seed=2)
+    second = ensemble_runs([a, b], tmp_path / "e2")
+    assert np.allclose(second.weights, w, atol=1e-12), "test predictions must not move the weights"
+    assert [p.name for p in second.predictions] == ["test.csv"]
+    blended = read_predictions(tmp_path / "e2" / "predictions" / "test.csv").reorder(labels)
+    assert sorted(blended.ids) == sorted(test_ids)
+    row = [blended.ids.index(c) for c in test_ids]
+    assert np.allclose(blended.probs[row], geometric_mean(np.stack([pa, pb]), weights=w), atol=1e-6)
+    # ... whereas weights fitted on these test predictions would have been very different
+    test_fit = fit_blend_weights(np.eye(len(labels))[[labels.index(g) for g in given]], np.stack([pa, pb]))
+    assert abs(test_fit[favoured] - w[favoured]) > 0.2
+
+    # The ensemble directory tags like a run: the weighted geometric mean of its members.
+    clip = esc10_root / "audio" / "002 - Rain" / "1-17367-A.ogg"
+    ens = load_tagger(tmp_path / "e2")
+    members = [load_tagger(r).tag(clip).probs for r in (a, b)]
+    assert np.allclose(ens.tag(clip).probs, geometric_mean(np.stack(members), weights=w), atol=1e-9)
+    with pytest.raises(ParameterError, match="timeline"):
+        ens.tag(clip, timeline=True)
+
+    # the CLI writes the same ensemble
+    res = runner().invoke(app, ["ensemble", str(a), str(b), "--out", str(tmp_path / "e3")])
+    assert res.exit_code == 0, res.output
+    cli_info = json.loads((tmp_path / "e3" / "ensemble.json").read_text())
+    assert [r["weight"] for r in cli_info["runs"]] == pytest.approx(w.tolist(), abs=1e-12)
+    assert cli_info["predictions"] == ["test.csv"]
+    with pytest.raises(ParameterError, match="two runs"):
+        ensemble_runs([a], tmp_path / "e4")
+
+
+def _set_in_training(run: Path, left_out: set[str]) -> None:
+    with open(run / "folds.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        if r["clip_id"] in left_out:
+            r["in_training"] = "False"
+    with open(run / "folds.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=["clip_id", "fold", "in_training"])
+        wr.writeheader()
+        wr.writerows(rows)
+
+
+def test_ensemble_leaves_blacklisted_clips_out_of_the_fit(runs, tmp_path):
+    copies = [_copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")]
+    ids = runs.data.ids
+    labels = list(runs.data.labels)
+    targets = np.array([[lab in c.labels for lab in labels] for c in runs.data], float)
+    before = fit_blend_weights(targets, np.stack([_oof(r, ids, labels) for r in copies]))
+    # The run with more weight is made confidently wrong on 7 clips it did not train on:
+    # counted, they would pull its weight down. The other run leaves one more clip out.
+    hit = int(np.argmax(before))
+    left_out = [set(), set()]
+    left_out[hit], left_out[1 - hit] = set(ids[1:40:6]), {ids[0]}
+    for run, out in zip(copies, left_out):
+        _set_in_training(run, out)
+    k = len(labels)
+    for done in sorted(copies[hit].glob("fold-*/done.json")):
+        clips = json.loads(done.read_text())["clips"]
+        oof = np.load(done.parent / "oof.npy")
+        for i, c in enumerate(clips):
+            if c in left_out[hit]:
+                wrong = (labels.index(runs.data[ids.index(c)].labels[0]) + 1) % k
+                oof[i] = np.eye(k)[wrong] * (1 - k * 1e-3) + 1e-3
+        np.save(done.parent / "oof.npy", oof)
+
+    result = ensemble_runs(copies, tmp_path / "e")
+    left = left_out[0] | left_out[1]
+    assert result.fitted_on == len(ids) - len(left) == len(ids) - 8
+    assert json.loads((tmp_path / "e" / "ensemble.json").read_text())["blend"]["fitted_clips"] == len(ids) - 8
+
+    stack = np.stack([_oof(r, ids, labels) for r in copies])
+    keep = np.array([c not in left for c in ids])
+    by_hand = fit_blend_weights(targets[keep], stack[:, keep])
+    assert np.allclose(result.weights, by_hand, atol=1e-6)
+    all_clips = fit_blend_weights(targets, stack)
+    assert all_clips[hit] < result.weights[hit] - 0.05, "the left-out clips would have mattered"
+
+
+# --- submissions against the real FSDKaggle2018 labels ----------------------------------------
+
+@pytest.fixture(scope="module")
+def fsd_train(fsd2018_root) -> list[dict]:
+    path = fsd2018_root / "train.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["label"] for r in rows} == set(FSDKAGGLE2018_LABELS)
+    return rows
+
+
+@pytest.fixture
+def fsd_test(fsd_train, tmp_path) -> SimpleNamespace:
+    """300 real train.csv clips as a pretend test set, random probabilities, a shuffled sample."""
+    rng = np.random.default_rng(7)
+    rows = [fsd_train[i] for i in rng.choice(len(fsd_train), 300, replace=False)]
+    labels = [str(x) for x in rng.permutation(FSDKAGGLE2018_LABELS)]  # not the vocabulary's order
+    probs = rng.dirichlet(np.full(len(labels), 0.3), size=len(rows))
+    preds = Predictions([r["fname"] for r in rows], labels, probs, [()] * len(rows))
+    order = [rows[i]["fname"] for i in rng.permutation(len(rows))]
+    sample = tmp_path / "sample_submission.csv"
+    with open(sample, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["fname", "label"])
+        w.writerows([f, "Laughter Hi-hat Flute"] for f in order)
+    return SimpleNamespace(rows=rows, labels=labels, probs=probs, preds=preds, order=order, sample=sample,
+                           truth={r["fname"]: r["label"] for r in rows})
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+def test_kaggle_submission_follows_the_sample_and_names_the_three_best_labels(fsd_test, fsd_train, tmp_path):
+    out = write_submission(fsd_test.preds, tmp_path / "sub.csv", fmt="kaggle", sample_submission=fsd_test.sample)
+    header, rows = _read_rows(out)
+    assert header == ["fname", "label"]
+    assert [r[0] for r in rows] == fsd_test.order
+    vocabulary = {r["label"] for r in fsd_train}
+    row_of = {c: i for i, c in enumerate(fsd_test.preds.ids)}
+    score = 0.0
+    for fname, cell in rows:
+        top3 = cell.split(" ")
+        assert len(top3) == 3 and len(set(top3)) == 3 and set(top3) <= vocabulary, cell
+        probs = fsd_test.probs[row_of[fname]]
+        assert top3 == [fsd_test.labels[i] for i in np.argsort(-probs)[:3]]
+        assert probs[fsd_test.labels.index(top3[0])] == probs.max()
+        truth = fsd_test.truth[fname]
+        score += 1 / (top3.index(truth) + 1) if truth in top3 else 0.0
+    # MAP@3 of the file against the real labels is the one evaluation computes from the probabilities
+    targets = np.array([[lab == fsd_test.truth[c] for lab in fsd_test.labels] for c in fsd_test.preds.ids], float)
+    assert score / len(rows) == pytest.approx(evaluation.map_at_k(targets, fsd_test.probs, 3))
+
+
+def test_a_clip_without_prediction_is_an_error_and_nothing_is_written(fsd_test, tmp_path):
+    dropped = fsd_test.order[17]
+    keep = [i for i, c in enumerate(fsd_test.preds.ids) if c != dropped]
+    partial = Predictions([fsd_test.preds.ids[i] for i in keep], fsd_test.labels, fsd_test.probs[keep], [()] * len(keep))
+    out = tmp_path / "sub.csv"
+    with pytest.raises(DataError, match=dropped):
+        write_submission(partial, out, fmt="kaggle", sample_submission=fsd_test.sample)
+    assert not out.exists()
+    with pytest.raises(ParameterError, match="format"):
+        write_submission(fsd_test.preds, out, fmt="csv")
+    assert not out.exists()
+
+
+def test_multilabel_submission_has_a_probability_column_per_label(fsd_test, tmp_path):
+    out = write_submission(fsd_test.preds, tmp_path / "ml.csv", fmt="kaggle-multilabel",
+                           sample_submission=fsd_test.sample)
+    header, rows = _read_rows(out)
+    assert header == ["fname", *fsd_test.labels] and len(header) == 42
+    assert [r[0] for r in rows] == fsd_test.order
+    row_of = {c: i for i, c in enumerate(fsd_test.preds.ids)}
+    got = np.array([[float(x) for x in r[1:]] for r in rows])
+    assert np.allclose(got, fsd_test.probs[[row_of[r[0]] for r in rows]], atol=6e-7)
+    # multi-label predictions default to this format, in their own order without a sample
+    ml = Predictions(fsd_test.preds.ids, fsd_test.labels, fsd_test.probs, [()] * 300, multilabel=True)
+    header, rows = _read_rows(write_submission(ml, tmp_path / "ml2.csv"))
+    assert len(header) == 42 and [r[0] for r in rows] == fsd_test.preds.ids
+
+
+def test_labels_with_spaces_become_one_word_in_the_kaggle_format(tmp_path):
+    preds = Predictions(["a.wav"], ["Dog bark", "Rain", "Sea waves", "Baby cry"], [[0.1, 0.2, 0.3, 0.4]], [()])
+    _, rows = _read_rows(write_submission(preds, tmp_path / "s.csv"))
+    assert rows == [["a.wav", "Baby_cry Sea_waves Rain"]]
+
+
+def test_submit_cli_round_trip(fsd_test, tmp_path):
+    pred_csv = fsd_test.preds.write_csv(tmp_path / "test-predictions.csv")
+    direct = write_submission(fsd_test.preds, tmp_path / "direct.csv", fmt="kaggle",
+                              sample_submission=fsd_test.sample)
+    out = tmp_path / "cli.csv"
+    res = runner().invoke(app, ["submit", str(pred_csv), "--sample-submission", str(fsd_test.sample),
+                                "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == direct.read_text()
+    assert "kaggleformat" in _flat(res.stdout)
+
+    partial = Predictions(fsd_test.preds.ids[1:], fsd_test.labels, fsd_test.probs[1:], [()] * 299)
+    partial_csv = partial.write_csv(tmp_path / "partial.csv")
+    bad_out = tmp_path / "bad.csv"
+    res = runner().invoke(app, ["submit", str(partial_csv), "--sample-submission", str(fsd_test.sample),
+                                "--out", str(bad_out)])
+    assert res.exit_code != 0 and isinstance(res.exception, DataError)
+    assert fsd_test.preds.ids[0] in str(res.exception)
+    assert not bad_out.exists()
+
+
+# --- odd input files --------------------------------------------------------------------------
+
+def test_odd_files_are_tagged_and_bad_ones_reported_one_by_one(runs, odd):
+    tagger = load_tagger(runs.lh)
+    inputs = [odd.stereo, odd.corrupt, odd.flac8k, odd.empty, odd.short, odd.missing, odd.silent, odd.batch]
+    seen = []
+    results, failures = tag_files(tagger, inputs, on_result=seen.append)
+    batch_good = [odd.batch / "a_short.wav", odd.batch / "sub" / "b_low.flac"]
+    good = [odd.stereo, odd.flac8k, odd.short, odd.silent, *batch_good]
+    bad = [odd.corrupt, odd.empty, odd.missing, odd.batch / "c_bad.wav"]
+    assert [r.path for r in results] == [str(p) for p in good]
+    assert [f.path for f in failures] == [str(p) for p in bad]
+    expected_order = [odd.stereo, odd.corrupt, odd.flac8k, odd.empty, odd.short, odd.missing, odd.silent,
+                      odd.batch / "a_short.wav", odd.batch / "c_bad.wav", odd.batch / "sub" / "b_low.flac"]
+    assert [item.path for item in seen] == [str(p) for p in expected_order], "notes.txt is not audio"
+    for r in results:
+        assert r.probs.shape == (len(tagger.labels),) and np.isfinite(r.probs).all()
+        assert (r.probs >= 0).all() and r.probs.sum() == pytest.approx(1.0, abs=1e-6)
+    for f in failures:
+        assert str(f.path) in f.message
+    by_path = {r.path: r for r in results}
+    assert "down-mixed 2 channels" in by_path[str(odd.stereo)].notes
+    assert "resampled 8000->16000 Hz" in by_path[str(odd.flac8k)].notes
+    assert "silent" in by_path[str(odd.silent)].notes
+    # two identical float channels down-mix to the original samples: the same tags as the source
+    assert np.allclose(by_path[str(odd.stereo)].probs, tagger.tag(odd.source).probs, atol=1e-6)
+    # the same files in a folder get the same tags
+    assert np.allclose(by_path[str(batch_good[0])].probs, by_path[str(odd.short)].probs, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["lh", "x"])
+def test_timeline_windows_cover_a_long_file(runs, odd, kind):
+    tagger = load_tagger(getattr(runs, kind))
+    view = tagger.recipe.view
+    duration = sf.info(odd.long).duration
+    assert duration == pytest.approx(40.0)
+    result = tagger.tag(odd.long, timeline=True)
+    starts = np.array([s for s, _, _ in result.timeline])
+    ends = np.array([e for _, e, _ in result.timeline])
+    step = view.duration * (1 - view.overlap)
+    assert len(starts) >= math.floor((duration - view.duration) / step) + 1
+    assert starts[0] == 0.0 and (np.diff(starts) > 0).all()
+    assert (ends > starts).all() and (ends <= duration + 1e-9).all()
+    assert np.allclose(ends - starts, view.duration, atol=0.021)  # one hop of rounding
+    assert (starts[1:] <= ends[:-1]).all(), "no gap between windows"
+    # a window every step (within a hop of rounding); the last one may be aligned to the end
+    assert np.allclose(np.diff(starts)[:-1], step, atol=0.021) and np.diff(starts)[-1] <= step + 0.021
+    # the last window reaches the end of the file (to a frame or two), even past a tail shorter
+    # than the view's min_tail (40 s with X: 2 s windows every 1.8 s leave 0.2 s after the 22nd)
+    hop = tagger.recipe.features.hop_length / tagger.recipe.audio.sample_rate
+    assert ends[-1] >= duration - 2 * hop
+    for _, _, p in result.timeline:
+        assert p.sum() == pytest.approx(1.0, abs=1e-6)
+    # windows see different audio (several classes were concatenated)
+    assert np.ptp(np.stack([p for _, _, p in result.timeline]), axis=0).max() > 1e-3
+    short = tagger.tag(odd.short, timeline=True).timeline
+    assert len(short) == 1 and short[0][0] == 0.0
+    assert short[0][1] == pytest.approx(sf.info(odd.short).duration, abs=1e-6)
+
+
+def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd):
+    args = ["tag", str(runs.lh), str(odd.stereo), str(odd.corrupt), str(odd.short), str(odd.missing),
+            "--format", "json", "--top", "4"]
+    res = runner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    out = json.loads(res.stdout)
+    assert [item["file"] for item in out] == [str(odd.stereo), str(odd.short)]
+    tagger = load_tagger(runs.lh)
+    for item in out:
+        scores = {t["label"]: t["score"] for t in item["tags"]}
+        assert sorted(scores) == sorted(tagger.labels)
+        expected = tagger.tag(item["file"]).probs
+        assert np.allclose([scores[lab] for lab in tagger.labels], expected, atol=1.5e-6)
+        assert [t["score"] for t in item["tags"]] == sorted(scores.values(), reverse=True)
+    err = _flat(res.stderr)
+    assert _flat(str(odd.corrupt)) in err and _flat(str(odd.missing)) in err
+    assert "2of4file(s)couldnotbetagged" in err
+
+    # CSV timeline to a file
+    out_csv = odd.folder / "timeline.csv"
+    res = runner().invoke(app, ["tag", str(runs.x), str(odd.long), "--timeline", "--format", "csv",
+                                "--top", "2", "--out", str(out_csv)])
+    assert res.exit_code == 0, res.output
+    header, rows = _read_rows(out_csv)
+    assert header == ["file", "start", "end", "rank", "label", "score"]
+    windows = load_tagger(runs.x).tag(odd.long, timeline=True).timeline
+    assert len(rows) == 2 * len(windows)
+    assert [float(r[1]) for r in rows[::2]] == pytest.approx([s for s, _, _ in windows], abs=0.0051)
+
+
+# --- ONNX export and parity -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lh", "x"])
+def test_onnx_and_torch_engines_agree_on_real_clips(runs, onnx_models, odd, kind):
+    run = getattr(runs, kind)
+    torch_tagger, onnx_tagger = load_tagger(run), load_tagger(onnx_models[kind])
+    assert (torch_tagger.engine, onnx_tagger.engine) == ("torch", "onnx")
+    assert onnx_tagger.labels == torch_tagger.labels == load_run(run).labels
+    clips = [Path(c.path) for c in runs.data][::5]
+    assert len(clips) >= 6
+    files = clips + [odd.stereo, odd.flac8k, odd.short, odd.silent, odd.long]
+    a, fa = tag_files(torch_tagger, files, timeline=True)
+    b, fb = tag_files(onnx_tagger, files, timeline=True)
+    assert fa == fb == [] and len(a) == len(b) == len(files)
+    pa, pb = np.stack([r.probs for r in a]), np.stack([r.probs for r in b])
+    assert np.abs(pa - pb).max() <= ONNX_TOL
+    # not vacuous: the probabilities move between clips by far more than the tolerance
+    assert np.ptp(pa, axis=0).max() > 10 * ONNX_TOL
+    for ra, rb in zip(a, b):
+        assert len(ra.timeline) == len(rb.timeline) >= 1
+        for (sa, ea, qa), (sb, eb, qb) in zip(ra.timeline, rb.timeline):
+            assert (sa, ea) == pytest.approx((sb, eb), abs=1e-9)
+            assert np.abs(qa - qb).max() <= ONNX_TOL
+    assert len(a[-1].timeline) > 5
+    # the NumPy log-mel of the ONNX engine is PyTorch's, chunk for chunk
+    ca, _ = torch_tagger.chunks(clips[0])
+    cb, _ = onnx_tagger.chunks(clips[0])
+    assert ca.shape == cb.shape and np.abs(ca - cb).max() < 1e-2
+    with pytest.raises(ParameterError, match="export"):
+        load_tagger(run, engine="onnx")
+    with pytest.raises(ParameterError, match="onnx"):
+        load_tagger(onnx_models[kind], engine="torch")
+
+
+def test_exported_model_is_self_contained(runs, tmp_path, esc10_root):
+    private = _copy_run(runs.x, tmp_path / "run-copy")
+    res = runner().invoke(app, ["export", str(private), "--format", "onnx", "--out", str(tmp_path / "exp" / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tmp_path / "exp" / "m.onnx", elsewhere / "m.onnx")
+    shutil.rmtree(private)              # our own copy of the run, and the export folder: gone
+    shutil.rmtree(tmp_path / "exp")
+    model = elsewhere / "m.onnx"
+    meta = read_onnx_metadata(model)
+    assert meta["labels"] == load_run(runs.x).labels and meta["folds"] == 2
+    assert meta["recipe"]["view"]["kind"] == "x"
+    tagger = load_tagger(model)
+    assert tagger.labels == load_run(runs.x).labels
+    clip = esc10_root / "audio" / "009 - Rooster" / "1-26806-A.ogg"
+    assert np.abs(tagger.tag(clip).probs - load_tagger(runs.x).tag(clip).probs).max() <= ONNX_TOL
+    (elsewhere / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="junk.onnx"):
+        load_tagger(elsewhere / "junk.onnx")
+
+
+_NO_TORCH = ("import sys\n"
+             "sys.modules['torch'] = None  # any import of torch now fails\n"
+             "sys.argv = ['soundtag'] + sys.argv[1:]\n"
+             "from soundtag.cli import main\n"
+             "main()\n")
+
+
+def _without_torch(*args, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="300", NO_COLOR="1", TERM="dumb", PYTHONIOENCODING="utf-8",
+               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", _NO_TORCH, *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["lh", "x"])
+def test_onnx_engine_tags_without_pytorch(runs, onnx_models, tmp_path, kind):
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_models[kind], model)
+    clips = [Path(c.path) for c in runs.data][3::13]
+    proc = _without_torch("tag", model, *clips, "--engine", "onnx", "--format", "json", "--top", "4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert [item["file"] for item in out] == [str(c) for c in clips]
+    torch_tagger = load_tagger(getattr(runs, kind))
+    for item, clip in zip(out, clips):
+        scores = {t["label"]: t["score"] for t in item["tags"]}
+        got = np.array([scores[lab] for lab in torch_tagger.labels])
+        assert np.abs(got - torch_tagger.tag(clip).probs).max() <= ONNX_TOL + 1e-6
+    # the control: the same blocked interpreter cannot tag with the PyTorch engine
+    proc = _without_torch("tag", getattr(runs, kind), clips[0], "--format", "json", cwd=tmp_path)
+    assert proc.returncode != 0 and "torch" in proc.stderr
+
+
+# --- predicting a dataset ---------------------------------------------------------------------
+
+def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemble(runs, tmp_path):
+    import torch
+
+    lh = predict_dataset(runs.lh, runs.data, out=tmp_path / "lh.csv", progress=False)
+    res = predict_dataset(runs.x, runs.data, out=tmp_path / "x.csv", progress=False)
+    for r in (lh, res):
+        read = read_predictions(r.path)
+        assert sorted(read.ids) == sorted(runs.data.ids) and len(set(read.ids)) == len(runs.data)
+        assert read.probs.shape == (len(runs.data), len(runs.data.labels))
+        assert np.allclose(read.probs.sum(axis=1), 1.0, atol=1e-6)
+        assert [g for g in read.given] == [tuple(c.labels) for c in runs.data]
+        assert r.metrics["clips"] == len(runs.data)
+
+    loaded = load_run(runs.x)
+    store, _ = extract_features(runs.data, loaded.recipe, cache_dir=runs.cache, progress=False)
+    manual, arithmetic, n_chunks = [], [], []
+    for clip in runs.data:
+        chunks = eval_chunks(store.get(clip_key(clip.path)), loaded.recipe)
+        n_chunks.append(len(chunks))
+        with torch.inference_mode():
+            fold_probs = loaded.ensemble(torch.from_numpy(chunks)).numpy().astype(np.float64)
+        per_fold = fold_probs.mean(axis=1)                     # (folds, classes): chunk mean
+        g = np.exp(np.log(np.clip(per_fold, EPS, 1)).mean(axis=0))
+        manual.append(g / g.sum())
+        arithmetic.append(per_fold.mean(axis=0))
+    assert max(n_chunks) > 1 and per_fold.shape[0] == 2
+    manual = np.array(manual)
+    assert np.abs(res.predictions.probs - manual).max() <= 1e-6
+    read = read_predictions(res.path).reorder(loaded.labels)
+    assert read.ids == runs.data.ids and np.abs(read.probs - manual).max() <= 1e-6
+    # the geometric mean is what the check tells apart from an arithmetic one
+    assert np.abs(np.array(arithmetic) - manual).max() > 1e-5
+
+    tta = predict_dataset(runs.x, runs.data, out=tmp_path / "x-tta.csv", tta=2, progress=False)
+    assert tta.predictions.ids == res.predictions.ids and tta.predictions.probs.shape == manual.shape
+    assert np.allclose(tta.predictions.probs.sum(axis=1), 1.0, atol=1e-6)
+    assert np.abs(tta.predictions.probs - res.predictions.probs).max() > 1e-5
+
+    # the CLI writes the same file
+    out = tmp_path / "cli.csv"
+    cli = runner().invoke(app, ["predict", str(runs.x), "--data", str(runs.subset), "--out", str(out),
+                                "--no-progress"])
+    assert cli.exit_code == 0, cli.output
+    assert out.read_text() == res.path.read_text()
+
+
+@pytest.mark.parametrize("kind", ["lh", "x"])
+def test_fold_ensemble_reproduces_the_out_of_fold_predictions_of_training(runs, kind):
+    """Fold ``k`` of the inference module (with its own normalisation) on the clips it was
+    validated on gives the probabilities training wrote to ``fold-k/oof.npy``."""
+    import torch
+
+    run = getattr(runs, kind)
+    loaded = load_run(run)
+    store, _ = extract_features(runs.data, loaded.recipe, cache_dir=runs.cache, progress=False)
+    path_of = {c.id: c.path for c in runs.data}
+    for k, done in enumerate(sorted(run.glob("fold-*/done.json"))):
+        clips = json.loads(done.read_text())["clips"]
+        expected = np.load(done.parent / "oof.npy")
+        got = []
+        for c in clips:
+            chunks = eval_chunks(store.get(clip_key(path_of[c])), loaded.recipe)
+            with torch.inference_mode():
+                got.append(loaded.ensemble(torch.from_numpy(chunks))[k].numpy().mean(axis=0))
+        assert np.abs(np.array(got) - expected).max() <= 1e-5
+
+
+def test_predict_refuses_labels_the_run_does_not_know(runs, tmp_path):
+    with open(runs.subset, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[3]["labels"] = "Unicorn"
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "never.csv"
+    with pytest.raises(DataError, match="Unicorn"):
+        predict_dataset(runs.x, read_manifest(bad), out=out, progress=False)
+    assert not out.exists()
