@@ -54,13 +54,13 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
     }
     ensemble = loaded.ensemble.eval()
     with atomic_path(out) as tmp:
-        # The TorchScript exporter: it writes one file with the weights inside, and handles the
-        # timm and kernel models alike.
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(ensemble, (example,), str(tmp), input_names=["chunks"], output_names=["fold_probs"],
-                              dynamic_axes={"chunks": {0: "n"}, "fold_probs": {1: "n"}}, opset_version=OPSET,
-                              dynamo=False)
-        model = onnx.load(str(tmp))
+        # torch.export-based exporter (the TorchScript one is deprecated); the number of chunks
+        # is dynamic, so one model takes an LH crop, every X chunk or a whole timeline.
+        with torch.no_grad():
+            program = torch.onnx.export(ensemble, (example,), input_names=["chunks"], output_names=["fold_probs"],
+                                        dynamic_shapes=({0: torch.export.Dim("n", min=1)},), opset_version=OPSET,
+                                        dynamo=True, verbose=False)
+        model = program.model_proto
         entry = model.metadata_props.add()
         entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
         model.producer_name = "soundtag"
