@@ -52,6 +52,7 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     from soundtag.features.extract import extract_features
     from soundtag.features.store import clip_key
     from soundtag.prediction.fold_models import load_run
+    from soundtag.training.data import pad_chunks
 
     run = Path(run)
     loaded = load_run(run)
@@ -74,8 +75,9 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
                                               0.5 * recipe.training.augment.shift.max_fraction)
                 per_clip = [with_shifted_copies(ch, shifts) for ch in per_clip]
             owner = np.concatenate([np.full(len(ch), i) for i, ch in enumerate(per_clip)])
+            chunks = torch.from_numpy(np.concatenate(per_clip))
             with torch.inference_mode():
-                fold_probs = loaded.ensemble(torch.from_numpy(np.concatenate(per_clip))).numpy()
+                fold_probs = loaded.ensemble(pad_chunks(chunks)).numpy()[:, : len(chunks)]
             probs[start:start + len(batch)] = combine_folds(fold_probs, owner, len(batch),
                                                             multilabel=loaded.multilabel)
             advance(len(batch))

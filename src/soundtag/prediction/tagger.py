@@ -184,6 +184,7 @@ def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
 
     from soundtag.features.melspec import LogMel
     from soundtag.prediction.fold_models import load_run
+    from soundtag.training.data import pad_chunks
 
     if threads:
         torch.set_num_threads(threads)
@@ -197,8 +198,9 @@ def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
             return logmel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])[0].numpy()
 
     def fold_probs(chunks: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return run.ensemble(torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32))).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32))
+        with torch.inference_mode():  # padded to a few shapes: PyTorch keeps memory per shape
+            return run.ensemble(pad_chunks(x)).numpy()[:, : len(x)]
 
     return ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
                        fold_probs=fold_probs, source=str(source), engine="torch")

@@ -102,12 +102,26 @@ class EvalViews(torch.utils.data.Dataset):
         return torch.from_numpy(x)[:, None], torch.from_numpy(self.targets[i])
 
 
+#: Evaluation batches are padded to a multiple of this many chunks. PyTorch's CPU kernels
+#: (oneDNN) keep memory for every input shape they meet, so X batches whose chunk counts all
+#: differ grew the heap by 300 MB over 10,000 validation clips; a few bucket sizes keep it flat.
+CHUNK_BUCKET = 32
+
+
+def pad_chunks(x: torch.Tensor, multiple: int = CHUNK_BUCKET) -> torch.Tensor:
+    """``x`` with zero rows appended up to a multiple of ``multiple`` rows (outputs past
+    ``len(x)`` are to be dropped)."""
+    pad = (-x.shape[0]) % multiple
+    return torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
+
+
 def collate_chunks(batch):
     """Stack clips of varying chunk counts: ``(chunks, owner, targets)`` with ``owner[j]`` the
-    clip (row of ``targets``) that chunk ``j`` belongs to."""
+    clip (row of ``targets``) that chunk ``j`` belongs to. ``chunks`` is padded with zero rows
+    to a bucket size (:func:`pad_chunks`); rows past ``len(owner)`` belong to no clip."""
     xs, ys = zip(*batch)
     owner = torch.cat([torch.full((x.shape[0],), i, dtype=torch.long) for i, x in enumerate(xs)])
-    return torch.cat(xs), owner, torch.stack(ys)
+    return pad_chunks(torch.cat(xs)), owner, torch.stack(ys)
 
 
 def world() -> tuple[int, int]:

@@ -20,7 +20,9 @@ from soundtag.training import augment
 
 
 def clip_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_clips: int, multilabel: bool) -> torch.Tensor:
-    """Mean of each clip's chunk probabilities, ``(n_clips, classes)``."""
+    """Mean of each clip's chunk probabilities, ``(n_clips, classes)``; rows of ``logits``
+    past ``len(owner)`` (padding, see ``data.collate_chunks``) are dropped."""
+    logits = logits[: len(owner)]
     probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
     total = torch.zeros(n_clips, probs.shape[1], dtype=probs.dtype, device=probs.device)
     total.index_add_(0, owner, probs)
