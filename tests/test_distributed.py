@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,10 @@ def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(su
     extract_features(manifest, recipe, cache_dir=cache, workers=0, progress=False)
 
     run = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
     proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--out", str(run),
                 "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp", "--no-progress",
                 launcher=torchrun)
