@@ -64,13 +64,9 @@ def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(su
     extract_features(manifest, recipe, cache_dir=cache, workers=0, progress=False)
 
     run = tmp_path / "ddp"
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
     proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--out", str(run),
                 "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp", "--no-progress",
-                launcher=torchrun)
+                launcher=_torchrun(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
@@ -127,17 +123,19 @@ def test_samplers_split_one_epoch_between_ranks(monkeypatch):
     assert sorted(sum(eval_shards, [])) == list(range(11))  # every clip once, no padding
 
 
+def _torchrun(n: int) -> list[str]:
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", str(port)]
+
+
 def test_sharded_extraction_in_two_processes_fills_one_store(subset, tmp_path):
+    # Two processes started by torchrun: each takes the shard of its rank, at the same time.
     cache = tmp_path / "cache"
-    script = ("import sys; from soundtag.features import extract_features, load_recipe; "
-              "from soundtag.manifest import read_manifest; "
-              f"r = load_recipe('esc50-lh', {OVERRIDES!r}); "
-              "extract_features(read_manifest(sys.argv[1]), r, cache_dir=sys.argv[2], workers=0, progress=False, "
-              "shard=(int(sys.argv[3]), 2))")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(subset), str(cache), str(i)], stderr=subprocess.PIPE)
-             for i in (0, 1)]
-    for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    proc = _cli("features", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--cache", str(cache),
+                "--workers", "0", "--no-progress", launcher=_torchrun(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     recipe = load_recipe("esc50-lh", OVERRIDES)
     manifest = read_manifest(subset)
     store = FeatureStore.open(cache, recipe)

@@ -44,7 +44,8 @@ def features(
     batch_size: int = typer.Option(32, help="clips per log-mel batch"),
     device: str = typer.Option("cpu", help="where the log-mel runs: cpu or cuda"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: compute only every n-th clip from the "
-                                        "i-th (0-based), so n jobs share the work"),
+                                        "i-th (0-based), so n jobs share the work (under torchrun or srun: "
+                                        "each process's rank/world size by default)"),
     override: List[str] = OverrideOpt,
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
@@ -61,7 +62,11 @@ def features(
     from soundtag.features import extract_features
     from soundtag.manifest import open_dataset
 
-    shard_of = _parse_shard(shard) if shard else None
+    from soundtag.training.run import launch_rank
+
+    # Started by torchrun or srun with several processes, each takes its own shard by default.
+    rank, processes = launch_rank()
+    shard_of = _parse_shard(shard) if shard else ((rank, processes) if processes > 1 else None)
     manifest = open_dataset(data, layout)
     table = Table(title=f"features: {manifest.name} ({len(manifest)} clips)")
     for col in ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s"):
