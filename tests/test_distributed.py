@@ -185,3 +185,17 @@ def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path):
         merge_folds([tmp_path / "job-0", other], tmp_path / "bad")
     with pytest.raises(DataError, match="both"):
         merge_folds([tmp_path / "job-1", run], tmp_path / "twice")
+
+
+def test_lightning_starts_the_second_process_itself_for_every_fold(subset, tmp_path):
+    # Without torchrun, `--devices 2` has Lightning start a second copy of the command, which
+    # finds its rank in the environment and must neither refuse the existing run directory
+    # nor write files; both folds train in two processes and rank 0 evaluates.
+    run = tmp_path / "run"
+    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--out", str(run),
+                "--cache", str(tmp_path / "cache"), "--devices", "2", "--strategy", "ddp", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [json.loads((run / f"fold-{k}" / "done.json").read_text())["processes"] for k in (0, 1)] == [2, 2]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["all"]["clips"] == len(read_manifest(subset))
+    assert proc.stdout.count("out-of-fold metrics") == 1  # one report, from the first process
