@@ -83,10 +83,10 @@ def write_flips(path: Path, manifest: Manifest, flips: dict[str, tuple[str, str]
         out.writerows((c, fold[c], true, given) for c, (true, given) in flips.items())
 
 
-def fold1_score(manifest: Manifest, recipe, run_dir: Path, cache: Path) -> dict:
+def fold1_score(manifest: Manifest, recipe, run_dir: Path, cache: Path, resume: bool = False) -> dict:
     """Train on folds 2-5 of ``manifest`` and score the untouched fold 1 (fold index 0)."""
     start = time.perf_counter()
-    train(manifest, recipe, run_dir, cache_dir=cache, folds=[0], progress=False, data_source="esc50")
+    train(manifest, recipe, run_dir, cache_dir=cache, folds=[0], progress=False, data_source="esc50", resume=resume)
     done = json.loads((run_dir / "fold-0" / "done.json").read_text())
     probs = np.load(run_dir / "fold-0" / "oof.npy")
     row = {c: i for i, c in enumerate(manifest.ids)}
@@ -120,6 +120,11 @@ def main() -> None:
     parser.add_argument("--max-fraction", type=float, default=0.10, help="clean --auto's limit")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "label-noise", help="working folder")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "soundtag" / "features")
+    parser.add_argument("--fold1-epochs", type=int, default=None,
+                        help="training.epochs of the fold-1 comparison models (default: as --epochs)")
+    parser.add_argument("--cases", default="clean,noisy,reviewed,auto",
+                        help="fold-1 trainings to run, comma-separated: clean, noisy, reviewed, auto")
+    parser.add_argument("--resume", type=Path, help="an earlier working folder: finished trainings are kept")
     parser.add_argument("--doc", action=argparse.BooleanOptionalAction, default=True,
                         help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
@@ -127,7 +132,8 @@ def main() -> None:
     overrides = list(args.overrides) + ([f"training.epochs={args.epochs}"] if args.epochs else [])
     recipe = load_recipe(args.recipe, overrides)
     tag = f"seed{args.seed}-noise{args.noise:g}" + (f"-{args.classes}classes" if args.classes else "")
-    out = args.out / f"{tag}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    out = args.resume or args.out / f"{tag}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    resume = args.resume is not None
     clean = load_esc50(args.data, args.classes)
     noisy, flips = flip_labels(clean, args.noise, args.seed)
     write_flips(out / "flipped.csv", clean, flips)
@@ -137,7 +143,8 @@ def main() -> None:
     start = time.perf_counter()
     cv_run = out / "cv-noisy"
     cv = noisy.filter(lambda c: c.fold != VALIDATION_FOLD)
-    train(cv, recipe, cv_run, cache_dir=args.cache, progress=False, data_source="esc50 folds 2-5, flipped")
+    train(cv, recipe, cv_run, cache_dir=args.cache, progress=False, data_source="esc50 folds 2-5, flipped",
+          resume=resume)
     cv_minutes = (time.perf_counter() - start) / 60
     suspects = find_suspects(cv_run)
     write_suspects(suspects, cv_run / "suspects.csv")
@@ -149,13 +156,21 @@ def main() -> None:
     reviewed = simulated_review(cv_run, out / "lists-reviewed", ranked, flips, 2 * n)
     auto = [d.clip_id for d in auto_clean(cv_run, out / "lists-auto", max_fraction=args.max_fraction)
             if d.decision == "blacklist"]
-    cases = {"clean labels": (clean, None), "noisy labels": (noisy, None),
-             "noisy, reviewed top 2N blacklisted": (noisy, out / "lists-reviewed" / "blacklist.csv"),
-             f"noisy, clean --auto --max-fraction {args.max_fraction:g}": (noisy, out / "lists-auto" / "blacklist.csv")}
+    cases = {"clean": ("clean labels", clean, None), "noisy": ("noisy labels", noisy, None),
+             "reviewed": ("noisy, reviewed top 2N blacklisted", noisy, out / "lists-reviewed" / "blacklist.csv"),
+             "auto": (f"noisy, clean --auto --max-fraction {args.max_fraction:g}", noisy,
+                      out / "lists-auto" / "blacklist.csv")}
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if unknown := sorted(set(wanted) - set(cases)):
+        raise SystemExit(f"--cases: unknown {unknown}; choose from {', '.join(cases)}")
+    fold1_overrides = overrides + ([f"training.epochs={args.fold1_epochs}"] if args.fold1_epochs else [])
     scores = {}
-    for i, (name, (manifest, blacklist)) in enumerate(cases.items()):
-        r = recipe if blacklist is None else load_recipe(args.recipe, overrides + [f"training.blacklist={blacklist}"])
-        scores[name] = fold1_score(manifest, r, out / f"fold1-{i}", args.cache)
+    for i, key in enumerate(cases):
+        if key not in wanted:
+            continue
+        name, manifest, blacklist = cases[key]
+        r = load_recipe(args.recipe, fold1_overrides + ([f"training.blacklist={blacklist}"] if blacklist else []))
+        scores[name] = fold1_score(manifest, r, out / f"fold1-{i}", args.cache, resume=resume)
         print(name, json.dumps(scores[name]), flush=True)
 
     flipped_auto = len(set(auto) & set(flips))
@@ -171,10 +186,13 @@ def main() -> None:
 def write_doc(args, recipe, r: dict) -> None:
     over = " ".join(f"-o {o}" for o in args.overrides)
     command = " ".join(filter(None, ["python benchmarks/label_noise.py", f"--recipe {args.recipe}",
-                                     f"--epochs {args.epochs}" if args.epochs else "", over,
+                                     f"--epochs {args.epochs}" if args.epochs else "",
+                                     f"--fold1-epochs {args.fold1_epochs}" if args.fold1_epochs else "",
+                                     f"--cases {args.cases}" if args.cases != "clean,noisy,reviewed,auto" else "",
+                                     over,
                                      f"--noise {args.noise:g} --seed {args.seed}",
                                      f"--classes {args.classes}" if args.classes else ""]))
-    clean = r["scores"]["clean labels"]["top1"]
+    clean = r["scores"].get("clean labels", {}).get("top1", float("nan"))
     rows = [f"| {name} | {s['train_clips']} | {100 * s['top1']:.1f}% | {100 * (s['top1'] - clean):+.1f} | "
             f"{s['map3']:.4f} | {s['minutes']:.1f} min |" for name, s in r["scores"].items()]
     n = r["flipped"]
@@ -185,7 +203,8 @@ def write_doc(args, recipe, r: dict) -> None:
         f"- ESC-50: {r['clips']} clips; {n} labels of folds 2-5 flipped to a random other class (seed "
         f"{args.seed}, list in `{Path(r['out']).name}/flipped.csv`); recipe {recipe.name}, "
         f"{recipe.training.epochs} epochs. Suspects from 4-fold cross-validation over folds 2-5 "
-        f"({r['cv_minutes']:.1f} min); every model below is trained on folds 2-5 and scored on the untouched fold 1.",
+        f"({r['cv_minutes']:.1f} min of the last invocation); every model below is trained on folds 2-5 "
+        f"({args.fold1_epochs or recipe.training.epochs} epochs) and scored on the untouched fold 1.",
         "- Goals: >= 80% of the flipped clips among the top 2N suspects; the reviewed retraining within "
         "1 point of the clean one.", "",
         "| flipped clips (N) | suspects | among the top N | among the top 2N |", "|---|---|---|---|",

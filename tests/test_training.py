@@ -271,6 +271,11 @@ def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_pat
     done1 = json.loads((run / "fold-1" / "done.json").read_text())
     assert done1["resumed_after_epoch"] is not None and done1["resumed_after_epoch"] >= 1
     assert (run / "metrics.json").is_file()
+    # the learning curve keeps the epochs from before the crash
+    from soundtag.training.evaluate import _histories
+
+    epochs = _histories(run)["fold-1"]["epoch"].tolist()
+    assert epochs == list(range(done1["epochs"])), epochs
 
 
 # --- metrics --------------------------------------------------------------------------------

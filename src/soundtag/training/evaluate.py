@@ -86,8 +86,11 @@ def _histories(run_dir: Path) -> dict:
     import pandas as pd
 
     out = {}
-    for metrics_csv in sorted(run_dir.glob("fold-*/logs/metrics.csv")):
-        df = pd.read_csv(metrics_csv)
-        if "epoch" in df:
-            out[metrics_csv.parts[-3]] = df.groupby("epoch").mean(numeric_only=True).reset_index()
+    for logs in sorted(run_dir.glob("fold-*/logs")):
+        # metrics.csv, and metrics-until-epoch-N.csv for the epochs before each resume
+        frames = [pd.read_csv(f) for f in sorted(logs.glob("metrics*.csv"))]
+        frames = [df for df in frames if "epoch" in df]
+        if frames:
+            df = pd.concat(frames, ignore_index=True)
+            out[logs.parent.name] = df.groupby("epoch").mean(numeric_only=True).reset_index()
     return out

@@ -348,6 +348,11 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool, hardware: 
     if last.is_file():
         resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
         print(f"fold {k}: resuming from {last} after epoch {resumed_from}")
+        # Lightning's CSV logger rewrites metrics.csv from what it logs itself: keep the
+        # epochs before the crash in a file of their own (evaluate reads them all).
+        earlier = fold_dir / "logs" / "metrics.csv"
+        if trainer.is_global_zero and earlier.is_file():
+            earlier.rename(earlier.with_name(f"metrics-until-epoch-{resumed_from}.csv"))
     trainer.fit(module, data.train, data.val, ckpt_path=str(last) if last.is_file() else None)
 
     if not trainer.is_global_zero:
