@@ -56,6 +56,18 @@ class FoldEnsemble(torch.nn.Module):
             out.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
         return torch.stack(out)
 
+    def probabilities(self, chunks: np.ndarray) -> np.ndarray:
+        """:meth:`forward` on a NumPy batch, without autograd, as ``(folds, n, classes)``.
+
+        The batch is padded to a few sizes (``training.data.pad_chunks``): PyTorch's CPU
+        kernels keep memory for every input shape they meet.
+        """
+        from soundtag.training.data import pad_chunks
+
+        x = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32))
+        with torch.inference_mode():
+            return self(pad_chunks(x)).numpy()[:, : len(x)]
+
 
 @dataclass
 class LoadedRun:

@@ -20,7 +20,7 @@ from soundtag.features.views import eval_chunks
 from soundtag.manifest import Manifest
 from soundtag.prediction.combine import combine_folds
 from soundtag.prediction.predictions import Predictions
-from soundtag.prediction.tagger import tta_shifts, with_shifted_copies
+from soundtag.prediction.tagger import add_tta_copies
 from soundtag.progress import progress_bar
 
 
@@ -46,13 +46,10 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     tta : shifted copies of every chunk added at test time (0: none)
     batch_clips : clips per forward pass
     """
-    import torch
-
     from soundtag import evaluation
     from soundtag.features.extract import extract_features
     from soundtag.features.store import clip_key
     from soundtag.prediction.fold_models import load_run
-    from soundtag.training.data import pad_chunks
 
     run = Path(run)
     loaded = load_run(run)
@@ -64,20 +61,14 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
     failed = {f.clip_id for f in summary.failures}
     clips = [c for c in manifest if c.id not in failed]
-    shifts = None
     probs = np.empty((len(clips), len(loaded.labels)))
     with progress_bar(progress, len(clips), f"predict {manifest.name}") as advance:
         for start in range(0, len(clips), batch_clips):
             batch = clips[start:start + batch_clips]
             per_clip = [eval_chunks(store.get(clip_key(c.path)), recipe) for c in batch]
-            if tta:
-                shifts = shifts or tta_shifts(per_clip[0].shape[-1], tta,
-                                              0.5 * recipe.training.augment.shift.max_fraction)
-                per_clip = [with_shifted_copies(ch, shifts) for ch in per_clip]
+            per_clip = [add_tta_copies(ch, recipe, tta) for ch in per_clip]
             owner = np.concatenate([np.full(len(ch), i) for i, ch in enumerate(per_clip)])
-            chunks = torch.from_numpy(np.concatenate(per_clip))
-            with torch.inference_mode():
-                fold_probs = loaded.ensemble(pad_chunks(chunks)).numpy()[:, : len(chunks)]
+            fold_probs = loaded.ensemble.probabilities(np.concatenate(per_clip))
             probs[start:start + len(batch)] = combine_folds(fold_probs, owner, len(batch),
                                                             multilabel=loaded.multilabel)
             advance(len(batch))

@@ -73,6 +73,14 @@ def with_shifted_copies(chunks: np.ndarray, shifts: list[int]) -> np.ndarray:
     return np.concatenate([chunks] + [np.roll(chunks, s, axis=-1) for s in shifts])
 
 
+def add_tta_copies(chunks: np.ndarray, recipe: Recipe, n: int) -> np.ndarray:
+    """``chunks`` with ``n`` test-time shifted copies each, up to half the recipe's training shift."""
+    if not n:
+        return chunks
+    limit = 0.5 * recipe.training.augment.shift.max_fraction
+    return with_shifted_copies(chunks, tta_shifts(chunks.shape[-1], n, limit))
+
+
 class ModelTagger:
     """Tags files with one run's fold ensemble.
 
@@ -97,9 +105,7 @@ class ModelTagger:
     def tag(self, path: str | Path, *, timeline: bool = False, tta: int = 0) -> ClipTags:
         """Probabilities for one file (any format, rate, channels, length)."""
         chunks, notes = self.chunks(path)
-        if tta:
-            shift = self.recipe.training.augment.shift
-            chunks = with_shifted_copies(chunks, tta_shifts(chunks.shape[-1], tta, 0.5 * shift.max_fraction))
+        chunks = add_tta_copies(chunks, self.recipe, tta)
         probs = combine_folds(self.fold_probs(chunks), np.zeros(len(chunks), dtype=int), 1,
                               multilabel=self.multilabel)[0]
         result = ClipTags(str(path), probs, notes=notes)
@@ -184,7 +190,6 @@ def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
 
     from soundtag.features.melspec import LogMel
     from soundtag.prediction.fold_models import load_run
-    from soundtag.training.data import pad_chunks
 
     if threads:
         torch.set_num_threads(threads)
@@ -197,13 +202,8 @@ def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
         with torch.inference_mode():
             return logmel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])[0].numpy()
 
-    def fold_probs(chunks: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32))
-        with torch.inference_mode():  # padded to a few shapes: PyTorch keeps memory per shape
-            return run.ensemble(pad_chunks(x)).numpy()[:, : len(x)]
-
     return ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
-                       fold_probs=fold_probs, source=str(source), engine="torch")
+                       fold_probs=run.ensemble.probabilities, source=str(source), engine="torch")
 
 
 def read_onnx_metadata(path: str | Path) -> dict:
