@@ -77,7 +77,7 @@ def one(case: str, pipeline: str, workers: int) -> dict:
     """Measure one pipeline on one case in this process (called in a fresh subprocess)."""
     import torch
 
-    from soundtag.features import load_recipe
+    from soundtag.recipe import load_recipe
     from soundtag.manifest import read_manifest
 
     folder, recipe_name = CASES[case]

@@ -40,7 +40,7 @@ from train import device_line, write_section  # noqa: E402
 from soundtag import evaluation  # noqa: E402
 from soundtag.cleaning import DecisionBook, auto_clean, find_suspects, write_suspects  # noqa: E402
 from soundtag.cleaning.decisions import Decision  # noqa: E402
-from soundtag.features import load_recipe  # noqa: E402
+from soundtag.recipe import load_recipe  # noqa: E402
 from soundtag.manifest import Manifest, read_manifest  # noqa: E402
 from soundtag.training import train  # noqa: E402
 from soundtag.training.splits import label_matrix  # noqa: E402

@@ -55,7 +55,8 @@ def overhead(recipe_name: str, steps: int) -> None:
     """Time per step of Lightning's full loop against a bare forward+backward on one batch."""
     import lightning as L
 
-    from soundtag.features import extract_features, load_recipe
+    from soundtag.features import extract_features
+    from soundtag.recipe import load_recipe
     from soundtag.manifest import read_manifest
     from soundtag.training.module import TaggerModule
     from soundtag.training.run import FoldSet
@@ -112,7 +113,7 @@ def overhead(recipe_name: str, steps: int) -> None:
 
 def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | None) -> None:
     """Train and report out-of-fold accuracy and MAP@3 with the wall time."""
-    from soundtag.features import load_recipe
+    from soundtag.recipe import load_recipe
     from soundtag.manifest import read_manifest
     from soundtag.training import train
 

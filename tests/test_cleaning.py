@@ -23,7 +23,7 @@ from soundtag.cleaning import DecisionBook, auto_clean, find_suspects, rank_susp
 from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_COLUMNS
 from soundtag.cleaning.suspects import COLUMNS, label_scores
 from soundtag.errors import DataError, ParameterError
-from soundtag.features import load_recipe
+from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest, read_manifest
 from soundtag.training import train
 from soundtag.training.run import _apply_relabel, read_clip_list

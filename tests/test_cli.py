@@ -100,7 +100,7 @@ def _example_recipes(help_text: str) -> set[str]:
     ["features"], ["show"], ["recipes"], ["train"],
 ], ids=" ".join)
 def test_help_examples_name_existing_recipes(command):
-    from soundtag.features import list_recipes
+    from soundtag.recipe import list_recipes
 
     res = soundtag(*command, "--help")
     assert res.returncode == 0

@@ -15,7 +15,8 @@ import pytest
 
 from soundtag import evaluation
 from soundtag.errors import DataError
-from soundtag.features import FeatureStore, clip_key, extract_features, load_recipe
+from soundtag.features import FeatureStore, clip_key, extract_features
+from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest, read_manifest
 from soundtag.training import data as training_data
 from soundtag.training.data import EpochSampler, ShardSampler

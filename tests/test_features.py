@@ -20,13 +20,12 @@ from soundtag.features import (
     decode_for_recipe,
     extract_features,
     feature_stats,
-    list_recipes,
-    load_recipe,
     log_mel,
     n_frames,
     normalize_per_sample,
     x_chunks,
 )
+from soundtag.recipe import list_recipes, load_recipe
 from soundtag.manifest import read_manifest
 
 librosa = pytest.importorskip("librosa")

@@ -30,7 +30,8 @@ from typer.testing import CliRunner
 from soundtag import evaluation
 from soundtag.cli import app
 from soundtag.errors import DataError, ParameterError
-from soundtag.features import clip_key, eval_chunks, extract_features, load_recipe
+from soundtag.features import clip_key, eval_chunks, extract_features
+from soundtag.recipe import load_recipe
 from soundtag.manifest import read_manifest
 from soundtag.manifest.readers import FSDKAGGLE2018_LABELS
 from soundtag.prediction import (

@@ -21,7 +21,7 @@ import soundfile as sf
 from soundtag.cleaning import review
 from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_COLUMNS
 from soundtag.cleaning.review import create_app, running
-from soundtag.features import load_recipe
+from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest
 from test_cleaning import dirty_run, read_csv_rows, snapshot
 

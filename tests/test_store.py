@@ -24,9 +24,9 @@ from soundtag.features import (
     clip_key,
     decode_for_recipe,
     extract_features,
-    load_recipe,
     log_mel,
 )
+from soundtag.recipe import load_recipe
 from soundtag.manifest import Clip, Manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,8 @@ def test_extract_cache_incremental_and_reopen(esc10_root, tmp_path, lh):
 _WRITER_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from soundtag.features import FeatureStore, clip_key, decode_for_recipe, load_recipe, log_mel
+    from soundtag.features import FeatureStore, clip_key, decode_for_recipe, log_mel
+    from soundtag.recipe import load_recipe
     cache, *paths = sys.argv[1:]
     recipe = load_recipe("fsd2018-lh")
     f = recipe.features

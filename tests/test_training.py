@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from soundtag.errors import DataError, ParameterError
-from soundtag.features import load_recipe
+from soundtag.recipe import load_recipe
 from soundtag.manifest import Clip, Manifest, read_manifest
 from soundtag.models import create_model, list_models, register_model
 from soundtag.training import augment, make_folds, train, validation_mask

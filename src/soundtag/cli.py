@@ -28,7 +28,7 @@ OverrideOpt = typer.Option([], "--set", "-o", help="override a recipe field: sec
 
 
 def _recipes(names: List[str], overrides: List[str]):
-    from soundtag.features import load_recipe
+    from soundtag.recipe import load_recipe
 
     return [load_recipe(name, overrides) for name in names]
 
@@ -117,7 +117,7 @@ def show(
 
       soundtag show dog.ogg --recipe fsd2018-lh --out dog.png
     """
-    from soundtag.features import list_recipes
+    from soundtag.recipe import list_recipes
     from soundtag.plots import show_clip
 
     names = list(recipe)
@@ -167,7 +167,7 @@ def train(
     """
     import datetime as dt
 
-    from soundtag.features import load_recipe
+    from soundtag.recipe import load_recipe
     from soundtag.manifest import open_dataset
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
@@ -442,7 +442,7 @@ def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this reci
 
       soundtag recipes fsd2018-x -o view.overlap=0.5
     """
-    from soundtag.features import list_recipes, load_recipe
+    from soundtag.recipe import list_recipes, load_recipe
 
     if name:
         console.print(load_recipe(name, override).to_yaml(), markup=False)

@@ -11,7 +11,7 @@ from soundtag import audio
 from soundtag._io import atomic_path
 from soundtag.features.views import decode_for_recipe
 from soundtag.features.melspec import log_mel
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 from soundtag.features.views import chunk_starts
 
 

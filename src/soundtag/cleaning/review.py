@@ -104,7 +104,7 @@ class ReviewData:
 
     def __init__(self, run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataFrame | None = None,
                  neighbours: int = NEIGHBOURS):
-        from soundtag.features.recipe import load_recipe
+        from soundtag.recipe import load_recipe
         from soundtag.training.evaluate import load_oof
 
         self.run_dir = check_run(run_dir)

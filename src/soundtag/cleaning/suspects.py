@@ -277,7 +277,7 @@ def find_suspects(run_dir: str | Path, *, audio: bool = True, method: str = "sel
     -------
     DataFrame with :data:`COLUMNS`, most suspect first (see :func:`rank_suspects`).
     """
-    from soundtag.features.recipe import load_recipe
+    from soundtag.recipe import load_recipe
     from soundtag.training.evaluate import load_oof
 
     run_dir = check_run(run_dir)

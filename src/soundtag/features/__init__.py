@@ -1,4 +1,4 @@
-"""Log-mel features, the LH and X views, recipes and the cached feature store.
+"""Log-mel features, the LH and X views and the cached feature store (recipes: :mod:`soundtag.recipe`).
 
 Names are imported on first use (PEP 562), so that the PyTorch-free parts (recipes, views,
 the NumPy log-mel) load without PyTorch: the ONNX Runtime engine tags files without it.
@@ -10,7 +10,6 @@ _HOMES = {
     "ExtractionSummary": "extract", "Failure": "extract", "extract_features": "extract",
     "LogMel": "melspec", "log_mel": "melspec",
     "n_frames": "numpy_melspec", "NumpyLogMel": "numpy_melspec",
-    "Recipe": "recipe", "list_recipes": "recipe", "load_recipe": "recipe",
     "FeatureStore": "store", "clip_key": "store",
     "chunk_starts": "views", "decode_for_recipe": "views", "eval_chunks": "views",
     "feature_stats": "views", "normalize_per_feature": "views", "normalize_per_sample": "views",

@@ -22,7 +22,7 @@ import torch
 from soundtag._io import atomic_write_json, atomic_write_text
 from soundtag.errors import AudioError, ParameterError
 from soundtag.features.melspec import LogMel
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.features.views import decode_for_recipe
 from soundtag.progress import progress_bar

@@ -28,7 +28,7 @@ import numpy as np
 
 from soundtag._io import atomic_path, atomic_write_json
 from soundtag.errors import DataError
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 
 
 def clip_key(path: str | Path) -> str:

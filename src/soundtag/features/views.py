@@ -21,7 +21,7 @@ from soundtag import audio
 from soundtag.errors import ParameterError
 
 if TYPE_CHECKING:
-    from soundtag.features.recipe import Recipe
+    from soundtag.recipe import Recipe
 
 
 def decode_for_recipe(path: str | Path, recipe: "Recipe") -> audio.Waveform:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from soundtag.errors import DataError
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 from soundtag.models import create_model
 
 

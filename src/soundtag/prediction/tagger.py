@@ -24,7 +24,7 @@ import numpy as np
 from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
 from soundtag.features.numpy_melspec import NumpyLogMel, n_frames
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
 from soundtag.prediction.combine import combine_folds, geometric_mean
 

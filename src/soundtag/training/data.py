@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore
 from soundtag.features.views import eval_chunks, feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
 from soundtag.training.sampling import Balance, epoch_indices

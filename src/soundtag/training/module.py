@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from soundtag import evaluation
-from soundtag.features.recipe import Recipe
+from soundtag.recipe import Recipe
 from soundtag.models import create_model
 from soundtag.training import augment
 

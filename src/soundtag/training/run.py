@@ -33,7 +33,7 @@ import torch
 from soundtag._io import atomic_path, atomic_write_json, atomic_write_text
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
-from soundtag.features.recipe import Recipe, load_recipe
+from soundtag.recipe import Recipe, load_recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Manifest
 from soundtag.training.data import EpochSampler, EvalViews, Normalizer, ShardSampler, TrainViews, collate_chunks
