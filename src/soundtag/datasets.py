@@ -10,7 +10,6 @@ no published checksum: they carry ``md5=None`` and their downloads warn that the
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import http.client
 import json
@@ -29,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from soundtag import __version__
 from soundtag._io import atomic_write_json
 from soundtag.errors import DataError, ParameterError
+from soundtag.registry import Registry, nearest
 
 MARKER = ".soundtag-complete.json"
 
@@ -109,37 +109,34 @@ class DatasetSpec:
                                  f"file names (got {names}) and relative copies {self.copies}")
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+_REGISTRY: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Add ``spec`` to the registry; a name already registered raises ParameterError."""
-    if spec.name in _REGISTRY:
-        raise ParameterError(f"dataset {spec.name!r} is already registered; pick another name "
-                             "or call unregister_dataset() first")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.add(spec.name, spec)
 
 
 def unregister_dataset(name: str) -> DatasetSpec:
     """Remove and return the dataset registered as ``name`` (used by tests)."""
-    return _REGISTRY.pop(get_spec(name).name)
+    return _REGISTRY.remove(get_spec(name).name)
 
 
 def list_datasets() -> list[str]:
     """Names of the registered datasets, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """Return the spec registered as ``name``; an unknown name raises ParameterError."""
-    spec = _REGISTRY.get(name) or _REGISTRY.get(str(name).strip().lower())
-    if spec is None:
-        near = difflib.get_close_matches(str(name).lower(), list(_REGISTRY), n=1, cutoff=0.5)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
+    """Return the spec registered as ``name`` (case- and space-insensitive); an unknown name
+    raises ParameterError naming the nearest one and every known dataset."""
+    try:
+        return _REGISTRY.get(name)
+    except ParameterError:
+        near = nearest(str(name).strip().lower(), _REGISTRY, cutoff=0.5)
+        hint = f" Did you mean {near!r}?" if near else ""
         raise ParameterError(f"unknown dataset {name!r}.{hint} Known datasets: "
-                             f"{', '.join(list_datasets())}.")
-    return spec
+                             f"{', '.join(list_datasets())}.") from None
 
 
 def default_data_root() -> Path:

@@ -8,7 +8,6 @@ the key and the nearest valid one, so a typo never silently falls back to a defa
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from importlib import resources
@@ -19,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from soundtag.errors import ParameterError
+from soundtag.registry import did_you_mean
 
 # Bump when the meaning of stored features changes, so old caches are not read as current.
 FEATURE_VERSION = 1
@@ -195,8 +195,7 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     else:
         names = list_recipes()
         if str(name_or_path) not in names:
-            close = difflib.get_close_matches(str(name_or_path), names, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"built-in recipes: {', '.join(names)}"
+            hint = did_you_mean(str(name_or_path), names) or f"built-in recipes: {', '.join(names)}"
             raise ParameterError(f"unknown recipe {str(name_or_path)!r}: {hint}")
         source = f"recipe {name_or_path}"
         text = (resources.files("soundtag") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
@@ -248,8 +247,8 @@ def _describe(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         valid = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
-        hint = f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}?" if close else f"valid keys: {', '.join(valid)}"
+        prefix = "".join(f"{key}." for key in loc[:-1])
+        hint = did_you_mean(loc[-1], valid, prefix=prefix) or f"valid keys: {', '.join(valid)}"
         return f"unknown key {where!r}: {hint}"
     if err["type"] == "missing":
         return f"missing key {where!r}"

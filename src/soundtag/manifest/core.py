@@ -9,7 +9,6 @@ came from.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from soundtag._io import atomic_write_text
 from soundtag.errors import DataError
+from soundtag.registry import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,6 @@ class ManifestError(DataError):
         more = len(self.problems) - limit
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(f"{source}: {len(self.problems)} problem(s) found:\n{shown}{tail}")
-
-
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """Return ``"did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True)
@@ -191,7 +185,7 @@ class Manifest:
                 found.append(Problem(where, "empty label", "give the clip a label or remove the row"))
             for lab in clip.labels:
                 if lab not in vocab:
-                    hint = suggest(lab, vocab) or f"known labels: {', '.join(sorted(vocab)[:10])}..."
+                    hint = did_you_mean(lab, vocab) or f"known labels: {', '.join(sorted(vocab)[:10])}..."
                     found.append(Problem(where, f"unknown label {lab!r}", hint))
             if check_files and not Path(clip.path).is_file():
                 found.append(Problem(where, f"missing file {clip.path}",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from soundtag.errors import DataError, ParameterError
-from soundtag.manifest.core import Clip, Manifest, ManifestError, Problem, suggest
+from soundtag.manifest.core import Clip, Manifest, ManifestError, Problem
+from soundtag.registry import Registry, did_you_mean
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
@@ -40,31 +41,28 @@ class Layout:
     description: str
 
 
-_LAYOUTS: dict[str, Layout] = {}
+_LAYOUTS: Registry[Layout] = Registry("dataset layout")
 
 
 def register_layout(name: str, *, detect: Callable[[Path], bool], description: str):
-    """Decorator registering a reader ``read(source, **options) -> Manifest`` under ``name``."""
+    """Decorator registering a reader ``read(source, **options) -> Manifest`` under ``name``;
+    a name already registered raises ParameterError."""
 
     def wrap(read: Callable[..., Manifest]) -> Callable[..., Manifest]:
-        if name in _LAYOUTS:
-            raise ParameterError(f"layout {name!r} is already registered")
-        _LAYOUTS[name] = Layout(name, read, detect, description)
+        _LAYOUTS.add(name, Layout(name, read, detect, description))
         return read
 
     return wrap
 
 
 def list_layouts() -> list[str]:
-    return sorted(_LAYOUTS)
+    return _LAYOUTS.names()
 
 
 def get_layout(name: str) -> Layout:
-    try:
-        return _LAYOUTS[name]
-    except KeyError:
-        hint = suggest(name, _LAYOUTS) or f"choose one of {', '.join(list_layouts())}"
-        raise ParameterError(f"unknown dataset layout {name!r}: {hint}") from None
+    """The layout registered as ``name``; an unknown name raises ParameterError naming the
+    nearest one."""
+    return _LAYOUTS.get(name)
 
 
 def detect_layout(source: str | Path) -> str:
@@ -143,7 +141,7 @@ def _read_csv(path: Path, required: Sequence[Sequence[str]]) -> tuple[list[dict]
         if name is None:
             missing.append(Problem("header", f"no column {' or '.join(repr(a) for a in alternatives)}",
                                    f"columns are {header}; "
-                                   + (suggest(alternatives[0], header) or "rename the column")))
+                                   + (did_you_mean(alternatives[0], header) or "rename the column")))
         else:
             found[alternatives[0]] = name
     if missing:

@@ -9,34 +9,27 @@ review page need no special cases.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from soundtag.errors import ParameterError
+from soundtag.registry import Registry, did_you_mean
 
-_MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
 TIMM_PREFIX = "timm:"
+_MODELS: Registry[Callable[..., torch.nn.Module]] = Registry("model")
 
 
 def register_model(name: str):
-    """Decorator registering ``fn(num_classes, in_chans, **kwargs) -> nn.Module`` as ``name``."""
-
-    def wrap(fn):
-        if name in _MODELS:
-            raise ParameterError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return wrap
+    """Decorator registering ``fn(num_classes, in_chans, **kwargs) -> nn.Module`` as ``name``;
+    a name already registered raises ParameterError."""
+    return _MODELS.register(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
     """Our registered model names matching a wildcard pattern (timm's are ``timm:<name>``)."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    return _MODELS.names(pattern)
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int = 1, checkpoint: str | Path | None = None,
@@ -58,17 +51,16 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 1, checkpoint: 
 
         timm_name = name[len(TIMM_PREFIX):]
         if not timm.is_model(timm_name):
-            close = difflib.get_close_matches(timm_name, timm.list_models(), n=1)
-            raise ParameterError(f"unknown timm model {timm_name!r}"
-                                 + (f": did you mean 'timm:{close[0]}'?" if close else ""))
+            hint = did_you_mean(timm_name, timm.list_models(), prefix=TIMM_PREFIX)
+            raise ParameterError(f"unknown timm model {timm_name!r}" + (f": {hint}" if hint else ""))
         # Never pretrained: weights would come from a hub; a local checkpoint can be given instead.
         model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    elif name in _MODELS:
-        model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     else:
-        close = difflib.get_close_matches(name, list(_MODELS), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(list_models())} or timm:<name>"
-        raise ParameterError(f"unknown model {name!r}: {hint}")
+        try:
+            build = _MODELS.get(name)
+        except ParameterError as exc:
+            raise ParameterError(f"{exc} (or {TIMM_PREFIX}<any timm model>)") from None
+        model = build(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model
