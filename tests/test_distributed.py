@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from soundtag import evaluation
-from soundtag.errors import DataError
+from soundtag.errors import DataError, ParameterError
 from soundtag.features import FeatureStore, clip_key, extract_features
 from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest, read_manifest
-from soundtag.training import data as training_data
 from soundtag.training.data import EpochSampler, ShardSampler
 from soundtag.training.merge import merge_folds
 from soundtag.training.run import train
@@ -103,13 +102,14 @@ def _half(run: Path, clips: list[str], manifest: Manifest, rank: int):
     return targets[rank::2], probs[rank::2]
 
 
-def test_samplers_split_one_epoch_between_ranks(monkeypatch):
+def test_samplers_split_one_epoch_between_ranks():
     classes = np.repeat(np.arange(4), [10, 3, 7, 5])
-    full = list(EpochSampler(classes, "oversample", seed=3))
+    full = list(EpochSampler(classes, "oversample", seed=3))  # outside torch.distributed: rank 0 of 1
+    assert full == list(EpochSampler(classes, "oversample", seed=3, rank=0, world_size=1))
+    assert len(full) == 4 * 10
     shards = []
     for rank in (0, 1, 2):
-        monkeypatch.setattr(training_data, "world", lambda rank=rank: (rank, 3))
-        sampler = EpochSampler(classes, "oversample", seed=3)
+        sampler = EpochSampler(classes, "oversample", seed=3, rank=rank, world_size=3)
         shards.append(list(sampler))
         assert len(shards[-1]) == len(sampler) == len(full) // 3
     # disjoint parts of the same balanced epoch, equal in size so every rank steps alike
@@ -118,10 +118,15 @@ def test_samplers_split_one_epoch_between_ranks(monkeypatch):
         assert shard == [full[p] for p in pos]
     eval_shards = []
     for rank in (0, 1, 2):
-        monkeypatch.setattr(training_data, "world", lambda rank=rank: (rank, 3))
-        eval_shards.append(list(ShardSampler(11)))
-        assert len(ShardSampler(11)) == len(eval_shards[-1])
+        eval_shards.append(list(ShardSampler(11, rank=rank, world_size=3)))
+        assert len(ShardSampler(11, rank=rank, world_size=3)) == len(eval_shards[-1])
     assert sorted(sum(eval_shards, [])) == list(range(11))  # every clip once, no padding
+    assert list(ShardSampler(11)) == list(range(11))
+    for bad in ({"rank": 3, "world_size": 3}, {"rank": -1}, {"world_size": 0}):
+        with pytest.raises(ParameterError, match="rank"):
+            ShardSampler(11, **bad)
+        with pytest.raises(ParameterError, match="rank"):
+            EpochSampler(classes, "none", **bad)
 
 
 def _torchrun(n: int) -> list[str]:

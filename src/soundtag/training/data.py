@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from soundtag.errors import ParameterError
 from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore
 from soundtag.features.views import eval_chunks, feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
@@ -132,23 +133,50 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def _check_rank(rank: int | None, world_size: int | None) -> None:
+    if (world_size is not None and world_size < 1) or (rank is not None and rank < 0) or (
+            rank is not None and world_size is not None and rank >= world_size):
+        raise ParameterError(f"rank={rank} and world_size={world_size} need 0 <= rank < world_size")
+
+
+def _rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The given ``rank``/``world_size``, each that is None asked of :func:`world`."""
+    if rank is None or world_size is None:
+        r, n = world()
+        rank = r if rank is None else rank
+        world_size = n if world_size is None else world_size
+    _check_rank(rank, world_size)
+    return rank, world_size
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Draws a new balanced epoch (oversampling etc.) each time it is iterated, seeded.
 
     Under ``torch.distributed`` every rank draws the same epoch (same seed and epoch number)
-    and keeps every ``world``-th index from its rank on, cut to an equal count per rank, so
-    the ranks see disjoint parts of one balanced epoch and step the same number of batches.
-    The rank is read when iterating, because Lightning starts the process group after the
-    loaders are built.
+    and keeps every ``world_size``-th index from its rank on, cut to an equal count per rank,
+    so the ranks see disjoint parts of one balanced epoch and step the same number of batches.
+    ``rank`` and ``world_size`` default to None: read from ``torch.distributed`` when
+    iterating, because Lightning starts the process group after the loaders are built.
+
+    Examples
+    --------
+    >>> classes = np.array([0, 0, 0, 0, 1, 1])
+    >>> full = list(EpochSampler(classes, "none", seed=0, rank=0, world_size=1))
+    >>> halves = [list(EpochSampler(classes, "none", seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    >>> halves == [full[0::2], full[1::2]]
+    True
     """
 
-    def __init__(self, classes: np.ndarray, balance: Balance, seed: int = 0):
+    def __init__(self, classes: np.ndarray, balance: Balance, seed: int = 0, *, rank: int | None = None,
+                 world_size: int | None = None):
         self.classes, self.balance, self.seed, self.epoch = np.asarray(classes), balance, seed, 0
+        self.rank, self.world_size = rank, world_size
+        _check_rank(rank, world_size)
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        rank, size = world()
+        rank, size = _rank_and_size(self.rank, self.world_size)
         indices = epoch_indices(self.classes, self.balance, rng)
         return iter(indices[rank::size][: len(indices) // size].tolist())
 
@@ -159,23 +187,30 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(self.classes)
 
     def __len__(self) -> int:
-        return self._epoch_size() // world()[1]
+        return self._epoch_size() // _rank_and_size(self.rank, self.world_size)[1]
 
 
 class ShardSampler(torch.utils.data.Sampler):
-    """Evaluation order over ``n`` clips: every clip once, rank ``r`` taking ``r, r + world, ...``.
+    """Evaluation order over ``n`` clips: every clip once, rank ``r`` taking ``r, r + world_size, ...``.
 
     Unlike ``DistributedSampler`` it never pads the last shard with repeated clips, so
     gathered predictions hold each clip exactly once (the shards may differ by one clip).
+    ``rank``/``world_size`` of None are read from ``torch.distributed`` when iterating.
+
+    Examples
+    --------
+    >>> [list(ShardSampler(5, rank=r, world_size=2)) for r in (0, 1)]
+    [[0, 2, 4], [1, 3]]
     """
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, *, rank: int | None = None, world_size: int | None = None):
+        self.n, self.rank, self.world_size = n, rank, world_size
+        _check_rank(rank, world_size)
 
     def __iter__(self):
-        rank, size = world()
+        rank, size = _rank_and_size(self.rank, self.world_size)
         return iter(range(rank, self.n, size))
 
     def __len__(self) -> int:
-        rank, size = world()
+        rank, size = _rank_and_size(self.rank, self.world_size)
         return len(range(rank, self.n, size))
