@@ -338,3 +338,48 @@ def test_builtin_specs_have_https_urls_and_well_formed_checksums():
         (f,) = datasets.get_spec(name).files
         assert "github.com/karolpiczak/" in f.url
         assert f.md5 is None and f.verification.startswith("no published checksum")
+
+
+# --- progress bar and tarfile's data filter -------------------------------------------------
+
+def test_download_progress_counts_the_resumed_bytes_and_is_silent_when_off(tmp_path, server, capsys):
+    server.files = {"/f.bin": PAYLOAD}
+    dest = tmp_path / "f.bin"
+    Path(f"{dest}.part").write_bytes(PAYLOAD[:50_000])
+    datasets.download(server.url("/f.bin"), dest, expected_md5=_md5(PAYLOAD), progress=True)
+    assert dest.read_bytes() == PAYLOAD and server.log[-1]["status"] == 206
+    out = capsys.readouterr().out
+    # rich's bar, drawn once at the end on a non-terminal: 50 kB resumed + 150 kB received
+    assert "f.bin" in out and "200.0/200.0 kB" in out, out
+    datasets.download(server.url("/f.bin"), tmp_path / "g.bin", expected_md5=_md5(PAYLOAD), progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_tar_extraction_goes_through_the_data_filter(tmp_path):
+    """Members that pass our checks are unpacked by tarfile with filter="data": a set-uid,
+    world-writable file loses those bits. Links and special files never reach the filter."""
+    payload = b"#!/bin/sh\n"
+    suid = tarfile.TarInfo("top/bin/run.sh")
+    suid.size, suid.mode = len(payload), 0o6777
+    path = tmp_path / "modes.tar"
+    with tarfile.open(path, "w") as tf:
+        tf.addfile(suid, io.BytesIO(payload))
+    datasets._extract(path, tmp_path / "out", strip_components=1)
+    out = tmp_path / "out" / "bin" / "run.sh"
+    assert out.read_bytes() == payload
+    assert out.stat().st_mode & 0o7777 == 0o755  # no set-uid/set-gid, no group/other write
+
+    # A hard link to a member inside the folder passes tarfile's data filter but not our
+    # checks (as a symlink does not, above); a FIFO is refused by both. Neither writes anything.
+    for kind in (tarfile.LNKTYPE, tarfile.FIFOTYPE):
+        first = tarfile.TarInfo("top/a.txt")
+        first.size = 1
+        odd = tarfile.TarInfo("top/b")
+        odd.type, odd.linkname = kind, "top/a.txt" if kind == tarfile.LNKTYPE else ""
+        bad = tmp_path / f"bad{kind!r}.tar"
+        with tarfile.open(bad, "w") as tf:
+            tf.addfile(first, io.BytesIO(b"a"))
+            tf.addfile(odd)
+        with pytest.raises(DataError, match="'top/b' is a link or special file"):
+            datasets._extract(bad, tmp_path / "out3", strip_components=1)
+        assert not (tmp_path / "out3").exists()

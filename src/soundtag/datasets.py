@@ -22,12 +22,12 @@ import urllib.request
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path, PurePosixPath
 
 from soundtag import __version__
 from soundtag._io import atomic_write_json
 from soundtag.errors import DataError, ParameterError
+from soundtag.progress import progress_bar
 from soundtag.registry import Registry, nearest
 
 MARKER = ".soundtag-complete.json"
@@ -235,35 +235,37 @@ def _receive(resp, url, part: Path, offset: int, expected_size, progress, chunk_
     length = resp.headers.get("Content-Length", "")
     length = int(length) if length.isdigit() else None
     total = offset + length if length is not None else expected_size
-    received, bar = 0, contextlib.nullcontext()
-    if progress:
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
-        bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
-    with bar, open(part, "ab" if offset else "wb") as fh:
-        task = bar.add_task(part.name[:-5], total=total, completed=offset) if progress else None
+    received = 0
+    with progress_bar(progress, total, part.name[:-5], completed=offset, transfer=True) as advance, \
+            open(part, "ab" if offset else "wb") as fh:
         while block := resp.read(chunk_size):
             fh.write(block)
             received += len(block)
-            if progress:
-                bar.update(task, advance=len(block))
+            advance(len(block))
     if length is not None and received < length:
         raise OSError(f"connection closed after {offset + received} of {offset + length} bytes")
 
 
 def _extract(archive: Path, target: Path, strip_components: int = 0) -> None:
-    """Unpack a zip or tar ``archive`` into ``target``; any unsafe member raises DataError first."""
+    """Unpack a zip or tar ``archive`` into ``target``; any unsafe member raises DataError first.
+
+    Every member is checked before anything is written: no links or special files, no name
+    that is absolute or lands outside ``target``. A tar is then unpacked by tarfile itself
+    with its ``"data"`` extraction filter (PEP 706), which checks each member again and drops
+    set-uid, set-gid and group/other write bits from the modes.
+    """
     if zipfile.is_zipfile(archive):
         arc = zipfile.ZipFile(archive)
-        members = [(i.filename, i.is_dir(), True, partial(arc.open, i)) for i in arc.infolist()]
+        members = [(i.filename, i.is_dir(), True, i) for i in arc.infolist()]
     elif tarfile.is_tarfile(archive):
         arc = tarfile.open(archive)
-        members = [(m.name, m.isdir(), m.isdir() or m.isfile(), partial(arc.extractfile, m))
-                   for m in arc.getmembers()]
+        members = [(m.name, m.isdir(), m.isdir() or m.isfile(), m) for m in arc.getmembers()]
     else:
         raise DataError(f"{archive} is neither a zip nor a tar archive; delete it and run again.")
+
     root, plan = target.resolve(), []
     with arc:
-        for name, is_dir, plain, opener in members:
+        for name, is_dir, plain, member in members:
             parts = PurePosixPath(name.replace("\\", "/")).parts
             out = root.joinpath(*parts[strip_components:]).resolve()
             if not plain or _unsafe(name) or not out.is_relative_to(root):
@@ -271,11 +273,22 @@ def _extract(archive: Path, target: Path, strip_components: int = 0) -> None:
                 raise DataError(f"{archive}: member {name!r} {why}; the archive is unsafe and was "
                                 "not unpacked. Delete it and tell the dataset's maintainers.")
             if len(parts) > strip_components:
-                plan.append((out, is_dir, opener))
-        for out, is_dir, opener in plan:  # written only once every member has passed
+                plan.append((out, is_dir, member, "/".join(parts[strip_components:])))
+        if isinstance(arc, tarfile.TarFile):
+            # The checks above already refuse all the filter refuses, and more (every link), so
+            # here it fixes modes and guards against a mistake in those checks.
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                arc.extractall(root, members=[m.replace(name=rel, deep=False) for *_, m, rel in plan],
+                               filter="data")
+            except tarfile.FilterError as exc:
+                raise DataError(f"{archive}: {exc}; the archive is unsafe. Delete it and tell the "
+                                "dataset's maintainers.") from exc
+            return
+        for out, is_dir, member, _ in plan:  # written only once every member has passed
             (out if is_dir else out.parent).mkdir(parents=True, exist_ok=True)
             if not is_dir:
-                with opener() as src, open(out, "wb") as dst:
+                with arc.open(member) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
 
 
