@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import os
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -477,3 +478,167 @@ def test_filter_keeps_source_rows_for_later_problems(tmp_path):
     fold2 = read_manifest(root, check_files=False).filter(lambda c: c.fold == 2)
     (problem,) = fold2.problems()
     assert problem.where == "row 4 (2-3-A-1.wav)" and "missing file" in problem.message
+
+
+# --- every problem at once, parse errors included ---------------------------------------------
+
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run ``soundtag ARGS`` through ``soundtag.cli.main()`` in this process: (status, out, err)."""
+    from soundtag import cli
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the terminal width: keep one problem a line
+    monkeypatch.setattr(sys, "argv", ["soundtag", *map(str, args)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    out, err = capsys.readouterr()
+    return done.value.code or 0, out, err
+
+
+def _four_problem_csv(tmp_path: Path) -> Path:
+    """A CSV with a duplicated id (row 3), a missing file (4), an empty label (5), fold=x (6)."""
+    for name in ("a.wav", "b.wav", "c.wav"):
+        _tiny_wav(tmp_path / name)
+    csv_path = tmp_path / "clips.csv"
+    csv_path.write_text("path,labels,fold\n"
+                        "a.wav,dog,1\n"
+                        "a.wav,dog,2\n"
+                        "gone.wav,cat,1\n"
+                        "b.wav,,1\n"
+                        "c.wav,cat,x\n")
+    return csv_path
+
+
+def test_a_bad_fold_is_reported_with_every_other_problem_in_row_order(tmp_path):
+    csv_path = _four_problem_csv(tmp_path)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(csv_path)
+    problems = err.value.problems
+    assert [(p.where, p.message.split(" ")[0]) for p in problems] == [
+        ("row 3 (a.wav)", "duplicated"), ("row 4 (gone.wav)", "missing"),
+        ("row 5 (b.wav)", "empty"), ("row 6 (c.wav)", "fold='x'")]
+    assert str(tmp_path / "gone.wav") in problems[1].message
+    assert "4 problem(s)" in str(err.value) and str(csv_path) in str(err.value)
+    # Without the file check the three others remain.
+    with pytest.raises(ManifestError) as err:
+        read_manifest(csv_path, check_files=False)
+    assert [p.where for p in err.value.problems] == ["row 3 (a.wav)", "row 5 (b.wav)", "row 6 (c.wav)"]
+
+
+def test_data_check_reports_all_four_problems_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    csv_path = _four_problem_csv(tmp_path)
+    status, out, err = _cli(monkeypatch, capsys, "data", "check", csv_path)
+    assert status == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 4, err
+    assert "row 3 (a.wav): duplicated id 'a.wav', first seen in row 2" in lines[0]
+    assert "row 4 (gone.wav): missing file" in lines[1]
+    assert "row 5 (b.wav): empty label" in lines[2]
+    assert "row 6 (c.wav): fold='x' is not an integer" in lines[3]
+
+
+def test_rows_after_a_skipped_row_keep_their_numbers(tmp_path):
+    _tiny_wav(tmp_path / "a.wav")
+    csv_path = tmp_path / "clips.csv"
+    csv_path.write_text("path,labels,fold,manually_verified\n"
+                        "a.wav,dog,1,1\n"
+                        ",dog,y,maybe\n"       # row 3: no path, and two bad cells
+                        "gone.wav,dog,2,0\n")  # row 4: the clip after the skipped row
+    with pytest.raises(ManifestError) as err:
+        read_manifest(csv_path)
+    assert [(p.where, p.message) for p in err.value.problems] == [
+        ("row 3", "fold='y' is not an integer"),
+        ("row 3", "manually_verified='maybe' is not 0/1/true/false"),
+        ("row 3", "empty path"),
+        ("row 4 (gone.wav)", f"missing file {tmp_path / 'gone.wav'}")]
+
+
+def test_esc50_short_row_and_bad_fold_are_problems_not_a_crash(tmp_path):
+    rows = [("1-1-A-0.wav", 1, 0, "dog", "True", "1", "A"),       # row 2
+            ("1-2-A-0.wav", "one", 0, "dog", "True", "2", "A"),   # row 3: fold
+            ("1-3-A-0.wav", 1),                                   # row 4: no target, no category
+            ("1-4-A-0.wav", 1, 0, "dog", "True", "4", "A")]       # row 5: file missing
+    root = _write_esc50_like(tmp_path / "esc", rows, {"1-1-A-0.wav", "1-2-A-0.wav", "1-3-A-0.wav"})
+    with pytest.raises(ManifestError) as err:
+        read_manifest(root)
+    assert [(p.where, p.message.split(" is ")[0]) for p in err.value.problems] == [
+        ("row 3 (1-2-A-0.wav)", "fold='one'"), ("row 4 (1-3-A-0.wav)", "target=None"),
+        ("row 5 (1-4-A-0.wav)", f"missing file {root / 'audio' / '1-4-A-0.wav'}")]
+
+
+def test_multilabel_csv_unknown_split_is_reported_with_the_rest(tmp_path):
+    _tiny_wav(tmp_path / "a.wav")
+    csv_path = tmp_path / "dev.csv"
+    csv_path.write_text('fname,labels,split\na,"Bark,Dog",train\nb,Dog,valid\n')
+    with pytest.raises(ManifestError) as err:
+        read_manifest(csv_path)
+    assert [(p.where, p.message.split(" ")[0]) for p in err.value.problems] == [
+        ("row 3 (b.wav)", "split='valid'"), ("row 3 (b.wav)", "missing")]
+
+
+# --- decoding every file (data check --decode) -----------------------------------------------
+
+@pytest.fixture
+def broken_clips(esc10_root, tmp_path) -> tuple[Path, dict[str, str]]:
+    """A CSV of two real ESC-10 clips (Ogg, and as FLAC) and four broken files made from them.
+
+    Returns the CSV and, per broken file, the words its problem must hold.
+    """
+    dog, rain = esc10_root / "audio" / "001 - Dog bark" / "1-100032-A.ogg", esc10_root / "audio" / "002 - Rain" / "1-17367-A.ogg"
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "dog.ogg").write_bytes(dog.read_bytes())
+    samples, rate = sf.read(rain, dtype="float32")
+    sf.write(folder / "rain.flac", samples, rate)
+    flac = (folder / "rain.flac").read_bytes()
+    (folder / "cut.flac").write_bytes(flac[: len(flac) // 2])   # its header promises all 5 s
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.wav").write_text("this is not audio\n" * 20)
+    sf.write(folder / "nothing.wav", np.zeros((0, 1), dtype=np.float32), 8000)  # a header, no samples
+    names = ["dog.ogg", "rain.flac", "cut.flac", "empty.wav", "notes.wav", "nothing.wav"]
+    csv_path = folder / "clips.csv"
+    csv_path.write_text("path,labels\n" + "".join(f"{n},{'dog' if n == 'dog.ogg' else 'rain'}\n" for n in names))
+    expected = {"cut.flac": "cannot decode", "empty.wav": "the file is empty (0 bytes)",
+                "notes.wav": "Format not recognised", "nothing.wav": "holds no audio samples"}
+    return csv_path, expected
+
+
+def test_header_probe_passes_files_that_do_not_decode(broken_clips):
+    csv_path, expected = broken_clips
+    m = read_manifest(csv_path).with_probed_audio()
+    by_id = {c.id: c for c in m}
+    # The cut file's header still promises every frame of the clip it was cut from.
+    assert by_id["cut.flac"].duration == by_id["rain.flac"].duration == sf.info(csv_path.parent / "rain.flac").duration
+    assert by_id["empty.wav"].duration is None and by_id["notes.wav"].duration is None
+
+
+def test_decode_problems_name_every_broken_file_and_only_those(broken_clips):
+    csv_path, expected = broken_clips
+    problems = read_manifest(csv_path).decode_problems(workers=2)
+    assert [p.where for p in problems] == ["row 4 (cut.flac)", "row 5 (empty.wav)", "row 6 (notes.wav)",
+                                           "row 7 (nothing.wav)"]
+    for p, (name, words) in zip(problems, expected.items()):
+        assert str(csv_path.parent / name) in p.message and words in p.message, p
+
+
+def test_every_real_esc10_clip_decodes(esc10):
+    assert esc10.decode_problems() == []
+    with pytest.raises(ParameterError, match="workers=0"):
+        esc10.decode_problems(workers=0)
+
+
+def test_data_check_decode_exits_non_zero_naming_each_file(broken_clips, monkeypatch, capsys, tmp_path):
+    csv_path, expected = broken_clips
+    status, out, err = _cli(monkeypatch, capsys, "data", "check", csv_path, "--probe")
+    assert status == 0 and "6 clips" in out and "2 file(s) have no readable header" in out, out
+    saved = tmp_path / "saved.jsonl"
+    status, out, err = _cli(monkeypatch, capsys, "data", "check", csv_path, "--decode", "--save", saved)
+    assert status == 2 and not saved.exists()
+    lines = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert len(lines) == len(expected), err
+    for line, name in zip(lines, expected):
+        assert f"cannot decode {csv_path.parent / name}" in line
+    # The two good files alone pass.
+    good = csv_path.with_name("good.csv")
+    good.write_text("path,labels\ndog.ogg,dog\nrain.flac,rain\n")
+    status, out, err = _cli(monkeypatch, capsys, "data", "check", good, "--decode")
+    assert status == 0 and err == "" and "2 clips" in out, out

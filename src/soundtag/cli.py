@@ -490,28 +490,42 @@ def data_check(
     data: str = typer.Argument(..., help="dataset folder, CSV, manifest or registered name"),
     layout: Optional[str] = LayoutOpt,
     save: Optional[Path] = typer.Option(None, "--save", help="write the manifest as .jsonl"),
-    probe: bool = typer.Option(False, help="read every file's header for duration and rate"),
+    probe: bool = typer.Option(False, help="read every file's header for duration and rate (fast, but "
+                               "a broken file with a good header passes: see --decode)"),
+    decode: bool = typer.Option(False, help="decode every file in full and report each one that fails, "
+                                "e.g. an empty or truncated file (slower; implies --probe)"),
     files: bool = typer.Option(True, help="report clips whose audio file is missing (--no-files: metadata only)"),
 ):
     """Read a dataset, report every problem at once, and print what it holds.
+
+    Exits with status 2 when the dataset has a problem: a cell that does not parse, a
+    duplicated id, an empty or unknown label, a missing file, or with --decode a file that
+    does not decode. Nothing is saved then.
 
     Examples:
 
       soundtag data check ../shared/data/esc10
 
-      soundtag data check my_clips.csv --save clips.jsonl --probe
+      soundtag data check my_clips.csv --save clips.jsonl --decode
 
       soundtag data check fsdkaggle2018 --no-files
     """
-    from soundtag.manifest import open_dataset
+    from soundtag.manifest import ManifestError, open_dataset
 
     manifest = open_dataset(data, layout, check_files=files)
-    if probe:
+    if probe or decode:
         manifest = manifest.with_probed_audio()
+    if decode:
+        failed = manifest.decode_problems(progress=console.is_terminal)
+        if failed:  # every file named, not the first 20: this list is what the user came for
+            raise ManifestError(manifest.meta.get("source", manifest.name), failed, limit=len(failed))
     folds = sorted({c.fold for c in manifest if c.fold is not None})
     console.print(f"{manifest.name}: {len(manifest)} clips, {len(manifest.labels)} labels, "
                   f"{'multi' if manifest.multilabel else 'single'}-label, folds {folds or 'none'}"
-                  + (f", {manifest.total_duration / 3600:.2f} h" if probe else ""))
+                  + (f", {manifest.total_duration / 3600:.2f} h" if probe or decode else ""))
+    unprobed = sum(c.duration is None for c in manifest) if probe and not decode else 0
+    if unprobed:
+        console.print(f"{unprobed} file(s) have no readable header; --decode names them", style="yellow")
     if save:
         manifest.to_jsonl(save)
         console.print(f"wrote {save}")

@@ -92,12 +92,18 @@ def read_manifest(source: str | Path, layout: str | None = None, *, check_files:
     Raises
     ------
     ManifestError
-        listing every problem found (missing files, unknown or empty labels, duplicated ids)
+        listing every problem found, in row order: cells that do not parse (a fold that is
+        not an integer...) together with missing files, unknown or empty labels and
+        duplicated ids
     """
     name = layout or detect_layout(source)
     # Absolute paths: clips are found from any working directory, and the feature cache keys
     # on them.
-    manifest = get_layout(name).read(Path(source).absolute(), **options)
+    try:
+        manifest = get_layout(name).read(Path(source).absolute(), **options)
+    except _ReadProblems as exc:  # cells that did not parse: add what validation finds in the rest
+        found = exc.problems + exc.manifest.problems(check_files=check_files)
+        raise ManifestError(exc.source, sorted(found, key=_row_number)) from None
     return manifest.validate(check_files=check_files)
 
 
@@ -154,32 +160,65 @@ def _split_labels(text: str | None) -> tuple[str, ...]:
 
 
 def _parse_bool(text: str | None, where: str, problems: list[Problem]) -> bool | None:
-    if text is None or text == "":
+    """``manually_verified`` as a bool (None when empty); a bad cell is added to ``problems``."""
+    if text is None or text.strip() == "":
         return None
     value = text.strip().lower()
     if value in ("1", "true", "yes"):
         return True
     if value in ("0", "false", "no"):
         return False
-    problems.append(Problem(where, f"manually_verified={text!r} is not 0/1/true/false"))
+    problems.append(Problem(where, f"manually_verified={text!r} is not 0/1/true/false",
+                            "write 1 or 0, or leave the cell empty"))
     return None
 
 
 def _parse_fold(text: str | None, where: str, problems: list[Problem]) -> int | None:
+    """A fold cell as an int (None when empty); a bad cell is added to ``problems``."""
     if text is None or str(text).strip() == "":
         return None
     try:
         return int(text)
     except ValueError:
-        problems.append(Problem(where, f"fold={text!r} is not an integer"))
+        problems.append(Problem(where, f"fold={text!r} is not an integer",
+                                "write a whole number, or leave the cell empty"))
         return None
 
 
+def _where(row_no: int, clip_id: str | None) -> str:
+    """How a problem names its row; the same form as :meth:`Manifest.problems` uses."""
+    return f"row {row_no} ({clip_id})" if clip_id else f"row {row_no}"
+
+
+def _row_number(problem: Problem) -> int:
+    """The row a problem names (0 for a header or a file), to list problems in file order."""
+    match = re.match(r"row (\d+)\b", problem.where)
+    return int(match.group(1)) if match else 0
+
+
+class _ReadProblems(ManifestError):
+    """Cells a reader could not parse, with the manifest of everything it could.
+
+    :func:`read_manifest` adds the problems that validating ``manifest`` finds (duplicated
+    ids, empty labels, missing files...), so one error lists them all.
+    """
+
+    def __init__(self, source: str, problems: Sequence[Problem], manifest: Manifest):
+        super().__init__(source, problems)
+        self.manifest = manifest
+
+
 def _finish(clips: list[Clip], problems: list[Problem], source: Path, **kwargs) -> Manifest:
-    if problems:
-        raise ManifestError(str(source), problems)
+    """Build the reader's manifest; raise the problems found while parsing, if any.
+
+    A reader that skips source rows passes their numbers as ``meta={"rows": [...]}``, so the
+    problems validation finds later name the user's rows.
+    """
     meta = {"source": str(source), "first_row": 2} | kwargs.pop("meta", {})
-    return Manifest.build(clips, meta=meta, **kwargs)
+    manifest = Manifest.build(clips, meta=meta, **kwargs)
+    if problems:
+        raise _ReadProblems(str(source), problems, manifest)
+    return manifest
 
 
 # --- FSDKaggle2018 ----------------------------------------------------------------------
@@ -207,7 +246,7 @@ def read_fsdkaggle2018(root: Path, *, split: str = "train", labels: Sequence[str
         rows, _ = _read_csv(csv_path, [("fname",), ("label",)])
         audio = root / "audio_train"
         for row_no, row in enumerate(rows, start=2):
-            where = f"row {row_no}"
+            where = _where(row_no, row["fname"])
             clips.append(Clip(
                 id=row["fname"], path=str(audio / row["fname"]), labels=_split_labels(row["label"]),
                 manually_verified=_parse_bool(row.get("manually_verified"), where, problems),
@@ -260,23 +299,25 @@ def read_esc50(root: Path, *, esc10_only: bool = False) -> Manifest:
     rows_kept = []
     by_target: dict[int, str] = {}
     for row_no, row in enumerate(rows, start=2):
-        where = f"row {row_no}"
-        if esc10_only and row.get("esc10", "").strip().lower() != "true":
+        where = _where(row_no, row["filename"])
+        if esc10_only and (row.get("esc10") or "").strip().lower() != "true":
             continue
+        fold = _parse_fold(row["fold"], where, problems)
         try:
             target = int(row["target"])
-        except ValueError:
-            problems.append(Problem(where, f"target={row['target']!r} is not an integer"))
+        except (TypeError, ValueError):  # TypeError: a short row has no target cell
+            problems.append(Problem(where, f"target={row['target']!r} is not an integer",
+                                    "give the class number of the category"))
             continue
-        if by_target.setdefault(target, row["category"]) != row["category"]:
-            problems.append(Problem(where, f"target {target} is {row['category']!r} here but "
+        category = row["category"] or ""
+        if by_target.setdefault(target, category) != category:
+            problems.append(Problem(where, f"target {target} is {category!r} here but "
                                     f"{by_target[target]!r} earlier", "fix the category or target"))
         src = row.get("src_file") or None
         rows_kept.append(row_no)
         clips.append(Clip(
             id=row["filename"], path=str(root / "audio" / row["filename"]),
-            labels=_split_labels(row["category"]), fold=_parse_fold(row["fold"], where, problems),
-            group=f"{src}" if src else None,
+            labels=_split_labels(category), fold=fold, group=f"{src}" if src else None,
         ))
     vocab = [by_target[t] for t in sorted(by_target)]
     return _finish(clips, problems, csv_path, labels=vocab, multilabel=False,
@@ -370,11 +411,15 @@ def read_multilabel_csv(csv_path: Path, *, audio_dir: str | Path | None = None,
         fname = row["fname"].strip()
         if not Path(fname).suffix:
             fname += ".wav"
+        where = _where(row_no, fname)
         split = (row.get("split") or "").strip().lower()
         fold = {"val": 1, "train": 0}.get(split) if split else None
+        if split and fold is None:
+            problems.append(Problem(where, f"split={row['split']!r} is not 'train' or 'val'",
+                                    "write train or val, or leave the cell empty"))
         clips.append(Clip(id=fname, path=_resolve(fname, audio), labels=_split_labels(row["labels"]),
                           fold=fold, manually_verified=_parse_bool(row.get("manually_verified"),
-                                                                    f"row {row_no}", problems)))
+                                                                    where, problems)))
     return _finish(clips, problems, csv_path, labels=vocab, multilabel=True,
                    name=csv_path.stem)
 
@@ -403,19 +448,21 @@ def read_csv_manifest(csv_path: Path, *, root: str | Path | None = None,
     base = Path(root) if root else csv_path.parent
     problems: list[Problem] = []
     clips = []
+    rows_kept = []
     for row_no, row in enumerate(rows, start=2):
-        where = f"row {row_no}"
         rel = (row.get(cols["path"]) or "").strip()  # a short row has no cell at all
+        where = _where(row_no, rel)
+        fold = _parse_fold(row.get("fold"), where, problems)
+        verified = _parse_bool(row.get("manually_verified"), where, problems)
         if not rel:
-            problems.append(Problem(where, "empty path"))
+            problems.append(Problem(where, "empty path", "name the clip's audio file, or remove the row"))
             continue
+        rows_kept.append(row_no)
         clips.append(Clip(
             id=rel, path=_resolve(rel, base), labels=_split_labels(row[cols["labels"]]),
-            fold=_parse_fold(row.get("fold"), where, problems),
-            manually_verified=_parse_bool(row.get("manually_verified"), where, problems),
-            group=(row.get("group") or None),
+            fold=fold, manually_verified=verified, group=(row.get("group") or None),
         ))
-    return _finish(clips, problems, csv_path, labels=labels, name=csv_path.stem)
+    return _finish(clips, problems, csv_path, labels=labels, name=csv_path.stem, meta={"rows": rows_kept})
 
 
 @register_layout(
