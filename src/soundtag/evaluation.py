@@ -36,6 +36,7 @@ def map_at_k(targets: np.ndarray, probs: np.ndarray, k: int = 3) -> float:
     0.75
     """
     targets, probs = _check(targets, probs)
+    k = min(k, probs.shape[1])  # fewer labels than k: every label is ranked
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     hits = np.take_along_axis(targets, order, axis=1) > 0
     precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
@@ -139,13 +140,12 @@ def summarize(targets: np.ndarray, probs: np.ndarray, *, multilabel: bool = Fals
 def plot_confusion(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], out: str | Path,
                    title: str = "") -> Path:
     """Write a confusion-matrix PNG, rows normalised to recall."""
-    from soundtag.plots import pyplot, save_png
+    from soundtag.plots import save_png, subplots
 
-    plt = pyplot()
     m = confusion(targets, probs).astype(float)
     m /= np.maximum(m.sum(axis=1, keepdims=True), 1)
     size = max(5, 0.28 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = subplots(figsize=(size + 1, size))
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
@@ -166,9 +166,9 @@ def plot_learning_curves(histories: dict[str, "object"], out: str | Path) -> Pat
     ``histories`` maps a fold name to a pandas DataFrame with ``epoch`` and any of
     ``train_loss``, ``val_loss``, ``val_map3`` columns (Lightning's CSV log, one row per epoch).
     """
-    from soundtag.plots import pyplot, save_png
+    from soundtag.plots import save_png, subplots
 
-    fig, (ax_loss, ax_map) = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_map) = subplots(1, 2, figsize=(11, 4))
     for fold, df in histories.items():
         for col, style in (("train_loss", "--"), ("val_loss", "-")):
             if col in df:

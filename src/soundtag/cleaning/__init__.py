@@ -9,8 +9,8 @@
 """
 
 from soundtag.cleaning.auto import auto_clean
-from soundtag.cleaning.decisions import Decision, DecisionBook, default_lists_dir
+from soundtag.cleaning.decisions import Decision, DecisionBook, default_lists_dir, retrain_command
 from soundtag.cleaning.suspects import find_suspects, rank_suspects, read_suspects, summarize, write_suspects
 
 __all__ = ["Decision", "DecisionBook", "auto_clean", "default_lists_dir", "find_suspects", "rank_suspects",
-           "read_suspects", "summarize", "write_suspects"]
+           "read_suspects", "retrain_command", "summarize", "write_suspects"]

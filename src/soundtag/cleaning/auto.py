@@ -10,6 +10,7 @@ import numpy as np
 from soundtag.cleaning.decisions import Decision, DecisionBook
 from soundtag.cleaning.suspects import check_run, label_scores
 from soundtag.errors import ParameterError
+from soundtag.runs import RunDir
 
 
 def auto_clean(run_dir: str | Path, lists_dir: str | Path, *, max_fraction: float = 0.05,
@@ -31,14 +32,13 @@ def auto_clean(run_dir: str | Path, lists_dir: str | Path, *, max_fraction: floa
     the decisions taken, in the order written. Clips that already have a decision (a person's
     review, or an earlier call) are left as they are.
     """
-    from soundtag.training.evaluate import load_oof
-
     if not 0 < max_fraction <= 1:
         raise ParameterError(f"max_fraction={max_fraction} must be in (0, 1], e.g. 0.05 for 5% of the clips")
     if relabel_above is not None and not 0 < relabel_above <= 1:
         raise ParameterError(f"relabel_above={relabel_above} must be in (0, 1], e.g. 0.9")
     run_dir = check_run(run_dir)
-    manifest, probs, _, _ = load_oof(run_dir)
+    oof = RunDir(run_dir).out_of_fold()
+    manifest, probs = oof.manifest, oof.probs
     given = [c.labels for c in manifest]
     quality, issues = label_scores(given, manifest.labels, probs, multilabel=manifest.multilabel, method=method)
     book = DecisionBook(lists_dir, clip_ids=manifest.ids, labels=manifest.labels)

@@ -10,7 +10,7 @@ _HOMES = {
     "Predictions": "predictions", "read_predictions": "predictions",
     "predict_dataset": "predict", "PredictResult": "predict",
     "ensemble_runs": "ensemble", "EnsembleResult": "ensemble",
-    "write_submission": "submit",
+    "write_submission": "submit", "submission_format": "submit",
     "load_tagger": "tagger", "tag_files": "tagger", "ClipTags": "tagger", "TagFailure": "tagger",
     "export_onnx": "export",
     "FoldEnsemble": "fold_models", "load_run": "fold_models",

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from soundtag import evaluation
-from soundtag._io import atomic_write_json
 from soundtag.errors import DataError, ParameterError
 from soundtag.prediction.combine import fit_blend_weights, geometric_mean
 from soundtag.prediction.predictions import Predictions, read_predictions
+from soundtag.runs import EnsembleDir, RunDir
 
 
 @dataclass
@@ -38,11 +38,9 @@ class EnsembleResult:
 
 def load_oof_predictions(run: str | Path) -> tuple[Predictions, np.ndarray]:
     """A finished run's out-of-fold predictions and which clips were trained on (not blacklisted)."""
-    from soundtag.training.evaluate import load_oof
-
-    manifest, probs, _, in_training = load_oof(run)
-    return Predictions(manifest.ids, list(manifest.labels), probs, [tuple(c.labels) for c in manifest],
-                       manifest.multilabel), in_training
+    oof = RunDir(run).require_complete().out_of_fold()
+    m = oof.manifest
+    return Predictions(m.ids, list(m.labels), oof.probs, [tuple(c.labels) for c in m], m.multilabel), oof.in_training
 
 
 def align(base: Predictions, other: Predictions, what: str) -> Predictions:
@@ -78,12 +76,12 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult
     run_metrics = [evaluation.summarize(targets, p.probs, multilabel=base.multilabel) for p in aligned]
     blend_metrics = evaluation.summarize(targets, blended, multilabel=base.multilabel)
 
-    out_dir = Path(out_dir)
-    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-    Predictions(base.ids, base.labels, blended, base.given, base.multilabel).write_csv(out_dir / "oof.csv")
+    out = EnsembleDir(out_dir)
+    out.predictions_dir.mkdir(parents=True, exist_ok=True)
+    Predictions(base.ids, base.labels, blended, base.given, base.multilabel).write_csv(out.oof_csv)
     written = []
-    for name in sorted(p.name for p in (runs[0] / "predictions").glob("*.csv")):
-        files = [r / "predictions" / name for r in runs]
+    for name in (p.stem for p in RunDir(runs[0]).prediction_files()):
+        files = [RunDir(r).predictions_file(name) for r in runs]
         if not all(f.is_file() for f in files):
             continue
         tests = [read_predictions(f, multilabel=base.multilabel) for f in files]
@@ -91,8 +89,8 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult
                                                    for t, f in zip(tests[1:], files[1:])]
         probs = geometric_mean(np.stack([t.probs for t in tests]), weights=weights, multilabel=base.multilabel)
         written.append(Predictions(tests[0].ids, base.labels, probs, tests[0].given, base.multilabel)
-                       .write_csv(out_dir / "predictions" / name))
-    atomic_write_json(out_dir / "ensemble.json", {
+                       .write_csv(out.predictions_file(name)))
+    out.write_info({
         "runs": [{"path": str(r.absolute()), "weight": float(w), "oof": m}
                  for r, w, m in zip(runs, weights, run_metrics)],
         "blend": {"oof": blend_metrics, "combination": "weighted geometric mean",
@@ -101,4 +99,4 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult
         "predictions": [p.name for p in written],
         "created": dt.datetime.now().isoformat(timespec="seconds"),
     })
-    return EnsembleResult(out_dir, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written)
+    return EnsembleResult(out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written)

@@ -20,6 +20,7 @@ import numpy as np
 from soundtag._io import atomic_path
 from soundtag.features.numpy_melspec import mel_filterbank, n_frames
 from soundtag.prediction.tagger import ONNX_METADATA_KEY
+from soundtag.runs import RunDir
 
 OPSET = 18
 
@@ -39,7 +40,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
 
     loaded = load_run(run)
     recipe = loaded.recipe
-    out = Path(out) if out else Path(run) / "model.onnx"
+    out = Path(out) if out else RunDir(run).onnx_model
     f = recipe.features
     frames = recipe.chunk_frames if recipe.view.kind == "x" else n_frames(recipe.view_samples, f.hop_length)
     example = torch.randn(3, f.n_mels, frames) * 10 - 40

@@ -8,7 +8,6 @@ fold's training clips), so the normalisation is part of the module, not of the i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import torch
 from soundtag.errors import DataError
 from soundtag.recipe import Recipe
 from soundtag.models import create_model
+from soundtag.models.batching import pad_chunks
+from soundtag.runs import RunDir
 
 
 class FoldEnsemble(torch.nn.Module):
@@ -59,11 +60,9 @@ class FoldEnsemble(torch.nn.Module):
     def probabilities(self, chunks: np.ndarray) -> np.ndarray:
         """:meth:`forward` on a NumPy batch, without autograd, as ``(folds, n, classes)``.
 
-        The batch is padded to a few sizes (``training.data.pad_chunks``): PyTorch's CPU
-        kernels keep memory for every input shape they meet.
+        The batch is padded to a few sizes (:func:`~soundtag.models.batching.pad_chunks`):
+        PyTorch's CPU kernels keep memory for every input shape they meet.
         """
-        from soundtag.training.data import pad_chunks
-
         x = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32))
         with torch.inference_mode():
             return self(pad_chunks(x)).numpy()[:, : len(x)]
@@ -83,14 +82,11 @@ class LoadedRun:
 
 def fold_checkpoints(run_dir: str | Path) -> list[Path]:
     """The best checkpoint of every finished fold, in fold order."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise DataError(f"{run_dir} is not a soundtag run (no run.json); give a run directory, "
-                        "an ensemble directory, a .ckpt or an exported .onnx model")
-    dones = sorted(run_dir.glob("fold-*/done.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    if not dones:
-        raise DataError(f"{run_dir}: no finished fold yet; train it first (`soundtag train --resume {run_dir}`)")
-    return [d.parent / json.loads(d.read_text())["best_checkpoint"] for d in dones]
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise DataError(f"{run_dir} is not a soundtag run; give a run directory, an ensemble directory, "
+                        "a .ckpt or an exported .onnx model")
+    return run.best_checkpoints()
 
 
 def load_run(path: str | Path) -> LoadedRun:

@@ -9,7 +9,6 @@ per clip and the folds combined by their geometric mean
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from soundtag.manifest import Manifest
 from soundtag.prediction.combine import combine_folds
 from soundtag.prediction.predictions import Predictions
 from soundtag.prediction.tagger import add_tta_copies
+from soundtag.runs import RunDir
 from soundtag.progress import progress_bar
 
 
@@ -51,13 +51,13 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     from soundtag.features.store import clip_key
     from soundtag.prediction.fold_models import load_run
 
-    run = Path(run)
-    loaded = load_run(run)
+    run = RunDir(run).require()
+    loaded = load_run(run.path)
     recipe = loaded.recipe
     unknown = sorted(set(manifest.labels) - set(loaded.labels))
     if unknown:
         raise DataError(f"{manifest.name}: label(s) {unknown[:10]} are not among the run's {len(loaded.labels)} labels")
-    cache_dir = cache_dir or json.loads((run / "run.json").read_text())["cache_dir"]
+    cache_dir = cache_dir or run.cache_dir()
     store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
     failed = {f.clip_id for f in summary.failures}
     clips = [c for c in manifest if c.id not in failed]
@@ -74,7 +74,7 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
             advance(len(batch))
     predictions = Predictions([c.id for c in clips], loaded.labels, probs, [tuple(c.labels) for c in clips],
                               loaded.multilabel)
-    path = Path(out) if out else run / "predictions" / f"{manifest.name}.csv"
+    path = Path(out) if out else run.predictions_file(manifest.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     predictions.write_csv(path)
     metrics = (evaluation.summarize(predictions.targets(), probs, multilabel=loaded.multilabel)

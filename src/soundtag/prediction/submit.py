@@ -35,6 +35,15 @@ def sample_order(sample_submission: str | Path) -> list[str]:
         return [row["fname"] for row in reader]
 
 
+def submission_format(predictions: Predictions, fmt: str | None = None) -> str:
+    """``fmt`` checked, or the default for ``predictions``: ``kaggle-multilabel`` for multi-label
+    predictions, else ``kaggle``."""
+    fmt = fmt or ("kaggle-multilabel" if predictions.multilabel else "kaggle")
+    if fmt not in FORMATS:
+        raise ParameterError(f"format={fmt!r} must be one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def write_submission(predictions: Predictions, out: str | Path, *, fmt: str | None = None,
                      sample_submission: str | Path | None = None) -> Path:
     """Write ``predictions`` as a submission file.
@@ -45,9 +54,7 @@ def write_submission(predictions: Predictions, out: str | Path, *, fmt: str | No
     sample_submission : the competition's ``sample_submission.csv``; rows follow its order and
         every clip it lists must be predicted. Without it, the predictions' own order is kept.
     """
-    fmt = fmt or ("kaggle-multilabel" if predictions.multilabel else "kaggle")
-    if fmt not in FORMATS:
-        raise ParameterError(f"format={fmt!r} must be one of {', '.join(FORMATS)}")
+    fmt = submission_format(predictions, fmt)
     row_of = {c: i for i, c in enumerate(predictions.ids)}
     order = sample_order(sample_submission) if sample_submission else list(predictions.ids)
     missing = [c for c in order if c not in row_of]

@@ -16,6 +16,7 @@ import torch
 from soundtag.errors import ParameterError
 from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore
+from soundtag.models.batching import pad_chunks
 from soundtag.features.views import eval_chunks, feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
 from soundtag.training.sampling import Balance, epoch_indices
 
@@ -101,19 +102,6 @@ class EvalViews(torch.utils.data.Dataset):
         chunks = eval_chunks(self.store.get(self.keys[i]), self.recipe)
         x = np.stack([self.normalizer(c) for c in chunks])
         return torch.from_numpy(x)[:, None], torch.from_numpy(self.targets[i])
-
-
-#: Evaluation batches are padded to a multiple of this many chunks. PyTorch's CPU kernels
-#: (oneDNN) keep memory for every input shape they meet, so X batches whose chunk counts all
-#: differ grew the heap by 300 MB over 10,000 validation clips; a few bucket sizes keep it flat.
-CHUNK_BUCKET = 32
-
-
-def pad_chunks(x: torch.Tensor, multiple: int = CHUNK_BUCKET) -> torch.Tensor:
-    """``x`` with zero rows appended up to a multiple of ``multiple`` rows (outputs past
-    ``len(x)`` are to be dropped)."""
-    pad = (-x.shape[0]) % multiple
-    return torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
 
 
 def collate_chunks(batch):

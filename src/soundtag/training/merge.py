@@ -14,10 +14,7 @@ import shutil
 from pathlib import Path
 
 from soundtag.errors import DataError, ParameterError
-
-SHARED_FILES = ("run.json", "recipe.yaml", "manifest.jsonl", "folds.csv")
-#: Files that must be byte-identical across the jobs of one run.
-MUST_AGREE = ("recipe.yaml", "manifest.jsonl", "folds.csv")
+from soundtag.runs import RunDir
 
 
 def merge_folds(jobs: list[str | Path], out: str | Path) -> tuple[Path, dict[int, Path]]:
@@ -27,34 +24,33 @@ def merge_folds(jobs: list[str | Path], out: str | Path) -> tuple[Path, dict[int
     if not jobs:
         raise ParameterError("give the run directories of the fold jobs to merge")
     for job in jobs:
-        if not (job / "run.json").is_file():
-            raise DataError(f"{job} is not a soundtag run (no run.json)")
+        RunDir(job).require()
     first = jobs[0]
     for job in jobs[1:]:
-        for name in MUST_AGREE:
+        for name in RunDir.MUST_AGREE:
             if (job / name).read_bytes() != (first / name).read_bytes():
                 raise DataError(f"{job / name} differs from {first / name}: these jobs are not folds of one run "
                                 "(same data, recipe and fold plan needed)")
     source: dict[int, Path] = {}
     for job in jobs:
-        for done in job.glob("fold-*/done.json"):
-            k = int(done.parent.name.split("-")[1])
+        for k in RunDir(job).finished_folds():
             if k in source and source[k].resolve() != job.resolve():
                 raise DataError(f"fold {k} is finished in both {source[k]} and {job}; keep one of them")
             source[k] = job
     if not source:
         raise DataError(f"none of {', '.join(map(str, jobs))} has a finished fold")
+    merged = RunDir(out)
     clashes = [k for k, job in source.items()
-               if (out / f"fold-{k}").exists() and job.resolve() != out.resolve()]
+               if merged.fold_dir(k).exists() and job.resolve() != out.resolve()]
     if clashes:
         raise DataError(f"{out} already holds fold(s) {sorted(clashes)}; merge into a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    for name in SHARED_FILES:
+    for name in RunDir.SHARED:
         if not (out / name).exists():
             _link_or_copy(first / name, out / name)
     for k, job in sorted(source.items()):
         if job.resolve() != out.resolve():
-            _link_tree(job / f"fold-{k}", out / f"fold-{k}")
+            _link_tree(RunDir(job).fold_dir(k), merged.fold_dir(k))
     return out, source
 
 
@@ -70,7 +66,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _link_tree(src: Path, dst: Path) -> None:
     """Hard-link (or copy) a fold folder; ``done.json`` last, so a half-merged fold is not finished."""
-    files = sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.name == "done.json")
+    files = sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.name == RunDir.FOLD_DONE)
     for f in files:
         target = dst / f.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,41 +1,30 @@
 """A cross-validated training run: one model per fold, out-of-fold predictions for every clip.
 
-Layout of a run directory::
-
-    run.json            what made the run (recipe, data, feature cache, versions)
-    recipe.yaml         the fully resolved recipe
-    manifest.jsonl      the clips, labels after relabelling
-    folds.csv           clip_id, fold, in_training (false for blacklisted clips)
-    fold-K/             best.ckpt, last.ckpt, logs/metrics.csv, tb/, oof.npy, done.json
-    oof.csv             clip_id, fold, labels, verified, blacklisted, one probability per class
-    metrics.json        evaluation (see soundtag.training.evaluate)
-    confusion.png, learning_curves.png
-
-A fold counts as finished only once its ``done.json`` is written (atomically, last). ``resume``
-skips finished folds and continues an interrupted one from its ``last.ckpt``.
+The run directory's layout belongs to :class:`soundtag.runs.RunDir`. A fold counts as
+finished only once its ``done.json`` is written (atomically, last); ``resume`` skips finished
+folds and continues an interrupted one from its ``last.ckpt``.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
-import json
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
-from soundtag._io import atomic_path, atomic_write_json, atomic_write_text
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
 from soundtag.recipe import Recipe, load_recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Manifest
+from soundtag.runs import RunDir
 from soundtag.training.data import EpochSampler, EvalViews, Normalizer, ShardSampler, TrainViews, collate_chunks
 from soundtag.training.splits import label_matrix, make_folds, validation_mask
 
@@ -98,6 +87,11 @@ class Hardware:
     strategy: str = "auto"
 
     def __post_init__(self):
+        if isinstance(self.devices, str) and self.devices != "auto":
+            try:
+                object.__setattr__(self, "devices", int(self.devices))
+            except ValueError:
+                raise ParameterError(f"devices={self.devices!r} must be a whole number or 'auto'") from None
         if self.strategy not in ("auto", "ddp"):
             raise ParameterError(f"strategy={self.strategy!r} must be 'auto' or 'ddp'")
         if self.num_nodes < 1 or (isinstance(self.devices, int) and self.devices < 1):
@@ -130,6 +124,37 @@ def launch_rank() -> tuple[int, int]:
     return int(env.get("NODE_RANK", "0")) * size + int(env.get("LOCAL_RANK", "0")), size
 
 
+def training_recipe(recipe: str | Path, overrides: Iterable[str] = (), *, folds: int | None = None,
+                    model: str | None = None, blacklist: str | Path | None = None,
+                    relabel: str | Path | None = None) -> Recipe:
+    """The recipe of a new run: a built-in name or a YAML file, ``section.key=value`` overrides,
+    then the settings ``soundtag train`` has flags of its own for, which win over both.
+
+    Parameters
+    ----------
+    folds : ``training.folds`` (datasets with their own folds keep them)
+    model : ``training.model``, e.g. ``vgg`` or ``timm:resnet18``
+    blacklist, relabel : CSVs of clips to leave out and label corrections (made absolute, so
+        the saved recipe still finds them from another folder)
+    """
+    extra = list(overrides)
+    for key, value in (("folds", folds), ("model", model)):
+        if value is not None:
+            extra.append(f"training.{key}={value}")
+    for key, value in (("blacklist", blacklist), ("relabel", relabel)):
+        if value is not None:
+            extra.append(f"training.{key}={Path(value).absolute()}")
+    return load_recipe(recipe, extra)
+
+
+def default_run_dir(recipe: Recipe, *, root: str | Path = "runs", now: dt.datetime | None = None) -> Path:
+    """``runs/<recipe>-<YYYYmmdd-HHMMSS>``; processes started together (torchrun, SLURM) cannot
+    agree on a time, so they must be given the run directory."""
+    if launch_rank()[1] > 1:
+        raise ParameterError("give the run directory (--out RUN): processes started together must agree on it")
+    return Path(root) / f"{recipe.name}-{(now or dt.datetime.now()):%Y%m%d-%H%M%S}"
+
+
 def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir: str | Path,
           folds: list[int] | None = None, progress: bool = True, resume: bool = False,
           data_source: str | None = None, hardware: Hardware = Hardware()) -> RunResult:
@@ -146,7 +171,8 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     hardware : devices, nodes and strategy (see :class:`Hardware`); with several processes,
         only global rank 0 writes files
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     t = recipe.training
     rank, launched = launch_rank()
     if rank == 0 and run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -157,10 +183,8 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     if t.relabel:
         manifest = _apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
     blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
-    if rank == 0 and not (run_dir / "run.json").exists():
-        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-        manifest.to_jsonl(run_dir / "manifest.jsonl")
-        atomic_write_json(run_dir / "run.json", {
+    if rank == 0:
+        run.start(recipe, manifest, {
             "recipe": recipe.name, "data": data_source, "cache_dir": str(Path(cache_dir).absolute()),
             "created": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__})
 
@@ -175,7 +199,7 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
         manifest = manifest.filter(lambda c: c.id not in failed)
     plan = FoldSet.build(manifest, recipe, store, blacklist)
     if rank == 0:
-        _write_folds(run_dir / "folds.csv", manifest, plan.fold_of, plan.in_training)
+        run.write_folds(manifest.ids, plan.fold_of, plan.in_training)
 
     n_folds = plan.n_folds
     wanted = list(range(n_folds)) if folds is None else folds
@@ -183,18 +207,18 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     for k in wanted:
         if not 0 <= k < n_folds:
             raise ParameterError(f"fold {k} does not exist: this run has folds 0..{n_folds - 1}")
-        if (run_dir / f"fold-{k}" / "done.json").is_file():
+        if run.is_finished(k):
             skipped.append(k)
             continue
-        _train_fold(plan, k, run_dir, progress, hardware)
+        _train_fold(plan, k, run, progress, hardware)
         trained.append(k)
 
     if not is_primary_process():
         return RunResult(run_dir, {}, trained, skipped)  # rank 0 evaluates
     from soundtag.training.evaluate import evaluate_run
 
-    metrics = evaluate_run(run_dir) if all((run_dir / f"fold-{k}" / "done.json").is_file()
-                                           for k in range(n_folds)) else {}
+    # A run trained in part (--fold) is scored on its finished folds' clips, which it says.
+    metrics = evaluate_run(run) if run.finished_folds() else {}
     return RunResult(run_dir, metrics, trained, skipped)
 
 
@@ -223,22 +247,10 @@ def stored_features(manifest: Manifest, recipe: Recipe, cache_dir: str | Path) -
 
 def resume(run_dir: str | Path, *, progress: bool = True, hardware: Hardware = Hardware()) -> RunResult:
     """Continue a run from what its directory holds (recipe, manifest, feature cache)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise DataError(f"{run_dir} is not a soundtag run (no run.json)")
-    info = json.loads((run_dir / "run.json").read_text())
-    recipe = load_recipe(run_dir / "recipe.yaml")
-    manifest = Manifest.from_jsonl(run_dir / "manifest.jsonl")
-    return train(manifest, recipe, run_dir, cache_dir=info["cache_dir"], progress=progress, resume=True,
-                 data_source=info.get("data"), hardware=hardware)
-
-
-def _write_folds(path: Path, manifest: Manifest, fold_of: np.ndarray, in_training: np.ndarray) -> None:
-    buf = io.StringIO()
-    out = csv.writer(buf)
-    out.writerow(["clip_id", "fold", "in_training"])
-    out.writerows((c.id, int(f), bool(t)) for c, f, t in zip(manifest, fold_of, in_training))
-    atomic_write_text(path, buf.getvalue())
+    run = RunDir(run_dir).require()
+    info = run.info()
+    return train(run.manifest(), run.recipe(), run.path, cache_dir=info["cache_dir"], progress=progress,
+                 resume=True, data_source=info.get("data"), hardware=hardware)
 
 
 @dataclass
@@ -308,20 +320,27 @@ class FoldSet:
                            len(val_idx))
 
 
-def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool, hardware: Hardware = Hardware()) -> None:
+def _train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware = Hardware()) -> None:
+    # Lightning's warnings that do not apply here are silenced for this fold only, not for
+    # the process that called us (a notebook keeps its own filters).
+    with warnings.catch_warnings():
+        # The fold folder holds logs (and, on resume, checkpoints) before the callback writes there.
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        # val_loss and val_map3 are computed over clips gathered from every rank (module.py).
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val_")
+        _fit_fold(plan, k, run, progress, hardware)
+
+
+def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from soundtag.training.module import TaggerModule
 
-    # The fold folder holds logs (and, on resume, checkpoints) before the callback writes there.
-    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-    # val_loss and val_map3 are computed over clips gathered from every rank (module.py).
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val_")
     recipe, manifest = plan.recipe, plan.manifest
     t = recipe.training
-    fold_dir = run_dir / f"fold-{k}"
+    fold_dir = run.fold_dir(k)
     fold_dir.mkdir(exist_ok=True)
     start = time.perf_counter()
     L.seed_everything(t.seed + k, workers=True, verbose=False)
@@ -329,7 +348,7 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool, hardware: 
     module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict(),
                           fold=k)
     mode = "min" if t.monitor == "val_loss" else "max"
-    checkpoint = ModelCheckpoint(dirpath=fold_dir, filename="best", monitor=t.monitor, mode=mode, save_last=True,
+    checkpoint = ModelCheckpoint(dirpath=fold_dir, filename=run.checkpoint(k, "best").stem, monitor=t.monitor, mode=mode, save_last=True,
                                  enable_version_counter=False)
     callbacks = [checkpoint]
     if t.early_stopping:
@@ -339,20 +358,17 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool, hardware: 
         max_epochs=t.epochs, accelerator=accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
         strategy=hardware.lightning_strategy(), use_distributed_sampler=False,  # ours shard by rank
         precision=auto_precision if t.precision == "auto" else t.precision,
-        callbacks=callbacks, logger=[CSVLogger(fold_dir, name="logs", version=""),
-                                     TensorBoardLogger(fold_dir, name="tb", version="")],
+        callbacks=callbacks, logger=[CSVLogger(fold_dir, name=run.LOGS, version=""),
+                                     TensorBoardLogger(fold_dir, name=run.TENSORBOARD, version="")],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, len(data.train))))
-    last = fold_dir / "last.ckpt"
+    last = run.checkpoint(k, "last")
     resumed_from = None
     if last.is_file():
         resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
         print(f"fold {k}: resuming from {last} after epoch {resumed_from}")
-        # Lightning's CSV logger rewrites metrics.csv from what it logs itself: keep the
-        # epochs before the crash in a file of their own (evaluate reads them all).
-        earlier = fold_dir / "logs" / "metrics.csv"
-        if trainer.is_global_zero and earlier.is_file():
-            earlier.rename(earlier.with_name(f"metrics-until-epoch-{resumed_from}.csv"))
+        if trainer.is_global_zero:
+            run.keep_logs_before_resume(k, resumed_from)
     trainer.fit(module, data.train, data.val, ckpt_path=str(last) if last.is_file() else None)
 
     if not trainer.is_global_zero:
@@ -362,10 +378,7 @@ def _train_fold(plan: FoldSet, k: int, run_dir: Path, progress: bool, hardware: 
     best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu")
     # One process predicts the whole fold, so every clip is predicted exactly once.
     probs = predict_clips(best_module, data.oof, trainer.strategy.root_device)
-    with atomic_path(fold_dir / "oof.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, probs.astype(np.float32))
-    atomic_write_json(fold_dir / "done.json", {
+    run.finish_fold(k, probs, {
         "fold": k, "clips": data.oof_ids, "train_clips": data.train_clips,
         "val_clips": data.val_clips, "best_checkpoint": Path(best).name,
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
