@@ -52,10 +52,9 @@ from soundtag.prediction.combine import EPS, blend_loss, clip_means
 from soundtag.prediction.ensemble import load_oof_predictions
 from soundtag.prediction.tagger import read_onnx_metadata
 from soundtag.training import train
-from test_training import FAST, write_subset_csv
 
 REPO = Path(__file__).resolve().parents[1]
-#: A higher learning rate than FAST's default, so that two epochs already make the models
+#: A higher learning rate than the tiny runs' default (``fast``), so that two epochs already make the models
 #: depend on their input by far more than the 1e-4 parity tolerance (checked below).
 LEARN = ["training.lr=0.01"]
 ONNX_TOL = 1e-4
@@ -78,14 +77,14 @@ def _copy_run(run: Path, dest: Path) -> Path:
 # --- fixtures: two real runs, their ONNX exports, odd files -----------------------------------
 
 @pytest.fixture(scope="module")
-def runs(esc10_root, tmp_path_factory) -> SimpleNamespace:
+def runs(esc10_root, tmp_path_factory, write_subset_csv, fast) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("prediction-runs")
     subset = write_subset_csv(esc10_root, root / "subset.csv")
     data = read_manifest(subset)
     cache = root / "cache"
     out = {}
     for kind in ("lh", "x"):
-        recipe = load_recipe(f"esc50-{kind}", FAST + LEARN)
+        recipe = load_recipe(f"esc50-{kind}", fast + LEARN)
         out[kind] = train(data, recipe, root / kind, cache_dir=cache, progress=False).run_dir
     return SimpleNamespace(root=root, subset=subset, data=data, cache=cache, lh=out["lh"], x=out["x"])
 
@@ -273,6 +272,7 @@ def _oof(run: Path, ids: list[str], labels: list[str]) -> np.ndarray:
     return pred.probs[[pred.ids.index(c) for c in ids]]
 
 
+@pytest.mark.slow
 def test_ensemble_weights_come_from_oof_only_and_blend_the_test_predictions(runs, tmp_path, esc10_root):
     a, b = _copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")
     first = ensemble_runs([a, b], tmp_path / "e1")
@@ -338,6 +338,7 @@ def _set_in_training(run: Path, left_out: set[str]) -> None:
         wr.writerows(rows)
 
 
+@pytest.mark.slow
 def test_ensemble_leaves_blacklisted_clips_out_of_the_fit(runs, tmp_path):
     copies = [_copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")]
     ids = runs.data.ids
@@ -489,6 +490,7 @@ def test_submit_cli_round_trip(fsd_test, tmp_path):
 
 # --- odd input files --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_odd_files_are_tagged_and_bad_ones_reported_one_by_one(runs, odd):
     tagger = load_tagger(runs.lh)
     inputs = [odd.stereo, odd.corrupt, odd.flac8k, odd.empty, odd.short, odd.missing, odd.silent, odd.batch]
@@ -517,6 +519,7 @@ def test_odd_files_are_tagged_and_bad_ones_reported_one_by_one(runs, odd):
     assert np.allclose(by_path[str(batch_good[0])].probs, by_path[str(odd.short)].probs, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lh", "x"])
 def test_timeline_windows_cover_a_long_file(runs, odd, kind):
     tagger = load_tagger(getattr(runs, kind))
@@ -547,6 +550,7 @@ def test_timeline_windows_cover_a_long_file(runs, odd, kind):
     assert short[0][1] == pytest.approx(sf.info(odd.short).duration, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd):
     args = ["tag", str(runs.lh), str(odd.stereo), str(odd.corrupt), str(odd.short), str(odd.missing),
             "--format", "json", "--top", "4"]
@@ -577,8 +581,34 @@ def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd):
     assert [float(r[1]) for r in rows[::2]] == pytest.approx([s for s, _, _ in windows], abs=0.0051)
 
 
+@pytest.mark.slow
+def test_tagger_threads_apply_while_tagging_and_leave_the_process_as_it_was(runs, odd, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    seen = []
+    stft = torch.stft
+
+    def spy(*args, **kwargs):  # the log-mel's STFT: record the thread count it runs with
+        seen.append(torch.get_num_threads())
+        return stft(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "stft", spy)
+    tagger = load_tagger(runs.lh, threads=want)
+    assert torch.get_num_threads() == before, "load_tagger changed the process's thread count"
+    result = tagger.tag(odd.short, timeline=True)
+    assert torch.get_num_threads() == before, "tag changed the process's thread count"
+    assert seen and set(seen) == {want}
+    plain = load_tagger(runs.lh).tag(odd.short, timeline=True)
+    assert np.allclose(result.probs, plain.probs, atol=1e-6)
+    assert set(seen) == {want, before}, "a tagger without threads= uses the process's setting"
+    assert torch.get_num_threads() == before
+
+
 # --- ONNX export and parity -------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lh", "x"])
 def test_onnx_and_torch_engines_agree_on_real_clips(runs, onnx_models, odd, kind):
     run = getattr(runs, kind)
@@ -611,6 +641,7 @@ def test_onnx_and_torch_engines_agree_on_real_clips(runs, onnx_models, odd, kind
         load_tagger(onnx_models[kind], engine="torch")
 
 
+@pytest.mark.slow
 def test_exported_model_is_self_contained(runs, tmp_path, esc10_root):
     private = _copy_run(runs.x, tmp_path / "run-copy")
     res = runner().invoke(app, ["export", str(private), "--format", "onnx", "--out", str(tmp_path / "exp" / "m.onnx")])
@@ -647,6 +678,7 @@ def _without_torch(*args, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lh", "x"])
 def test_onnx_engine_tags_without_pytorch(runs, onnx_models, tmp_path, kind):
     model = tmp_path / "model.onnx"
@@ -668,6 +700,7 @@ def test_onnx_engine_tags_without_pytorch(runs, onnx_models, tmp_path, kind):
 
 # --- predicting a dataset ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemble(runs, tmp_path):
     import torch
 
@@ -714,6 +747,7 @@ def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemb
     assert out.read_text() == res.path.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lh", "x"])
 def test_fold_ensemble_reproduces_the_out_of_fold_predictions_of_training(runs, kind):
     """Fold ``k`` of the inference module (with its own normalisation) on the clips it was
@@ -735,6 +769,7 @@ def test_fold_ensemble_reproduces_the_out_of_fold_predictions_of_training(runs, 
         assert np.abs(np.array(got) - expected).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_predict_refuses_labels_the_run_does_not_know(runs, tmp_path):
     with open(runs.subset, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -748,3 +783,22 @@ def test_predict_refuses_labels_the_run_does_not_know(runs, tmp_path):
     with pytest.raises(DataError, match="Unicorn"):
         predict_dataset(runs.x, read_manifest(bad), out=out, progress=False)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_an_ensemble_tags_through_the_onnx_engine_like_through_pytorch(runs, tmp_path, esc10_root):
+    a, b = _copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")
+    for run in (a, b):
+        export_onnx(run)  # to the run's default place, where the onnx engine looks for it
+    ens = ensemble_runs([a, b], tmp_path / "ens")
+    onnx_tagger = load_tagger(tmp_path / "ens", engine="onnx")
+    assert onnx_tagger.engine == "onnx" and [m.engine for m in onnx_tagger.members] == ["onnx", "onnx"]
+    clip = esc10_root / "audio" / "002 - Rain" / "1-17367-A.ogg"
+    members = np.stack([load_tagger(r, engine="onnx").tag(clip).probs for r in (a, b)])
+    got = onnx_tagger.tag(clip).probs
+    assert np.allclose(got, geometric_mean(members, weights=ens.weights), atol=1e-9)
+    assert np.abs(got - load_tagger(tmp_path / "ens").tag(clip).probs).max() <= ONNX_TOL
+    # a member run that was never exported: the message says what to run
+    (a / "model.onnx").unlink()
+    with pytest.raises(ParameterError, match="soundtag export"):
+        load_tagger(tmp_path / "ens", engine="onnx")
