@@ -11,8 +11,15 @@ Layout of a lists folder (default ``cleaning/<dataset name>/``)::
 ``decisions.csv`` is the record; ``blacklist.csv`` and ``relabel.csv`` are derived from it after
 every decision, so they always agree with it (``soundtag train --blacklist/--relabel`` reads them
 through :func:`soundtag.training.run.read_clip_list`). Each file is replaced atomically, and a
-decision is taken under a thread lock and, across processes, an ``fcntl`` lock on ``.lock``, with
-the log read again from disk, so a review page and ``soundtag clean --auto`` can share a folder.
+decision is taken under a thread lock and, across processes, a ``filelock`` lock on ``.lock`` (on
+every platform), with the log read again from disk, so a review page and ``soundtag clean --auto``
+can share a folder.
+
+Free text (a decision's ``reason``) is written so that a spreadsheet never runs it: a cell that
+would begin with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed is written
+with a single quote in front (OWASP's advice against CSV injection), and the quote is dropped
+again when the book reads the lists back. Clip ids and labels are written as they are,
+since training matches them exactly.
 
 How decisions combine: within one round the later decision on a clip replaces the earlier one
 (the person changed their mind). Across rounds they compose along two axes, because each round
@@ -34,6 +41,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import filelock
+
 from soundtag._io import atomic_write_json, atomic_write_text
 from soundtag.errors import DataError, ParameterError
 
@@ -42,6 +51,10 @@ LOG_COLUMNS = ["clip_id", "decision", "label", "reason", "round", "time"]
 BLACKLIST_COLUMNS = ["clip_id", "decision", "reason", "round", "time"]
 RELABEL_COLUMNS = ["clip_id", "label", "decision", "reason", "round", "time"]
 MAX_REASON = 500  # characters; a reason is a note for people, not a document
+LOCK_TIMEOUT = 60.0  # seconds to wait for another process's decision before giving up
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+FREE_TEXT_COLUMNS = ("reason",)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,8 @@ class DecisionBook:
         self.labels = None if labels is None else tuple(labels)
         self.round = 0
         self._lock = threading.Lock()
+        # thread_local=False: the thread lock above already serialises this book's threads.
+        self._file_lock = filelock.FileLock(self.folder / ".lock", timeout=LOCK_TIMEOUT, thread_local=False)
         with self._locked():
             self._log = self._read_log()
             self._write_derived()
@@ -125,19 +140,18 @@ class DecisionBook:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the thread lock and, where the platform has it, an exclusive lock on ``.lock``."""
+        """Hold the thread lock, then the cross-process lock on ``.lock`` (``filelock``)."""
         with self._lock:
             try:
-                import fcntl
-            except ImportError:  # Windows: threads are still serialised
+                self._file_lock.acquire()
+            except filelock.Timeout:
+                raise DataError(f"{self._file_lock.lock_file}: another process has held the decisions "
+                                f"lock for over {LOCK_TIMEOUT:g} s; wait for it to finish, or stop it "
+                                "and try again") from None
+            try:
                 yield
-                return
-            with open(self.folder / ".lock", "a") as fh:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._file_lock.release()
 
     def _read_log(self) -> list[Decision]:
         if not self.log_file.is_file():
@@ -153,8 +167,8 @@ class DecisionBook:
                 round_no = int(r["round"] or 0)
             except ValueError:
                 raise DataError(f"{self.log_file}: line {line}: round {r['round']!r} is not a whole number") from None
-            log.append(Decision(r["clip_id"], r["decision"], r["label"] or "", r["reason"] or "", round_no,
-                                r["time"] or ""))
+            log.append(Decision(r["clip_id"], r["decision"], r["label"] or "", unquote_text(r["reason"] or ""),
+                                round_no, r["time"] or ""))
         return log
 
     def _import_lists(self) -> list[Decision]:
@@ -165,7 +179,7 @@ class DecisionBook:
             for _, r in _read_rows(path, required=["clip_id"] + (["label"] if decision == "relabel" else [])):
                 label = (r.get("label") or "") if decision == "relabel" else ""
                 round_no = r.get("round") or "0"
-                log.append(Decision(r["clip_id"], decision, label, r.get("reason") or "imported",
+                log.append(Decision(r["clip_id"], decision, label, unquote_text(r.get("reason") or "imported"),
                                     int(round_no) if round_no.isdigit() else 0, r.get("time") or ""))
         return log
 
@@ -230,7 +244,7 @@ class DecisionBook:
         Nothing is written when the decision is invalid (see :meth:`validate`).
         """
         stored_label = self.validate(clip_id, decision, label)
-        entry = Decision(clip_id, decision, stored_label, " ".join(str(reason).split())[:MAX_REASON],
+        entry = Decision(clip_id, decision, stored_label, _one_line(reason),
                          self.round if round is None else int(round), _now())
         return self.decide_many([entry])[0]
 
@@ -238,11 +252,12 @@ class DecisionBook:
         """Take several decisions in one write (``soundtag clean --auto``).
 
         Every entry is validated before anything is written, so one bad entry writes none.
-        Entries without a time get the current time.
+        Entries without a time get the current time; reasons are folded onto one line of at
+        most ``MAX_REASON`` characters, as :meth:`decide` stores them.
         """
         for e in entries:
             self.validate(e.clip_id, e.decision, e.label or None)
-        entries = [e if e.time else replace(e, time=_now()) for e in entries]
+        entries = [replace(e, reason=_one_line(e.reason), time=e.time or _now()) for e in entries]
         with self._locked():
             before = self._log
             self._log = self._read_log() + list(entries)
@@ -326,9 +341,42 @@ def _read_rows(path: Path, *, required: Sequence[str]) -> list[tuple[int, dict]]
     return rows
 
 
+def _one_line(text: str) -> str:
+    """Free text as one line: whitespace runs (tabs, line breaks) become one space, at most
+    ``MAX_REASON`` characters. (The csv module leaves a lone carriage return unquoted, and a
+    reader then splits the row there.)"""
+    return " ".join(str(text).split())[:MAX_REASON]
+
+
+def quote_text(text: str) -> str:
+    """Free text as a CSV cell that no spreadsheet runs as a formula.
+
+    Text that begins with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed
+    gets a single quote in front (OWASP's advice against CSV injection). Text that already
+    begins with a quote followed by one of those, or by another quote, gets one too, so
+    :func:`unquote_text` gives back every text exactly.
+
+    Examples
+    --------
+    >>> quote_text("=1+2"), quote_text("-3 dB"), quote_text("dog barks")
+    ("'=1+2", "'-3 dB", 'dog barks')
+    """
+    if text.startswith(FORMULA_START) or (text[:1] == "'" and text[1:2] in (*FORMULA_START, "'")):
+        return "'" + text
+    return text
+
+
+def unquote_text(cell: str) -> str:
+    """The text that :func:`quote_text` wrote as ``cell``."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in (*FORMULA_START, "'") else cell
+
+
 def _write_rows(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
+    """Write a list atomically: free-text cells on one line and through :func:`quote_text`, ids
+    and labels as they are."""
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     out.writeheader()
-    out.writerows(rows)
+    out.writerows({k: quote_text(_one_line(v)) if k in FREE_TEXT_COLUMNS and isinstance(v, str) else v
+                   for k, v in row.items()} for row in rows)
     atomic_write_text(path, buf.getvalue())
