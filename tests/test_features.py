@@ -7,6 +7,9 @@ under test.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +28,8 @@ from soundtag.features import (
     normalize_per_sample,
     x_chunks,
 )
+from soundtag.features.melspec import recipe_log_mel
+from soundtag.features.numpy_melspec import NumpyLogMel, mel_filterbank
 from soundtag.recipe import list_recipes, load_recipe
 from soundtag.manifest import read_manifest
 
@@ -166,6 +171,75 @@ def test_logmel_parameter_errors():
         log_mel(y, sample_rate=16000, n_fft=512, hop_length=128, n_mels=40, fmax=9000)
     with pytest.raises(ParameterError):
         LogMel(sample_rate=16000, n_fft=512, hop_length=128, n_mels=40, fmin=500, fmax=400)
+
+
+# --- the log-mel of a recipe ---------------------------------------------------------------
+
+def _hand_built(recipe) -> dict:
+    """The recipe's log-mel parameters, spelt out as the call sites used to."""
+    f = recipe.features
+    return dict(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+
+
+def test_logmel_from_the_kernel_recipe_matches_librosa_on_real_clips(native_audio):
+    # fsd2018-lh is the kernel's table (REF): 44.1 kHz, n_fft 2560, hop 882, 128 mels from 20 Hz
+    recipe = load_recipe("fsd2018-lh")
+    assert _hand_built(recipe) == dict(sample_rate=SR, **REF, fmax=None, top_db=80.0)
+    module = LogMel.from_recipe(recipe)
+    for rel in (UNEVEN[0], UNEVEN[2], ORDINARY[0]):
+        y = native_audio[rel]
+        with torch.no_grad():
+            ours = module(torch.from_numpy(y)[None])[0].numpy()
+        ref = _librosa_db(y)
+        assert ours.shape == ref.shape == (128, 1 + len(y) // 882), rel
+        loud = ref > -80
+        assert np.abs(ours.astype(np.float64) - ref)[loud].max() < 0.01, rel
+        np.testing.assert_array_equal(recipe_log_mel(y, recipe), log_mel(y, sample_rate=SR, **REF))
+
+
+@pytest.mark.parametrize("name", ["esc50-lh", "esc50-x", "fsd2018-lh", "fsd2018-x"])
+def test_from_recipe_equals_the_hand_built_log_mel_on_a_real_clip(esc10_root, name):
+    recipe = load_recipe(name)
+    wav = decode_for_recipe(_path(esc10_root, UNEVEN[0]), recipe)
+    x = torch.from_numpy(wav.samples)[None]
+    with torch.no_grad():
+        expected = LogMel(**_hand_built(recipe))(x)[0].numpy()
+        got = LogMel.from_recipe(recipe)(x)[0].numpy()
+    assert got.shape == (recipe.features.n_mels, n_frames(len(wav.samples), recipe.features.hop_length))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(recipe_log_mel(wav.samples, recipe), expected)
+    # The NumPy twin (the ONNX engine's) with its own filterbank: the same spectrogram to float32
+    # rounding, and identical to the hand-built NumpyLogMel.
+    f = recipe.features
+    basis = mel_filterbank(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels,
+                           fmin=f.fmin, fmax=f.fmax)
+    hand = NumpyLogMel(basis, n_fft=f.n_fft, hop_length=f.hop_length, top_db=f.top_db)(wav.samples)
+    twin = NumpyLogMel.from_recipe(recipe)(wav.samples)
+    np.testing.assert_array_equal(twin, hand)
+    np.testing.assert_allclose(twin, expected, atol=2e-3)
+
+
+def test_numpy_logmel_from_recipe_uses_the_basis_it_is_given(esc10_root):
+    recipe = load_recipe("esc50-x")
+    y = decode_for_recipe(_path(esc10_root, ORDINARY[0]), recipe).samples
+    own = NumpyLogMel.from_recipe(recipe)
+    # twice the filterbank is twice the mel power: +10*log10(2) dB everywhere, floor included
+    doubled = NumpyLogMel.from_recipe(recipe, mel_basis=2 * own.mel_basis)
+    np.testing.assert_allclose(doubled(y) - own(y), 10 * np.log10(2), atol=1e-3)
+    with pytest.raises(ParameterError, match=r"n_mels=48: it needs 48 rows"):
+        NumpyLogMel.from_recipe(recipe, mel_basis=own.mel_basis[:40])
+    with pytest.raises(ParameterError, match=r"n_fft=640: it needs 321 columns"):
+        NumpyLogMel.from_recipe(recipe, mel_basis=own.mel_basis[:, :300])
+
+
+def test_numpy_melspec_does_not_import_torch():
+    code = ("import sys; from soundtag.recipe import load_recipe; "
+            "from soundtag.features.numpy_melspec import NumpyLogMel; "
+            "NumpyLogMel.from_recipe(load_recipe('esc50-x')); print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
 
 
 # --- recipes -----------------------------------------------------------------------------

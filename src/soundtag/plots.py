@@ -1,4 +1,10 @@
-"""Pictures people would rather see than read: a clip's waveform and its views."""
+"""Pictures people would rather see than read: a clip's waveform and its views.
+
+Figures are drawn with matplotlib's object API (:class:`matplotlib.figure.Figure` on an Agg
+canvas), never pyplot: nothing here selects a backend or keeps figures in a global registry,
+so importing or calling it changes nothing else in the process (a notebook's or an
+application's own matplotlib setup is left as it was).
+"""
 
 from __future__ import annotations
 
@@ -10,36 +16,46 @@ import numpy as np
 from soundtag import audio
 from soundtag._io import atomic_path
 from soundtag.features.views import decode_for_recipe
-from soundtag.features.melspec import log_mel
+from soundtag.features.melspec import recipe_log_mel
 from soundtag.recipe import Recipe
 from soundtag.features.views import chunk_starts
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display is ever needed)."""
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
+    """``(figure, axes)`` as ``pyplot.subplots`` returns them, on a private Agg canvas.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ``kwargs`` go to :class:`~matplotlib.figure.Figure` (``figsize``...) except ``sharex``,
+    ``sharey``, ``squeeze``, ``gridspec_kw`` and ``subplot_kw``, which go to
+    :meth:`~matplotlib.figure.Figure.subplots`. The figure belongs to no pyplot state: it is
+    freed like any object once unreferenced.
 
-    return plt
+    Examples
+    --------
+    >>> fig, axes = subplots(2, 1, figsize=(4, 3))
+    >>> type(fig.canvas).__name__, len(axes)
+    ('FigureCanvasAgg', 2)
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layout = {k: kwargs.pop(k) for k in ("sharex", "sharey", "squeeze", "gridspec_kw", "subplot_kw")
+              if k in kwargs}
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **layout)
 
 
 def save_png(fig, out: str | Path) -> Path:
-    """Lay out ``fig``, write it to ``out`` as a PNG atomically, and close it."""
+    """Lay out ``fig`` and write it to ``out`` as a PNG atomically."""
     fig.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    pyplot().close(fig)
     return out
 
 
 def _view_spectrogram(path: str | Path, recipe: Recipe) -> np.ndarray:
-    wav = decode_for_recipe(path, recipe)
-    f = recipe.features
-    return log_mel(wav.samples, sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft,
-                   hop_length=f.hop_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+    return recipe_log_mel(decode_for_recipe(path, recipe).samples, recipe)
 
 
 def show_clip(path: str | Path, recipes: Sequence[Recipe], out: str | Path) -> Path:
@@ -48,10 +64,9 @@ def show_clip(path: str | Path, recipes: Sequence[Recipe], out: str | Path) -> P
     The X view is drawn whole, with its chunk boundaries marked, so the overlap and the
     dropped tail are visible.
     """
-    plt = pyplot()
     native = audio.load(path, sample_rate=recipes[0].audio.sample_rate)
-    fig, axes = plt.subplots(1 + len(recipes), 1, figsize=(10, 2.2 + 2.6 * len(recipes)),
-                             gridspec_kw={"height_ratios": [0.7] + [1.0] * len(recipes)})
+    fig, axes = subplots(1 + len(recipes), 1, figsize=(10, 2.2 + 2.6 * len(recipes)),
+                         gridspec_kw={"height_ratios": [0.7] + [1.0] * len(recipes)})
     t = np.arange(native.samples.shape[0]) / native.sample_rate
     axes[0].plot(t, native.samples, linewidth=0.5, color="tab:blue")
     axes[0].set(title=f"{Path(path).name}: {native.source_duration:.2f} s, {native.native_rate} Hz, "

@@ -73,15 +73,13 @@ def spectrogram_png(path: str | Path, recipe) -> bytes:
     from matplotlib import image
 
     from soundtag import audio
-    from soundtag.features.melspec import log_mel
+    from soundtag.features.melspec import recipe_log_mel
 
     # Neither trimmed nor cropped, so the picture lines up with what the audio player plays.
     wav = audio.load(path, sample_rate=recipe.audio.sample_rate,
                      max_duration=min(recipe.audio.max_duration, SPECTROGRAM_SECONDS))
-    f = recipe.features
-    samples = wav.samples if wav.samples.size else np.zeros(f.n_fft, dtype=np.float32)
-    spec = log_mel(samples, sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                   n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+    samples = wav.samples if wav.samples.size else np.zeros(recipe.features.n_fft, dtype=np.float32)
+    spec = recipe_log_mel(samples, recipe)
     top = float(spec.max())
     if top - float(spec.min()) < 1e-3:  # flat (a silent clip): draw it black, the bottom of the scale
         top += 80.0

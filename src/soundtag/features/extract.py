@@ -179,10 +179,7 @@ def extract_features(
 
 
 def _compute(todo, keys, recipe, store, summary, *, workers, batch_size, device, progress) -> None:
-    logmel = LogMel(sample_rate=recipe.audio.sample_rate, n_fft=recipe.features.n_fft,
-                    hop_length=recipe.features.hop_length, n_mels=recipe.features.n_mels,
-                    fmin=recipe.features.fmin, fmax=recipe.features.fmax,
-                    top_db=recipe.features.top_db).to(device)
+    logmel = LogMel.from_recipe(recipe).to(device)
     on_cpu = torch.device(device).type == "cpu"
     # On the CPU each worker turns its own batch into log-mels, so decoding and the FFTs of
     # different batches run on different cores and only small float16 arrays cross processes.

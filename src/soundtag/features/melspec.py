@@ -9,11 +9,16 @@ and NumPy-only, which is what made the original kernel's feature step slow.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from soundtag.errors import ParameterError
-from soundtag.features.numpy_melspec import mel_filterbank
+from soundtag.features.numpy_melspec import mel_filterbank, mel_params
+
+if TYPE_CHECKING:
+    from soundtag.recipe import Recipe
 
 
 class LogMel(torch.nn.Module):
@@ -50,6 +55,20 @@ class LogMel(torch.nn.Module):
         self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
 
+    @classmethod
+    def from_recipe(cls, recipe: "Recipe") -> "LogMel":
+        """The log-mel a recipe fixes (rate, STFT, mel bands, ``top_db``): the one training,
+        extraction and tagging all use.
+
+        Examples
+        --------
+        >>> from soundtag.recipe import load_recipe
+        >>> logmel = LogMel.from_recipe(load_recipe("fsd2018-lh"))
+        >>> tuple(logmel(torch.zeros(2, 44100)).shape)
+        (2, 128, 51)
+        """
+        return cls(**mel_params(recipe))
+
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if waveforms.ndim != 2:
             raise ParameterError(f"waveforms must have shape (batch, samples), got {tuple(waveforms.shape)}")
@@ -83,3 +102,18 @@ def log_mel(samples: np.ndarray, *, sample_rate: int, n_fft: int, hop_length: in
     with torch.no_grad():
         out = module(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])
     return out[0].numpy()
+
+
+def recipe_log_mel(samples: np.ndarray, recipe: "Recipe") -> np.ndarray:
+    """Log-mel of one mono signal with a recipe's parameters, ``(n_mels, n_frames(len, hop))`` dB.
+
+    ``samples`` must already be at ``recipe.audio.sample_rate`` (e.g. from
+    :func:`~soundtag.features.views.decode_for_recipe` or :func:`soundtag.audio.load`).
+
+    Examples
+    --------
+    >>> from soundtag.recipe import load_recipe
+    >>> recipe_log_mel(np.zeros(44100, np.float32), load_recipe("fsd2018-lh")).shape
+    (128, 51)
+    """
+    return log_mel(samples, **mel_params(recipe))

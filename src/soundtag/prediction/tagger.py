@@ -14,10 +14,11 @@ The engines differ only in the last two steps' machinery:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -191,19 +192,39 @@ def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
     from soundtag.features.melspec import LogMel
     from soundtag.prediction.fold_models import load_run
 
-    if threads:
-        torch.set_num_threads(threads)
     run = load_run(source)
-    f = run.recipe.features
-    logmel = LogMel(sample_rate=run.recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                    n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+    logmel = LogMel.from_recipe(run.recipe)
 
     def spectrogram(samples: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with _torch_threads(threads), torch.inference_mode():
             return logmel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])[0].numpy()
 
+    def fold_probs(chunks: np.ndarray) -> np.ndarray:
+        with _torch_threads(threads):
+            return run.ensemble.probabilities(chunks)
+
     return ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
-                       fold_probs=run.ensemble.probabilities, source=str(source), engine="torch")
+                       fold_probs=fold_probs, source=str(source), engine="torch")
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``threads`` inside the block only (None: as it is).
+
+    ``torch.set_num_threads`` is process-wide: a tagger that kept it would change the speed of
+    everything else the process runs with PyTorch.
+    """
+    import torch
+
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def read_onnx_metadata(path: str | Path) -> dict:
@@ -225,8 +246,7 @@ def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
     info = read_onnx_metadata(source)
     recipe = Recipe.model_validate(info["recipe"])
     basis = np.frombuffer(base64.b64decode(info["mel_basis"]), dtype=np.float32).reshape(info["mel_basis_shape"])
-    f = recipe.features
-    logmel = NumpyLogMel(basis, n_fft=f.n_fft, hop_length=f.hop_length, top_db=f.top_db)
+    logmel = NumpyLogMel.from_recipe(recipe, mel_basis=basis)
     options = ort.SessionOptions()
     # ORT's idle workers spin by default, taking the cores that decoding and the log-mel
     # (NumPy, OpenBLAS) need between two runs: off, tagging a file is twice as fast (measured).
