@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundtag.audio import head, load, pad_center, trim
+from soundtag.audio import decode, head, load, pad_center, trim
 from soundtag.errors import AudioError, ParameterError
 
 
@@ -298,3 +298,47 @@ def test_non_positive_sample_rate(tmp_path, rate):
         load(path, sample_rate=rate)
     with pytest.raises(ParameterError):  # checked before the file is even looked at
         load(tmp_path / "missing.wav", sample_rate=rate)
+
+
+# --- decode: the one reader of files ------------------------------------------------------
+
+def test_decode_keeps_every_channel_at_the_native_rate(tmp_path, ogg_clips):
+    ref, sr = sf.read(ogg_clips[5], dtype="float32", always_2d=True)
+    native = decode(ogg_clips[5])
+    assert native.sample_rate == sr == 44100 and native.total_frames == len(ref)
+    assert native.samples.dtype == np.float32 and np.array_equal(native.samples, ref)
+    left, right, third = _sine(440, 22050, 22050), _sine(1000, 22050, 22050, amp=0.2), np.zeros(22050, np.float32)
+    path = tmp_path / "three.wav"
+    sf.write(path, np.stack([left, right, third], axis=1), 22050, subtype="FLOAT")
+    native = decode(path)
+    assert native.samples.shape == (22050, 3) and native.sample_rate == 22050
+    np.testing.assert_array_equal(native.samples, np.stack([left, right, third], axis=1))
+    # load is decode + down-mix (+ resampling, trim): the mean of the channels
+    np.testing.assert_allclose(load(path, sample_rate=22050).samples, (left + right) / 3, atol=1e-7)
+
+
+def test_decode_max_duration_reads_the_start_and_counts_the_whole_file(tmp_path):
+    path = tmp_path / "long.wav"
+    x = _sine(300, 8000, 8000 * 3)
+    sf.write(path, x, 8000, subtype="FLOAT")
+    native = decode(path, max_duration=1.25)
+    assert native.samples.shape == (10000, 1) and native.total_frames == 24000
+    np.testing.assert_array_equal(native.samples[:, 0], x[:10000])
+    for bad in (0, -1.0):
+        with pytest.raises(ParameterError, match=f"max_duration={bad} must be a positive"):
+            decode(path, max_duration=bad)
+
+
+def test_decode_errors_name_the_file(tmp_path):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(np.random.default_rng(1).bytes(3000))
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    zero_bytes = tmp_path / "zero.wav"
+    zero_bytes.write_bytes(b"")
+    for path, reason in [(tmp_path / "nowhere.flac", "missing"), (junk, "corrupt"), (empty, "empty"),
+                         (zero_bytes, "corrupt"), (tmp_path, "missing")]:
+        with pytest.raises(AudioError) as err:
+            decode(path)
+        assert err.value.reason == reason, path
+        assert str(path) in str(err.value) and err.value.path == str(path)

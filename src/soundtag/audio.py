@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -44,6 +45,73 @@ class Waveform:
     notes: list[str] = field(default_factory=list)
 
 
+class NativeAudio(NamedTuple):
+    """A file's samples as it holds them, from :func:`decode`.
+
+    Attributes
+    ----------
+    samples : np.ndarray [shape=(frames, channels), dtype=float32], every channel, at the
+        file's own rate; not cleaned (a float file may hold NaN or infinity)
+    sample_rate : the file's rate in Hz
+    total_frames : frames in the whole file (more than ``len(samples)`` when ``max_duration``
+        cut the read short)
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    total_frames: int
+
+
+def decode(path: str | Path, *, max_duration: float | None = None) -> NativeAudio:
+    """Decode ``path`` at its native rate with all its channels: the one place files are read.
+
+    Parameters
+    ----------
+    path : audio file (WAV, FLAC, Ogg Vorbis, MP3, AIFF; any rate and channel count)
+    max_duration : read at most this many seconds from the start; None reads everything
+
+    Returns
+    -------
+    NativeAudio
+
+    Raises
+    ------
+    AudioError
+        ``reason`` is ``missing`` (no such file), ``corrupt`` (libsndfile cannot decode it) or
+        ``empty`` (no samples); the message names the file.
+    ParameterError
+        when ``max_duration`` is not positive
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "stereo.wav"
+    >>> sf.write(path, np.full((8000, 2), 0.25, np.float32), 8000, subtype="FLOAT")
+    >>> native = decode(path, max_duration=0.5)
+    >>> native.samples.shape, native.samples.dtype, native.sample_rate, native.total_frames
+    ((4000, 2), dtype('float32'), 8000, 8000)
+    >>> decode(path.with_name("nope.wav"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    soundtag.errors.AudioError: .../nope.wav: no such file; check the path
+    """
+    if max_duration is not None and not max_duration > 0:
+        raise ParameterError(f"max_duration={max_duration} must be a positive number of seconds or None")
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "missing", "no such file; check the path")
+    try:
+        with sf.SoundFile(str(path)) as fh:  # one open for the header and the samples
+            rate, total = int(fh.samplerate), int(fh.frames)
+            frames = -1 if max_duration is None else int(max_duration * rate)
+            data = fh.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
+        raise AudioError(path, "corrupt", f"cannot decode ({exc}); re-encode the file or blacklist it") from exc
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty", "the file holds no audio samples; remove or blacklist it")
+    return NativeAudio(data, rate, total)
+
+
 def load(
     path: str | Path,
     *,
@@ -72,25 +140,20 @@ def load(
 
     Examples
     --------
-    >>> wav = load("dog.ogg", sample_rate=44100, trim_db=60)  # doctest: +SKIP
-    >>> wav.samples.dtype, wav.sample_rate
-    (dtype('float32'), 44100)
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "tone.wav"
+    >>> tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)
+    >>> sf.write(path, np.stack([tone, tone], axis=1), 48000)
+    >>> wav = load(path, sample_rate=16000)
+    >>> wav.samples.shape, wav.samples.dtype, wav.channels, wav.duration
+    ((16000,), dtype('float32'), 2, 1.0)
+    >>> wav.notes
+    ['down-mixed 2 channels', 'resampled 48000->16000 Hz']
     """
     if sample_rate <= 0:
         raise ParameterError(f"sample_rate={sample_rate} must be a positive integer")
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "missing", "no such file; check the path")
-    try:
-        with sf.SoundFile(str(path)) as fh:  # one open for the header and the samples
-            native_rate, total_frames = fh.samplerate, fh.frames
-            frames = -1 if max_duration is None else int(max_duration * native_rate)
-            data = fh.read(frames, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as exc:
-        raise AudioError(path, "corrupt", f"cannot decode ({exc}); re-encode the file or blacklist it") from exc
+    data, native_rate, total_frames = decode(path, max_duration=max_duration)
     notes: list[str] = []
-    if data.shape[0] == 0:
-        raise AudioError(path, "empty", "the file holds no audio samples; remove or blacklist it")
     if max_duration is not None and total_frames > data.shape[0]:
         notes.append(f"truncated from {total_frames / native_rate:.1f} s to {max_duration:g} s")
 

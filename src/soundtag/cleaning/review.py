@@ -59,10 +59,16 @@ class DecisionIn(BaseModel):
 
 
 def read_wav(path: str | Path) -> bytes:
-    """Decode any supported file and encode it as a 16-bit PCM WAV in memory (plays in every browser)."""
+    """Decode any supported file and encode it as a 16-bit PCM WAV in memory (plays in every browser).
+
+    Every channel at the file's own rate; a file that cannot be decoded raises
+    :class:`~soundtag.errors.AudioError` naming it (see :func:`soundtag.audio.decode`).
+    """
     import soundfile as sf
 
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    from soundtag.audio import decode
+
+    data, rate, _ = decode(path)
     buf = io.BytesIO()
     sf.write(buf, np.clip(np.nan_to_num(data), -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()

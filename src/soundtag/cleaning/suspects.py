@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from soundtag._io import atomic_write_text
-from soundtag.audio import SILENCE_PEAK, trim
-from soundtag.errors import DataError, ParameterError
+from soundtag.audio import SILENCE_PEAK, decode, trim
+from soundtag.errors import AudioError, DataError, ParameterError
 
 # Added to ``1 - label quality`` for each audio reason: a silent clip is useless whatever its
 # label; a duplicate with another label is a label conflict; clipping and shortness are worth a
@@ -72,13 +72,12 @@ class AudioStats:
 
 
 def audio_stats(path: str | Path, *, trim_db: float = 60.0) -> AudioStats:
-    """Measure one clip for the audio finder; raises DataError when it cannot be decoded."""
-    import soundfile as sf
-
+    """Measure one clip for the audio finder; raises DataError when it cannot be decoded
+    (missing, corrupt or empty: the message is :func:`soundtag.audio.decode`'s)."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is the same finding
-        raise DataError(f"{path}: cannot decode ({exc})") from exc
+        data, rate, _ = decode(path)
+    except AudioError as exc:  # any decoding failure is the same finding: "unreadable"
+        raise DataError(str(exc)) from exc
     samples = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     samples = np.nan_to_num(samples)
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
