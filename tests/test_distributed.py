@@ -205,3 +205,65 @@ def test_lightning_starts_the_second_process_itself_for_every_fold(subset, tmp_p
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["all"]["clips"] == len(read_manifest(subset))
     assert proc.stdout.count("out-of-fold metrics") == 1  # one report, from the first process
+
+
+# --- the shard policy of the library ----------------------------------------------------------
+
+def test_parse_shard_reads_i_of_n_and_names_a_bad_value():
+    from soundtag.distributed import parse_shard
+
+    assert parse_shard("0/4") == (0, 4) and parse_shard("3/4") == (3, 4) and parse_shard(" 7 / 8 ") == (7, 8)
+    assert parse_shard("all") == parse_shard("ALL") == (0, 1) == parse_shard("0/1")
+    for bad in ("4/4", "-1/4", "1/0", "3", "a/b", "1/2/3", ""):
+        with pytest.raises(ParameterError) as err:
+            parse_shard(bad)
+        assert repr(bad) in str(err.value) and "i/n" in str(err.value)
+
+
+def test_resolve_shard_takes_the_launchers_rank_only_for_several_processes():
+    from soundtag.distributed import launch_rank, resolve_shard
+
+    torchrun = {"RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "2"}
+    srun = {"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}
+    assert launch_rank(torchrun) == (2, 3) and launch_rank(srun) == (1, 4)
+    assert resolve_shard(None, torchrun) == (2, 3) and resolve_shard(None, srun) == (1, 4)
+    assert resolve_shard(None, {}) == (0, 1)
+    assert resolve_shard(None, {"RANK": "0", "WORLD_SIZE": "1"}) == (0, 1)  # torchrun with one process
+    for explicit in ("all", (0, 1), "0/1"):
+        assert resolve_shard(explicit, torchrun) == (0, 1)
+    assert resolve_shard("1/2", torchrun) == resolve_shard((1, 2), torchrun) == (1, 2)
+    assert resolve_shard((np.int64(1), np.int64(2))) == (1, 2)
+    for bad in ((2, 2), (-1, 3), (0.5, 2), 3):
+        with pytest.raises(ParameterError, match="shard"):
+            resolve_shard(bad)
+    # the old home of launch_rank still works
+    from soundtag.training.run import launch_rank as old
+
+    assert old is launch_rank
+
+
+def test_extract_features_takes_its_shard_from_the_launcher_unless_told_all(subset, tmp_path, monkeypatch):
+    recipe = load_recipe("esc50-x")
+    five = set(read_manifest(subset).ids[:5])
+    manifest = read_manifest(subset).filter(lambda c: c.id in five)
+    assert len(manifest) == 5
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    store, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False)
+    assert (summary.clips, summary.computed) == (2, 2)
+    assert set(store.entries) == {clip_key(c.path) for c in list(manifest)[1::2]}
+    assert summary.failures_csv.name == "failures-shard-1-of-2.csv"
+    store, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False,
+                                      shard="all")
+    assert (summary.clips, summary.computed, summary.cached) == (5, 3, 2)
+    assert set(store.entries) == {clip_key(c.path) for c in manifest}
+    assert summary.failures_csv.name == "failures.csv"
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    _, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False)
+    assert (summary.clips, summary.cached) == (5, 5) and summary.failures_csv.name == "failures.csv"
+    _, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False,
+                                  shard=(0, 3))
+    assert (summary.clips, summary.cached) == (2, 2) and summary.failures_csv.name == "failures-shard-0-of-3.csv"
+    with pytest.raises(ParameterError, match="3/3"):
+        extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False, shard="3/3")

@@ -44,8 +44,8 @@ def features(
     batch_size: int = typer.Option(32, help="clips per log-mel batch"),
     device: str = typer.Option("cpu", help="where the log-mel runs: cpu or cuda"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: compute only every n-th clip from the "
-                                        "i-th (0-based), so n jobs share the work (under torchrun or srun: "
-                                        "each process's rank/world size by default)"),
+                                        "i-th (0-based), so n jobs share the work; 'all': every clip (under "
+                                        "torchrun or srun the default is each process's rank/world size)"),
     override: List[str] = OverrideOpt,
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
@@ -59,24 +59,25 @@ def features(
 
       soundtag features --data fsd50k -r fsd2018-x --shard $SLURM_ARRAY_TASK_ID/8
     """
+    from soundtag.distributed import parse_shard
+    from soundtag.errors import ParameterError
     from soundtag.features import extract_features
     from soundtag.manifest import open_dataset
 
-    from soundtag.training.run import launch_rank
-
-    # Started by torchrun or srun with several processes, each takes its own shard by default.
-    rank, processes = launch_rank()
-    shard_of = _parse_shard(shard) if shard else ((rank, processes) if processes > 1 else None)
+    try:  # None: the library takes the launcher's rank/world size under torchrun or srun
+        shard_of = parse_shard(shard) if shard else None
+    except ParameterError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from None
     manifest = open_dataset(data, layout)
     table = Table(title=f"features: {manifest.name} ({len(manifest)} clips)")
     for col in ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s"):
         table.add_column(col, justify="left" if col == "recipe" else "right", no_wrap=True)
-    failures = 0
+    failed: set[str] = set()  # clip ids: a bad file fails once per recipe but is one clip
     stores = []
     for r in _recipes(recipe, override):
         _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers, batch_size=batch_size,
                                       device=device, progress=progress, shard=shard_of)
-        failures += len(summary.failures)
+        failed.update(f.clip_id for f in summary.failures)
         table.add_row(r.name, str(summary.clips), str(summary.computed), str(summary.cached),
                       str(len(summary.failures)), f"{summary.hours:.2f}", f"{summary.clips_per_second:.0f}")
         stores.append(summary.store)
@@ -90,17 +91,9 @@ def features(
     console.print(table)
     for store in stores:
         console.print(f"store: {store}", soft_wrap=True)
-    if failures:
-        console.print(f"[yellow]{failures} clip(s) could not be decoded; they are listed in each store's "
-                      "failures.csv and left out.[/]")
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"--shard {text!r}: write it as i/n, e.g. 0/4") from None
-    return i, n
+    if failed:
+        console.print(f"[yellow]{len(failed)} clip(s) could not be decoded; they are listed in each store's "
+                      f"{summary.failures_csv.name} and left out.[/]")
 
 
 @app.command()

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from soundtag._io import atomic_write_json, atomic_write_text
-from soundtag.errors import AudioError, ParameterError
+from soundtag.distributed import Shard, resolve_shard
+from soundtag.errors import AudioError
 from soundtag.features.melspec import LogMel
 from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
@@ -111,7 +112,7 @@ def extract_features(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    shard: tuple[int, int] | None = None,
+    shard: Shard = None,
 ) -> tuple[FeatureStore, ExtractionSummary]:
     """Compute the recipe's view features for every clip of ``manifest`` not yet in the store.
 
@@ -124,10 +125,13 @@ def extract_features(
     batch_size : clips per log-mel batch
     device : where the log-mel runs (``"cpu"``, ``"cuda"``)
     progress : show a progress bar
-    shard : ``(i, n)``: compute only clips ``i, i + n, i + 2n, ...`` of the manifest, so that
-        ``n`` processes or jobs share the work. Each writes its own parts into the same store
-        (a store is the union of its parts: nothing is copied to merge them) and its own
-        ``failures-shard-i-of-n.csv`` / ``notes-shard-i-of-n.csv``.
+    shard : ``(i, n)`` or ``"i/n"``: compute only clips ``i, i + n, i + 2n, ...`` of the
+        manifest, so that ``n`` processes or jobs share the work. Each writes its own parts
+        into the same store (a store is the union of its parts: nothing is copied to merge
+        them) and its own ``failures-shard-i-of-n.csv`` / ``notes-shard-i-of-n.csv``.
+        None (the default): the launcher's ``(rank, world size)`` when torchrun or srun
+        started several processes (:func:`soundtag.distributed.resolve_shard`), else every
+        clip. ``"all"`` (or ``(0, 1)``): every clip, however the process was started.
 
     Returns
     -------
@@ -140,10 +144,8 @@ def extract_features(
     start = time.perf_counter()
     suffix = ""
     clips = list(manifest)
-    if shard is not None:
-        i, n = shard
-        if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-            raise ParameterError(f"shard={i}/{n}: needs 0 <= i < n, e.g. 0/4 ... 3/4")
+    i, n = resolve_shard(shard)
+    if n > 1:
         clips, suffix = clips[i::n], f"-shard-{i}-of-{n}"
     store = FeatureStore.open(cache_dir, recipe)
     summary = ExtractionSummary(recipe.name, store.path, clips=len(clips))

@@ -112,16 +112,7 @@ class Hardware:
         return "auto"
 
 
-def launch_rank() -> tuple[int, int]:
-    """``(global rank, world size)`` given by an external launcher (torchrun, SLURM), before
-    the process group exists; ``(0, 1)`` when this process is the only one so far."""
-    env = os.environ
-    size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1")))
-    if "RANK" in env or "SLURM_PROCID" in env:
-        return int(env.get("RANK", env.get("SLURM_PROCID"))), size
-    # Processes started by Lightning's own launcher know only their node and local rank; this
-    # number is unique and zero for the first process only, which is all that is asked of it.
-    return int(env.get("NODE_RANK", "0")) * size + int(env.get("LOCAL_RANK", "0")), size
+from soundtag.distributed import launch_rank  # noqa: E402 - its home now; still importable from here
 
 
 def training_recipe(recipe: str | Path, overrides: Iterable[str] = (), *, folds: int | None = None,
