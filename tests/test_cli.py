@@ -146,6 +146,57 @@ def test_features_override_typo_exits_2(clips_csv, tmp_path):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("part-*.npy"))
 
 
+@pytest.fixture
+def mixed_csv(clips_csv, tmp_path) -> Path:
+    """Two real clips and three undecodable files (random bytes, zero bytes, a cut Ogg)."""
+    _, paths = clips_csv
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "junk.wav").write_bytes(np.random.default_rng(0).bytes(4000))
+    (bad / "zero.wav").write_bytes(b"")
+    (bad / "cut.ogg").write_bytes(paths[0].read_bytes()[:300])
+    out = tmp_path / "mixed.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        for p in [paths[2], bad / "junk.wav", paths[3], bad / "zero.wav", bad / "cut.ogg"]:
+            w.writerow([str(p), "Dog bark" if p == paths[2] else "Rain"])
+    return out
+
+
+def test_features_counts_each_undecodable_clip_once_over_recipes(mixed_csv, tmp_path):
+    res = soundtag("features", "--data", mixed_csv, "-r", "esc50-lh", "-r", "esc50-x", "--cache", tmp_path / "c",
+                   "--no-progress", "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    for recipe in ("esc50-lh", "esc50-x"):
+        # recipe, clips, computed, cached, failed
+        assert _summary_row(res.stdout, recipe)[1:5] == ["5", "2", "0", "3"]
+    out = _flat(res.stdout)
+    assert "3 clip(s) could not be decoded" in out, out
+    assert "failures.csv" in out
+
+
+def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixed_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")  # as torchrun sets them for the first of two processes
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["features", "--data", mixed_csv, "-r", "esc50-x", "--no-progress", "--workers", "0"]
+    mine = soundtag(*args, "--cache", tmp_path / "rank")
+    assert mine.returncode == 0, mine.stderr
+    # clips 0, 2 and 4 of 5: the two real clips and cut.ogg
+    assert _summary_row(mine.stdout, "esc50-x")[1:5] == ["3", "2", "0", "1"]
+    assert "1 clip(s) could not be decoded" in _flat(mine.stdout)
+    assert [p.name for p in (tmp_path / "rank").rglob("failures*.csv")] == ["failures-shard-0-of-2.csv"]
+    every = soundtag(*args, "--cache", tmp_path / "all", "--shard", "all")
+    assert every.returncode == 0, every.stderr
+    assert _summary_row(every.stdout, "esc50-x")[1:5] == ["5", "2", "0", "3"]
+    assert [p.name for p in (tmp_path / "all").rglob("failures*.csv")] == ["failures.csv"]
+    for bad in ("2/2", "one/4"):
+        res = soundtag(*args, "--cache", tmp_path / "no-cache", "--shard", bad)
+        assert res.returncode == 2 and bad in _flat(res.stderr), res.stderr
+        assert "Traceback" not in res.stderr
+    assert not (tmp_path / "no-cache").exists()
+
+
 def test_recipes_override_typo_exits_2():
     res = soundtag("recipes", "fsd2018-x", "-o", "view.overlpa=0.5")
     assert res.returncode == 2
