@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import socket
 import sys
@@ -334,3 +335,52 @@ def test_review_in_a_real_browser(server, lists):
             browser.close()
     assert read_csv_rows(lists / "blacklist.csv")[1] == []
     assert errors == []
+
+
+# --- request size ----------------------------------------------------------------------------
+
+def _padded(body: dict, size: int) -> bytes:
+    """``body`` as JSON padded with trailing spaces (still valid JSON) to exactly ``size`` bytes."""
+    text = json.dumps(body).encode()
+    assert len(text) <= size
+    return text + b" " * (size - len(text))
+
+
+@pytest.mark.slow
+def test_request_bodies_over_the_limit_are_413_and_write_nothing(server, lists, manifest):
+    from starlette.testclient import TestClient
+
+    app, url = server
+    limit = review.MAX_BODY_BYTES
+    decision = {"clip_id": manifest.ids[0], "decision": "blacklist", "reason": "too big"}
+    json_type = {"content-type": "application/json"}
+    files = lambda: {p.name: p.read_bytes() for p in lists.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+
+    def chunks(data: bytes, size: int = 4096):  # no Content-Length: sent chunked
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+
+    over = _padded(decision, limit + 1)
+    r = httpx.post(f"{url}api/decisions", content=over, headers=json_type)
+    assert r.status_code == 413, r.text
+    assert r.json()["detail"] == f"the request body of {limit + 1} bytes is over the limit of {limit} bytes"
+    r = httpx.post(f"{url}api/decisions", content=chunks(over), headers=json_type)
+    assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"], r.text
+    big = httpx.post(f"{url}api/decisions", content=chunks(b"x" * (20 * 1024 * 1024), 65536), headers=json_type,
+                     timeout=60)
+    assert big.status_code == 413  # 20 MiB refused after 64 KiB, not read into memory
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # in process, the same answer
+        assert client.post("/api/decisions", content=over, headers=json_type).status_code == 413
+    assert files() == before, "a refused body writes nothing"
+
+    # Exactly the limit is accepted, with a Content-Length and chunked alike; the app gets it whole.
+    r = httpx.post(f"{url}api/decisions", content=_padded(decision, limit), headers=json_type)
+    assert r.status_code == 200 and r.json()["decision"]["reason"] == "too big", r.text
+    r = httpx.post(f"{url}api/decisions", content=chunks(_padded(dict(decision, decision="keep"), limit), 1000),
+                   headers=json_type)
+    assert r.status_code == 200 and r.json()["decision"]["decision"] == "keep", r.text
+    with open(lists / "decisions.csv", newline="") as fh:
+        assert [row["decision"] for row in csv.DictReader(fh)] == ["blacklist", "keep"]
+    assert httpx.get(f"{url}api/state").status_code == 200  # bodiless requests pass untouched

@@ -196,8 +196,77 @@ class ReviewData:
         return out
 
 
+# A decision is a few hundred bytes (a reason is at most MAX_REASON characters); nothing the
+# page sends comes near this, and no request can make the server hold more.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before the app runs.
+
+    A ``Content-Length`` over the limit is refused without reading the body; a body without
+    one (chunked) is read up to the limit, then refused, or handed to the app whole. The app
+    never sees a body larger than ``limit``, and no more than ``limit`` bytes and one chunk
+    are ever held in memory.
+
+    Parameters
+    ----------
+    app : the ASGI app to protect
+    limit : the largest body accepted, in bytes
+    """
+
+    def __init__(self, app, *, limit: int = MAX_BODY_BYTES):
+        if limit < 0:
+            raise ParameterError(f"limit={limit} must be >= 0 bytes")
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = [v for k, v in scope["headers"] if k.lower() == b"content-length"]
+        if declared:
+            try:
+                size = int(declared[0])
+            except ValueError:
+                return await self._refuse(scope, receive, send, 400, f"Content-Length {declared[0]!r} "
+                                          "is not a number")
+            if size > self.limit:
+                return await self._refuse(scope, receive, send, 413, self._too_large(f" of {size} bytes"))
+        chunks, size = [], 0
+        while True:  # read the whole body first (it is small), so the app gets it in one piece
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(scope, receive, send, 413, self._too_large(""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:  # later calls wait for the disconnect, as the server's receive does
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self, size: str) -> str:
+        return f"the request body{size} is over the limit of {self.limit} bytes"
+
+    @staticmethod
+    async def _refuse(scope, receive, send, status: int, detail: str) -> None:
+        from starlette.responses import JSONResponse
+
+        # Connection: close, since the rest of an unread body would be taken for the next request.
+        await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(scope, receive, send)
+
+
 def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataFrame | None = None,
-               allowed_hosts: tuple[str, ...] = (HOST, "localhost")):
+               allowed_hosts: tuple[str, ...] = (HOST, "localhost"), max_body: int = MAX_BODY_BYTES):
     """The review web app of a finished run (a FastAPI application; serve it with :func:`serve`).
 
     Parameters
@@ -206,6 +275,8 @@ def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataF
     lists_dir : where decisions are written (``blacklist.csv``, ``relabel.csv``, ``decisions.csv``)
     suspects : a suspects table to show instead of the run's ``suspects.csv``
     allowed_hosts : the Host header values answered
+    max_body : the largest request body accepted, in bytes; a larger one is a 413 (see
+        :class:`BodyLimit`)
     """
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, Response
@@ -216,6 +287,8 @@ def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataF
     pages = {route: (resources.files("soundtag.cleaning").joinpath("static", name).read_bytes(), media)
              for route, (name, media) in STATIC.items()}
     app = FastAPI(title="soundtag review", docs_url=None, redoc_url=None, openapi_url=None)
+    # The last added runs first: the Host is checked before any body is read.
+    app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.state.review = data
 
