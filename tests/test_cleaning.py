@@ -2,112 +2,36 @@
 
 One tiny real run (two folds, two epochs) over 40 ESC-10 clips plus five dirty clips made from
 real ones (near-silent, clipped, short, silent, and a duplicate with another label) is trained
-once per session by :func:`dirty_run` and shared with tests/test_review.py.
+once per session by the ``dirty_run`` fixture (tests/conftest.py), shared with tests/test_review.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 
 from soundtag.cleaning import DecisionBook, auto_clean, find_suspects, rank_suspects, read_suspects, write_suspects
 from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_COLUMNS
 from soundtag.cleaning.suspects import COLUMNS, label_scores
 from soundtag.errors import DataError, ParameterError
-from soundtag.recipe import load_recipe
-from soundtag.manifest import Manifest, read_manifest
-from soundtag.training import train
+from soundtag.manifest import Manifest
 from soundtag.training.run import _apply_relabel, read_clip_list
-from test_cli import soundtag
-from test_training import FAST
-
-DIRTY = {"audio/quiet.wav": "near_silent", "audio/clipped.wav": "clipped", "audio/short.wav": "short",
-         "audio/silent.wav": "silent"}
-_RUNS: dict[str, Path] = {}
-
-
-def make_dirty_dataset(esc10_root: Path, folder: Path) -> Path:
-    """Copy 5 clips per class and fold of 4 ESC-10 classes, add dirty clips made from them, and
-    write ``dirty.csv`` (relative paths, so clip ids are ``audio/<file>``). Returns the CSV."""
-    m = read_manifest(esc10_root)
-    classes = m.labels[:4]  # Dog bark, Rain, Sea waves, Baby cry
-    audio = folder / "audio"
-    audio.mkdir(parents=True)
-    rows, taken, by_class = [], Counter(), defaultdict(list)
-    for c in m:
-        lab, fold = c.labels[0], 1 + (c.fold - 1) % 2
-        if lab in classes and taken[lab, fold] < 5:
-            taken[lab, fold] += 1
-            shutil.copy(c.path, audio / Path(c.path).name)
-            rows.append([f"audio/{Path(c.path).name}", lab, fold])
-            by_class[lab].append(audio / Path(c.path).name)
-
-    def normalised(path):
-        x, rate = sf.read(path, dtype="float32")
-        return x / np.abs(x).max(), rate
-
-    x, rate = normalised(by_class[classes[0]][0])
-    sf.write(audio / "quiet.wav", x * 10 ** (-55 / 20), rate, subtype="PCM_16")  # peak -55 dBFS
-    rows.append(["audio/quiet.wav", classes[0], 1])
-    x, rate = normalised(by_class[classes[1]][0])
-    sf.write(audio / "clipped.wav", np.clip(10 * x, -1, 1), rate, subtype="PCM_16")  # rain, 20 dB too loud
-    rows.append(["audio/clipped.wav", classes[1], 2])
-    x, rate = normalised(by_class[classes[2]][0])
-    short = np.zeros(5 * rate, dtype=np.float32)
-    short[: int(0.3 * rate)] = x[: int(0.3 * rate)]  # 0.3 s of sea waves, then digital silence
-    sf.write(audio / "short.wav", short, rate, subtype="PCM_16")
-    rows.append(["audio/short.wav", classes[2], 1])
-    sf.write(audio / "silent.wav", np.zeros(5 * rate, dtype=np.float32), rate, subtype="PCM_16")
-    rows.append(["audio/silent.wav", classes[1], 1])
-    original = by_class[classes[3]][0]  # a baby cry, copied byte for byte and labelled dog bark
-    shutil.copy(original, audio / f"dup-{original.name}")
-    rows.append([f"audio/dup-{original.name}", classes[0], 2])
-    out = folder / "dirty.csv"
-    with open(out, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "labels", "fold"])
-        w.writerows(rows)
-    return out
-
-
-def dirty_run(esc10_root: Path, tmp_path_factory) -> Path:
-    """The shared finished run over the dirty dataset (trained once per session, about 15 s)."""
-    if "run" not in _RUNS:
-        folder = tmp_path_factory.mktemp("dirty")
-        csv_path = make_dirty_dataset(esc10_root, folder)
-        train(read_manifest(csv_path), load_recipe("esc50-lh", FAST), folder / "run", cache_dir=folder / "cache",
-              progress=False, data_source=str(csv_path))
-        _RUNS["run"] = folder / "run"
-    return _RUNS["run"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(esc10_root, tmp_path_factory) -> Path:
-    return dirty_run(esc10_root, tmp_path_factory)
+def run_dir(dirty_run) -> Path:
+    return dirty_run
 
 
 @pytest.fixture(scope="module")
 def run_manifest(run_dir) -> Manifest:
     return Manifest.from_jsonl(run_dir / "manifest.jsonl")
-
-
-def read_csv_rows(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 # --- ranking with known answers ------------------------------------------------------------
@@ -164,11 +88,12 @@ def test_multilabel_ranking_and_the_per_class_summary():
 
 # --- suspects of a real run ----------------------------------------------------------------
 
-def test_find_suspects_on_a_real_run(run_dir, run_manifest, tmp_path):
+@pytest.mark.slow
+def test_find_suspects_on_a_real_run(run_dir, run_manifest, tmp_path, read_csv_rows, dirty_clips):
     df = find_suspects(run_dir)
     assert list(df.columns) == COLUMNS
     reasons = {c: set(r.split(";")) for c, r in zip(df["clip_id"], df["reasons"])}
-    for clip, reason in DIRTY.items():
+    for clip, reason in dirty_clips.items():
         assert reason in reasons.get(clip, set()), (clip, reasons.get(clip))
     dup = next(c for c in run_manifest.ids if c.startswith("audio/dup-"))
     original = dup.replace("dup-", "")
@@ -177,7 +102,7 @@ def test_find_suspects_on_a_real_run(run_dir, run_manifest, tmp_path):
     assert by_id.loc["audio/quiet.wav", "peak_db"] == pytest.approx(-55, abs=0.5)
     assert by_id.loc["audio/short.wav", "sound_s"] < 0.5
     assert df.iloc[0]["clip_id"] == "audio/silent.wav"  # silent outweighs every label finding here
-    real = [c for c in run_manifest.ids if c not in DIRTY and c not in (dup, original)]
+    real = [c for c in run_manifest.ids if c not in dirty_clips and c not in (dup, original)]
     assert not any({"silent", "near_silent", "duplicate"} & reasons.get(c, set()) for c in real)
     assert "near_silent" not in reasons.get(original, set())
 
@@ -207,7 +132,8 @@ def test_find_suspects_on_a_real_run(run_dir, run_manifest, tmp_path):
     assert not any("silent" in r or "clipped" in r for r in no_audio["reasons"])
 
 
-def test_suspects_refuses_a_run_that_is_not_finished(run_dir, tmp_path):
+@pytest.mark.slow
+def test_suspects_refuses_a_run_that_is_not_finished(run_dir, tmp_path, soundtag):
     with pytest.raises(DataError, match="does not exist"):
         find_suspects(tmp_path / "nowhere")
     unfinished = tmp_path / "unfinished"
@@ -221,7 +147,8 @@ def test_suspects_refuses_a_run_that_is_not_finished(run_dir, tmp_path):
 
 # --- the decision book ---------------------------------------------------------------------
 
-def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tmp_path):
+@pytest.mark.slow
+def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tmp_path, read_csv_rows, snapshot):
     folder = tmp_path / "lists"
     book = DecisionBook(folder, clip_ids=run_manifest.ids, labels=run_manifest.labels)
     assert book.start_round(run_dir) == 1
@@ -264,7 +191,8 @@ def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tm
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_decisions_resume_and_compose_across_rounds(run_dir, run_manifest, tmp_path):
+@pytest.mark.slow
+def test_decisions_resume_and_compose_across_rounds(run_dir, run_manifest, tmp_path, read_csv_rows):
     folder = tmp_path / "lists"
     x, y = run_manifest.ids[:2]
     label = next(lab for lab in run_manifest.labels if lab not in run_manifest[0].labels)
@@ -302,7 +230,8 @@ def test_decisions_resume_and_compose_across_rounds(run_dir, run_manifest, tmp_p
         DecisionBook(hand)
 
 
-def test_auto_clean_applies_cleanlab_within_the_limit(run_dir, run_manifest, tmp_path):
+@pytest.mark.slow
+def test_auto_clean_applies_cleanlab_within_the_limit(run_dir, run_manifest, tmp_path, read_csv_rows):
     from soundtag.training.evaluate import load_oof
 
     manifest, probs, _, _ = load_oof(run_dir)
@@ -337,7 +266,8 @@ def test_auto_clean_applies_cleanlab_within_the_limit(run_dir, run_manifest, tmp
 
 # --- the loop from the command line ----------------------------------------------------------
 
-def test_the_loop_from_the_command_line(run_dir, run_manifest, tmp_path):
+@pytest.mark.slow
+def test_the_loop_from_the_command_line(run_dir, run_manifest, tmp_path, soundtag, read_csv_rows, fast):
     """suspects -> clean --auto (+ a relabel) -> train --blacklist --relabel, as the README shows."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)  # suspects.csv is written into the run: keep the shared one as it is
@@ -359,7 +289,7 @@ def test_the_loop_from_the_command_line(run_dir, run_manifest, tmp_path):
 
     data = json.loads((run / "run.json").read_text())["data"]
     retrain = tmp_path / "retrain"
-    overrides = sum((["-o", o] for o in FAST if not o.startswith("training.epochs")), [])
+    overrides = sum((["-o", o] for o in fast if not o.startswith("training.epochs")), [])
     out = soundtag("train", "--data", data, "-r", "esc50-lh", "--out", retrain, "--cache", run_dir.parent / "cache",
                    "--blacklist", default / "blacklist.csv", "--relabel", default / "relabel.csv", "--no-progress",
                    "-o", "training.epochs=1", *overrides, timeout=300)

@@ -36,14 +36,6 @@ def _all_commands() -> list[list[str]]:
 COMMANDS = _all_commands()
 
 
-def soundtag(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    """Run ``soundtag ARGS`` the way the console script does (``soundtag.cli:main``)."""
-    env = dict(os.environ, COLUMNS="250", PYTHONIOENCODING="utf-8", NO_COLOR="1", TERM="dumb",
-               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "soundtag.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def _flat(text: str) -> str:
     return " ".join(text.split())
 
@@ -76,15 +68,16 @@ def _summary_row(stdout: str, recipe: str) -> list[str]:
 
 # --- help ------------------------------------------------------------------------------------
 
-def test_help_lists_commands():
+def test_help_lists_commands(soundtag):
     res = soundtag("--help")
     assert res.returncode == 0, res.stderr
     for name in ("features", "show", "recipes", "data", "train", "evaluate"):
         assert re.search(rf"^\W*{name}\s", res.stdout, re.M), f"{name} missing from --help:\n{res.stdout}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_each_command_help_shows_an_example(command):
+def test_each_command_help_shows_an_example(command, soundtag):
     res = soundtag(*command, "--help")
     assert res.returncode == 0, res.stderr
     example = re.compile(rf"^\W*soundtag {' '.join(command)}\b", re.M)
@@ -99,7 +92,8 @@ def _example_recipes(help_text: str) -> set[str]:
 @pytest.mark.parametrize("command", [
     ["features"], ["show"], ["recipes"], ["train"],
 ], ids=" ".join)
-def test_help_examples_name_existing_recipes(command):
+@pytest.mark.slow
+def test_help_examples_name_existing_recipes(command, soundtag):
     from soundtag.recipe import list_recipes
 
     res = soundtag(*command, "--help")
@@ -111,7 +105,8 @@ def test_help_examples_name_existing_recipes(command):
 
 # --- features -----------------------------------------------------------------------------
 
-def test_features_computes_then_caches(clips_csv, tmp_path):
+@pytest.mark.slow
+def test_features_computes_then_caches(clips_csv, tmp_path, soundtag):
     csv_path, paths = clips_csv
     cache = tmp_path / "cache"
     args = ["features", "--data", csv_path, "-r", "esc50-lh", "--cache", cache, "--no-progress", "--workers", "0"]
@@ -136,7 +131,8 @@ def test_features_computes_then_caches(clips_csv, tmp_path):
     assert row[1:5] == ["6", "0", "6", "0"], row
 
 
-def test_features_override_typo_exits_2(clips_csv, tmp_path):
+@pytest.mark.slow
+def test_features_override_typo_exits_2(clips_csv, tmp_path, soundtag):
     csv_path, _ = clips_csv
     res = soundtag("features", "--data", csv_path, "-r", "esc50-x", "--cache", tmp_path / "c", "--no-progress",
                    "-o", "view.overlpa=0.3")
@@ -164,7 +160,8 @@ def mixed_csv(clips_csv, tmp_path) -> Path:
     return out
 
 
-def test_features_counts_each_undecodable_clip_once_over_recipes(mixed_csv, tmp_path):
+@pytest.mark.slow
+def test_features_counts_each_undecodable_clip_once_over_recipes(mixed_csv, tmp_path, soundtag):
     res = soundtag("features", "--data", mixed_csv, "-r", "esc50-lh", "-r", "esc50-x", "--cache", tmp_path / "c",
                    "--no-progress", "--workers", "0")
     assert res.returncode == 0, res.stderr
@@ -176,7 +173,9 @@ def test_features_counts_each_undecodable_clip_once_over_recipes(mixed_csv, tmp_
     assert "failures.csv" in out
 
 
-def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixed_csv, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixed_csv, tmp_path, soundtag,
+                                                                            monkeypatch):
     monkeypatch.setenv("RANK", "0")  # as torchrun sets them for the first of two processes
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = ["features", "--data", mixed_csv, "-r", "esc50-x", "--no-progress", "--workers", "0"]
@@ -197,14 +196,14 @@ def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixe
     assert not (tmp_path / "no-cache").exists()
 
 
-def test_recipes_override_typo_exits_2():
+def test_recipes_override_typo_exits_2(soundtag):
     res = soundtag("recipes", "fsd2018-x", "-o", "view.overlpa=0.5")
     assert res.returncode == 2
     assert "view.overlap" in res.stderr and "overlpa" in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_recipes_prints_resolved_override():
+def test_recipes_prints_resolved_override(soundtag):
     res = soundtag("recipes", "fsd2018-x", "-o", "view.overlap=0.5")
     assert res.returncode == 0, res.stderr
     assert re.search(r"^\s*overlap: 0\.5\s*$", res.stdout, re.M), res.stdout
@@ -214,7 +213,8 @@ def test_recipes_prints_resolved_override():
         assert name in listing.stdout
 
 
-def test_missing_dataset_exits_2_without_traceback(tmp_path):
+@pytest.mark.slow
+def test_missing_dataset_exits_2_without_traceback(tmp_path, soundtag):
     missing = tmp_path / "no-such-dataset"
     res = soundtag("features", "--data", missing, "-r", "esc50-lh", "--cache", tmp_path / "c", "--no-progress")
     assert res.returncode == 2
@@ -239,7 +239,8 @@ def test_console_script_entry_point(tmp_path):
 
 # --- show ---------------------------------------------------------------------------------
 
-def test_show_writes_a_png(clips_csv, tmp_path):
+@pytest.mark.slow
+def test_show_writes_a_png(clips_csv, tmp_path, soundtag):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +258,8 @@ def test_show_writes_a_png(clips_csv, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_show_missing_clip_exits_2(tmp_path):
+@pytest.mark.slow
+def test_show_missing_clip_exits_2(tmp_path, soundtag):
     res = soundtag("show", tmp_path / "nope.ogg", "--recipe", "fsd2018-lh", "--out", tmp_path / "nope.png")
     assert res.returncode == 2
     assert "no such file" in _flat(res.stderr)
@@ -265,7 +267,7 @@ def test_show_missing_clip_exits_2(tmp_path):
     assert not (tmp_path / "nope.png").exists()
 
 
-def test_data_check_reports_missing_audio_unless_told_metadata_only(fsd2018_root):
+def test_data_check_reports_missing_audio_unless_told_metadata_only(fsd2018_root, soundtag):
     strict = soundtag("data", "check", fsd2018_root)
     assert strict.returncode == 2 and "9473 problem(s)" in strict.stderr and "missing file" in strict.stderr
     relaxed = soundtag("data", "check", fsd2018_root, "--no-files")

@@ -23,15 +23,16 @@ from soundtag.training.merge import merge_folds
 from soundtag.training.run import train
 from soundtag.training.splits import label_matrix
 
-from test_training import FAST, write_subset_csv
-
-# Two folds of 4 classes x 5 clips; one epoch keeps the two-process run to seconds.
-OVERRIDES = [o for o in FAST if not o.startswith("training.epochs")] + ["training.epochs=1"]
+@pytest.fixture(scope="module")
+def subset(subset_csv) -> Path:
+    """Two folds of 4 classes x 5 clips."""
+    return subset_csv
 
 
 @pytest.fixture(scope="module")
-def subset(esc10_root, tmp_path_factory) -> Path:
-    return write_subset_csv(esc10_root, tmp_path_factory.mktemp("data") / "subset.csv")
+def one_epoch(fast) -> list[str]:
+    """The tiny runs' recipe, one epoch: it keeps the two-process runs to seconds."""
+    return [o for o in fast if not o.startswith("training.epochs")] + ["training.epochs=1"]
 
 
 def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None = None, cwd=None):
@@ -43,8 +44,8 @@ def _cli(*args: str, env_extra: dict | None = None, launcher: list[str] | None =
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-def _recipe_args() -> list[str]:
-    return [a for o in OVERRIDES for a in ("-o", o)]
+def _recipe_args(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("-o", o)]
 
 
 def _fold_loss(run: Path, k: int) -> tuple[float, list[str]]:
@@ -57,14 +58,15 @@ def _fold_loss(run: Path, k: int) -> tuple[float, list[str]]:
     return evaluation.log_loss(targets, probs), done["clips"]
 
 
-def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path):
-    recipe = load_recipe("esc50-lh", OVERRIDES)
+@pytest.mark.slow
+def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path, one_epoch):
+    recipe = load_recipe("esc50-lh", one_epoch)
     manifest = read_manifest(subset)
     cache = tmp_path / "cache"
     extract_features(manifest, recipe, cache_dir=cache, workers=0, progress=False)
 
     run = tmp_path / "ddp"
-    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--out", str(run),
+    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--out", str(run),
                 "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp", "--no-progress",
                 launcher=_torchrun(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -136,13 +138,14 @@ def _torchrun(n: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", str(port)]
 
 
-def test_sharded_extraction_in_two_processes_fills_one_store(subset, tmp_path):
+@pytest.mark.slow
+def test_sharded_extraction_in_two_processes_fills_one_store(subset, tmp_path, one_epoch):
     # Two processes started by torchrun: each takes the shard of its rank, at the same time.
     cache = tmp_path / "cache"
-    proc = _cli("features", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--cache", str(cache),
+    proc = _cli("features", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--cache", str(cache),
                 "--workers", "0", "--no-progress", launcher=_torchrun(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    recipe = load_recipe("esc50-lh", OVERRIDES)
+    recipe = load_recipe("esc50-lh", one_epoch)
     manifest = read_manifest(subset)
     store = FeatureStore.open(cache, recipe)
     assert set(store.entries) == {clip_key(c.path) for c in manifest}
@@ -158,19 +161,20 @@ def test_sharded_extraction_in_two_processes_fills_one_store(subset, tmp_path):
     assert (again.computed, again.cached) == (0, len(manifest))
 
 
-def test_processes_started_together_need_the_features_first(subset, tmp_path, monkeypatch):
+def test_processes_started_together_need_the_features_first(subset, tmp_path, monkeypatch, one_epoch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    recipe = load_recipe("esc50-lh", OVERRIDES)
+    recipe = load_recipe("esc50-lh", one_epoch)
     with pytest.raises(DataError, match="soundtag features"):
         train(read_manifest(subset), recipe, tmp_path / "run", cache_dir=tmp_path / "empty", progress=False)
     assert not (tmp_path / "run" / "run.json").exists(), "a rank other than 0 must not write the run files"
 
 
-def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path):
+@pytest.mark.slow
+def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path, one_epoch):
     cache = tmp_path / "cache"
     for k in (0, 1):
-        proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--cache", str(cache),
+        proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--cache", str(cache),
                     "--fold", str(k), "--out", str(tmp_path / f"job-{k}"), "--no-progress")
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert not (tmp_path / f"job-{k}" / "metrics.json").exists()  # half a run is not evaluated
@@ -184,7 +188,7 @@ def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path):
 
     # a job of another run (other recipe) is refused
     other = tmp_path / "other"
-    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "-o", "training.seed=7",
+    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "-o", "training.seed=7",
                 "--cache", str(cache), "--fold", "1", "--out", str(other), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     with pytest.raises(DataError, match="not folds of one run"):
@@ -193,12 +197,13 @@ def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path):
         merge_folds([tmp_path / "job-1", run], tmp_path / "twice")
 
 
-def test_lightning_starts_the_second_process_itself_for_every_fold(subset, tmp_path):
+@pytest.mark.slow
+def test_lightning_starts_the_second_process_itself_for_every_fold(subset, tmp_path, one_epoch):
     # Without torchrun, `--devices 2` has Lightning start a second copy of the command, which
     # finds its rank in the environment and must neither refuse the existing run directory
     # nor write files; both folds train in two processes and rank 0 evaluates.
     run = tmp_path / "run"
-    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(), "--out", str(run),
+    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--out", str(run),
                 "--cache", str(tmp_path / "cache"), "--devices", "2", "--strategy", "ddp", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [json.loads((run / f"fold-{k}" / "done.json").read_text())["processes"] for k in (0, 1)] == [2, 2]

@@ -24,7 +24,6 @@ from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_
 from soundtag.cleaning.review import create_app, running
 from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest
-from test_cleaning import dirty_run, read_csv_rows, snapshot
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,8 +31,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 @pytest.fixture(scope="module")
-def run_dir(esc10_root, tmp_path_factory) -> Path:
-    return dirty_run(esc10_root, tmp_path_factory)
+def run_dir(dirty_run) -> Path:
+    return dirty_run
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +70,7 @@ def raw_get(url: str, target: str) -> int:
 
 # --- serving clips ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_audio_is_the_clip_decoded_to_wav(server, manifest):
     _, url = server
     for clip_id in (manifest.ids[0], "audio/quiet.wav"):  # an Ogg Vorbis clip and a WAV
@@ -84,6 +84,7 @@ def test_audio_is_the_clip_decoded_to_wav(server, manifest):
         assert np.max(np.abs(served - np.clip(original, -1, 1))) <= 1.01 / 32768  # 16-bit rounding only
 
 
+@pytest.mark.slow
 def test_spectrogram_is_the_recipes_log_mel_as_png(server, run_dir, manifest):
     from PIL import Image
 
@@ -98,6 +99,7 @@ def test_spectrogram_is_the_recipes_log_mel_as_png(server, run_dir, manifest):
         assert image.size == (1 + round(samples) // recipe.features.hop_length, recipe.features.n_mels)
 
 
+@pytest.mark.slow
 def test_state_and_clip_info(server, run_dir):
     app, url = server
     state = httpx.get(f"{url}api/state").json()
@@ -118,6 +120,7 @@ def test_state_and_clip_info(server, run_dir):
 
 # --- paths outside the manifest --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_paths_outside_the_manifest_are_404_and_read_nothing(server, run_dir, manifest, monkeypatch):
     _, url = server
     decoded = []
@@ -168,7 +171,8 @@ def test_paths_outside_the_manifest_are_404_and_read_nothing(server, run_dir, ma
 
 # --- decisions -------------------------------------------------------------------------------
 
-def test_bad_decisions_are_422_and_change_nothing(server, lists, manifest):
+@pytest.mark.slow
+def test_bad_decisions_are_422_and_change_nothing(server, lists, manifest, read_csv_rows, snapshot):
     _, url = server
     clip = manifest.ids[0]
     before = snapshot(lists)
@@ -195,7 +199,8 @@ def test_bad_decisions_are_422_and_change_nothing(server, lists, manifest):
     assert [r["clip_id"] for r in read_csv_rows(lists / "blacklist.csv")[1]] == [clip]
 
 
-def test_decide_undo_and_resume_through_the_api(server, run_dir, lists):
+@pytest.mark.slow
+def test_decide_undo_and_resume_through_the_api(server, run_dir, lists, read_csv_rows):
     app, url = server
     suspects = httpx.get(f"{url}api/state").json()["suspects"]
     s1, s2, s3 = suspects[:3]
@@ -227,7 +232,8 @@ def test_decide_undo_and_resume_through_the_api(server, run_dir, lists):
     assert read_csv_rows(lists / "blacklist.csv")[1] == [] and read_csv_rows(lists / "decisions.csv")[1] == []
 
 
-def test_concurrent_decisions_each_land_once_in_valid_csv(server, lists, manifest):
+@pytest.mark.slow
+def test_concurrent_decisions_each_land_once_in_valid_csv(server, lists, manifest, read_csv_rows):
     _, url = server
     kinds = ["blacklist", "keep", "relabel"]
     wanted = {}
@@ -286,7 +292,8 @@ def until(page, script: str, timeout: float = 15.0):
     raise AssertionError(f"still false after {timeout} s: {script}")
 
 
-def test_review_in_a_real_browser(server, lists):
+@pytest.mark.slow
+def test_review_in_a_real_browser(server, lists, read_csv_rows):
     from playwright.sync_api import sync_playwright
 
     executable = chromium_or_skip()

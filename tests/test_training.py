@@ -155,7 +155,7 @@ def test_spec_augment_masks_bands_with_the_mean():
 
 # --- models ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list_models() + ["timm:resnet18"])
+@pytest.mark.parametrize("name", list_models() + [pytest.param("timm:resnet18", marks=pytest.mark.slow)])
 def test_every_model_trains_a_step(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7)
@@ -187,32 +187,12 @@ def test_model_starts_from_a_local_checkpoint(tmp_path):
 
 # --- real runs on ESC-10 clips --------------------------------------------------------------
 
-def write_subset_csv(esc10_root: Path, path: Path, classes=4, per_class_per_fold=5, folds=(1, 2)) -> Path:
-    m = read_manifest(esc10_root)
-    wanted = m.labels[:classes]
-    rows, taken = [], Counter()
-    for c in m:
-        lab = c.labels[0]
-        fold = 1 + (c.fold - 1) % len(folds)
-        if lab in wanted and taken[lab, fold] < per_class_per_fold:
-            taken[lab, fold] += 1
-            rows.append({"path": c.path, "labels": lab, "fold": fold})
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["path", "labels", "fold"])
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-FAST = ["training.epochs=2", "training.batch_size=8", "training.model_args={widths: [8, 16]}",
-        "training.model=vgg", "features.n_mels=32"]
-
-
-def test_training_writes_oof_for_every_clip_and_leaves_blacklisted_clips_out(esc10_root, tmp_path):
+@pytest.mark.slow
+def test_training_writes_oof_for_every_clip_and_leaves_blacklisted_clips_out(esc10_root, tmp_path, write_subset_csv, fast):
     data = read_manifest(write_subset_csv(esc10_root, tmp_path / "subset.csv"))
     blacklisted = [data[0].id, data[len(data) // 2 + 1].id]
     (tmp_path / "blacklist.csv").write_text("clip_id,reason\n" + "".join(f"{b},noisy\n" for b in blacklisted))
-    recipe = load_recipe("esc50-lh", FAST + [f"training.blacklist={tmp_path / 'blacklist.csv'}"])
+    recipe = load_recipe("esc50-lh", fast + [f"training.blacklist={tmp_path / 'blacklist.csv'}"])
     result = train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
     run = result.run_dir
     assert result.folds_trained == [0, 1]
@@ -238,20 +218,21 @@ def test_training_writes_oof_for_every_clip_and_leaves_blacklisted_clips_out(esc
         train(data, recipe, run, cache_dir=tmp_path / "cache", progress=False)
 
 
-def test_blacklist_naming_an_unknown_clip_is_refused(esc10_root, tmp_path):
+def test_blacklist_naming_an_unknown_clip_is_refused(esc10_root, tmp_path, write_subset_csv, fast):
     data = read_manifest(write_subset_csv(esc10_root, tmp_path / "subset.csv"))
     (tmp_path / "bl.csv").write_text("clip_id\nnot-a-clip.ogg\n")
-    recipe = load_recipe("esc50-lh", FAST + [f"training.blacklist={tmp_path / 'bl.csv'}"])
+    recipe = load_recipe("esc50-lh", fast + [f"training.blacklist={tmp_path / 'bl.csv'}"])
     with pytest.raises(DataError, match="not-a-clip.ogg"):
         train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
 
 
-def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_path):
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_path, write_subset_csv, fast):
     csv_path = write_subset_csv(esc10_root, tmp_path / "subset.csv")
     run = tmp_path / "run"
     args = [sys.executable, "-m", "soundtag.cli", "train", "--data", str(csv_path), "-r", "esc50-lh",
             "--out", str(run), "--cache", str(tmp_path / "cache"), "--no-progress",
-            *sum((["-o", o] for o in FAST[1:] + ["training.epochs=40"]), [])]
+            *sum((["-o", o] for o in fast[1:] + ["training.epochs=40"]), [])]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while not (run / "fold-1" / "last.ckpt").exists():
@@ -301,7 +282,8 @@ def test_metrics_against_hand_computed_values():
         -(np.log(0.8) + np.log(0.7)) / 2)
 
 
-def test_x_view_and_multilabel_runs_predict_every_clip(esc10_root, tmp_path):
+@pytest.mark.slow
+def test_x_view_and_multilabel_runs_predict_every_clip(esc10_root, tmp_path, write_subset_csv, fast):
     """The X view (chunks averaged per clip, per-feature statistics) and a multi-label manifest
     (sigmoid + BCE, iterative stratification, lwlrap) both go through a whole run."""
     subset = write_subset_csv(esc10_root, tmp_path / "subset.csv")
@@ -318,7 +300,7 @@ def test_x_view_and_multilabel_runs_predict_every_clip(esc10_root, tmp_path):
         w.writerows(rows)
     data = read_manifest(ml_csv)
     assert data.multilabel
-    recipe = load_recipe("esc50-x", FAST + ["training.folds=2"])
+    recipe = load_recipe("esc50-x", fast + ["training.folds=2"])
     result = train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
     metrics = result.metrics
     assert metrics["all"]["clips"] == len(data) and 0 <= metrics["all"]["lwlrap"] <= 1
