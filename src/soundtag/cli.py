@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,6 +26,31 @@ DataOpt = typer.Option(..., "--data", "-d", help="dataset folder, CSV, manifest 
 LayoutOpt = typer.Option(None, "--layout", help="dataset layout; detected when omitted")
 OverrideOpt = typer.Option([], "--set", "-o", help="override a recipe field: section.key=value "
                            "(e.g. features.hop_length=441); repeatable")
+
+
+class Strategy(str, Enum):
+    auto = "auto"
+    ddp = "ddp"
+
+
+class TagFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Engine(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+class SubmitFormat(str, Enum):
+    kaggle = "kaggle"
+    kaggle_multilabel = "kaggle-multilabel"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
 
 
 def _recipes(names: List[str], overrides: List[str]):
@@ -110,18 +136,11 @@ def show(
 
       soundtag show dog.ogg --recipe fsd2018-lh --out dog.png
     """
-    from soundtag.recipe import list_recipes
     from soundtag.plots import show_clip
+    from soundtag.recipe import with_sibling_views
 
-    names = list(recipe)
-    builtin = set(list_recipes())
-    for name in recipe:
-        for a, b in (("-lh", "-x"), ("-x", "-lh")):
-            sibling = name[: -len(a)] + b if name.endswith(a) else None
-            if sibling in builtin and sibling not in names:
-                names.append(sibling)
     out = out or Path(clip.name).with_suffix(".png")
-    show_clip(clip, _recipes(names, override), out)
+    show_clip(clip, _recipes(with_sibling_views(recipe), override), out)
     console.print(f"wrote {out}")
 
 
@@ -143,7 +162,7 @@ def train(
     override: List[str] = OverrideOpt,
     devices: str = typer.Option("1", "--devices", help="devices (GPUs, or CPU processes) per node, or 'auto'"),
     num_nodes: int = typer.Option(1, "--num-nodes", help="machines taking part (torchrun or SLURM starts them)"),
-    strategy: str = typer.Option("auto", "--strategy", help="auto, or ddp for DistributedDataParallel"),
+    strategy: Strategy = typer.Option(Strategy.auto, "--strategy", help="auto, or ddp for DistributedDataParallel"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
     """Train one model per fold; write checkpoints, out-of-fold predictions, metrics and plots.
@@ -158,59 +177,36 @@ def train(
 
       torchrun --nproc-per-node 4 -m soundtag.cli train --data fsd50k --out runs/big --devices 4 --strategy ddp
     """
-    import datetime as dt
-
-    from soundtag.recipe import load_recipe
     from soundtag.manifest import open_dataset
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
-    from soundtag.training.run import Hardware, is_primary_process, launch_rank
+    from soundtag.training.run import Hardware, default_run_dir, is_primary_process, training_recipe
 
-    hardware = Hardware(devices=devices if devices == "auto" else int(devices), num_nodes=num_nodes,
-                        strategy=strategy)
+    hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
     if resume is not None:
         result = resume_run(resume, progress=progress, hardware=hardware)
     else:
         if data is None:
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
-        extra = list(override)
-        if folds is not None:
-            extra.append(f"training.folds={folds}")
-        if model is not None:
-            extra.append(f"training.model={model}")
-        if blacklist is not None:
-            extra.append(f"training.blacklist={blacklist.absolute()}")
-        if relabel is not None:
-            extra.append(f"training.relabel={relabel.absolute()}")
-        r = load_recipe(recipe, extra)
-        if out is None and launch_rank()[1] > 1:
-            raise typer.BadParameter("give --out RUN: processes started together must agree on the run directory")
-        out = out or Path("runs") / f"{r.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-        result = train_run(open_dataset(data, layout), r, out, cache_dir=cache, folds=fold or None,
-                           progress=progress, data_source=data, hardware=hardware)
+        r = training_recipe(recipe, override, folds=folds, model=model, blacklist=blacklist, relabel=relabel)
+        result = train_run(open_dataset(data, layout), r, out or default_run_dir(r), cache_dir=cache,
+                           folds=fold or None, progress=progress, data_source=data, hardware=hardware)
     if not is_primary_process():
         return  # the first process reports
     if result.folds_skipped:
         console.print(f"skipped finished fold(s) {result.folds_skipped}")
     if result.metrics:
         _print_metrics(result.run_dir, result.metrics)
-    else:
-        console.print(f"trained fold(s) {result.folds_trained}; evaluate once every fold is done")
 
 
 def _print_metrics(run_dir: Path, metrics: dict) -> None:
-    table = Table(title=f"out-of-fold metrics: {run_dir}")
-    for col in ("subset", "clips", "MAP@3", "top-1", "log loss / lwlrap"):
-        table.add_column(col, justify="left" if col == "subset" else "right")
-    any_blacklisted = metrics.get("blacklisted", {}).get("clips", 0) > 0
-    for name in ("all", "verified", "not_blacklisted", "blacklisted"):
-        m = metrics.get(name, {})
-        if not m.get("clips") or (name == "not_blacklisted" and not any_blacklisted):
-            continue
-        last = m.get("lwlrap", m.get("log_loss"))
-        table.add_row(name, str(m["clips"]), f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{last:.4f}")
-    console.print(table)
-    console.print(f"wrote {run_dir / 'metrics.json'}, oof.csv, confusion.png, learning_curves.png")
+    from soundtag.reports import metrics_table
+
+    console.print(metrics_table(run_dir, metrics))
+    if not metrics.get("complete", True):
+        console.print(f"[yellow]the other folds are not trained: these clips are {metrics['all']['clips']} of the "
+                      f"dataset; train the rest with `soundtag train --resume {escape(str(run_dir))}`[/]", soft_wrap=True)
+    console.print(f"wrote the metrics and plots to {escape(str(run_dir))}", soft_wrap=True)
 
 
 @app.command("merge-folds")
@@ -226,24 +222,18 @@ def merge_folds_cmd(
 
       soundtag merge-folds runs/job-* --out runs/esc50
     """
+    from soundtag.runs import RunDir
     from soundtag.training import evaluate_run
     from soundtag.training.merge import merge_folds
 
     run, source = merge_folds(jobs, out)
     for k, job in sorted(source.items()):
         console.print(f"fold {k}: {job}")
-    missing = [k for k in range(_fold_count(run)) if k not in source]
+    missing = RunDir(run).unfinished_folds()
     if missing:
         console.print(f"[yellow]fold(s) {missing} are not finished in any job; merge again when they are[/]")
     else:
         _print_metrics(run, evaluate_run(run))
-
-
-def _fold_count(run: Path) -> int:
-    import csv
-
-    with open(run / "folds.csv", newline="") as fh:
-        return 1 + max(int(row["fold"]) for row in csv.DictReader(fh))
 
 
 @app.command()
@@ -311,26 +301,19 @@ def ensemble(
       soundtag ensemble runs/esc10-lh runs/esc10-x --out runs/esc10-lh+x
     """
     from soundtag.prediction import ensemble_runs
+    from soundtag.reports import ensemble_table
 
     result = ensemble_runs(runs, out)
-    metric = "lwlrap" if "lwlrap" in result.blend_metrics else "log_loss"
-    table = Table(title=f"ensemble: out-of-fold, weights fitted on {result.fitted_on} training clips")
-    for col in ("run", "weight", "MAP@3", "top-1", metric.replace("_", " ")):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for r, w, m in zip(result.runs, result.weights, result.run_metrics):
-        table.add_row(str(r), f"{w:.3f}", f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{m[metric]:.4f}")
-    b = result.blend_metrics
-    table.add_row("[bold]blend[/]", "1.000", f"{b['map@3']:.4f}", f"{b['top1']:.4f}", f"{b[metric]:.4f}")
-    console.print(table)
-    console.print(f"wrote {out / 'ensemble.json'}, {out / 'oof.csv'}"
-                  + "".join(f", {p}" for p in result.predictions), soft_wrap=True)
+    console.print(ensemble_table(result))
+    console.print(f"wrote {escape(str(out))}: the weights, the blended out-of-fold predictions"
+                  + "".join(f", {escape(str(p))}" for p in result.predictions), soft_wrap=True)
 
 
 @app.command()
 def submit(
     predictions: Path = typer.Argument(..., help="a predictions CSV (soundtag predict or ensemble)"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="kaggle (top-3 labels) or kaggle-multilabel "
-                                      "(a probability per label); default from the predictions"),
+    fmt: Optional[SubmitFormat] = typer.Option(None, "--format", help="kaggle (top-3 labels) or kaggle-multilabel "
+                                               "(a probability per label); default from the predictions"),
     sample: Optional[Path] = typer.Option(None, "--sample-submission", help="the competition's "
                                           "sample_submission.csv: its order, and every clip must be predicted"),
     out: Path = typer.Option(Path("submission.csv"), "--out", help="file to write"),
@@ -342,12 +325,12 @@ def submit(
       soundtag submit runs/fsd-lh+x/predictions/fsdkaggle2018-test.csv --format kaggle \\
         --sample-submission ~/data/fsdkaggle2018/sample_submission.csv --out submission.csv
     """
-    from soundtag.prediction import read_predictions, write_submission
+    from soundtag.prediction import read_predictions, submission_format, write_submission
 
     preds = read_predictions(predictions)
-    write_submission(preds, out, fmt=fmt, sample_submission=sample)
-    console.print(f"wrote {out} ({len(preds.ids) if sample is None else 'sample order'}; "
-                  f"{fmt or ('kaggle-multilabel' if preds.multilabel else 'kaggle')} format)")
+    chosen = submission_format(preds, fmt.value if fmt else None)
+    write_submission(preds, out, fmt=chosen, sample_submission=sample)
+    console.print(f"wrote {out} ({len(preds.ids) if sample is None else 'sample order'}; {chosen} format)")
 
 
 @app.command()
@@ -355,10 +338,10 @@ def tag(
     model: Path = typer.Argument(..., help="a run or ensemble directory, a fold .ckpt, or an exported .onnx"),
     paths: List[Path] = typer.Argument(..., help="audio files or folders (searched recursively)"),
     top: int = typer.Option(3, "--top", "-k", help="labels shown per file"),
-    fmt: str = typer.Option("table", "--format", help="table, json or csv"),
+    fmt: TagFormat = typer.Option(TagFormat.table, "--format", help="table, json or csv"),
     out: Optional[Path] = typer.Option(None, "--out", help="write JSON/CSV here instead of printing it"),
     timeline: bool = typer.Option(False, "--timeline", help="tags per window over time, for long recordings"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
+    engine: Optional[Engine] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
     tta: int = typer.Option(0, "--tta", help="shifted copies of every crop"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
 ):
@@ -376,9 +359,7 @@ def tag(
     from soundtag.prediction import render_tags
     from soundtag.prediction.tagger import load_tagger, tag_files
 
-    if fmt not in ("table", "json", "csv"):
-        raise typer.BadParameter(f"--format {fmt!r}: use table, json or csv")
-    tagger = load_tagger(model, engine=engine, threads=threads)
+    tagger = load_tagger(model, engine=engine.value if engine else None, threads=threads)
     err = Console(stderr=True)
 
     def report(item):
@@ -386,11 +367,11 @@ def tag(
             err.print(f"[yellow]not tagged[/]: {escape(item.message)}", highlight=False)
 
     results, failures = tag_files(tagger, paths, timeline=timeline, tta=tta, on_result=report)
-    if fmt == "table":
+    if fmt is TagFormat.table:
         if results:
             console.print(render_tags.table(results, tagger.labels, top, timeline))
     else:
-        text = (render_tags.to_json if fmt == "json" else render_tags.to_csv)(results, tagger.labels, top, timeline)
+        text = (render_tags.to_json if fmt is TagFormat.json else render_tags.to_csv)(results, tagger.labels, top, timeline)
         if out:
             from soundtag._io import atomic_write_text
 
@@ -406,7 +387,7 @@ def tag(
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="a finished run directory"),
-    fmt: str = typer.Option("onnx", "--format", help="onnx"),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx"),
     out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN/model.onnx)"),
 ):
     """Export a run's fold ensemble as one self-contained ONNX model (labels and features inside).
@@ -418,8 +399,6 @@ def export(
     """
     from soundtag.prediction import export_onnx
 
-    if fmt != "onnx":
-        raise typer.BadParameter(f"--format {fmt!r}: only onnx is supported")
     path = export_onnx(run, out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); checked against PyTorch to 1e-4")
 
@@ -540,15 +519,6 @@ def _lists_dir(run: Path, lists: Optional[Path]) -> Path:
     return folder
 
 
-def _retrain_hint(run: Path, folder: Path) -> str:
-    import json
-
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-    data = info.get("data") or "DATA"
-    return (f"soundtag train --data {data} --recipe {run / 'recipe.yaml'} --blacklist {folder / 'blacklist.csv'} "
-            f"--relabel {folder / 'relabel.csv'}")
-
-
 @app.command()
 def suspects(
     run: Path = typer.Argument(..., help="a finished run directory"),
@@ -568,29 +538,18 @@ def suspects(
       soundtag suspects runs/esc10 --top 100 --no-audio
     """
     from soundtag.cleaning import DecisionBook, find_suspects, summarize, write_suspects
-    from soundtag.manifest import Manifest
+    from soundtag.reports import suspects_tables
+    from soundtag.runs import RunDir
 
     folder = _lists_dir(run, lists)
     df = find_suspects(run, audio=audio)
     if top is not None:
         df = df.head(top)
-    path = write_suspects(df, run / "suspects.csv")
-    manifest = Manifest.from_jsonl(run / "manifest.jsonl")
-    decided = set(DecisionBook(folder).latest()) if (folder / "decisions.csv").is_file() else set()
-    table = Table(title=f"suspects per class: {run}")
-    for col in ("class", "clips", "suspects", "misclassified", "label issue", "audio", "decided", "most confused with"):
-        table.add_column(col, justify="left" if col in ("class", "most confused with") else "right")
-    summary = summarize(df, manifest.labels, manifest.label_counts())
-    for row in summary.itertuples(index=False):
-        n_decided = sum(c in decided for c, labs in zip(df["clip_id"], df["label"]) if row[0] in labs.split(","))
-        table.add_row(row[0], str(row[1]), str(row.suspects), str(row.misclassified), str(row.label_issue),
-                      str(row.audio), str(n_decided), row.confused_with)
-    console.print(table)
-    head = Table(title="most suspect")
-    for col in ("rank", "clip", "label", "predicted", "score", "reasons"):
-        head.add_column(col, justify="right" if col in ("rank", "score") else "left")
-    for r in df.head(10).itertuples(index=False):
-        head.add_row(str(r.rank), r.clip_id, r.label, f"{r.pred1} {r.prob1:.2f}", f"{r.score:.3f}", r.reasons)
+    path = write_suspects(df, RunDir(run).suspects_csv)
+    manifest = RunDir(run).manifest()
+    decided = DecisionBook(folder).latest() if folder.is_dir() else {}
+    by_class, head = suspects_tables(run, df, summarize(df, manifest.labels, manifest.label_counts(), decided=decided))
+    console.print(by_class)
     console.print(head)
     console.print(f"wrote {path}: {len(df)} suspects of {len(manifest)} clips; listen to them with "
                   f"`soundtag review {run}`", soft_wrap=True)
@@ -613,11 +572,14 @@ def review(
 
       soundtag review runs/esc10 --port 8800 --lists cleaning/esc10
     """
+    from soundtag.cleaning import retrain_command
     from soundtag.cleaning.review import HOST, check_port, create_app, serve
+
+    from soundtag.runs import RunDir
 
     folder = _lists_dir(run, lists)
     port = check_port(port)
-    if not (run / "suspects.csv").is_file():
+    if not RunDir(run).suspects_csv.is_file():
         console.print("no suspects.csv yet: finding the suspects first (as `soundtag suspects` does)")
     web = create_app(run, folder)
     data = web.state.review
@@ -625,7 +587,7 @@ def review(
                   f"decisions go to {folder}", soft_wrap=True)
     console.print(f"open http://{HOST}:{port}/ in a browser (Ctrl-C to stop)", soft_wrap=True)
     serve(web, port=port)
-    console.print(f"then retrain: {_retrain_hint(run, folder)}", soft_wrap=True)
+    console.print(f"then retrain: {retrain_command(run, folder)}", soft_wrap=True)
 
 
 @app.command()
@@ -645,20 +607,16 @@ def clean(
 
       soundtag clean runs/esc10 --auto --max-fraction 0.05
     """
-    from soundtag.cleaning import auto_clean
+    from soundtag.cleaning import auto_clean, retrain_command
+    from soundtag.reports import decisions_table
 
     if not auto:
         raise typer.BadParameter("clean needs --auto; to decide by ear, run `soundtag review RUN`")
     folder = _lists_dir(run, lists)
     taken = auto_clean(run, folder, max_fraction=max_fraction, relabel_above=relabel_above)
-    table = Table(title=f"clean --auto: {len(taken)} decision(s)")
-    for col in ("clip", "decision", "reason"):
-        table.add_column(col)
-    for d in taken:
-        table.add_row(d.clip_id, d.decision + (f" -> {d.label}" if d.label else ""), d.reason)
-    console.print(table)
+    console.print(decisions_table(f"clean --auto: {len(taken)} decision(s)", taken))
     console.print(f"wrote {folder / 'blacklist.csv'} and {folder / 'relabel.csv'}; retrain with:\n  "
-                  f"{_retrain_hint(run, folder)}", soft_wrap=True)
+                  f"{retrain_command(run, folder)}", soft_wrap=True)
 
 
 def main() -> None:

@@ -253,3 +253,24 @@ def _describe(err: dict) -> str:
     if err["type"] == "missing":
         return f"missing key {where!r}"
     return f"{where}={err.get('input')!r}: {err['msg']}"
+
+
+def with_sibling_views(names: Iterable[str]) -> list[str]:
+    """``names`` plus the other view of each built-in LH/X pair (``esc50-lh`` brings ``esc50-x``),
+    in order and without repeats: what ``soundtag show`` draws.
+
+    Examples
+    --------
+    >>> with_sibling_views(["fsd2018-lh"])
+    ['fsd2018-lh', 'fsd2018-x']
+    >>> with_sibling_views(["esc50-x", "esc50-lh", "my.yaml"])
+    ['esc50-x', 'esc50-lh', 'my.yaml']
+    """
+    out = list(dict.fromkeys(str(n) for n in names))
+    builtin = set(list_recipes())
+    for name in list(out):
+        for own, other in (("-lh", "-x"), ("-x", "-lh")):
+            sibling = name[: -len(own)] + other if name.endswith(own) else None
+            if sibling in builtin and sibling not in out:
+                out.append(sibling)
+    return out

@@ -84,9 +84,9 @@ class Decision:
 
 def default_lists_dir(run_dir: str | Path, base: str | Path = ".") -> Path:
     """The lists folder used when none is given: ``<base>/cleaning/<dataset name of the run>``."""
-    from soundtag.manifest import Manifest
+    from soundtag.runs import RunDir
 
-    name = Manifest.from_jsonl(Path(run_dir) / "manifest.jsonl").name
+    name = RunDir(run_dir).dataset_name()
     return Path(base) / "cleaning" / (name or "dataset")
 
 
@@ -380,3 +380,14 @@ def _write_rows(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Non
     out.writerows({k: quote_text(_one_line(v)) if k in FREE_TEXT_COLUMNS and isinstance(v, str) else v
                    for k, v in row.items()} for row in rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def retrain_command(run_dir: str | Path, lists_dir: str | Path) -> str:
+    """The ``soundtag train`` command that retrains ``run_dir``'s recipe with a lists folder's
+    blacklist and relabels (the next round of the blacklist loop)."""
+    from soundtag.runs import RunDir
+
+    run = RunDir(run_dir)
+    folder = Path(lists_dir)
+    return (f"soundtag train --data {run.data_source() or 'DATA'} --recipe {run.recipe_file()} "
+            f"--blacklist {folder / 'blacklist.csv'} --relabel {folder / 'relabel.csv'}")

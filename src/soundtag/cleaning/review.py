@@ -34,8 +34,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from soundtag.cleaning.decisions import MAX_REASON, DecisionBook
-from soundtag.cleaning.suspects import check_run, find_suspects, read_suspects, write_suspects
+from soundtag.cleaning.suspects import find_suspects, read_suspects, write_suspects
 from soundtag.errors import DataError, ParameterError
+from soundtag.runs import RunDir
 
 HOST = "127.0.0.1"
 NEIGHBOURS = 4
@@ -108,21 +109,20 @@ class ReviewData:
 
     def __init__(self, run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataFrame | None = None,
                  neighbours: int = NEIGHBOURS):
-        from soundtag.recipe import load_recipe
-        from soundtag.training.evaluate import load_oof
-
-        self.run_dir = check_run(run_dir)
-        self.manifest, self.probs, self.folds, self.in_training = load_oof(self.run_dir)
-        self.recipe = load_recipe(self.run_dir / "recipe.yaml")
+        run = RunDir(run_dir).require_complete()
+        self.run_dir = run.path
+        oof = run.out_of_fold()
+        self.manifest, self.probs, self.folds, self.in_training = oof.manifest, oof.probs, oof.folds, oof.in_training
+        self.recipe = run.recipe()
+        path = run.suspects_csv
         if suspects is None:
-            path = self.run_dir / "suspects.csv"
             if not path.is_file():
                 write_suspects(find_suspects(self.run_dir), path)
             suspects = read_suspects(path)
         self.row = {c.id: i for i, c in enumerate(self.manifest)}
         unknown = [c for c in suspects["clip_id"] if c not in self.row]
         if unknown:
-            raise DataError(f"{self.run_dir / 'suspects.csv'}: {len(unknown)} clip(s) are not in the run "
+            raise DataError(f"{path}: {len(unknown)} clip(s) are not in the run "
                             f"(first: {unknown[0]!r}); run `soundtag suspects {self.run_dir}` again")
         self.suspects = suspects.reset_index(drop=True)
         self.records = {r["clip_id"]: r for r in self.suspects.to_dict("records")}

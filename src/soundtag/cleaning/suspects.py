@@ -25,7 +25,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ import pandas as pd
 from soundtag._io import atomic_write_text
 from soundtag.audio import SILENCE_PEAK, decode, trim
 from soundtag.errors import AudioError, DataError, ParameterError
+from soundtag.runs import RunDir
 
 # Added to ``1 - label quality`` for each audio reason: a silent clip is useless whatever its
 # label; a duplicate with another label is a label conflict; clipping and shortness are worth a
@@ -247,17 +248,8 @@ def rank_suspects(clip_ids: Sequence[str], given: Sequence[Sequence[str]], label
 
 
 def check_run(run_dir: str | Path) -> Path:
-    """Return ``run_dir`` if it is a finished run (it has ``oof.csv``); else raise DataError."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"run directory {run_dir} does not exist; give the --out folder of `soundtag train`")
-    if not (run_dir / "manifest.jsonl").is_file():
-        raise DataError(f"{run_dir} is not a soundtag run (no manifest.jsonl); give the --out folder of "
-                        "`soundtag train`")
-    if not (run_dir / "oof.csv").is_file():
-        raise DataError(f"{run_dir} has no oof.csv: the run is not finished, so not every clip has an "
-                        f"out-of-fold prediction yet; finish it with `soundtag train --resume {run_dir}`")
-    return run_dir
+    """Return ``run_dir`` if it is a run whose every fold is finished; else raise DataError."""
+    return RunDir(run_dir).require_complete().path
 
 
 def find_suspects(run_dir: str | Path, *, audio: bool = True, method: str = "self_confidence",
@@ -266,7 +258,7 @@ def find_suspects(run_dir: str | Path, *, audio: bool = True, method: str = "sel
 
     Parameters
     ----------
-    run_dir : a finished run (``soundtag train`` wrote its ``oof.csv``)
+    run_dir : a finished run (every fold trained)
     audio : also decode every clip and flag silent, clipped, duplicate and short ones
     method : cleanlab's label-quality method (see :func:`label_scores`)
     all_clips : keep every clip in the ranking, not only the suspects
@@ -276,15 +268,13 @@ def find_suspects(run_dir: str | Path, *, audio: bool = True, method: str = "sel
     -------
     DataFrame with :data:`COLUMNS`, most suspect first (see :func:`rank_suspects`).
     """
-    from soundtag.recipe import load_recipe
-    from soundtag.training.evaluate import load_oof
-
-    run_dir = check_run(run_dir)
-    manifest, probs, folds, in_training = load_oof(run_dir)
+    run = RunDir(run_dir).require_complete()
+    oof = run.out_of_fold()
+    manifest, probs, folds, in_training = oof.manifest, oof.probs, oof.folds, oof.in_training
     given = [c.labels for c in manifest]
     flags = None
     if audio:
-        trim_db = load_recipe(run_dir / "recipe.yaml").audio.trim_db
+        trim_db = run.recipe().audio.trim_db
         flags = audio_flags(manifest.ids, [c.path for c in manifest], given,
                             trim_db=60.0 if trim_db is None else trim_db, workers=workers)
     df = rank_suspects(manifest.ids, given, manifest.labels, probs, multilabel=manifest.multilabel,
@@ -322,8 +312,12 @@ def read_suspects(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def summarize(df: pd.DataFrame, label_names: Sequence[str], clips_per_label: dict[str, int] | None = None) -> pd.DataFrame:
-    """Per class: clips, suspects, each finder's count, and the class most often predicted instead."""
+def summarize(df: pd.DataFrame, label_names: Sequence[str], clips_per_label: dict[str, int] | None = None,
+              decided: Iterable[str] = ()) -> pd.DataFrame:
+    """Per class: clips, suspects, each finder's count, how many of its suspects have a decision
+    (``decided``: the clip ids a lists folder has decided), and the class most often predicted
+    instead."""
+    decided = set(decided)
     rows = []
     exploded = df.assign(label=df["label"].str.split(",")).explode("label")
     for lab in label_names:
@@ -339,6 +333,7 @@ def summarize(df: pd.DataFrame, label_names: Sequence[str], clips_per_label: dic
             "misclassified": int(wrong.sum()),
             "label_issue": sum("label_issue" in r for r in reasons),
             "audio": sum(bool(r - {"misclassified", "label_issue", ""}) for r in reasons),
+            "decided": int(part["clip_id"].isin(decided).sum()),
             "confused_with": f"{confused.index[0]} ({confused.iloc[0]})" if len(confused) else "",
         })
     return pd.DataFrame(rows)

@@ -28,6 +28,7 @@ from soundtag.features.numpy_melspec import NumpyLogMel, n_frames
 from soundtag.recipe import Recipe
 from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
 from soundtag.prediction.combine import combine_folds, geometric_mean
+from soundtag.runs import EnsembleDir, RunDir
 
 ENGINES = ("torch", "onnx")
 #: Key of the JSON blob an exported model carries in its ONNX metadata.
@@ -170,13 +171,13 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
     engine = engine or ("onnx" if source.suffix == ".onnx" else "torch")
     if engine not in ENGINES:
         raise ParameterError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
-    if (source / "ensemble.json").is_file():
-        info = json.loads((source / "ensemble.json").read_text())
-        members = [load_tagger(r["path"], engine=engine, threads=threads) for r in info["runs"]]
-        return EnsembleTagger(members, np.array([r["weight"] for r in info["runs"]]), str(source))
+    if EnsembleDir(source).is_ensemble():
+        runs, weights = zip(*EnsembleDir(source).members())
+        members = [load_tagger(r, engine=engine, threads=threads) for r in runs]
+        return EnsembleTagger(members, np.array(weights), str(source))
     if engine == "onnx":
-        if source.is_dir() and (source / "model.onnx").is_file():  # where `soundtag export RUN` writes
-            source = source / "model.onnx"
+        if source.is_dir() and RunDir(source).onnx_model.is_file():  # where `soundtag export RUN` writes
+            source = RunDir(source).onnx_model
         if source.suffix != ".onnx":
             raise ParameterError(f"the onnx engine runs exported models: run `soundtag export {source}` "
                                  "and tag with the .onnx file it writes")
