@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -482,18 +481,6 @@ def test_filter_keeps_source_rows_for_later_problems(tmp_path):
 
 # --- every problem at once, parse errors included ---------------------------------------------
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """Run ``soundtag ARGS`` through ``soundtag.cli.main()`` in this process: (status, out, err)."""
-    from soundtag import cli
-
-    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the terminal width: keep one problem a line
-    monkeypatch.setattr(sys, "argv", ["soundtag", *map(str, args)])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    out, err = capsys.readouterr()
-    return done.value.code or 0, out, err
-
-
 def _four_problem_csv(tmp_path: Path) -> Path:
     """A CSV with a duplicated id (row 3), a missing file (4), an empty label (5), fold=x (6)."""
     for name in ("a.wav", "b.wav", "c.wav"):
@@ -524,9 +511,9 @@ def test_a_bad_fold_is_reported_with_every_other_problem_in_row_order(tmp_path):
     assert [p.where for p in err.value.problems] == ["row 3 (a.wav)", "row 5 (b.wav)", "row 6 (c.wav)"]
 
 
-def test_data_check_reports_all_four_problems_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+def test_data_check_reports_all_four_problems_and_exits_non_zero(tmp_path, soundtag_main):
     csv_path = _four_problem_csv(tmp_path)
-    status, out, err = _cli(monkeypatch, capsys, "data", "check", csv_path)
+    status, out, err = soundtag_main("data", "check", csv_path)
     assert status == 2 and out == ""
     lines = [line for line in err.splitlines() if line.startswith("  - ")]
     assert len(lines) == 4, err
@@ -626,12 +613,12 @@ def test_every_real_esc10_clip_decodes(esc10):
         esc10.decode_problems(workers=0)
 
 
-def test_data_check_decode_exits_non_zero_naming_each_file(broken_clips, monkeypatch, capsys, tmp_path):
+def test_data_check_decode_exits_non_zero_naming_each_file(broken_clips, soundtag_main, tmp_path):
     csv_path, expected = broken_clips
-    status, out, err = _cli(monkeypatch, capsys, "data", "check", csv_path, "--probe")
+    status, out, err = soundtag_main("data", "check", csv_path, "--probe")
     assert status == 0 and "6 clips" in out and "2 file(s) have no readable header" in out, out
     saved = tmp_path / "saved.jsonl"
-    status, out, err = _cli(monkeypatch, capsys, "data", "check", csv_path, "--decode", "--save", saved)
+    status, out, err = soundtag_main("data", "check", csv_path, "--decode", "--save", saved)
     assert status == 2 and not saved.exists()
     lines = [line for line in err.splitlines() if line.startswith("  - ")]
     assert len(lines) == len(expected), err
@@ -640,5 +627,5 @@ def test_data_check_decode_exits_non_zero_naming_each_file(broken_clips, monkeyp
     # The two good files alone pass.
     good = csv_path.with_name("good.csv")
     good.write_text("path,labels\ndog.ogg,dog\nrain.flac,rain\n")
-    status, out, err = _cli(monkeypatch, capsys, "data", "check", good, "--decode")
+    status, out, err = soundtag_main("data", "check", good, "--decode")
     assert status == 0 and err == "" and "2 clips" in out, out
