@@ -6,7 +6,7 @@ SOUNDTAG := $(VENV)/bin/soundtag
 export SOUNDTAG_DATA ?= $(abspath ../shared/data)
 DEMO ?= demo
 
-.PHONY: venv test browser demo demo-run bench clean
+.PHONY: venv test test-fast browser browser-for-test demo demo-run bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,8 +18,28 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
-	$(PY) -m pytest
+# The whole suite, doctests of src/ included; installs chromium first when it is missing (see
+# browser-for-test), so that the review page's real-browser test runs rather than skips.
+test: venv browser-for-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (training runs, many clips): under a minute on 2 cores.
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# chromium present: nothing to do. Missing: installed through `make browser` when this user may
+# install packages (root, or sudo without a password or with a terminal to ask it on), else
+# stop with the command to run.
+browser-for-test:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && { sudo -n true 2>/dev/null || [ -t 0 ]; }; }; then \
+	    echo "chromium is missing (the review page's browser test needs it): installing it with make browser"; \
+	    $(MAKE) --no-print-directory browser; \
+	  else \
+	    echo "chromium is missing and this user cannot install packages; run as root (or with sudo):" >&2; \
+	    echo "  sudo make browser    # or: apt-get install -y chromium chromium-driver" >&2; \
+	    exit 1; \
+	  fi; }
 
 # Debian's chromium for the review page's browser test (Playwright drives it; no browser download).
 browser:

@@ -98,6 +98,7 @@ def test_load_with_trim_db_equals_trim_of_the_decode(ogg_clips):
 
 # --- trim -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_trim_equals_librosa_on_real_clips(ogg_clips, flac_clips):
     paths = ogg_clips[::50] + flac_clips[::250]
     for path in paths:

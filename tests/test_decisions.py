@@ -98,6 +98,7 @@ for k in range(n):
 """
 
 
+@pytest.mark.slow
 def test_processes_deciding_at_once_lose_no_decision(tmp_path):
     """Four processes take 25 decisions each on one folder: every one lands once in each file."""
     folder, go = tmp_path / "lists", tmp_path / "go"

@@ -607,6 +607,7 @@ def test_decode_problems_name_every_broken_file_and_only_those(broken_clips):
         assert str(csv_path.parent / name) in p.message and words in p.message, p
 
 
+@pytest.mark.slow
 def test_every_real_esc10_clip_decodes(esc10):
     assert esc10.decode_problems() == []
     with pytest.raises(ParameterError, match="workers=0"):

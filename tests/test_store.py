@@ -167,6 +167,7 @@ _WRITER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_a_readable_store_and_rerun_completes(esc10_root, tmp_path, lh):
     manifest = _copy_clips(_real_clips(esc10_root, 16), tmp_path / "audio")
     n = len(manifest)
