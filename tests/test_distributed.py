@@ -241,10 +241,6 @@ def test_resolve_shard_takes_the_launchers_rank_only_for_several_processes():
     for bad in ((2, 2), (-1, 3), (0.5, 2), 3):
         with pytest.raises(ParameterError, match="shard"):
             resolve_shard(bad)
-    # the old home of launch_rank still works
-    from soundtag.training.run import launch_rank as old
-
-    assert old is launch_rank
 
 
 def test_extract_features_takes_its_shard_from_the_launcher_unless_told_all(subset, tmp_path, monkeypatch):

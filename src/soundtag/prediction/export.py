@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from soundtag._io import atomic_path
-from soundtag.features.numpy_melspec import mel_filterbank, n_frames
+from soundtag.features.numpy_melspec import NumpyLogMel, n_frames
 from soundtag.prediction.tagger import ONNX_METADATA_KEY
 from soundtag.runs import RunDir
 
@@ -44,8 +44,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
     f = recipe.features
     frames = recipe.chunk_frames if recipe.view.kind == "x" else n_frames(recipe.view_samples, f.hop_length)
     example = torch.randn(3, f.n_mels, frames) * 10 - 40
-    basis = mel_filterbank(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels,
-                           fmin=f.fmin, fmax=f.fmax).astype(np.float32)
+    basis = NumpyLogMel.from_recipe(recipe).mel_basis.astype(np.float32)
     meta = {
         "format": 1, "labels": loaded.labels, "multilabel": loaded.multilabel,
         "recipe": recipe.model_dump(mode="json"), "folds": len(loaded.checkpoints),

@@ -58,7 +58,8 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     if unknown:
         raise DataError(f"{manifest.name}: label(s) {unknown[:10]} are not among the run's {len(loaded.labels)} labels")
     cache_dir = cache_dir or run.cache_dir()
-    store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
+    # shard="all": this process predicts every clip, even when a launcher started several.
+    store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress, shard="all")
     failed = {f.clip_id for f in summary.failures}
     clips = [c for c in manifest if c.id not in failed]
     probs = np.empty((len(clips), len(loaded.labels)))

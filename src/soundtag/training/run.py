@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from soundtag.distributed import launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
 from soundtag.recipe import Recipe, load_recipe
@@ -112,9 +112,6 @@ class Hardware:
         return "auto"
 
 
-from soundtag.distributed import launch_rank  # noqa: E402 - its home now; still importable from here
-
-
 def training_recipe(recipe: str | Path, overrides: Iterable[str] = (), *, folds: int | None = None,
                     model: str | None = None, blacklist: str | Path | None = None,
                     relabel: str | Path | None = None) -> Recipe:
@@ -184,7 +181,7 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
         # once: they read a store made beforehand (`soundtag features`, sharded if need be).
         store, failed = stored_features(manifest, recipe, cache_dir)
     else:
-        store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress)
+        store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress, shard="all")
         failed = {f.clip_id for f in summary.failures}
     if failed:
         manifest = manifest.filter(lambda c: c.id not in failed)
