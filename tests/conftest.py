@@ -25,6 +25,18 @@ FAST = ["training.epochs=2", "training.batch_size=8", "training.model_args={widt
         "training.model=vgg", "features.n_mels=32"]
 
 
+#: Session fixtures that train: a test using one, directly or through another fixture, is slow
+#: even when it forgets its @pytest.mark.slow (make test-fast must stay quick).
+TRAINING_FIXTURES = {"dirty_run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def _data_root() -> Path | None:
     root = os.environ.get("SOUNDTAG_DATA")
     path = Path(root) if root else REPO.parent / "shared" / "data"
