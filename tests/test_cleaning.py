@@ -82,8 +82,10 @@ def test_multilabel_ranking_and_the_per_class_summary():
     assert df["clip_id"].tolist() == ["clip7"] and df.iloc[0]["pred1"] == "a"
     assert set(df.iloc[0]["reasons"].split(";")) == {"misclassified", "label_issue"}
     summary = summarize(df, labels, {"a": 17, "b": 17, "c": 16}).set_index("class")
-    assert summary.loc["b"].tolist() == [17, 1, 1, 1, 0, "a (1)"]
-    assert summary.loc["a"].tolist() == [17, 0, 0, 0, 0, ""], "a class without suspects is a row of zeros"
+    assert summary.loc["b"].tolist() == [17, 1, 1, 1, 0, 0, "a (1)"]
+    assert summary.loc["a"].tolist() == [17, 0, 0, 0, 0, 0, ""], "a class without suspects is a row of zeros"
+    decided = summarize(df, labels, decided={"clip7", "clip8"}).set_index("class")["decided"]
+    assert decided.to_dict() == {"a": 0, "b": 1, "c": 0}, "only suspects count, in each of their classes"
 
 
 # --- suspects of a real run ----------------------------------------------------------------
@@ -136,13 +138,18 @@ def test_find_suspects_on_a_real_run(run_dir, run_manifest, tmp_path, read_csv_r
 def test_suspects_refuses_a_run_that_is_not_finished(run_dir, tmp_path, soundtag):
     with pytest.raises(DataError, match="does not exist"):
         find_suspects(tmp_path / "nowhere")
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    shutil.copy(run_dir / "manifest.jsonl", not_a_run)
+    with pytest.raises(DataError, match="not a soundtag run"):
+        find_suspects(not_a_run)
+    # a run with its first fold finished and the others not
     unfinished = tmp_path / "unfinished"
-    unfinished.mkdir()
-    shutil.copy(run_dir / "manifest.jsonl", unfinished)
-    with pytest.raises(DataError, match=r"no oof\.csv.*--resume"):
+    shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("fold-[1-9]*", "oof.csv"))
+    with pytest.raises(DataError, match=r"fold\(s\) \[1.*not finished.*--resume"):
         find_suspects(unfinished)
     out = soundtag("suspects", unfinished)
-    assert out.returncode == 2 and "oof.csv" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "not finished" in out.stderr and "Traceback" not in out.stderr
 
 
 # --- the decision book ---------------------------------------------------------------------
@@ -232,9 +239,10 @@ def test_decisions_resume_and_compose_across_rounds(run_dir, run_manifest, tmp_p
 
 @pytest.mark.slow
 def test_auto_clean_applies_cleanlab_within_the_limit(run_dir, run_manifest, tmp_path, read_csv_rows):
-    from soundtag.training.evaluate import load_oof
+    from soundtag.runs import RunDir
 
-    manifest, probs, _, _ = load_oof(run_dir)
+    oof = RunDir(run_dir).out_of_fold()
+    manifest, probs = oof.manifest, oof.probs
     quality, issues = label_scores([c.labels for c in manifest], manifest.labels, probs)
     flagged = [manifest[i].id for i in np.argsort(quality, kind="stable") if issues[i]]
     assert len(flagged) > 5, "the tiny run is expected to get many clips wrong"
