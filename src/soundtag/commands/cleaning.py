@@ -1,0 +1,125 @@
+"""``soundtag suspects``, ``review`` and ``clean``: the blacklist loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from soundtag.commands import console
+
+ListsOpt = typer.Option(None, "--lists", help="folder of blacklist.csv, relabel.csv and decisions.csv "
+                        "(default: cleaning/<dataset name>/ in the current folder)")
+
+
+def _lists_dir(run: Path, lists: Optional[Path]) -> Path:
+    from soundtag.cleaning import default_lists_dir
+    from soundtag.cleaning.suspects import check_run
+
+    check_run(run)
+    if lists is not None:
+        return lists
+    folder = default_lists_dir(run)
+    console.print(f"lists: {folder} (choose another folder with --lists DIR)", soft_wrap=True)
+    return folder
+
+
+def suspects(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    lists: Optional[Path] = ListsOpt,
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="keep only the N most suspect clips"),
+    audio: bool = typer.Option(True, help="also decode every clip to flag silent, clipped, duplicate and short ones"),
+):
+    """Rank a run's training clips by how suspect their label or audio is; write RUN/suspects.csv.
+
+    Misclassified clips (out of fold), cleanlab's label issues and audio problems (near-silent,
+    clipped, duplicate audio, much shorter than the class) are listed, most suspect first.
+
+    Examples:
+
+      soundtag suspects runs/esc10
+
+      soundtag suspects runs/esc10 --top 100 --no-audio
+    """
+    from soundtag.cleaning import DecisionBook, find_suspects, summarize, write_suspects
+    from soundtag.reports import suspects_tables
+    from soundtag.runs import RunDir
+
+    folder = _lists_dir(run, lists)
+    df = find_suspects(run, audio=audio)
+    if top is not None:
+        df = df.head(top)
+    path = write_suspects(df, RunDir(run).suspects_csv)
+    manifest = RunDir(run).manifest()
+    decided = DecisionBook(folder).latest() if folder.is_dir() else {}
+    by_class, head = suspects_tables(run, df, summarize(df, manifest.labels, manifest.label_counts(), decided=decided))
+    console.print(by_class)
+    console.print(head)
+    console.print(f"wrote {path}: {len(df)} suspects of {len(manifest)} clips; listen to them with "
+                  f"`soundtag review {run}`", soft_wrap=True)
+
+
+def review(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    port: int = typer.Option(8765, "--port", help="port on 127.0.0.1 (0: any free port)"),
+    lists: Optional[Path] = ListsOpt,
+):
+    """Review the suspects in a local web page: listen, then Blacklist, Keep or Relabel each.
+
+    Every decision is written at once to the lists folder; stop with Ctrl-C and run the command
+    again to go on where you stopped.
+
+    Examples:
+
+      soundtag review runs/esc10
+
+      soundtag review runs/esc10 --port 8800 --lists cleaning/esc10
+    """
+    from soundtag.cleaning import retrain_command
+    from soundtag.cleaning.review import HOST, check_port, create_app, serve
+
+    from soundtag.runs import RunDir
+
+    folder = _lists_dir(run, lists)
+    port = check_port(port)
+    if not RunDir(run).suspects_csv.is_file():
+        console.print("no suspects.csv yet: finding the suspects first (as `soundtag suspects` does)")
+    web = create_app(run, folder)
+    data = web.state.review
+    console.print(f"review {run}, round {data.round}: {data.progress()['reviewed']} of {len(data.suspects)} reviewed; "
+                  f"decisions go to {folder}", soft_wrap=True)
+    console.print(f"open http://{HOST}:{port}/ in a browser (Ctrl-C to stop)", soft_wrap=True)
+    serve(web, port=port)
+    console.print(f"then retrain: {retrain_command(run, folder)}", soft_wrap=True)
+
+
+def clean(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    auto: bool = typer.Option(False, "--auto", help="apply cleanlab's findings without review"),
+    max_fraction: float = typer.Option(0.05, "--max-fraction", help="decide at most this share of the clips"),
+    relabel_above: Optional[float] = typer.Option(None, "--relabel-above", help="relabel to the top prediction "
+                                                  "when its probability is at least this, instead of blacklisting"),
+    lists: Optional[Path] = ListsOpt,
+):
+    """Blacklist the clips cleanlab flags, worst first, without listening (for those who trust it).
+
+    Clips that already have a decision keep it. Writes the same files as `soundtag review`.
+
+    Example:
+
+      soundtag clean runs/esc10 --auto --max-fraction 0.05
+    """
+    from soundtag.cleaning import auto_clean, retrain_command
+    from soundtag.reports import decisions_table
+
+    if not auto:
+        raise typer.BadParameter("clean needs --auto; to decide by ear, run `soundtag review RUN`")
+    folder = _lists_dir(run, lists)
+    taken = auto_clean(run, folder, max_fraction=max_fraction, relabel_above=relabel_above)
+    console.print(decisions_table(f"clean --auto: {len(taken)} decision(s)", taken))
+    console.print(f"wrote {folder / 'blacklist.csv'} and {folder / 'relabel.csv'}; retrain with:\n  "
+                  f"{retrain_command(run, folder)}", soft_wrap=True)
+
+
+COMMANDS = (suspects, review, clean)

@@ -1,0 +1,184 @@
+"""``soundtag predict``, ``ensemble``, ``submit``, ``tag`` and ``export``: using trained runs."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from soundtag.commands import DataOpt, LayoutOpt, console, err_console, escape
+
+
+class TagFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Engine(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+class SubmitFormat(str, Enum):
+    kaggle = "kaggle"
+    kaggle_multilabel = "kaggle-multilabel"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+def predict(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    data: str = DataOpt,
+    layout: Optional[str] = LayoutOpt,
+    split: Optional[str] = typer.Option(None, "--split", help="for datasets with splits (fsdkaggle2018): train or test"),
+    out: Optional[Path] = typer.Option(None, "--out", help="predictions CSV (default: RUN/predictions/<dataset>.csv)"),
+    tta: int = typer.Option(0, "--tta", help="test-time augmentation: shifted copies of every crop"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="feature store folder (default: the run's)"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+):
+    """Predict every clip of a dataset with every fold model of a run.
+
+    LH runs see the head crop, X runs every chunk (averaged per clip); fold models are combined
+    by their geometric mean.
+
+    Examples:
+
+      soundtag predict runs/esc10-lh --data esc10
+
+      soundtag predict runs/fsd-lh --data ~/data/fsdkaggle2018 --split test --tta 4
+    """
+    from soundtag.manifest import open_dataset
+    from soundtag.prediction import predict_dataset
+
+    manifest = open_dataset(data, layout, **({"split": split} if split else {}))
+    result = predict_dataset(run, manifest, out=out, cache_dir=cache, tta=tta, progress=progress)
+    for f in result.failures[:10]:
+        console.print(f"[yellow]not predicted[/]: {escape(f.message)}")
+    console.print(f"predicted {len(result.predictions.ids)} clips of {manifest.name}"
+                  + (f", {len(result.failures)} could not be decoded" if result.failures else ""))
+    if result.metrics:
+        m = result.metrics
+        console.print(f"MAP@3 {m['map@3']:.4f}  top-1 {m['top1']:.4f}  log loss {m['log_loss']:.4f}")
+    console.print(f"wrote {result.path}", soft_wrap=True)
+
+
+def ensemble(
+    runs: List[Path] = typer.Argument(..., help="two or more finished runs of the same dataset"),
+    out: Path = typer.Option(..., "--out", help="ensemble directory to write"),
+):
+    """Blend runs (LH with X, and more) with weights fitted on out-of-fold predictions.
+
+    Writes ENSEMBLE/ensemble.json, the blended oof.csv, and blended predictions/<name>.csv for
+    every prediction file all the runs have.
+
+    Example:
+
+      soundtag ensemble runs/esc10-lh runs/esc10-x --out runs/esc10-lh+x
+    """
+    from soundtag.prediction import ensemble_runs
+    from soundtag.reports import ensemble_table
+
+    result = ensemble_runs(runs, out)
+    console.print(ensemble_table(result))
+    console.print(f"wrote {escape(str(out))}: the weights, the blended out-of-fold predictions"
+                  + "".join(f", {escape(str(p))}" for p in result.predictions), soft_wrap=True)
+
+
+def submit(
+    predictions: Path = typer.Argument(..., help="a predictions CSV (soundtag predict or ensemble)"),
+    fmt: Optional[SubmitFormat] = typer.Option(None, "--format", help="kaggle (top-3 labels) or kaggle-multilabel "
+                                               "(a probability per label); default from the predictions"),
+    sample: Optional[Path] = typer.Option(None, "--sample-submission", help="the competition's "
+                                          "sample_submission.csv: its order, and every clip must be predicted"),
+    out: Path = typer.Option(Path("submission.csv"), "--out", help="file to write"),
+):
+    """Write a competition submission from predictions.
+
+    Example:
+
+      soundtag submit runs/fsd-lh+x/predictions/fsdkaggle2018-test.csv --format kaggle \\
+        --sample-submission ~/data/fsdkaggle2018/sample_submission.csv --out submission.csv
+    """
+    from soundtag.prediction import read_predictions, submission_format, write_submission
+
+    preds = read_predictions(predictions)
+    chosen = submission_format(preds, fmt.value if fmt else None)
+    write_submission(preds, out, fmt=chosen, sample_submission=sample)
+    console.print(f"wrote {out} ({len(preds.ids) if sample is None else 'sample order'}; {chosen} format)")
+
+
+def tag(
+    model: Path = typer.Argument(..., help="a run or ensemble directory, a fold .ckpt, or an exported .onnx"),
+    paths: List[Path] = typer.Argument(..., help="audio files or folders (searched recursively)"),
+    top: int = typer.Option(3, "--top", "-k", help="labels shown per file"),
+    fmt: TagFormat = typer.Option(TagFormat.table, "--format", help="table, json or csv"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write JSON/CSV here instead of printing it"),
+    timeline: bool = typer.Option(False, "--timeline", help="tags per window over time, for long recordings"),
+    engine: Optional[Engine] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
+    tta: int = typer.Option(0, "--tta", help="shifted copies of every crop"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
+):
+    """Tag audio files of any format, rate, channel count and length.
+
+    A missing or unreadable file is reported and the others are tagged; the exit status is 1
+    when any file failed.
+
+    Examples:
+
+      soundtag tag runs/esc10-lh dog.ogg recordings/
+
+      soundtag tag model.onnx --engine onnx field.wav --timeline --format csv --out field.csv
+    """
+    from soundtag.prediction import render_tags
+    from soundtag.prediction.tagger import load_tagger, tag_files
+
+    tagger = load_tagger(model, engine=engine.value if engine else None, threads=threads)
+    err = err_console
+
+    def report(item):
+        if not hasattr(item, "probs"):  # file names may hold brackets: never read them as markup
+            err.print(f"[yellow]not tagged[/]: {escape(item.message)}", highlight=False)
+
+    results, failures = tag_files(tagger, paths, timeline=timeline, tta=tta, on_result=report)
+    if fmt is TagFormat.table:
+        if results:
+            console.print(render_tags.table(results, tagger.labels, top, timeline))
+    else:
+        text = (render_tags.to_json if fmt is TagFormat.json else render_tags.to_csv)(results, tagger.labels, top, timeline)
+        if out:
+            from soundtag._io import atomic_write_text
+
+            atomic_write_text(out, text)
+            console.print(f"wrote {out}")
+        else:
+            sys.stdout.write(text)
+    if failures:
+        err.print(f"{len(failures)} of {len(results) + len(failures)} file(s) could not be tagged")
+        raise typer.Exit(1)
+
+
+def export(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx"),
+    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN/model.onnx)"),
+):
+    """Export a run's fold ensemble as one self-contained ONNX model (labels and features inside).
+
+    Example:
+
+      soundtag export runs/esc10-lh --format onnx --out esc10-lh.onnx
+      soundtag tag esc10-lh.onnx dog.ogg
+    """
+    from soundtag.prediction import export_onnx
+
+    path = export_onnx(run, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); checked against PyTorch to 1e-4")
+
+
+COMMANDS = (predict, ensemble, submit, tag, export)
