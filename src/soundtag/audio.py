@@ -234,6 +234,29 @@ def pad_center(samples: np.ndarray, length: int) -> np.ndarray:
     return np.pad(samples, (left, length - n - left))
 
 
-def head(samples: np.ndarray, length: int) -> np.ndarray:
-    """The first ``length`` samples, centre-padded with zeros when the clip is shorter."""
-    return pad_center(samples[:length], length)
+def pad_repeat(samples: np.ndarray, length: int) -> np.ndarray:
+    """``samples`` repeated end to end until ``length`` samples long (a longer signal is returned
+    unchanged): a short clip fills the view with itself instead of silence.
+
+    Examples
+    --------
+    >>> pad_repeat(np.arange(1, 4, dtype=np.float32), 7)
+    array([1., 2., 3., 1., 2., 3., 1.], dtype=float32)
+    >>> pad_repeat(np.zeros(0, dtype=np.float32), 3)    # nothing to repeat: zeros
+    array([0., 0., 0.], dtype=float32)
+    """
+    n = samples.shape[0]
+    if n >= length:
+        return samples
+    if n == 0:
+        return np.zeros(length, dtype=samples.dtype)
+    return np.tile(samples, -(-length // n))[:length]
+
+
+def head(samples: np.ndarray, length: int, *, padding: str = "center") -> np.ndarray:
+    """The first ``length`` samples; a shorter clip is centre-padded with zeros (``center``) or
+    repeated to fill them (``repeat``)."""
+    if padding not in ("center", "repeat"):
+        raise ParameterError(f"padding={padding!r} must be 'center' or 'repeat'")
+    fill = pad_center if padding == "center" else pad_repeat
+    return fill(samples[:length], length)

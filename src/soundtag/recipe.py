@@ -48,7 +48,15 @@ class ViewConfig(_Section):
     duration: float = Field(gt=0, description="LH: seconds of the head; X: seconds per chunk")
     overlap: float = Field(0.1, ge=0, lt=1, description="X: fraction shared by neighbouring chunks")
     min_tail: float = Field(0.2, ge=0, le=1, description="X: a tail shorter than this fraction of a chunk is dropped")
-    normalization: Literal["per_sample", "per_feature", "none"] = "per_sample"
+    normalization: Literal["per_sample", "per_feature", "global", "none"] = Field(
+        "per_sample", description="per_sample: (x - mean) / (std + 1) of each view; per_feature: each mel bin by "
+        "the training clips' mean and std; global: one mean and std of the training clips")
+    normalize_over: Literal["window", "sound"] = Field(
+        "window", description="statistics over the whole view (the kernel's), or over the sound's frames only, "
+        "so the padding of a short clip does not drown them")
+    padding: Literal["center", "repeat"] = Field(
+        "center", description="a clip shorter than the view: centred between zeros (the kernel's), or repeated "
+        "to fill it")
 
 
 class MixupConfig(_Section):
@@ -56,8 +64,14 @@ class MixupConfig(_Section):
     alpha: float = Field(1.0, gt=0)
 
 
+#: Where an augmentation's sizes and places are measured: the whole view (the kernel's), or the
+#: sound within it (a 0.4 s event in a 5 s window is then never wiped out or shifted away).
+RelativeTo = Literal["sound", "window"]
+
+
 class ErasingConfig(_Section):
     enabled: bool = True
+    relative_to: RelativeTo = "window"
     p: float = Field(0.5, ge=0, le=1)
     area: tuple[float, float] = (0.02, 0.4)
     aspect: tuple[float, float] = (0.3, 3.33)
@@ -65,6 +79,7 @@ class ErasingConfig(_Section):
 
 class ShiftConfig(_Section):
     enabled: bool = True
+    relative_to: RelativeTo = "window"
     max_fraction: float = Field(0.4, ge=0, le=1)
 
 
@@ -75,6 +90,7 @@ class ReverseConfig(_Section):
 
 class SpecAugmentConfig(_Section):
     enabled: bool = False
+    relative_to: RelativeTo = "window"
     time_masks: int = Field(2, ge=0)
     time_width: float = Field(0.1, ge=0, le=1)
     freq_masks: int = Field(2, ge=0)
@@ -156,6 +172,8 @@ class Recipe(_Section):
         crop = {"kind": self.view.kind}
         # The LH store keeps only the head; the X store keeps the whole clip padded to a chunk.
         crop["samples"] = self.view_samples
+        if self.view.padding != "center":  # only then: the stores of existing recipes keep their names
+            crop["padding"] = self.view.padding
         return {"version": FEATURE_VERSION, "audio": self.audio.model_dump(),
                 "features": self.features.model_dump(), "crop": crop}
 

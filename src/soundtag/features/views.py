@@ -27,14 +27,59 @@ if TYPE_CHECKING:
 def decode_for_recipe(path: str | Path, recipe: "Recipe") -> audio.Waveform:
     """Decode a clip and crop or pad it as the recipe's view stores it.
 
-    LH keeps the head (``view.duration`` seconds, centre-padded when shorter); X keeps the
-    whole clip, centre-padded to at least one chunk.
+    LH keeps the head (``view.duration`` seconds); X keeps the whole clip, at least one chunk
+    long. A shorter clip is centre-padded with zeros, or repeated to fill the view with
+    ``view.padding: repeat``.
     """
     wav = audio.load(path, sample_rate=recipe.audio.sample_rate, trim_db=recipe.audio.trim_db,
                      max_duration=recipe.audio.max_duration)
-    n = recipe.view_samples
-    wav.samples = audio.head(wav.samples, n) if recipe.view.kind == "lh" else audio.pad_center(wav.samples, n)
+    n, padding = recipe.view_samples, recipe.view.padding
+    if recipe.view.kind == "lh":
+        wav.samples = audio.head(wav.samples, n, padding=padding)
+    else:
+        wav.samples = (audio.pad_center if padding == "center" else audio.pad_repeat)(wav.samples, n)
     return wav
+
+
+#: dB above a view's minimum that a frame must rise (in some mel band) to count as sound.
+SOUND_FLOOR_DB = 1e-3
+
+
+def sound_extent(spec: np.ndarray, *, floor_db: float = SOUND_FLOOR_DB) -> tuple[int, int]:
+    """``(start, end)`` frames of the sound in a view: from the first to the last frame that
+    rises above the view's minimum in some mel band.
+
+    Zero padding has the log-mel's floor in every band (``top_db`` under the maximum, or the
+    ``amin`` floor), so a short clip centred in a long window is found between its pads. A
+    view with no frame above its minimum (silence) is all "sound": ``(0, frames)``.
+
+    Parameters
+    ----------
+    spec : np.ndarray [shape=(n_mels, frames)], a log-mel in dB
+    floor_db : how far above the minimum a frame must rise
+
+    Examples
+    --------
+    >>> spec = np.full((4, 10), -80.0)
+    >>> spec[:, 3:6] = -20.0              # a sound in frames 3..5, padding around it
+    >>> sound_extent(spec)
+    (3, 6)
+    >>> sound_extent(np.full((4, 10), -80.0))
+    (0, 10)
+    """
+    spec = np.asarray(spec)
+    if spec.ndim != 2:
+        raise ParameterError(f"spec has shape {spec.shape}; expected (n_mels, frames)")
+    active = np.flatnonzero(spec.max(axis=0) > spec.min() + floor_db) if spec.size else np.zeros(0, int)
+    if active.size == 0:
+        return 0, spec.shape[1]
+    return int(active[0]), int(active[-1]) + 1
+
+
+def sound_frames(spec: np.ndarray) -> np.ndarray:
+    """The frames of ``spec`` within its :func:`sound_extent`, ``(n_mels, end - start)``."""
+    start, end = sound_extent(spec)
+    return np.asarray(spec)[:, start:end]
 
 
 def chunk_starts(n_frames: int, *, chunk: int, step: int, min_tail: float = 0.2) -> list[int]:
@@ -87,13 +132,25 @@ def eval_chunks(spec: np.ndarray, recipe: "Recipe") -> np.ndarray:
     return spec[None]
 
 
-def normalize_per_sample(spec: np.ndarray) -> np.ndarray:
+def normalize_per_sample(spec: np.ndarray, *, over: str = "window") -> np.ndarray:
     """The kernel's LH normalisation ``(x - mean) / (std + 1)`` over one sample.
 
-    The ``+ 1`` keeps a silent (constant) clip finite: it becomes all zeros.
+    The ``+ 1`` keeps a silent (constant) clip finite: it becomes all zeros. With
+    ``over="sound"`` the mean and std are those of the sound's frames (:func:`sound_extent`),
+    applied to the whole view, so the padding of a short clip does not set them.
+
+    Examples
+    --------
+    >>> spec = np.full((2, 8), -80.0, dtype=np.float32)
+    >>> spec[:, 3:5] = [[-10.0, -30.0], [-10.0, -30.0]]
+    >>> normalize_per_sample(spec, over="sound")[0, 3:5]   # mean -20, std 10 of the sound
+    array([ 0.90909094, -0.90909094], dtype=float32)
     """
+    if over not in ("window", "sound"):
+        raise ParameterError(f"over={over!r} must be 'window' or 'sound'")
     spec = spec.astype(np.float32)
-    return (spec - spec.mean()) / (spec.std() + 1.0)
+    stats = sound_frames(spec) if over == "sound" else spec
+    return (spec - stats.mean()) / (stats.std() + 1.0)
 
 
 def feature_stats(specs) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +171,26 @@ def feature_stats(specs) -> tuple[np.ndarray, np.ndarray]:
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean**2, 0.0))
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def global_stats(specs) -> tuple[float, float]:
+    """One mean and standard deviation over every value of an iterable of ``(n_mels, frames)``
+    arrays (what ``view.normalization: global`` divides by); float64 accumulation.
+
+    Examples
+    --------
+    >>> global_stats([np.array([[0.0, 2.0]]), np.array([[4.0, 6.0]])])
+    (3.0, 2.23606797749979)
+    """
+    total = sq = 0.0
+    count = 0
+    for spec in specs:
+        spec = np.asarray(spec, dtype=np.float64)
+        total, sq, count = total + spec.sum(), sq + np.square(spec).sum(), count + spec.size
+    if not count:
+        raise ParameterError("global_stats needs at least one non-empty spectrogram")
+    mean = total / count
+    return float(mean), float(np.sqrt(max(sq / count - mean**2, 0.0)))
 
 
 def normalize_per_feature(spec: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 
 from soundtag.errors import DataError
 from soundtag.recipe import Recipe
+from soundtag.features.views import SOUND_FLOOR_DB
 from soundtag.models import create_model
 from soundtag.models.batching import pad_chunks
 from soundtag.runs import RunDir
@@ -27,31 +28,53 @@ class FoldEnsemble(torch.nn.Module):
     Parameters
     ----------
     models : one trained model per fold (eval mode is set here)
-    normalization : the recipe's ``view.normalization`` (``per_sample``, ``per_feature``, ``none``)
-    means, stds : ``(folds, n_mels)`` per-fold statistics for ``per_feature``
+    normalization : the recipe's ``view.normalization`` (``per_sample``, ``per_feature``,
+        ``global``, ``none``)
+    over : the recipe's ``view.normalize_over``: per-sample statistics of the whole chunk
+        (``window``) or of its sound's frames (``sound``)
+    means, stds : per-fold statistics, ``(folds, n_mels)`` for ``per_feature`` and ``(folds, 1)``
+        for ``global``
     multilabel : sigmoid per class instead of a softmax
     """
 
     def __init__(self, models: list[torch.nn.Module], *, normalization: str, multilabel: bool,
-                 means: np.ndarray | None = None, stds: np.ndarray | None = None):
+                 means: np.ndarray | None = None, stds: np.ndarray | None = None, over: str = "window"):
         super().__init__()
         self.models = torch.nn.ModuleList(models).eval()
-        self.normalization, self.multilabel = normalization, multilabel
-        if normalization == "per_feature":
+        self.normalization, self.multilabel, self.over = normalization, multilabel, over
+        if normalization in ("per_feature", "global"):
             self.register_buffer("means", torch.as_tensor(np.asarray(means), dtype=torch.float32)[:, :, None])
             # The same epsilon as views.normalize_per_feature.
             self.register_buffer("scales", 1.0 / (torch.as_tensor(np.asarray(stds), dtype=torch.float32)[:, :, None] + 1e-6))
 
+    @staticmethod
+    def sound_mask(chunks: torch.Tensor) -> torch.Tensor:
+        """``(n, 1, frames)`` 1.0 on the frames of each chunk's sound, as
+        :func:`~soundtag.features.views.sound_extent` finds them, else 0.0."""
+        frames = torch.arange(chunks.shape[-1], device=chunks.device)[None, :]
+        floor = chunks.amin(dim=(1, 2))[:, None]
+        active = chunks.amax(dim=1) > floor + SOUND_FLOOR_DB
+        first = torch.where(active, frames, chunks.shape[-1]).amin(dim=1, keepdim=True)
+        last = torch.where(active, frames, -1).amax(dim=1, keepdim=True)
+        silent = last < 0  # no frame above the floor: all of it counts
+        return (((frames >= first) & (frames <= last)) | silent).to(chunks.dtype)[:, None, :]
+
     def forward(self, chunks: torch.Tensor) -> torch.Tensor:
         if self.normalization == "per_sample":
             # views.normalize_per_sample per chunk: (x - mean) / (population std + 1)
-            mean = chunks.mean(dim=(1, 2), keepdim=True)
-            std = (chunks - mean).square().mean(dim=(1, 2), keepdim=True).sqrt()
+            if self.over == "sound":
+                mask = self.sound_mask(chunks)
+                count = mask.sum(dim=(1, 2), keepdim=True) * chunks.shape[1]
+                mean = (chunks * mask).sum(dim=(1, 2), keepdim=True) / count
+                std = ((chunks - mean).square() * mask).sum(dim=(1, 2), keepdim=True).div(count).sqrt()
+            else:
+                mean = chunks.mean(dim=(1, 2), keepdim=True)
+                std = (chunks - mean).square().mean(dim=(1, 2), keepdim=True).sqrt()
             chunks = (chunks - mean) / (std + 1.0)
         out = []
         for k, model in enumerate(self.models):
             x = chunks
-            if self.normalization == "per_feature":
+            if self.normalization in ("per_feature", "global"):
                 x = (x - self.means[k]) * self.scales[k]
             logits = model(x[:, None])
             out.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
@@ -109,9 +132,10 @@ def load_run(path: str | Path) -> LoadedRun:
                                if k.startswith("model.")})
         models.append(model)
         norm = hp["normalizer"]
-        if norm["kind"] == "per_feature":
+        if norm["kind"] in ("per_feature", "global"):
             means.append(norm["mean"])
             stds.append(norm["std"])
     ensemble = FoldEnsemble(models, normalization=recipe.view.normalization, multilabel=hp["multilabel"],
-                            means=np.array(means) if means else None, stds=np.array(stds) if stds else None)
+                            means=np.array(means) if means else None, stds=np.array(stds) if stds else None,
+                            over=recipe.view.normalize_over)
     return LoadedRun(path, recipe, list(hp["labels"]), bool(hp["multilabel"]), ensemble, checkpoints)

@@ -17,45 +17,59 @@ from soundtag.errors import ParameterError
 from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore
 from soundtag.models.batching import pad_chunks
-from soundtag.features.views import eval_chunks, feature_stats, normalize_per_feature, normalize_per_sample, x_chunks
+from soundtag.features.views import (eval_chunks, feature_stats, global_stats, normalize_per_feature, normalize_per_sample,
+                                     sound_extent, sound_frames, x_chunks)
 from soundtag.training.sampling import Balance, epoch_indices
 
 
 @dataclass(frozen=True)
 class Normalizer:
-    """The recipe's normalisation; ``mean``/``std`` are per mel bin for ``per_feature``."""
+    """The recipe's normalisation: ``mean``/``std`` are per mel bin for ``per_feature``, one
+    number each (as 1-element arrays) for ``global``; ``over`` is ``window`` or ``sound``
+    (statistics from the sound's frames only, see :func:`~soundtag.features.views.sound_extent`)."""
 
     kind: str
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    over: str = "window"
 
     @classmethod
     def fit(cls, recipe: Recipe, store: FeatureStore, keys: list[str]) -> "Normalizer":
-        kind = recipe.view.normalization
-        if kind != "per_feature":
-            return cls(kind)
-        mean, std = feature_stats(store.get(k) for k in keys)
-        return cls(kind, mean, std)
+        kind, over = recipe.view.normalization, recipe.view.normalize_over
+        if kind not in ("per_feature", "global"):
+            return cls(kind, over=over)
+        specs = (store.get(k) for k in keys)
+        if over == "sound":
+            specs = (sound_frames(s) for s in specs)
+        if kind == "global":
+            mean, std = global_stats(specs)
+            return cls(kind, np.array([mean], np.float32), np.array([std], np.float32), over)
+        mean, std = feature_stats(specs)
+        return cls(kind, mean, std, over)
 
     def __call__(self, spec: np.ndarray) -> np.ndarray:
         if self.kind == "per_sample":
-            return normalize_per_sample(spec)
+            return normalize_per_sample(spec, over=self.over)
         if self.kind == "per_feature":
             return normalize_per_feature(spec, self.mean, self.std)
+        if self.kind == "global":
+            return ((np.asarray(spec, dtype=np.float32) - self.mean[0]) / (self.std[0] + 1e-6)).astype(np.float32)
         return np.asarray(spec, dtype=np.float32)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "mean": None if self.mean is None else self.mean.tolist(),
-                "std": None if self.std is None else self.std.tolist()}
+                "std": None if self.std is None else self.std.tolist(), "over": self.over}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
         arr = (lambda v: None if v is None else np.asarray(v, dtype=np.float32))
-        return cls(d["kind"], arr(d["mean"]), arr(d["std"]))
+        return cls(d["kind"], arr(d["mean"]), arr(d["std"]), d.get("over", "window"))  # older checkpoints: window
 
 
 class TrainViews(torch.utils.data.Dataset):
-    """Training samples ``(x (1, mels, frames), target (classes,))``."""
+    """Training samples ``(x (1, mels, frames), target (classes,), extent (2,))``: ``extent`` is
+    the sound's ``[start, end)`` frames within the view (:func:`~soundtag.features.views.sound_extent`,
+    found before normalisation), which augmentations sized to the sound keep to."""
 
     def __init__(self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe,
                  normalizer: Normalizer, seed: int = 0):
@@ -83,8 +97,9 @@ class TrainViews(torch.utils.data.Dataset):
                 spec = spec[:, start:start + chunk]
             else:
                 spec = x_chunks(np.asarray(spec), chunk=chunk, step=chunk)[0]
-        x = self.normalizer(np.asarray(spec))
-        return torch.from_numpy(x)[None], torch.from_numpy(self.targets[i])
+        spec = np.asarray(spec)
+        extent = torch.tensor(sound_extent(spec), dtype=torch.long)
+        return torch.from_numpy(self.normalizer(spec))[None], torch.from_numpy(self.targets[i]), extent
 
 
 class EvalViews(torch.utils.data.Dataset):

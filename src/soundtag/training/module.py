@@ -68,25 +68,37 @@ class TaggerModule(L.LightningModule):
             return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
         return torch.nn.functional.cross_entropy(logits, targets)  # soft targets
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(self, x: torch.Tensor, y: torch.Tensor,
+                extents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recipe's augmentations of a batch. ``extents`` (``(batch, 2)`` sound frames)
+        serve the augmentations whose ``relative_to`` is ``sound``.
+
+        Masks and erasing come before the shift and the reversal (which move the sound), and
+        mixup last, so each sees the sound where the view has it.
+        """
         a = self.recipe.training.augment
-        if a.shift.enabled:
-            x = augment.time_shift(x, max_fraction=a.shift.max_fraction, rng=self.rng)
-        if a.reverse.enabled:
-            x = augment.time_reverse(x, p=a.reverse.p, rng=self.rng)
+
+        def within(config):
+            return extents if config.relative_to == "sound" else None
+
         if a.specaugment.enabled:
             s = a.specaugment
-            x = augment.spec_augment(x, time_masks=s.time_masks, time_width=s.time_width,
-                                     freq_masks=s.freq_masks, freq_width=s.freq_width, rng=self.rng)
+            x = augment.spec_augment(x, time_masks=s.time_masks, time_width=s.time_width, freq_masks=s.freq_masks,
+                                     freq_width=s.freq_width, rng=self.rng, extents=within(s))
         if a.erasing.enabled:
-            x = augment.random_erasing(x, p=a.erasing.p, area=a.erasing.area, aspect=a.erasing.aspect, rng=self.rng)
+            x = augment.random_erasing(x, p=a.erasing.p, area=a.erasing.area, aspect=a.erasing.aspect, rng=self.rng,
+                                       extents=within(a.erasing))
+        if a.shift.enabled:
+            x = augment.time_shift(x, max_fraction=a.shift.max_fraction, rng=self.rng, extents=within(a.shift))
+        if a.reverse.enabled:
+            x = augment.time_reverse(x, p=a.reverse.p, rng=self.rng)
         if a.mixup.enabled:
             x, y = augment.mixup(x, y, alpha=a.mixup.alpha, rng=self.rng)
         return x, y
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        x, y = self.augment(x, y)
+        x, y, extents = batch
+        x, y = self.augment(x, y, extents)
         loss = self.loss(self(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)  # equal shards: the mean of the ranks' means is the mean

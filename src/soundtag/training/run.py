@@ -299,7 +299,8 @@ class FoldSet:
         common = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
         train = torch.utils.data.DataLoader(
             TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k),
-            batch_size=t.batch_size, sampler=sampler, drop_last=True, **common)
+            # An epoch shorter than a batch is one smaller batch (not none: nothing would train).
+            batch_size=t.batch_size, sampler=sampler, drop_last=len(sampler) >= t.batch_size, **common)
         eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **common}
         val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer),
                                           sampler=ShardSampler(len(val_idx)), **eval_args)
