@@ -109,6 +109,7 @@ def test_trim_equals_librosa_on_real_clips(ogg_clips, flac_clips):
             assert np.array_equal(got, expected), (path, top_db, len(got), len(expected))
 
 
+@pytest.mark.slow
 def test_trim_of_a_tone_between_silences():
     sr, hop, half = 16000, 512, 2048 // 2
     a, length = 5000, 8000  # tone at [a, b); 500 Hz so that both edges are near a peak

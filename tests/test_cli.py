@@ -196,6 +196,7 @@ def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixe
     assert not (tmp_path / "no-cache").exists()
 
 
+@pytest.mark.slow
 def test_recipes_override_typo_exits_2(soundtag):
     res = soundtag("recipes", "fsd2018-x", "-o", "view.overlpa=0.5")
     assert res.returncode == 2
@@ -203,6 +204,7 @@ def test_recipes_override_typo_exits_2(soundtag):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_recipes_prints_resolved_override(soundtag):
     res = soundtag("recipes", "fsd2018-x", "-o", "view.overlap=0.5")
     assert res.returncode == 0, res.stderr
@@ -224,6 +226,7 @@ def test_missing_dataset_exits_2_without_traceback(tmp_path, soundtag):
     assert "Traceback" not in res.stderr + res.stdout
 
 
+@pytest.mark.slow
 def test_console_script_entry_point(tmp_path):
     script = Path(sys.executable).parent / "soundtag"
     if not script.is_file():
@@ -267,6 +270,7 @@ def test_show_missing_clip_exits_2(tmp_path, soundtag):
     assert not (tmp_path / "nope.png").exists()
 
 
+@pytest.mark.slow
 def test_data_check_reports_missing_audio_unless_told_metadata_only(fsd2018_root, soundtag):
     strict = soundtag("data", "check", fsd2018_root)
     assert strict.returncode == 2 and "9473 problem(s)" in strict.stderr and "missing file" in strict.stderr

@@ -233,6 +233,7 @@ def test_numpy_logmel_from_recipe_uses_the_basis_it_is_given(esc10_root):
         NumpyLogMel.from_recipe(recipe, mel_basis=own.mel_basis[:, :300])
 
 
+@pytest.mark.slow
 def test_numpy_melspec_does_not_import_torch():
     code = ("import sys; from soundtag.recipe import load_recipe; "
             "from soundtag.features.numpy_melspec import NumpyLogMel; "

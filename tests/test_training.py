@@ -155,7 +155,8 @@ def test_spec_augment_masks_bands_with_the_mean():
 
 # --- models ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list_models() + [pytest.param("timm:resnet18", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models() + ["timm:resnet18"])
 def test_every_model_trains_a_step(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7)
@@ -169,6 +170,7 @@ def test_every_model_trains_a_step(name):
     assert model(x).shape == (3, 4)
 
 
+@pytest.mark.slow
 def test_model_registry_errors():
     with pytest.raises(ParameterError, match="alexnet-kernel"):
         create_model("alexnet-kernal", num_classes=3)
