@@ -111,7 +111,8 @@ def show(
 @app.command()
 def train(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="dataset folder, CSV, manifest or registered name"),
-    recipe: str = typer.Option("esc50-lh", "--recipe", "-r", help="built-in recipe name or YAML file"),
+    recipe: str = typer.Option("esc50-lh", "--recipe", "-r", help="built-in recipe name, YAML file, or auto / "
+                               "auto-x: chosen from the data (see `soundtag recipes auto --data D`)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run: finished folds are skipped"),
     folds: Optional[int] = typer.Option(None, "--folds", help="number of folds (datasets with their own folds keep them)"),
@@ -140,8 +141,12 @@ def train(
       soundtag train --resume runs/esc50-cpu-lh-20261124-101500
 
       torchrun --nproc-per-node 4 -m soundtag.cli train --data fsd50k --out runs/big --devices 4 --strategy ddp
+
+    With the recipe auto (or auto-x), the sample rate, window, mel resolution, model and epochs
+    are chosen from the data and the machine, and the reasons printed first; -o still wins.
     """
     from soundtag.manifest import open_dataset
+    from soundtag.recipe_auto import AUTO_VIEWS
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
     from soundtag.training.run import Hardware, default_run_dir, is_primary_process, training_recipe
@@ -152,8 +157,12 @@ def train(
     else:
         if data is None:
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
-        r = training_recipe(recipe, override, folds=folds, model=model, blacklist=blacklist, relabel=relabel)
-        result = train_run(open_dataset(data, layout), r, out or default_run_dir(r), cache_dir=cache,
+        manifest, source = None, recipe
+        if recipe in AUTO_VIEWS:  # chosen from the data; recipe.yaml of the run keeps the result
+            manifest = open_dataset(data, layout)
+            source = _auto_recipe(manifest, recipe, override, quiet=not is_primary_process())
+        r = training_recipe(source, override, folds=folds, model=model, blacklist=blacklist, relabel=relabel)
+        result = train_run(manifest or open_dataset(data, layout), r, out or default_run_dir(r), cache_dir=cache,
                            folds=fold or None, progress=progress, data_source=data, hardware=hardware)
     if not is_primary_process():
         return  # the first process reports
@@ -161,6 +170,17 @@ def train(
         console.print(f"skipped finished fold(s) {result.folds_skipped}")
     if result.metrics:
         _print_metrics(result.run_dir, result.metrics)
+
+
+def _auto_recipe(manifest, name: str, overrides: List[str], *, quiet: bool = False, comment: bool = False):
+    """The ``auto`` recipe chosen from ``manifest``, its reasons printed (as YAML comments when ``comment``)."""
+    from soundtag.recipe_auto import AUTO_VIEWS, auto_recipe, default_device
+
+    r, reasons = auto_recipe(manifest, overrides=overrides, view=AUTO_VIEWS[name], device=default_device())
+    for line in reasons if not quiet else ():
+        console.print(f"# {line}" if comment else f"{name} recipe: {escape(line)}", markup=not comment,
+                      highlight=False, soft_wrap=True)
+    return r
 
 
 def _print_metrics(run_dir: Path, metrics: dict) -> None:
@@ -219,23 +239,44 @@ for command in prediction_commands.COMMANDS:
 
 @app.command("recipes")
 def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this recipe, resolved"),
-                override: List[str] = OverrideOpt):
+                override: List[str] = OverrideOpt,
+                data: Optional[str] = typer.Option(None, "--data", "-d", help="the dataset the auto recipe "
+                                                   "is chosen from"),
+                layout: Optional[str] = LayoutOpt):
     """List the built-in recipes, or print one with overrides applied.
+
+    The recipe auto (LH) or auto-x (X) is chosen from a dataset given with --data: it prints
+    the reasons for each choice as YAML comments, then the recipe, so the output can be saved
+    and edited as a recipe file of its own.
 
     Examples:
 
       soundtag recipes
 
       soundtag recipes fsd2018-x -o view.overlap=0.5
+
+      soundtag recipes auto --data my_clips.csv > my_recipe.yaml
     """
     from soundtag.recipe import list_recipes, load_recipe
+    from soundtag.recipe_auto import AUTO_VIEWS
 
+    if name in AUTO_VIEWS:
+        if data is None:
+            raise typer.BadParameter(f"the {name} recipe is chosen from a dataset: pass --data DATASET "
+                                     f"(a folder, CSV, manifest or registered name)", param_hint="--data")
+        from soundtag.manifest import open_dataset
+
+        r = _auto_recipe(open_dataset(data, layout), name, override, comment=True)
+        console.print(r.to_yaml(), markup=False, highlight=False, soft_wrap=True)
+        return
     if name:
         console.print(load_recipe(name, override).to_yaml(), markup=False)
         return
     for n in list_recipes():
         r = load_recipe(n)
         console.print(f"[bold]{n}[/]: {r.description}")
+    console.print("[bold]auto[/], [bold]auto-x[/]: chosen from the data and the machine "
+                  "(`soundtag recipes auto --data D` shows it and says why)")
 
 
 app.add_typer(data_commands.app, name="data")

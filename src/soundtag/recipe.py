@@ -191,20 +191,40 @@ def list_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = (), *, manifest=None) -> Recipe:
     """Load a built-in recipe by name, or a YAML file by path, and apply overrides.
 
     Parameters
     ----------
-    name_or_path : ``fsd2018-lh``, ``esc50-x``... (see :func:`list_recipes`) or a YAML path
+    name_or_path : ``fsd2018-lh``, ``esc50-x``... (see :func:`list_recipes`), a YAML path,
+        ``auto`` / ``auto-x`` (chosen from ``manifest`` by :func:`soundtag.recipe_auto.auto_recipe`),
+        or a :class:`Recipe` (the overrides are applied to a copy)
     overrides : ``section.key=value`` strings, values parsed as YAML
         (``features.hop_length=441``, ``audio.trim_db=null``)
+    manifest : the dataset an ``auto`` recipe is chosen from
 
     Raises
     ------
     ParameterError
-        for an unknown recipe, a mistyped key (with the nearest valid one) or a bad value
+        for an unknown recipe, a mistyped key (with the nearest valid one) or a bad value, or
+        ``auto`` without a manifest
     """
+    from soundtag.recipe_auto import AUTO_VIEWS  # --- recipe auto: chosen from the data ---
+
+    if isinstance(name_or_path, Recipe):
+        data = name_or_path.model_dump()
+        for item in overrides:
+            _apply_override(data, item)
+        return recipe_from_dict(data, source=f"recipe {name_or_path.name}")
+    if str(name_or_path) in AUTO_VIEWS:
+        if manifest is None:
+            raise ParameterError(f"recipe {str(name_or_path)!r} is chosen from a dataset: pass it "
+                                 f"(--data D on the command line, manifest= from Python)")
+        from soundtag.recipe_auto import auto_recipe, default_device
+
+        return auto_recipe(manifest, overrides=overrides, view=AUTO_VIEWS[str(name_or_path)],
+                           device=default_device())[0]
+    # --- end of recipe auto ---
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
@@ -213,7 +233,8 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     else:
         names = list_recipes()
         if str(name_or_path) not in names:
-            hint = did_you_mean(str(name_or_path), names) or f"built-in recipes: {', '.join(names)}"
+            hint = (did_you_mean(str(name_or_path), [*names, *AUTO_VIEWS])
+                    or f"built-in recipes: {', '.join(names)}, or auto (chosen from the data)")
             raise ParameterError(f"unknown recipe {str(name_or_path)!r}: {hint}")
         source = f"recipe {name_or_path}"
         text = (resources.files("soundtag") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")

@@ -55,6 +55,8 @@ def data_check(
     decode: bool = typer.Option(False, help="decode every file in full and report each one that fails, "
                                 "e.g. an empty or truncated file (slower; implies --probe)"),
     files: bool = typer.Option(True, help="report clips whose audio file is missing (--no-files: metadata only)"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="with --probe: the recipe whose window the "
+                                         "durations are compared with (default esc50-cpu-lh; implies --probe)"),
 ):
     """Read a dataset, report every problem at once, and print what it holds.
 
@@ -69,10 +71,13 @@ def data_check(
       soundtag data check my_clips.csv --save clips.jsonl --decode
 
       soundtag data check fsdkaggle2018 --no-files
+
+      soundtag data check my_clips.csv --probe -r auto
     """
     from soundtag.manifest import ManifestError, open_dataset
 
     manifest = open_dataset(data, layout, check_files=files)
+    probe = probe or recipe is not None
     if probe or decode:
         manifest = manifest.with_probed_audio()
     if decode:
@@ -86,6 +91,35 @@ def data_check(
     unprobed = sum(c.duration is None for c in manifest) if probe and not decode else 0
     if unprobed:
         console.print(f"{unprobed} file(s) have no readable header; --decode names them", style="yellow")
+    if probe or decode:
+        _print_durations(manifest, recipe)
     if save:
         manifest.to_jsonl(save)
         console.print(f"wrote {save}")
+
+
+def _print_durations(manifest, recipe: Optional[str], default: str = "esc50-cpu-lh") -> None:
+    """The probed duration distribution, and a warning when most clips do not fit ``recipe``'s window."""
+    from soundtag.recipe import load_recipe
+    from soundtag.recipe_auto import duration_histogram, duration_summary, window_mismatch
+
+    durations = [c.duration for c in manifest if c.duration is not None]
+    if not durations:
+        return
+    s = duration_summary(durations)
+    console.print("durations: " + ", ".join(f"{k} {s[k]:.2f} s" for k in ("min", "p10", "p50", "p90", "max")),
+                  highlight=False)
+    rows = duration_histogram(durations)
+    widest = max(n for _, n in rows)
+    for label, n in rows:
+        bar = "#" * (round(40 * n / widest) if n else 0)
+        console.print(f"  {label:>10} {n:>7}  {bar}".rstrip(), markup=False, highlight=False)
+    r = load_recipe(recipe or default, manifest=manifest)
+    what = "window" if r.view.kind == "lh" else "chunk"
+    warning = window_mismatch(durations, r.view.duration, kind=r.view.kind)
+    console.print(f"compared with {r.name}'s {r.view.duration:g} s {what}"
+                  + ("" if recipe else " (the default; --recipe NAME for another)")
+                  + ("" if warning else ": most clips fit it"), highlight=False)
+    if warning:
+        console.print(f"warning: {warning}; `soundtag recipes auto --data DATASET` chooses a window from "
+                      f"these durations", style="yellow", markup=False, highlight=False)
