@@ -177,12 +177,14 @@ def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path, one_epoch):
         proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--cache", str(cache),
                     "--fold", str(k), "--out", str(tmp_path / f"job-{k}"), "--no-progress")
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert not (tmp_path / f"job-{k}" / "metrics.json").exists()  # half a run is not evaluated
+        job = json.loads((tmp_path / f"job-{k}" / "metrics.json").read_text())
+        assert job["folds"] == [k] and job["complete"] is False  # scored on its own fold, and says so
+        assert not (tmp_path / f"job-{k}" / "oof.csv").exists()  # half a run has no full oof.csv
     proc = _cli("merge-folds", str(tmp_path / "job-0"), str(tmp_path / "job-1"), "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["all"]["clips"] == len(read_manifest(subset))
+    assert metrics["all"]["clips"] == len(read_manifest(subset)) and metrics["complete"] is True
     # the fold files are the jobs' own (hard links where possible), not retrained
     assert (run / "fold-1" / "oof.npy").read_bytes() == (tmp_path / "job-1" / "fold-1" / "oof.npy").read_bytes()
 

@@ -277,8 +277,6 @@ def test_weights_load_into_a_classifier_of_another_size(tiny, feature_cache, fas
     assert all(torch.equal(started[k], trained[k]) for k in started if not k.startswith("classifier."))
 
 
-@pytest.mark.xfail(strict=True, reason="load_weights counts BatchNorm's num_batches_tracked (shape ()) as "
-                   "fitting weights, so another net's checkpoint loads nothing real without an error")
 def test_a_checkpoint_of_another_net_is_refused(tmp_path):
     torch.save(create_model("alexnet-kernel", num_classes=2).state_dict(), tmp_path / "alexnet.pt")
     with pytest.raises(ParameterError, match="no weights that fit"):

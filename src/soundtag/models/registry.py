@@ -77,6 +77,11 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
     state = {k.removeprefix("model."): v for k, v in state.items()}
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ParameterError(f"checkpoint {path} has no weights that fit this model")
+    # BatchNorm's step counters (scalars in every network) and a bias of the class count fit
+    # any model: a checkpoint of this model fits in most of its tensors, another net's in few.
+    tensors = [k for k in own if not k.endswith("num_batches_tracked")]
+    fitting = [k for k in tensors if k in usable]
+    if len(fitting) < len(tensors) / 2:
+        raise ParameterError(f"checkpoint {path} has no weights that fit this model: {len(fitting)} of its "
+                             f"{len(tensors)} tensors match by name and shape; is it another architecture?")
     model.load_state_dict(usable, strict=False)
