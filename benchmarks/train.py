@@ -6,6 +6,7 @@ Run by hand; each part rewrites its own section of docs/benchmarks.md::
     python benchmarks/train.py esc10               # ESC-10, its 5 folds, CPU recipe
     python benchmarks/train.py esc50-fold1         # ESC-50 fold 1 (trained on folds 2-5), CPU recipe
     python benchmarks/train.py esc50               # ESC-50, all 5 folds (meant for a GPU)
+    python benchmarks/train.py robustness          # short clips cut from ESC-50/ESC-10, fold 1, three recipes
 
 The data comes from SOUNDTAG_DATA (default ../shared/data).
 """
@@ -32,17 +33,17 @@ from features import machine  # noqa: E402
 DOC = REPO / "docs" / "benchmarks.md"
 
 
-def write_section(name: str, lines: list[str]) -> None:
+def write_section(name: str, lines: list[str], doc: Path = DOC) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     section = "\n".join([start, *lines, end])
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
     if start in text:
         head, rest = text.split(start, 1)
         text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
 
 
 def device_line() -> str:
@@ -155,9 +156,239 @@ def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | Non
     ])
 
 
+# --- robustness (issue 11): short clips cut from real audio, fold 1, several recipes ---------
+
+ROBUSTNESS_RECIPES = ["plain-cnn-lh", "esc50-cpu-lh", "auto"]
+BASELINE = "plain-cnn-lh"
+SMOKE_SUBSET = {"classes": 10, "per_class_per_fold": 2}  # 100 clips a case, 80 trained on
+
+
+def _auto_missing() -> str | None:
+    """Why ``auto`` cannot run here, or None when ``soundtag.recipe_auto.auto_recipe`` exists."""
+    import importlib
+
+    try:
+        module = importlib.import_module("soundtag.recipe_auto")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("soundtag.recipe_auto", "soundtag"):
+            raise
+        return "soundtag.recipe_auto is not there yet (issue 11's --recipe auto)"
+    if not hasattr(module, "auto_recipe"):
+        return "soundtag.recipe_auto has no auto_recipe yet"
+    return None
+
+
+def _robustness_recipe(name: str, manifest, *, epochs_scale: float, smoke: bool):
+    """The recipe called ``name`` (``auto``: chosen from ``manifest``) and its reasons, with
+    its epochs scaled (one epoch in smoke mode)."""
+    from soundtag.recipe import load_recipe
+
+    if name == "auto":
+        from soundtag.recipe_auto import auto_recipe, default_device
+
+        # As `soundtag train --recipe auto` chooses it: from the whole dataset, for this machine.
+        recipe, reasons = auto_recipe(manifest, device=default_device())
+        reasons = reasons.splitlines() if isinstance(reasons, str) else [str(r) for r in reasons]
+    else:
+        recipe, reasons = load_recipe(name), []
+    epochs = 1 if smoke else max(1, round(recipe.training.epochs * epochs_scale))
+    if epochs != recipe.training.epochs:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "recipe.yaml"
+            path.write_text(recipe.to_yaml())
+            recipe = load_recipe(path, [f"training.epochs={epochs}"])
+    return recipe, reasons
+
+
+def _last_epoch_scores(manifest, recipe, cache: Path, run_dir: Path) -> dict:
+    """Fold 1 scored with the last epoch's weights (the run itself keeps the best epoch's)."""
+    from soundtag import evaluation
+    from soundtag.features.store import FeatureStore
+    from soundtag.runs import RunDir
+    from soundtag.training.module import TaggerModule
+    from soundtag.training.run import FoldSet, predict_clips
+    from soundtag.training.splits import label_matrix
+
+    plan = FoldSet.build(manifest, recipe, FeatureStore.open(cache, recipe))
+    loaders = plan.loaders(0)
+    module = TaggerModule.load_from_checkpoint(RunDir(run_dir).checkpoint(0, "last"), map_location="cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    probs = predict_clips(module, loaders.oof, device)
+    ids = {c: i for i, c in enumerate(manifest.ids)}
+    targets = label_matrix(manifest)[[ids[c] for c in loaders.oof_ids]]
+    return evaluation.summarize(targets, probs)
+
+
+def _train_fold1(case: str, label: str, recipe, manifest, out: Path) -> dict:
+    """Extract the features (timed apart), train fold 1 (index 0: trained on folds 2-5) and
+    score it."""
+    from soundtag.features import extract_features
+    from soundtag.runs import RunDir
+    from soundtag.training import train
+
+    cache = out / "features"
+    start = time.perf_counter()
+    _, summary = extract_features(manifest, recipe, cache_dir=cache, progress=False, shard="all")
+    features_s = time.perf_counter() - start
+    run_dir = out / "runs" / case / label
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    start = time.perf_counter()
+    result = train(manifest, recipe, run_dir, cache_dir=cache, folds=[0], progress=False, data_source=case)
+    train_s = time.perf_counter() - start
+    m = result.metrics
+    if m.get("folds") != [0]:
+        raise RuntimeError(f"{case}/{label}: expected a run scored on fold 0 only, got folds={m.get('folds')}")
+    record = RunDir(run_dir).fold_record(0)
+    last = _last_epoch_scores(manifest, recipe, cache, run_dir)
+    t, f, v = recipe.training, recipe.features, recipe.view
+    return {
+        "case": case, "recipe": label, "recipe_name": recipe.name, "model": t.model, "epochs": t.epochs,
+        "epochs_run": record.get("epochs"), "sample_rate": recipe.audio.sample_rate, "n_mels": f.n_mels,
+        "hop_length": f.hop_length, "view": f"{v.kind} {v.duration:g} s", "clips": len(manifest),
+        "clips_scored": m["all"]["clips"], "train_clips": record.get("train_clips"),
+        "top1": m["all"]["top1"], "map3": m["all"]["map@3"],
+        "top1_last_epoch": last["top1"], "map3_last_epoch": last["map@3"],
+        "best_checkpoint": record.get("best_checkpoint"),
+        "train_s": train_s, "fit_s": record.get("seconds"), "features_s": features_s,
+        "features_computed": summary.computed, "features_cached": summary.cached,
+        "feature_failures": len(summary.failures), "run_dir": str(run_dir),
+    }
+
+
+def _robustness_doc(report: dict) -> list[str]:
+    rows, cases = report["rows"], report["cases"]
+    base = {r["case"]: r["top1"] for r in rows if r["recipe"] == BASELINE}
+    lines = [
+        "## Robustness: short clips cut from real audio (`benchmarks/train.py robustness`)", "",
+        f"- Date: {report['date']}; machine: {report['machine']}",
+        f"- Command: `{report['command']}`",
+        "- Cases (built once into a FLAC cache with their CSV manifest; ESC-50's and ESC-10's own folds kept): "
+        + "; ".join(f"`{name}`: {c['description']} ({c['clips']} clips)" for name, c in cases.items()),
+        "- Each case and recipe in the same run: fold 1 only (trained on folds 2-5, scored on fold 1's clips). "
+        f"`{BASELINE}` is the plain-CNN baseline of issue 12, `esc50-cpu-lh` today's CPU default, `auto` the "
+        "recipe `soundtag train --recipe auto` chooses from each case's data. Top-1 and MAP@3 use the weights "
+        "`soundtag train` keeps (the epoch with the lowest validation loss on fold 1, the scored fold); "
+        "the last epoch's top-1 is beside it. Training wall time is the whole `train()` call (fit, "
+        "out-of-fold prediction, scoring); features are extracted before it and timed apart.",
+    ]
+    if report["smoke"]:
+        lines.append("- **Smoke run** (a handful of clips, one epoch): checks that the benchmark runs, "
+                     "its numbers mean nothing.")
+    lines += ["", "| case | recipe | features | model | epochs | top-1 | vs baseline | top-1 last epoch | MAP@3 | "
+              "training wall | features wall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gap = (f"{100 * (r['top1'] - base[r['case']]):+.1f} pts" if r["case"] in base and r["recipe"] != BASELINE
+               else "")
+        lines.append(f"| {r['case']} | {r['recipe']} | {r['sample_rate'] / 1000:g} kHz, {r['n_mels']} mels, hop "
+                     f"{r['hop_length']}, {r['view']} | {r['model']} | {r['epochs']} | {100 * r['top1']:.1f}% | "
+                     f"{gap} | "
+                     f"{100 * r['top1_last_epoch']:.1f}% | {r['map3']:.4f} | {r['train_s'] / 60:.1f} min | "
+                     f"{r['features_s']:.0f} s |")
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for skip in report["skipped"]:
+        skipped.setdefault((skip["recipe"], skip["why"]), []).append(skip["case"])
+    if skipped:
+        lines.append("")
+    for (recipe, why), on in skipped.items():
+        lines.append(f"- Not run: `{recipe}` on {', '.join(on)}: {why}")
+    auto = {r["case"]: r for r in rows if r["recipe"] == "auto"}
+    if auto:
+        lines += ["", "Goals (issue 11, 2 cores, fold 1):"]
+        base_wall = {r["case"]: r["train_s"] for r in rows if r["recipe"] == BASELINE}
+        for c in (c for c in auto if c != "full" and c in base):
+            met = auto[c]["top1"] >= base[c] and auto[c]["train_s"] <= base_wall[c]
+            lines.append(f"- {c}: `auto` at or above the baseline in no more wall time: {100 * auto[c]['top1']:.1f}% "
+                         f"vs {100 * base[c]:.1f}%, {auto[c]['train_s'] / 60:.1f} vs {base_wall[c] / 60:.1f} min: "
+                         f"{'met' if met else 'not met'}")
+        if "full" in auto and "esc50-1s" in auto:
+            drop = 100 * (auto["full"]["top1"] - auto["esc50-1s"]["top1"])
+            lines.append(f"- esc50-1s: `auto` within 3 points of its own full-length score: "
+                         f"{100 * auto['esc50-1s']['top1']:.1f}% vs {100 * auto['full']['top1']:.1f}% on `full` "
+                         f"({abs(drop):.1f} points {'below' if drop >= 0 else 'above'}): "
+                         f"{'met' if drop <= 3 else 'not met'}")
+    return lines
+
+
+def robustness(argv: list[str]) -> None:
+    """Short clips cut from ESC-50 and ESC-10: the baseline, today's recipe and `auto`, fold 1."""
+    import shlex
+
+    from short_clips import CASES, build_case, pick_subset, read_case
+
+    from soundtag._io import atomic_write_json
+    from soundtag.manifest import read_manifest
+
+    parser = argparse.ArgumentParser(prog="benchmarks/train.py robustness", description=robustness.__doc__)
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                        help="default: all (" + ", ".join(f"{n}: {c.description}" for n, c in CASES.items()) + ")")
+    parser.add_argument("--recipes", nargs="+", default=ROBUSTNESS_RECIPES,
+                        help="recipe names or YAML files, and `auto` (default: %(default)s)")
+    parser.add_argument("--full-recipes", nargs="*", default=["auto"],
+                        help="those of --recipes also trained on the full-length case `full` (default: %(default)s, "
+                        "whose full-length score is the 1 s goal's reference)")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every recipe's epochs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="10 classes x 2 clips per fold and 1 epoch: checks it runs end to end (~2 min)")
+    parser.add_argument("--out", type=Path, help="results, clip cache, feature cache and runs "
+                        "(default .cache/benchmarks/robustness[-smoke])")
+    parser.add_argument("--doc", help="markdown file whose robustness section is replaced (default "
+                        "docs/benchmarks.md, or none with --smoke; '' for none)")
+    args = parser.parse_args(argv)
+    if args.epochs_scale <= 0:
+        parser.error(f"--epochs-scale={args.epochs_scale} must be positive")
+    out = args.out or REPO / ".cache" / "benchmarks" / ("robustness-smoke" if args.smoke else "robustness")
+    doc = Path(args.doc) if args.doc else (None if args.smoke or args.doc == "" else DOC)
+    data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
+    auto_missing = _auto_missing() if "auto" in args.recipes else None
+    if auto_missing:
+        print(f"skipping recipe auto: {auto_missing}", file=sys.stderr)
+    report = {"date": str(dt.date.today()), "machine": device_line(), "torch_threads": torch.get_num_threads(),
+              "command": " ".join(["python benchmarks/train.py robustness", *map(shlex.quote, argv)]),
+              "smoke": args.smoke, "epochs_scale": args.epochs_scale, "cases": {}, "rows": [], "skipped": []}
+    results = out / "robustness.json"
+    sources = {}
+    for name in args.cases:
+        case = CASES[name]
+        if case.source not in sources:
+            sources[case.source] = read_manifest(data / case.source)
+        source = pick_subset(sources[case.source], **SMOKE_SUBSET) if args.smoke else sources[case.source]
+        recipes = [r for r in args.recipes if case.seconds is not None or r in args.full_recipes]
+        if not recipes:
+            continue
+        start = time.perf_counter()
+        if case.seconds is None:
+            manifest, counts = source, {}
+        else:
+            path, counts = build_case(case, source, out / "clips" / case.name,
+                                      manifest_name="manifest-smoke.csv" if args.smoke else "manifest.csv")
+            manifest = read_case(path, source)
+        report["cases"][name] = {"description": case.description, "clips": len(manifest),
+                                 "build_s": time.perf_counter() - start, **counts}
+        for recipe_name in recipes:
+            if recipe_name == "auto" and auto_missing:
+                report["skipped"].append({"case": name, "recipe": "auto", "why": auto_missing})
+                continue
+            recipe, reasons = _robustness_recipe(recipe_name, manifest, epochs_scale=args.epochs_scale,
+                                                 smoke=args.smoke)
+            label = recipe_name if recipe_name == "auto" or "/" not in recipe_name else recipe.name
+            row = _train_fold1(name, label, recipe, manifest, out) | {"reasons": reasons}
+            print(json.dumps({k: v for k, v in row.items() if k != "reasons"}), flush=True)
+            report["rows"].append(row)
+            atomic_write_json(results, report)  # after every run: an interrupted benchmark keeps its rows
+    atomic_write_json(results, report)
+    print(f"results: {results}")
+    if doc is not None:
+        write_section("train-robustness", _robustness_doc(report), doc=doc)
+        print(f"table: {doc}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["robustness"]:  # a subcommand with options of its own
+        robustness(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["overhead", "esc10", "esc50-fold1", "esc50"])
+    parser.add_argument("what", choices=["overhead", "esc10", "esc50-fold1", "esc50", "robustness"])
     parser.add_argument("--recipe", default="esc50-cpu-lh")
     parser.add_argument("-o", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=30)

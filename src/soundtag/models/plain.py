@@ -1,0 +1,75 @@
+"""The plain baseline CNN of the device-speed issue (issue 12), written with timm's surface.
+
+Five 3x3 conv-BN-ReLU blocks (32-64-128-128-256 channels by default), a 2x2 max-pooling after
+each of the first four, global average pooling over mels and frames, dropout and one linear
+head: about 0.55M parameters for 50 classes. No large strides, so a 0.3 s event in a 5 s
+window (15 frames at hop 320 / 16 kHz) still spans a frame of the last map.
+
+Takes ``(batch, in_chans, n_mels, frames)`` of any size and returns ``(batch, num_classes)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from soundtag.errors import ParameterError
+from soundtag.models.registry import register_model
+
+
+class PlainCNN(nn.Module):
+    """Conv-BN-ReLU blocks with max-pooling between them, global average pooling, one head.
+
+    Parameters
+    ----------
+    num_classes : outputs of the classifier
+    in_chans : input channels (1 for a log-mel spectrogram)
+    channels : widths of the blocks; a 2x2 max-pooling follows every block but the last
+    dropout : dropout before the classifier
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 1, *, channels: Sequence[int] = (32, 64, 128, 128, 256),
+                 dropout: float = 0.3):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) <= 0:
+            raise ParameterError(f"channels={list(channels)} must be a non-empty list of positive widths")
+        if not 0 <= dropout < 1:
+            raise ParameterError(f"dropout={dropout} must be in [0, 1)")
+        layers: list[nn.Module] = []
+        cin = in_chans
+        for i, width in enumerate(channels):
+            layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool2d(2))
+            cin = width
+        self.features = nn.Sequential(*layers)
+        self.drop_rate = dropout
+        self.num_features = cin
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, in_chans, mels, frames)`` -> the last map ``(batch, num_features, m, f)``."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling, then (unless ``pre_logits``) dropout and the classifier."""
+        x = x.mean(dim=(2, 3))
+        if pre_logits:
+            return x
+        return self.classifier(nn.functional.dropout(x, self.drop_rate, self.training))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+
+@register_model("plain-cnn")
+def plain_cnn(num_classes: int, in_chans: int = 1, channels: Sequence[int] = (32, 64, 128, 128, 256),
+              dropout: float = 0.3) -> nn.Module:
+    """The plain 0.55M-parameter baseline CNN of issue 12 (see :class:`PlainCNN`)."""
+    return PlainCNN(num_classes, in_chans, channels=channels, dropout=dropout)

@@ -1,0 +1,210 @@
+"""The plain-CNN baseline of issue 12 (model and recipe) and the robustness benchmark's short
+clips (issue 11): the cut, the resumable cache, and the benchmark's smoke mode end to end."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from soundtag.errors import ParameterError
+from soundtag.manifest import read_manifest
+from soundtag.models import create_model, list_models
+from soundtag.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _short_clips():
+    """benchmarks/short_clips.py, loaded once (benchmarks/ is not a package)."""
+    name = "soundtag_benchmarks_short_clips"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "short_clips.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# --- the model ------------------------------------------------------------------------------
+
+def test_plain_cnn_is_registered_with_about_055m_parameters():
+    assert "plain-cnn" in list_models()
+    model = create_model("plain-cnn", num_classes=50)
+    n = sum(p.numel() for p in model.parameters())
+    # 3x3 convs 1-32-64-128-128-256 without bias (534,816), their BN (1,216), a 256x50 head (12,850).
+    assert n == 548_882
+    assert abs(n - 550_000) / 550_000 < 0.03
+
+
+def test_plain_cnn_layers_are_five_conv_bn_relu_blocks_with_four_2x2_max_pools():
+    model = create_model("plain-cnn", num_classes=50)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 128, 256]
+    assert all(c.kernel_size == (3, 3) and c.stride == (1, 1) for c in convs)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 4 and all(p.kernel_size == 2 for p in pools)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 5
+    assert model.drop_rate == 0.3 and model.num_features == 256
+
+
+def test_plain_cnn_keeps_time_resolution_and_has_timms_surface():
+    model = create_model("plain-cnn", num_classes=50).eval()
+    x = torch.randn(2, 1, 64, 251)  # the recipe's LH view: 64 mels x 251 frames
+    features = model.forward_features(x)
+    assert features.shape == (2, 256, 4, 15)  # 251 frames // 16: one frame per ~0.33 s
+    pooled = model.forward_head(features, pre_logits=True)
+    assert torch.allclose(pooled, features.mean(dim=(2, 3)))
+    assert torch.equal(model(x), model(x))  # no dropout at evaluation
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7)
+
+
+def test_plain_cnn_channels_and_dropout_are_keyword_args():
+    model = create_model("plain-cnn", num_classes=3, channels=[8, 16, 24], dropout=0.1)
+    assert [c.out_channels for c in model.modules() if isinstance(c, torch.nn.Conv2d)] == [8, 16, 24]
+    assert model.drop_rate == 0.1 and model.num_features == 24
+    assert model(torch.randn(1, 1, 32, 40)).shape == (1, 3)
+    with pytest.raises(ParameterError, match=r"channels=\[\]"):
+        create_model("plain-cnn", num_classes=3, channels=[])
+    with pytest.raises(ParameterError, match="dropout=1.5"):
+        create_model("plain-cnn", num_classes=3, dropout=1.5)
+
+
+# --- the recipe -----------------------------------------------------------------------------
+
+def test_plain_cnn_recipe_is_issue_12s_baseline():
+    r = load_recipe("plain-cnn-lh")
+    assert "issue 12" in r.description
+    assert r.audio.sample_rate == 16000
+    assert (r.features.n_mels, r.features.hop_length, r.features.n_fft) == (64, 320, 1024)
+    assert (r.view.kind, r.view.duration, r.view.padding, r.view.normalization) == ("lh", 5.0, "center", "global")
+    t = r.training
+    assert (t.model, t.model_args) == ("plain-cnn", {"channels": [32, 64, 128, 128, 256], "dropout": 0.3})
+    assert (t.optimizer, t.lr, t.scheduler, t.batch_size, t.epochs) == ("adamw", 3e-3, "onecycle", 32, 30)
+    a = t.augment
+    assert a.mixup.enabled and a.mixup.alpha == 1.0
+    assert not a.erasing.enabled and not a.reverse.enabled
+    assert a.shift.enabled and a.shift.max_fraction == 0.5
+    s = a.specaugment
+    frames = 1 + r.view_samples // r.features.hop_length  # centred STFT frames of the 5 s view
+    assert frames == 251
+    # spec_augment draws widths in [0, int(width * size)]: up to 40 frames and 8 mels, once each.
+    assert s.enabled and (s.time_masks, s.freq_masks) == (1, 1)
+    assert int(s.time_width * frames) == 40 and int(s.freq_width * r.features.n_mels) == 8
+    model = create_model(t.model, num_classes=50, **t.model_args)
+    assert sum(p.numel() for p in model.parameters()) == 548_882
+
+
+# --- the short clips of the robustness benchmark --------------------------------------------
+
+def test_loudest_window_matches_brute_force_and_takes_the_earliest_tie():
+    loudest_window = _short_clips().loudest_window
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.normal(size=int(rng.integers(20, 200))) * rng.uniform(0, 3, size=1)
+        w = int(rng.integers(1, 30))
+        energies = [np.sum(x[s:s + w] ** 2) for s in range(len(x) - w + 1)]
+        start, stop = loudest_window(x, w)
+        assert stop - start == w and np.isclose(energies[start], max(energies))
+    burst = np.r_[np.zeros(100), 0.5 * np.ones(20), np.zeros(50), np.ones(10), np.zeros(30)]
+    assert loudest_window(burst, 10) == (170, 180)  # the louder, shorter burst
+    assert loudest_window(np.zeros(50), 10) == (0, 10)  # silence: the head
+    assert loudest_window(np.ones(5), 10) == (0, 5)  # shorter than the window: all of it
+    with pytest.raises(ParameterError, match="window=0"):
+        loudest_window(burst, 0)
+    with pytest.raises(ParameterError, match="mono"):
+        loudest_window(np.zeros((10, 2)), 4)
+
+
+def test_cut_clip_picks_the_event_then_resamples():
+    cut_clip = _short_clips().cut_clip
+    rate = 16000
+    x = np.zeros(5 * rate, np.float32)
+    t = np.arange(rate // 4) / rate
+    x[3 * rate:3 * rate + len(t)] = np.sin(2 * np.pi * 440 * t)  # 0.25 s tone at 3 s
+    cut = cut_clip(x, rate, seconds=0.5)
+    assert cut.shape == (8000,) and np.isclose(np.sum(cut ** 2), np.sum(x ** 2))
+    low = cut_clip(x, rate, seconds=0.5, sample_rate=8000)
+    assert low.shape == (4000,) and low.dtype == np.float32
+
+
+def test_build_case_writes_flac_once_atomically_and_keeps_folds(tmp_path):
+    short_clips = _short_clips()
+    rng = np.random.default_rng(1)
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for i in range(6):
+        path = src / f"clip{i}.wav"
+        sf.write(path, (0.1 * rng.normal(size=(2 * 22050, 2))).astype(np.float32), 22050)  # stereo 2 s
+        rows.append(f"{path.name},{'ab'[i % 2]},{1 + i % 3}")
+    (src / "data.csv").write_text("path,labels,fold\n" + "\n".join(rows) + "\n")
+    source = read_manifest(src / "data.csv")
+    case = short_clips.Case("t", "src", 0.5, 8000)
+    out = tmp_path / "case"
+    path, counts = short_clips.build_case(case, source, out)
+    assert counts == {"written": 6, "kept": 0}
+    manifest = short_clips.read_case(path, source)
+    assert [(c.labels, c.fold) for c in manifest] == [(c.labels, c.fold) for c in source]
+    for clip in manifest:
+        info = sf.info(clip.path)
+        assert (info.format, info.samplerate, info.frames, info.channels) == ("FLAC", 8000, 4000, 1)
+    assert not list(out.rglob("*.tmp"))
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*.flac")}
+    (out / "audio" / "clip0.flac").unlink()  # an interrupted build: one file missing
+    _, counts = short_clips.build_case(case, source, out)
+    assert counts == {"written": 1, "kept": 5}
+    assert all(p.stat().st_mtime_ns == m for p, m in written.items() if p.name != "clip0.flac")
+    with pytest.raises(ParameterError, match="source manifest"):
+        short_clips.build_case(short_clips.CASES["full"], source, out)
+
+
+def test_smoke_subset_takes_a_handful_of_each_class_in_every_fold(esc50_root):
+    m = _short_clips().pick_subset(read_manifest(esc50_root), classes=10, per_class_per_fold=2)
+    assert len(m) == 100
+    assert {(c.labels[0], c.fold) for c in m} == {(lab, f) for lab in read_manifest(esc50_root).labels[:10]
+                                                 for f in range(1, 6)}
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_smoke_runs_end_to_end(data_root, tmp_path):
+    doc = REPO / "docs" / "benchmarks.md"
+    before = doc.read_bytes() if doc.is_file() else None
+    out, own_doc = tmp_path / "out", tmp_path / "bench.md"
+    env = os.environ | {"SOUNDTAG_DATA": str(data_root)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train.py"), "robustness", "--smoke",
+                           "--out", str(out), "--doc", str(own_doc)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["smoke"] and "--smoke" in report["command"] and report["machine"]
+    cases = ["esc50-0.5s", "esc50-1s", "esc50-0.5s-8k", "esc10-0.5s"]
+    ran = {(r["case"], r["recipe"]) for r in report["rows"]}
+    assert {(c, r) for c in cases for r in ("plain-cnn-lh", "esc50-cpu-lh")} <= ran
+    # auto runs everywhere (the full-length case too) or is skipped with a reason.
+    auto = {r["case"] for r in report["rows"] if r["recipe"] == "auto"}
+    skipped = {s["case"] for s in report["skipped"] if s["recipe"] == "auto"}
+    assert auto | skipped == set(cases) | {"full"} and not auto & skipped
+    assert all(s["why"] for s in report["skipped"])
+    for r in report["rows"]:
+        assert r["epochs"] == 1 and r["clips"] == 100 and r["clips_scored"] == 20 and r["train_clips"] == 80
+        assert 0 <= r["top1"] <= 1 and 0 <= r["map3"] <= 1 and r["train_s"] > 0 and r["features_s"] >= 0
+    for c in cases:
+        with open(out / "clips" / c / "manifest-smoke.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 100 and {r["fold"] for r in rows} == {"1", "2", "3", "4", "5"}
+    rates = {c: sf.info(next((out / "clips" / c / "audio").iterdir())).samplerate for c in cases}
+    assert rates == {"esc50-0.5s": 16000, "esc50-1s": 16000, "esc50-0.5s-8k": 8000, "esc10-0.5s": 44100}
+    text = own_doc.read_text()
+    assert "<!-- train-robustness:start -->" in text and "| esc50-0.5s | plain-cnn-lh |" in text
+    assert (doc.read_bytes() if doc.is_file() else None) == before
