@@ -162,3 +162,29 @@ def test_map_at_3_with_fewer_labels_than_3():
     targets = np.array([[1, 0], [0, 1]])
     probs = np.array([[0.9, 0.1], [0.9, 0.1]])  # first right at rank 1, second at rank 2
     assert map_at_k(targets, probs, k=3) == pytest.approx(0.75)
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_the_last_epoch_even_when_the_monitor_did_not_improve(esc10_root, tmp_path,
+                                                                                  write_subset_csv, fast):
+    """Resume continues from the last epoch trained, not from the last that improved
+    (Lightning's own save_last skips epochs that saved no best checkpoint)."""
+    import torch
+
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.training import train
+
+    data = read_manifest(write_subset_csv(esc10_root, tmp_path / "tiny.csv", classes=2, per_class_per_fold=4))
+    # a learning rate this small (and no augmentation) leaves MAP@3 where it was after the
+    # first epochs: the later epochs save no best checkpoint
+    recipe = load_recipe("esc50-lh", fast + ["training.epochs=4", "training.lr=1e-12", "training.monitor=val_map3",
+                                             "training.augment.mixup.enabled=false",
+                                             "training.augment.erasing.enabled=false",
+                                             "training.augment.shift.enabled=false"])
+    run = RunDir(train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", folds=[0],
+                       progress=False).run_dir)
+    best = torch.load(run.checkpoint(0, "best"), map_location="cpu", weights_only=False)
+    last = torch.load(run.checkpoint(0, "last"), map_location="cpu", weights_only=False)
+    assert best["epoch"] < 3, "the monitor stopped improving before the last epoch"
+    assert last["epoch"] == 3 and last["global_step"] == 4 * best["global_step"] // (best["epoch"] + 1)

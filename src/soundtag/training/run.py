@@ -337,9 +337,13 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict(),
                           fold=k)
     mode = "min" if t.monitor == "val_loss" else "max"
-    checkpoint = ModelCheckpoint(dirpath=fold_dir, filename=run.checkpoint(k, "best").stem, monitor=t.monitor, mode=mode, save_last=True,
-                                 enable_version_counter=False)
-    callbacks = [checkpoint]
+    checkpoint = ModelCheckpoint(dirpath=fold_dir, filename=run.checkpoint(k, "best").stem, monitor=t.monitor,
+                                 mode=mode, enable_version_counter=False)
+    # The latest epoch, every epoch: Lightning's save_last writes last.ckpt only in an epoch that
+    # also saved a best one, so a crash after epochs without improvement would redo them.
+    latest = ModelCheckpoint(dirpath=fold_dir, filename=run.checkpoint(k, "last").stem, monitor=None,
+                             save_top_k=1, enable_version_counter=False)
+    callbacks = [checkpoint, latest]
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
     accelerator, auto_precision = _accelerator()
