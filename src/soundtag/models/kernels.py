@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from soundtag.models.base import TaggerNet
 from soundtag.models.registry import register_model
 
 
-class _Tagger(nn.Module):
+class _Tagger(TaggerNet):
     """Shared surface: ``features`` make a map, ``forward_head`` pools and classifies."""
 
     def __init__(self, features: nn.Module, channels: int, num_classes: int, *, hidden: int | None = None,
@@ -26,9 +27,6 @@ class _Tagger(nn.Module):
         self.num_features = hidden or 2 * channels
         self.classifier = nn.Linear(self.num_features, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=2)
         x = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=1)
@@ -37,12 +35,6 @@ class _Tagger(nn.Module):
         if pre_logits:
             return x
         return self.classifier(nn.functional.dropout(x, self.drop_rate, self.training))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes)
 
 
 def _conv_bn(cin: int, cout: int, kernel=3, stride=1) -> list[nn.Module]:

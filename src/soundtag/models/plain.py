@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from soundtag.errors import ParameterError
+from soundtag.models.base import TaggerNet
+from soundtag.models.kernels import _conv_bn
 from soundtag.models.registry import register_model
 
 
-class PlainCNN(nn.Module):
+class PlainCNN(TaggerNet):
     """Conv-BN-ReLU blocks with max-pooling between them, global average pooling, one head.
 
     Parameters
@@ -41,7 +43,7 @@ class PlainCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = in_chans
         for i, width in enumerate(channels):
-            layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += _conv_bn(cin, width)
             if i < len(channels) - 1:
                 layers.append(nn.MaxPool2d(2))
             cin = width
@@ -50,22 +52,12 @@ class PlainCNN(nn.Module):
         self.num_features = cin
         self.classifier = nn.Linear(self.num_features, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, in_chans, mels, frames)`` -> the last map ``(batch, num_features, m, f)``."""
-        return self.features(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pooling, then (unless ``pre_logits``) dropout and the classifier."""
         x = x.mean(dim=(2, 3))
         if pre_logits:
             return x
         return self.classifier(nn.functional.dropout(x, self.drop_rate, self.training))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes)
 
 
 @register_model("plain-cnn")
