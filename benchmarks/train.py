@@ -83,7 +83,7 @@ def overhead(recipe_name: str, steps: int) -> None:
         trainer.fit(module, train_loader)
         full = np.diff(ends[2:])  # skip warm-up steps
 
-        x, y = next(iter(train_loader))
+        x, y, _ = next(iter(train_loader))  # (views, targets, sound extents)
         x, y = x.to(module.device), y.to(module.device)
         bare_model = TaggerModule(recipe.model_dump(), list(manifest.labels), False, normalizer.to_dict()).model
         bare_model.to(module.device).train()
