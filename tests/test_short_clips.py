@@ -195,3 +195,38 @@ def test_a_short_clip_run_with_every_sound_relative_setting_trains_tags_and_expo
     torch_tagger, onnx_tagger = load_tagger(result.run_dir), load_tagger(model)
     for p in short_clips:
         assert np.abs(torch_tagger.tag(p).probs - onnx_tagger.tag(p).probs).max() <= 1e-4
+
+
+def _module(overrides):
+    from soundtag.training.module import TaggerModule
+
+    recipe = load_recipe("esc50-lh", ["training.model=vgg", "training.model_args={widths: [4, 8]}",
+                                      "training.augment.specaugment.enabled=true", *overrides])
+    return TaggerModule(recipe.model_dump(), ["a", "b"], False, {"kind": "per_sample", "mean": None, "std": None})
+
+
+def test_window_recipes_keep_the_kernels_order_and_sound_ones_mask_first(short_clips):
+    specs = _views(short_clips, load_recipe("esc50-lh", ["audio.trim_db=null"]))
+    x, extents = _batch(specs)
+    y = torch.eye(2)[[0, 1, 0, 1, 0]]
+
+    def by_hand(order, sound):
+        rng = np.random.default_rng(7)
+        ext = extents if sound else None
+        steps = {"shift": lambda v: augment.time_shift(v, max_fraction=0.4, rng=rng, extents=ext),
+                 "mask": lambda v: augment.random_erasing(
+                     augment.spec_augment(v, time_masks=2, time_width=0.1, freq_masks=2, freq_width=0.15, rng=rng,
+                                          extents=ext), p=0.5, area=(0.02, 0.4), aspect=(0.3, 3.33), rng=rng,
+                     extents=ext)}
+        out = x
+        for name in order:
+            out = steps[name](out)
+        return augment.mixup(out, y, alpha=1.0, rng=rng)[0]
+
+    window = _module([])
+    window.rng = np.random.default_rng(7)
+    torch.testing.assert_close(window.augment(x, y, extents)[0], by_hand(["shift", "mask"], sound=False))
+    sound = _module(["training.augment.erasing.relative_to=sound", "training.augment.shift.relative_to=sound",
+                     "training.augment.specaugment.relative_to=sound"])
+    sound.rng = np.random.default_rng(7)
+    torch.testing.assert_close(sound.augment(x, y, extents)[0], by_hand(["mask", "shift"], sound=True))

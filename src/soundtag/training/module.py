@@ -73,25 +73,34 @@ class TaggerModule(L.LightningModule):
         """The recipe's augmentations of a batch. ``extents`` (``(batch, 2)`` sound frames)
         serve the augmentations whose ``relative_to`` is ``sound``.
 
-        Masks and erasing come before the shift and the reversal (which move the sound), and
-        mixup last, so each sees the sound where the view has it.
+        The kernel's order is kept (shift, reversal, masks, erasing, mixup) unless an
+        augmentation is sized to the sound: then masks and erasing come first, while the
+        extents still say where the sound is, and the shift and reversal move it afterwards.
+        Mixup is always last.
         """
         a = self.recipe.training.augment
+        sound = {name for name in ("shift", "specaugment", "erasing") if getattr(a, name).relative_to == "sound"}
 
-        def within(config):
-            return extents if config.relative_to == "sound" else None
+        def shift(x):
+            if a.shift.enabled:
+                x = augment.time_shift(x, max_fraction=a.shift.max_fraction, rng=self.rng,
+                                       extents=extents if "shift" in sound else None)
+            if a.reverse.enabled:
+                x = augment.time_reverse(x, p=a.reverse.p, rng=self.rng)
+            return x
 
-        if a.specaugment.enabled:
+        def mask(x):
             s = a.specaugment
-            x = augment.spec_augment(x, time_masks=s.time_masks, time_width=s.time_width, freq_masks=s.freq_masks,
-                                     freq_width=s.freq_width, rng=self.rng, extents=within(s))
-        if a.erasing.enabled:
-            x = augment.random_erasing(x, p=a.erasing.p, area=a.erasing.area, aspect=a.erasing.aspect, rng=self.rng,
-                                       extents=within(a.erasing))
-        if a.shift.enabled:
-            x = augment.time_shift(x, max_fraction=a.shift.max_fraction, rng=self.rng, extents=within(a.shift))
-        if a.reverse.enabled:
-            x = augment.time_reverse(x, p=a.reverse.p, rng=self.rng)
+            if s.enabled:
+                x = augment.spec_augment(x, time_masks=s.time_masks, time_width=s.time_width, freq_masks=s.freq_masks,
+                                         freq_width=s.freq_width, rng=self.rng,
+                                         extents=extents if "specaugment" in sound else None)
+            if a.erasing.enabled:
+                x = augment.random_erasing(x, p=a.erasing.p, area=a.erasing.area, aspect=a.erasing.aspect,
+                                           rng=self.rng, extents=extents if "erasing" in sound else None)
+            return x
+
+        x = shift(mask(x)) if sound else mask(shift(x))
         if a.mixup.enabled:
             x, y = augment.mixup(x, y, alpha=a.mixup.alpha, rng=self.rng)
         return x, y
