@@ -25,10 +25,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from typer.testing import CliRunner
 
 from soundtag import evaluation
-from soundtag.cli import app
 from soundtag.errors import DataError, ParameterError
 from soundtag.features import clip_key, eval_chunks, extract_features
 from soundtag.recipe import load_recipe
@@ -58,10 +56,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: depend on their input by far more than the 1e-4 parity tolerance (checked below).
 LEARN = ["training.lr=0.01"]
 ONNX_TOL = 1e-4
-
-
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"})
 
 
 def _flat(text: str) -> str:
@@ -273,7 +267,7 @@ def _oof(run: Path, ids: list[str], labels: list[str]) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_ensemble_weights_come_from_oof_only_and_blend_the_test_predictions(runs, tmp_path, esc10_root):
+def test_ensemble_weights_come_from_oof_only_and_blend_the_test_predictions(runs, tmp_path, esc10_root, soundtag_main):
     a, b = _copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")
     first = ensemble_runs([a, b], tmp_path / "e1")
     w = first.weights
@@ -317,8 +311,8 @@ def test_ensemble_weights_come_from_oof_only_and_blend_the_test_predictions(runs
         ens.tag(clip, timeline=True)
 
     # the CLI writes the same ensemble
-    res = runner().invoke(app, ["ensemble", str(a), str(b), "--out", str(tmp_path / "e3")])
-    assert res.exit_code == 0, res.output
+    code, out, err = soundtag_main("ensemble", a, b, "--out", tmp_path / "e3")
+    assert code == 0, out + err
     cli_info = json.loads((tmp_path / "e3" / "ensemble.json").read_text())
     assert [r["weight"] for r in cli_info["runs"]] == pytest.approx(w.tolist(), abs=1e-12)
     assert cli_info["predictions"] == ["test.csv"]
@@ -467,24 +461,23 @@ def test_labels_with_spaces_become_one_word_in_the_kaggle_format(tmp_path):
     assert rows == [["a.wav", "Baby_cry Sea_waves Rain"]]
 
 
-def test_submit_cli_round_trip(fsd_test, tmp_path):
+def test_submit_cli_round_trip(fsd_test, tmp_path, soundtag_main):
     pred_csv = fsd_test.preds.write_csv(tmp_path / "test-predictions.csv")
     direct = write_submission(fsd_test.preds, tmp_path / "direct.csv", fmt="kaggle",
                               sample_submission=fsd_test.sample)
     out = tmp_path / "cli.csv"
-    res = runner().invoke(app, ["submit", str(pred_csv), "--sample-submission", str(fsd_test.sample),
-                                "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    code, stdout, stderr = soundtag_main("submit", pred_csv, "--sample-submission", fsd_test.sample, "--out", out)
+    assert code == 0, stdout + stderr
     assert out.read_text() == direct.read_text()
-    assert "kaggleformat" in _flat(res.stdout)
+    assert "kaggleformat" in _flat(stdout)
 
     partial = Predictions(fsd_test.preds.ids[1:], fsd_test.labels, fsd_test.probs[1:], [()] * 299)
     partial_csv = partial.write_csv(tmp_path / "partial.csv")
     bad_out = tmp_path / "bad.csv"
-    res = runner().invoke(app, ["submit", str(partial_csv), "--sample-submission", str(fsd_test.sample),
-                                "--out", str(bad_out)])
-    assert res.exit_code != 0 and isinstance(res.exception, DataError)
-    assert fsd_test.preds.ids[0] in str(res.exception)
+    code, stdout, stderr = soundtag_main("submit", partial_csv, "--sample-submission", fsd_test.sample,
+                                         "--out", bad_out)
+    assert code == 2 and "Traceback" not in stderr  # a message naming the clip, not an exception
+    assert fsd_test.preds.ids[0] in _flat(stderr)
     assert not bad_out.exists()
 
 
@@ -551,12 +544,12 @@ def test_timeline_windows_cover_a_long_file(runs, odd, kind):
 
 
 @pytest.mark.slow
-def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd):
+def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd, soundtag_main):
     args = ["tag", str(runs.lh), str(odd.stereo), str(odd.corrupt), str(odd.short), str(odd.missing),
             "--format", "json", "--top", "4"]
-    res = runner().invoke(app, args)
-    assert res.exit_code == 1, res.output
-    out = json.loads(res.stdout)
+    code, stdout, stderr = soundtag_main(*args)
+    assert code == 1, stdout + stderr
+    out = json.loads(stdout)
     assert [item["file"] for item in out] == [str(odd.stereo), str(odd.short)]
     tagger = load_tagger(runs.lh)
     for item in out:
@@ -565,15 +558,15 @@ def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd):
         expected = tagger.tag(item["file"]).probs
         assert np.allclose([scores[lab] for lab in tagger.labels], expected, atol=1.5e-6)
         assert [t["score"] for t in item["tags"]] == sorted(scores.values(), reverse=True)
-    err = _flat(res.stderr)
+    err = _flat(stderr)
     assert _flat(str(odd.corrupt)) in err and _flat(str(odd.missing)) in err
     assert "2of4file(s)couldnotbetagged" in err
 
     # CSV timeline to a file
     out_csv = odd.folder / "timeline.csv"
-    res = runner().invoke(app, ["tag", str(runs.x), str(odd.long), "--timeline", "--format", "csv",
-                                "--top", "2", "--out", str(out_csv)])
-    assert res.exit_code == 0, res.output
+    code, stdout, stderr = soundtag_main("tag", runs.x, odd.long, "--timeline", "--format", "csv", "--top", "2",
+                                         "--out", out_csv)
+    assert code == 0, stdout + stderr
     header, rows = _read_rows(out_csv)
     assert header == ["file", "start", "end", "rank", "label", "score"]
     windows = load_tagger(runs.x).tag(odd.long, timeline=True).timeline
@@ -642,10 +635,10 @@ def test_onnx_and_torch_engines_agree_on_real_clips(runs, onnx_models, odd, kind
 
 
 @pytest.mark.slow
-def test_exported_model_is_self_contained(runs, tmp_path, esc10_root):
+def test_exported_model_is_self_contained(runs, tmp_path, esc10_root, soundtag_main):
     private = _copy_run(runs.x, tmp_path / "run-copy")
-    res = runner().invoke(app, ["export", str(private), "--format", "onnx", "--out", str(tmp_path / "exp" / "m.onnx")])
-    assert res.exit_code == 0, res.output
+    code, stdout, stderr = soundtag_main("export", private, "--format", "onnx", "--out", tmp_path / "exp" / "m.onnx")
+    assert code == 0, stdout + stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(tmp_path / "exp" / "m.onnx", elsewhere / "m.onnx")
@@ -701,7 +694,7 @@ def test_onnx_engine_tags_without_pytorch(runs, onnx_models, tmp_path, kind):
 # --- predicting a dataset ---------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemble(runs, tmp_path):
+def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemble(runs, tmp_path, soundtag_main):
     import torch
 
     lh = predict_dataset(runs.lh, runs.data, out=tmp_path / "lh.csv", progress=False)
@@ -741,9 +734,8 @@ def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemb
 
     # the CLI writes the same file
     out = tmp_path / "cli.csv"
-    cli = runner().invoke(app, ["predict", str(runs.x), "--data", str(runs.subset), "--out", str(out),
-                                "--no-progress"])
-    assert cli.exit_code == 0, cli.output
+    code, stdout, stderr = soundtag_main("predict", runs.x, "--data", runs.subset, "--out", out, "--no-progress")
+    assert code == 0, stdout + stderr
     assert out.read_text() == res.path.read_text()
 
 

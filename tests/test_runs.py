@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundtag.cli import main
 from soundtag.errors import DataError, ParameterError
 from soundtag.runs import EnsembleDir, RunDir
 
@@ -98,35 +97,24 @@ def test_partial_evaluation_names_its_folds_and_writes_no_oof_csv(tmp_path):
     assert run.confusion_png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bad_devices_is_a_message_not_a_traceback(capsys, monkeypatch):
+def test_bad_devices_is_a_message_not_a_traceback(soundtag_main):
     from soundtag.training.run import Hardware
 
     with pytest.raises(ParameterError, match="devices='two'"):
         Hardware(devices="two")
     assert Hardware(devices="2").devices == 2
-    assert cli(monkeypatch, "train", "--data", "esc10", "--devices", "two") == 2
-    err = capsys.readouterr().err
-    assert "devices='two'" in err and "Traceback" not in err
+    code, _, err = soundtag_main("train", "--data", "esc10", "--devices", "two")
+    assert code == 2 and "devices='two'" in err and "Traceback" not in err
 
 
 # --- a real run trained on one fold --------------------------------------------------------
-
-def cli(monkeypatch, *args) -> int:
-    """Run ``soundtag ARGS`` in this process through ``main()``, as the console script does; the exit status."""
-    monkeypatch.setattr("sys.argv", ["soundtag", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exit_:
-        return exit_.code or 0
-    return 0
-
 
 FAST = ["training.epochs=1", "training.batch_size=8", "training.model_args={widths: [8, 16]}",
         "training.model=vgg", "features.n_mels=32"]
 
 
 @pytest.mark.slow
-def test_one_fold_run_is_scored_on_its_fold_then_evaluate_agrees(esc10_root, tmp_path, capsys, monkeypatch):
+def test_one_fold_run_is_scored_on_its_fold_then_evaluate_agrees(esc10_root, tmp_path, soundtag_main):
     from soundtag.manifest import read_manifest
 
     m = read_manifest(esc10_root)
@@ -142,18 +130,18 @@ def test_one_fold_run_is_scored_on_its_fold_then_evaluate_agrees(esc10_root, tmp
         w.writeheader()
         w.writerows(rows)
     run = tmp_path / "run"
-    assert cli(monkeypatch, "train", "--data", data, "-r", "esc50-lh", "--fold", "0", "--out", run,
-               "--cache", tmp_path / "cache", "--no-progress", *sum((["-o", o] for o in FAST), [])) == 0
-    out = capsys.readouterr().out
+    code, out, err = soundtag_main("train", "--data", data, "-r", "esc50-lh", "--fold", "0", "--out", run,
+                                   "--cache", tmp_path / "cache", "--no-progress", *sum((["-o", o] for o in FAST), []))
+    assert code == 0, out + err
     assert "metrics of fold(s) [0] only" in out and "--resume" in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["folds"] == [0] and metrics["all"]["clips"] == 12  # 3 classes x 4 clips in fold 1
 
-    assert cli(monkeypatch, "evaluate", run) == 0
-    assert "metrics of fold(s) [0] only" in capsys.readouterr().out
+    code, out, _ = soundtag_main("evaluate", run)
+    assert code == 0 and "metrics of fold(s) [0] only" in out
 
-    assert cli(monkeypatch, "suspects", run, "--no-audio") == 2
-    assert "fold(s) [1] are not finished" in capsys.readouterr().err
+    code, _, err = soundtag_main("suspects", run, "--no-audio")
+    assert code == 2 and "fold(s) [1] are not finished" in err
 
 
 def test_map_at_3_with_fewer_labels_than_3():
