@@ -177,22 +177,6 @@ def test_gpu_gets_a_wider_model_and_a_larger_budget(short8k):
     assert _mentions(reasons, "GPU")
 
 
-def test_without_the_new_fields_shift_is_off_for_short_clips(mostly_short, monkeypatch):
-    """A recipe version without padding / normalize_over / relative_to / global: none is set,
-    and the shift, which cannot be sized to the sound there, is off for mostly short clips."""
-    import soundtag.recipe_auto as ra
-
-    monkeypatch.setattr(ra, "_supports", lambda section, field, value: False)
-    r, reasons = _auto(mostly_short)
-    data = r.model_dump()
-    assert r.view.normalization == "per_sample"
-    assert data["view"]["padding"] == "center" and data["view"]["normalize_over"] == "window"  # the defaults
-    assert data["training"]["augment"]["shift"]["relative_to"] == "window"
-    assert not r.training.augment.shift.enabled
-    assert _mentions(reasons, "no time shift")
-    assert not _mentions(reasons, "padding")
-
-
 def test_unverified_clips_make_validation_verified_only(tmp_path):
     folder = tmp_path / "noisy"
     folder.mkdir()

@@ -20,17 +20,14 @@ features.hop_length       10 ms when the LH window is at most 2 s (short events)
 features.n_mels           64 up to 16 kHz, 128 above (a wider band); fmin 20 Hz, fmax the
                           Nyquist rate
 view.normalization        LH: global (one mean and std of the training clips, as the plain-CNN
-                          baseline of issue 11 does; per_sample where the recipe lacks it);
-                          X: per_feature, as the built-in X recipes do
+                          baseline of issue 11 does); X: per_feature, as the built-in X recipes do
 view.normalize_over       sound: statistics over the sound's frames only, never the padding
 view.padding              repeat when the median clip is shorter than half the view, else center
 augmentation              mixup (alpha 1); random erasing off (issue 11: sized for the window
                           it wipes out short events, and on 5 s clips it changes little); a
                           time roll of up to half the view that never pushes the sound out of
                           it, one time mask (up to 16% of the sound) and one mel mask (up to
-                          12.5%) of SpecAugment, each relative to the sound;
-                          a recipe without ``relative_to`` gets the shift off when the median
-                          clip is shorter than half the view (it would split the sound)
+                          12.5%) of SpecAugment, each relative to the sound
 training.model            CPU: ``plain-cnn`` (the 0.55M-parameter baseline) when registered,
                           else ``vgg`` with widths 16-32-64-128 (0.3M parameters); GPU: ``vgg``
                           32-64-128-256 below 5000 clips, the full ``vgg`` from 5000
@@ -43,8 +40,6 @@ validation                verified_only when the data marks some clips unverifie
                           (FSDKaggle2018), else all
 ========================  ======================================================================
 
-Fields a recipe does not have yet (``padding``, ``normalize_over``, ``relative_to``, the
-``global`` normalisation) are left out, so the rules work with older and newer recipes alike.
 The optimiser follows the baseline: AdamW (weight decay 0.01), one-cycle to 3e-3, batch 32.
 
 Examples
@@ -60,7 +55,6 @@ from __future__ import annotations
 
 import math
 import os
-import typing
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -340,39 +334,6 @@ def _durations(durations: Sequence[float]) -> np.ndarray:
     return d
 
 
-# --- fields that only newer recipes have -----------------------------------------------------
-
-def _section_model(*keys: str):
-    from soundtag.recipe import Recipe
-
-    model = Recipe
-    for key in keys:
-        field = model.model_fields.get(key)
-        model = field.annotation if field is not None else None
-        if model is None or not hasattr(model, "model_fields"):
-            return None
-    return model
-
-
-def _literal_values(annotation) -> set | None:
-    """The values a ``Literal`` annotation allows (nested in Optional too); None: not a Literal."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return set(typing.get_args(annotation))
-    values = [_literal_values(a) for a in typing.get_args(annotation)]
-    values = [v for v in values if v is not None]
-    return set().union(*values) if values else None
-
-
-def _supports(section: tuple[str, ...], field: str, value: Any) -> bool:
-    """Whether the recipe section has ``field`` and it takes ``value``."""
-    model = _section_model(*section)
-    info = model.model_fields.get(field) if model is not None else None
-    if info is None:
-        return False
-    allowed = _literal_values(info.annotation)
-    return allowed is None or value in allowed
-
-
 # --- the recipe -------------------------------------------------------------------------------
 
 def default_device() -> str:
@@ -448,23 +409,18 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
 
     median = float(np.median(d))
     short = median < duration / 2  # most clips much shorter than the view
-    lh_norm = "global" if _supports(("view",), "normalization", "global") else "per_sample"
-    view_cfg: dict[str, Any] = {"kind": view, "duration": duration,
-                                "normalization": lh_norm if view == "lh" else "per_feature"}
+    view_cfg: dict[str, Any] = {"kind": view, "duration": duration, "normalize_over": "sound",
+                                "normalization": "global" if view == "lh" else "per_feature",
+                                "padding": "repeat" if short else "center"}
     if view == "x":
         view_cfg |= {"overlap": 0.1, "min_tail": 0.2}
-    if _supports(("view",), "padding", "repeat"):
-        view_cfg["padding"] = "repeat" if short else "center"
-        reasons.append(f"padding {view_cfg['padding']}: the median clip ({median:.2f} s) is "
-                       + (f"shorter than half the {duration:g} s view, so the clip is repeated to fill it"
-                          if short else f"at least half the {duration:g} s view, so it is centred"))
-    over = ""
-    if _supports(("view",), "normalize_over", "sound"):
-        view_cfg["normalize_over"] = "sound"
-        over = " over the sound's frames only, never the padding"
-    reasons.append(f"normalisation {view_cfg['normalization']}{over}: {_NORMALIZATION[view_cfg['normalization']]}")
+    reasons.append(f"padding {view_cfg['padding']}: the median clip ({median:.2f} s) is "
+                   + (f"shorter than half the {duration:g} s view, so the clip is repeated to fill it"
+                      if short else f"at least half the {duration:g} s view, so it is centred"))
+    reasons.append(f"normalisation {view_cfg['normalization']} over the sound's frames only, never the padding: "
+                   f"{_NORMALIZATION[view_cfg['normalization']]}")
 
-    augment, why = _augment(short, median, duration)
+    augment, why = _augment()
     reasons.append(why)
 
     model, model_args, why = choose_model(profile.clips, device, models)
@@ -500,41 +456,27 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
 
 _NORMALIZATION = {
     "global": "one mean and std of the training clips, as the plain-CNN baseline of issue 11",
-    "per_sample": "each view by its own mean and std (this recipe version has no global normalisation)",
     "per_feature": "each mel bin by the training clips' mean and std, as the built-in X recipes",
 }
 
 
-def _augment(short: bool, median: float, duration: float) -> tuple[dict, str]:
-    """The augmentation section: the plain-CNN baseline's, sized to the sound where the recipe can be.
+def _augment() -> tuple[dict, str]:
+    """The augmentation section: the plain-CNN baseline's, sized to the sound.
 
-    Mixup; no random erasing; a time roll of up to half and one time and one mel mask of
-    SpecAugment. Without ``relative_to`` fields, the roll is turned off when the median clip is
-    shorter than half the view (rolled across the edge of the view, the sound would split).
+    Mixup; no random erasing; a time roll of up to half the view and one time and one mel mask
+    of SpecAugment, each relative to the sound.
     """
     augment: dict[str, dict] = {
         "mixup": {"enabled": True, "alpha": 1.0},
-        "erasing": {"enabled": False},
-        "shift": {"enabled": True, "max_fraction": 0.5},
+        "erasing": {"enabled": False, "relative_to": "sound"},
+        "shift": {"enabled": True, "max_fraction": 0.5, "relative_to": "sound"},
         "reverse": {"enabled": False},
-        "specaugment": {"enabled": True, "time_masks": 1, "time_width": 0.16, "freq_masks": 1, "freq_width": 0.125},
+        "specaugment": {"enabled": True, "time_masks": 1, "time_width": 0.16, "freq_masks": 1, "freq_width": 0.125,
+                        "relative_to": "sound"},
     }
-    relative = [name for name in ("erasing", "specaugment", "shift")
-                if _supports(("training", "augment", name), "relative_to", "sound")]
-    for name in relative:
-        augment[name]["relative_to"] = "sound"
-    parts = ["mixup (alpha 1)",
-             "no random erasing (sized for the window it wipes out short events: issue 11, 34.8% -> 80.2%)"]
-    masks = "one time mask (up to 16%) and one mel mask (up to 12.5%)"
-    if "shift" not in relative and short:
-        augment["shift"]["enabled"] = False
-        parts.append(f"no time shift: the median clip ({median:.2f} s) is shorter than half the {duration:g} s "
-                     f"view and this recipe version cannot size the shift to the sound")
-    else:
-        parts.append("a time roll of up to half the view" + (", never pushing the sound out of it"
-                                                              if "shift" in relative else ""))
-    parts.append(masks + (" of the sound" if "specaugment" in relative else " of the view"))
-    return augment, "augmentation: " + "; ".join(parts)
+    return augment, ("augmentation: mixup (alpha 1); no random erasing (sized for the window it wipes out "
+                     "short events: issue 11, 34.8% -> 80.2%); a time roll of up to half the view, never pushing "
+                     "the sound out of it; one time mask (up to 16%) and one mel mask (up to 12.5%) of the sound")
 
 
 def _data_line(p: DataProfile) -> str:
