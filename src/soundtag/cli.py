@@ -161,7 +161,9 @@ def train(
         if recipe in AUTO_VIEWS:  # chosen from the data; recipe.yaml of the run keeps the result
             manifest = open_dataset(data, layout)
             source = _auto_recipe(manifest, recipe, override, quiet=not is_primary_process())
-        r = training_recipe(source, override, folds=folds, model=model, blacklist=blacklist, relabel=relabel)
+        # the auto recipe was chosen with the overrides applied already
+        r = training_recipe(source, () if manifest is not None else override, folds=folds, model=model,
+                            blacklist=blacklist, relabel=relabel)
         result = train_run(manifest or open_dataset(data, layout), r, out or default_run_dir(r), cache_dir=cache,
                            folds=fold or None, progress=progress, data_source=data, hardware=hardware)
     if not is_primary_process():

@@ -116,9 +116,9 @@ def lwlrap(targets: np.ndarray, probs: np.ndarray) -> float:
     label, so each label counts once. This is FSDKaggle2019's per-class lwlrap weighted by each
     class's share of the true labels, and scikit-learn's
     ``label_ranking_average_precision_score`` with every clip weighted by its number of
-    labels (the tests check both). It is computed here with array operations: for 20000
-    clips and 80 classes 0.16 s, against 0.8 s for a Python loop over clips and 8 s for
-    scikit-learn's (which ranks each clip with scipy).
+    labels (the tests check both). It is computed here with array operations, in blocks of
+    clips, rather than through scikit-learn's function, which ranks each clip with scipy and
+    is much slower at FSD50K's size.
 
     Ties count against the prediction, as in scikit-learn: a label's rank is the number of
     labels scored at least as high, so a label tied with others is ranked below them all and

@@ -209,7 +209,7 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
         for an unknown recipe, a mistyped key (with the nearest valid one) or a bad value, or
         ``auto`` without a manifest
     """
-    from soundtag.recipe_auto import AUTO_VIEWS  # --- recipe auto: chosen from the data ---
+    from soundtag.recipe_auto import AUTO_VIEWS
 
     if isinstance(name_or_path, Recipe):
         data = name_or_path.model_dump()
@@ -224,7 +224,6 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
 
         return auto_recipe(manifest, overrides=overrides, view=AUTO_VIEWS[str(name_or_path)],
                            device=default_device())[0]
-    # --- end of recipe auto ---
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():

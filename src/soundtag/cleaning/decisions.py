@@ -47,6 +47,7 @@ from soundtag._io import atomic_write_json, atomic_write_text
 from soundtag.errors import DataError, ParameterError
 
 DECISIONS = ("blacklist", "keep", "relabel")
+LOG_FILE, BLACKLIST_FILE, RELABEL_FILE = "decisions.csv", "blacklist.csv", "relabel.csv"
 LOG_COLUMNS = ["clip_id", "decision", "label", "reason", "round", "time"]
 BLACKLIST_COLUMNS = ["clip_id", "decision", "reason", "round", "time"]
 RELABEL_COLUMNS = ["clip_id", "label", "decision", "reason", "round", "time"]
@@ -128,15 +129,15 @@ class DecisionBook:
     # --- files ---------------------------------------------------------------------------
     @property
     def log_file(self) -> Path:
-        return self.folder / "decisions.csv"
+        return self.folder / LOG_FILE
 
     @property
     def blacklist_file(self) -> Path:
-        return self.folder / "blacklist.csv"
+        return self.folder / BLACKLIST_FILE
 
     @property
     def relabel_file(self) -> Path:
-        return self.folder / "relabel.csv"
+        return self.folder / RELABEL_FILE
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -390,4 +391,4 @@ def retrain_command(run_dir: str | Path, lists_dir: str | Path) -> str:
     run = RunDir(run_dir)
     folder = Path(lists_dir)
     return (f"soundtag train --data {run.data_source() or 'DATA'} --recipe {run.recipe_file()} "
-            f"--blacklist {folder / 'blacklist.csv'} --relabel {folder / 'relabel.csv'}")
+            f"--blacklist {folder / BLACKLIST_FILE} --relabel {folder / RELABEL_FILE}")
