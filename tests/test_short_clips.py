@@ -76,10 +76,10 @@ def _batch(specs):
 def test_erasing_and_masks_relative_to_the_sound_stay_inside_it(short_clips):
     specs = _views(short_clips, load_recipe("esc50-lh", ["audio.trim_db=null"]))
     x, extents = _batch(specs)
-    rng = np.random.default_rng(0)
+    rng = torch.Generator().manual_seed(0)
     for _ in range(20):
-        erased = augment.random_erasing(x, p=1.0, area=(0.02, 0.4), rng=rng, extents=extents)
-        masked = augment.spec_augment(x, time_masks=2, time_width=0.5, freq_masks=0, rng=rng, extents=extents)
+        erased = augment.random_erasing(x, p=1.0, area=(0.02, 0.4), generator=rng, extents=extents)
+        masked = augment.spec_augment(x, time_masks=2, time_width=0.5, freq_masks=0, generator=rng, extents=extents)
         for out in (erased, masked):
             changed = (out != x).any(dim=2)[:, 0]  # (batch, frames)
             for i, (start, end) in enumerate(extents.tolist()):
@@ -91,7 +91,7 @@ def test_erasing_and_masks_relative_to_the_sound_stay_inside_it(short_clips):
         assert ((erased.amin(dim=(1, 2, 3)) >= lo) & (erased.amax(dim=(1, 2, 3)) <= hi)).all(), \
             "the fill comes from the sample's own range: no louder fake sound"
     # the kernel's window-sized erasing does wipe the short sound (or paint beside it) often
-    window = augment.random_erasing(x.repeat(20, 1, 1, 1), p=1.0, area=(0.02, 0.4), rng=rng)
+    window = augment.random_erasing(x.repeat(20, 1, 1, 1), p=1.0, area=(0.02, 0.4), generator=rng)
     changed = (window != x.repeat(20, 1, 1, 1)).any(dim=2)[:, 0]
     outside = [bool(torch.cat([c[:s], c[e:]]).any()) for c, (s, e) in zip(changed, extents.repeat(20, 1).tolist())]
     assert np.mean(outside) > 0.5
@@ -100,10 +100,10 @@ def test_erasing_and_masks_relative_to_the_sound_stay_inside_it(short_clips):
 def test_a_shift_relative_to_the_sound_never_pushes_it_out_of_the_view(short_clips):
     specs = _views(short_clips, load_recipe("esc50-lh", ["audio.trim_db=null"]))
     x, extents = _batch(specs)
-    rng = np.random.default_rng(1)
+    rng = torch.Generator().manual_seed(1)
     moved_any = False
     for _ in range(50):
-        shifts = augment.shift_amounts(len(x), x.shape[-1], max_fraction=0.5, rng=rng, extents=extents)
+        shifts = augment.shift_amounts(len(x), x.shape[-1], max_fraction=0.5, generator=rng, extents=extents)
         out = augment.roll_time(x, shifts)
         for i, (start, end) in enumerate(extents.tolist()):
             s = int(shifts[i])
@@ -113,7 +113,7 @@ def test_a_shift_relative_to_the_sound_never_pushes_it_out_of_the_view(short_cli
     assert moved_any
     # near the right edge a sound may only move left
     edge = torch.tensor([[200, x.shape[-1]]] * 100)
-    assert (augment.shift_amounts(100, x.shape[-1], max_fraction=0.5, rng=rng, extents=edge) <= 0).all()
+    assert (augment.shift_amounts(100, x.shape[-1], max_fraction=0.5, generator=rng, extents=edge) <= 0).all()
 
 
 def test_normalising_over_the_sound_ignores_how_much_padding_there_is(short_clips):
@@ -211,22 +211,22 @@ def test_window_recipes_keep_the_kernels_order_and_sound_ones_mask_first(short_c
     y = torch.eye(2)[[0, 1, 0, 1, 0]]
 
     def by_hand(order, sound):
-        rng = np.random.default_rng(7)
+        rng = torch.Generator().manual_seed(7)
         ext = extents if sound else None
-        steps = {"shift": lambda v: augment.time_shift(v, max_fraction=0.4, rng=rng, extents=ext),
+        steps = {"shift": lambda v: augment.time_shift(v, max_fraction=0.4, generator=rng, extents=ext),
                  "mask": lambda v: augment.random_erasing(
-                     augment.spec_augment(v, time_masks=2, time_width=0.1, freq_masks=2, freq_width=0.15, rng=rng,
-                                          extents=ext), p=0.5, area=(0.02, 0.4), aspect=(0.3, 3.33), rng=rng,
+                     augment.spec_augment(v, time_masks=2, time_width=0.1, freq_masks=2, freq_width=0.15, generator=rng,
+                                          extents=ext), p=0.5, area=(0.02, 0.4), aspect=(0.3, 3.33), generator=rng,
                      extents=ext)}
         out = x
         for name in order:
             out = steps[name](out)
-        return augment.mixup(out, y, alpha=1.0, rng=rng)[0]
+        return augment.mixup(out, y, alpha=1.0, generator=rng)[0]
 
     window = _module([])
-    window.rng = np.random.default_rng(7)
+    window.generator = torch.Generator().manual_seed(7)
     torch.testing.assert_close(window.augment(x, y, extents)[0], by_hand(["shift", "mask"], sound=False))
     sound = _module(["training.augment.erasing.relative_to=sound", "training.augment.shift.relative_to=sound",
                      "training.augment.specaugment.relative_to=sound"])
-    sound.rng = np.random.default_rng(7)
+    sound.generator = torch.Generator().manual_seed(7)
     torch.testing.assert_close(sound.augment(x, y, extents)[0], by_hand(["mask", "shift"], sound=True))

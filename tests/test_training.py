@@ -107,7 +107,7 @@ def test_mixup_is_a_convex_combination_of_two_samples_and_their_targets():
     x = torch.arange(6 * 2 * 3, dtype=torch.float32).reshape(6, 1, 2, 3)
     y = torch.eye(6)
     before = x.clone()
-    xm, ym = augment.mixup(x, y, alpha=1.0, rng=np.random.default_rng(0))
+    xm, ym = augment.mixup(x, y, alpha=1.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, before), "input left untouched"
     assert torch.allclose(ym.sum(1), torch.ones(6))
     for i in range(6):
@@ -119,7 +119,7 @@ def test_mixup_is_a_convex_combination_of_two_samples_and_their_targets():
 
 def test_random_erasing_fills_one_rectangle_of_the_right_area_with_one_value():
     x = torch.randn(8, 1, 40, 60)
-    out = augment.random_erasing(x, p=1.0, area=(0.02, 0.4), aspect=(0.3, 3.33), rng=np.random.default_rng(0))
+    out = augment.random_erasing(x, p=1.0, area=(0.02, 0.4), aspect=(0.3, 3.33), generator=torch.Generator().manual_seed(0))
     assert not torch.equal(out, x)
     for i in range(8):
         changed = (out[i] != x[i])[0]
@@ -129,24 +129,24 @@ def test_random_erasing_fills_one_rectangle_of_the_right_area_with_one_value():
         patch = out[i, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
         assert torch.all(patch == patch.flatten()[0])
         assert x.min() <= patch.flatten()[0] <= x.max()
-    assert torch.equal(augment.random_erasing(x, p=0.0, rng=np.random.default_rng(0)), x)
+    assert torch.equal(augment.random_erasing(x, p=0.0, generator=torch.Generator().manual_seed(0)), x)
 
 
 def test_time_shift_rolls_within_limit_and_reverse_flips():
     x = torch.arange(10, dtype=torch.float32).reshape(1, 1, 1, 10).repeat(4, 1, 1, 1)
-    shifted = augment.time_shift(x, max_fraction=0.4, rng=np.random.default_rng(2))
+    shifted = augment.time_shift(x, max_fraction=0.4, generator=torch.Generator().manual_seed(2))
     for row in shifted[:, 0, 0]:
         shift = int((row == 0).nonzero()[0]) % 10
         assert min(shift, 10 - shift) <= 4
         assert sorted(row.tolist()) == list(range(10))
-    flipped = augment.time_reverse(x, p=1.0, rng=np.random.default_rng(0))
+    flipped = augment.time_reverse(x, p=1.0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(flipped, x.flip(-1))
 
 
 def test_spec_augment_masks_bands_with_the_mean():
     x = torch.randn(2, 1, 32, 50)
     out = augment.spec_augment(x, time_masks=1, time_width=0.2, freq_masks=1, freq_width=0.2,
-                               rng=np.random.default_rng(5))
+                               generator=torch.Generator().manual_seed(5))
     changed = out != x
     assert changed.any()
     for i in range(2):
@@ -310,3 +310,37 @@ def test_x_view_and_multilabel_runs_predict_every_clip(esc10_root, tmp_path, wri
         probs = np.array([[float(r[lab]) for lab in data.labels] for r in csv.DictReader(fh)])
     assert probs.shape == (len(data), len(data.labels))
     assert np.all((probs >= 0) & (probs <= 1)) and not np.allclose(probs.sum(1), 1)  # sigmoid, not softmax
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.4, 1.0, 2.0])
+def test_beta_draws_follow_the_beta_distribution(alpha):
+    from scipy import stats
+
+    draws = augment.beta(alpha, 20000, torch.Generator().manual_seed(3)).numpy()
+    assert ((draws >= 0) & (draws <= 1)).all()
+    assert stats.kstest(draws, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+    again = augment.beta(alpha, 20000, torch.Generator().manual_seed(3)).numpy()
+    assert np.array_equal(draws, again), "seeded: the same stream twice"
+
+
+def test_randint_covers_its_inclusive_range_evenly():
+    g = torch.Generator().manual_seed(0)
+    draws = augment.randint(torch.full((60000,), -2), torch.full((60000,), 3), g)
+    counts = torch.bincount(draws + 2, minlength=6)
+    assert draws.min() == -2 and draws.max() == 3 and (counts > 9000).all()
+
+
+def test_freq_shift_moves_whole_spectra_along_mels_and_fills_with_the_floor():
+    x = torch.arange(8, dtype=torch.float32).view(1, 1, 8, 1).expand(200, 1, 8, 5) + 1.0  # bins hold 1..8
+
+    def shifted(s):  # bin f takes bin f - s; bins with nothing to take get the floor, 1
+        return torch.tensor([float(f - s + 1) if 0 <= f - s < 8 else 1.0 for f in range(8)])
+
+    out = augment.freq_shift(x, max_bins=3, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for row in out[:, 0, :, 0]:
+        matches = [s for s in range(-3, 4) if torch.equal(row, shifted(s))]
+        assert len(matches) == 1, f"{row.tolist()} is no shift of at most 3 bins"
+        seen += matches
+    assert set(seen) == set(range(-3, 4)), "every shift within the limit occurs"
+    assert torch.equal(out[..., 0], out[..., 4]), "all frames move together"

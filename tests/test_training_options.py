@@ -64,7 +64,8 @@ def _one_cycle(step: int, total: int, max_lr: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer,scheduler", [("adamw", "onecycle"), ("adam", "none"), ("adam", "cosine")])
+@pytest.mark.parametrize("optimizer,scheduler", [("adamw", "onecycle"), ("adam", "none"), ("adam", "cosine"),
+                                                 ("adamw", "warmup_cosine")])
 def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_path, optimizer, scheduler):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
@@ -76,7 +77,8 @@ def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_p
     lr, epochs = 0.004, 2
     recipe = load_recipe("esc50-lh", fast + [f"training.optimizer={optimizer}", f"training.scheduler={scheduler}",
                                              f"training.lr={lr}", "training.weight_decay=0.01",
-                                             f"training.epochs={epochs}", "training.batch_size=2"])
+                                             f"training.epochs={epochs}", "training.batch_size=2",
+                                             "training.warmup_epochs=1"])
     store, _ = extract_features(tiny, recipe, cache_dir=feature_cache, workers=0, progress=False)
     data = FoldSet.build(tiny, recipe, store).loaders(0)
     steps_per_epoch = len(data.train)
@@ -100,6 +102,9 @@ def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_p
         expected = [_one_cycle(s, total, lr) for s in range(total)]
         assert logged[0] == pytest.approx(lr / 25)
         assert 0 < int(np.argmax(logged)) < total - 1  # up, then down
+    elif scheduler == "warmup_cosine":  # one epoch (4 steps) up to lr, then a cosine to 0 per step
+        expected = [lr * (s + 1) / 4 if s < 4 else lr * (1 + math.cos(math.pi * (s - 4) / 4)) / 2
+                    for s in range(total)]
     elif scheduler == "cosine":  # stepped per epoch over `epochs`
         expected = [lr * (1 + math.cos(math.pi * (s // steps_per_epoch) / epochs)) / 2 for s in range(total)]
     else:
@@ -159,13 +164,19 @@ def test_early_stopping_stops_when_the_monitor_stops_improving(tiny_csv, feature
 
 @pytest.mark.slow
 def test_the_best_checkpoint_is_chosen_by_val_map3(tiny, feature_cache, fast, tmp_path):
-    run, done = _train_fold0(tiny, fast + ["training.monitor=val_map3", "training.epochs=4", "training.lr=0.01",
-                                           "training.batch_size=4"], tmp_path / "run", feature_cache)
-    history = _histories(run)["fold-0"]
-    map3 = history["val_map3"].tolist()
-    best_epoch = int(np.argmax(map3))  # the first of the highest (a tie is no improvement)
-    # here MAP@3 peaks at another epoch than the loss's lowest, so the choice shows which was monitored
-    assert best_epoch != int(np.argmin(history["val_loss"])), history
+    # The choice shows which metric was monitored only in a run where MAP@3 peaks at another epoch
+    # than the loss's lowest: the first seed that gives one is used.
+    for seed in range(8):
+        run, done = _train_fold0(tiny, fast + ["training.monitor=val_map3", "training.epochs=4", "training.lr=0.01",
+                                               "training.batch_size=4", f"training.seed={seed}"],
+                                 tmp_path / f"run-{seed}", feature_cache)
+        history = _histories(run)["fold-0"]
+        map3 = history["val_map3"].tolist()
+        best_epoch = int(np.argmax(map3))  # the first of the highest (a tie is no improvement)
+        if best_epoch != int(np.argmin(history["val_loss"])):
+            break
+    else:
+        pytest.fail("in 8 seeds MAP@3 always peaked where the loss was lowest")
     assert done["best_score"] == pytest.approx(map3[best_epoch], abs=1e-6)
     best = torch.load(run / "fold-0" / "best.ckpt", map_location="cpu", weights_only=False)
     assert best["epoch"] == best_epoch
@@ -282,3 +293,68 @@ def test_a_checkpoint_of_another_net_is_refused(tmp_path):
     torch.save(create_model("alexnet-kernel", num_classes=2).state_dict(), tmp_path / "alexnet.pt")
     with pytest.raises(ParameterError, match="no weights that fit"):
         load_weights(create_model("vgg", num_classes=2, widths=[8, 16]), tmp_path / "alexnet.pt")
+
+
+# --- EMA of the weights, and the weights a fold keeps -----------------------------------------
+
+def test_ema_averages_the_trained_weights_into_the_model_that_predicts():
+    from soundtag.training.module import TaggerModule
+
+    recipe = load_recipe("esc50-lh", ["training.model=vgg", "training.model_args={widths: [4, 8]}",
+                                      "training.ema.enabled=true", "training.ema.decay=0.5"])
+    module = TaggerModule(recipe.model_dump(), ["a", "b"], False, {"kind": "per_sample", "mean": None, "std": None})
+    assert module.net is module.training_model and module.net is not module.model
+    assert not any(p.requires_grad for p in module.model.parameters())
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    with torch.no_grad():
+        for p in module.training_model.parameters():
+            p.add_(1.0)
+    module._update_ema()  # global step 0: the warm-up decay min(0.5, 1/10) = 0.1
+    for name, value in module.model.state_dict().items():
+        live = module.training_model.state_dict()[name]
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.1 * before[name] + 0.9 * live)
+        else:
+            assert torch.equal(value, live)
+    state = module.state_dict()
+    assert any(k.startswith("model.") for k in state) and any(k.startswith("training_model.") for k in state)
+    module.train()
+    x = torch.randn(2, 1, 32, 40)
+    outputs = []
+    for net in (module, module.training_model):
+        torch.manual_seed(0)  # the same dropout masks
+        outputs.append(net(x))
+    assert torch.equal(*outputs), "training steps the trained weights"
+    module.eval()
+    assert torch.equal(module(x), module.model(x)), "validation and prediction use the averaged weights"
+
+
+@pytest.mark.slow
+def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(tiny, feature_cache, fast, tmp_path):
+    from soundtag.prediction.fold_models import load_run
+    from soundtag.runs import RunDir
+
+    run, done = _train_fold0(tiny, fast + ["training.ema.enabled=true", "training.ema.decay=0.9",
+                                           "training.keep=last", "training.epochs=3",
+                                           "training.augment.freq_shift.enabled=true"],
+                             tmp_path / "run", feature_cache)
+    assert done["best_checkpoint"] == "last.ckpt" and done["epochs"] == 3
+    state = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    averaged = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    trained = {k.removeprefix("training_model."): v for k, v in state.items() if k.startswith("training_model.")}
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged if averaged[k].is_floating_point())
+    # the out-of-fold predictions are those of the averaged weights (what the tagger loads as `model.*`)
+    from soundtag.features.store import FeatureStore
+    from soundtag.training.module import TaggerModule
+    from soundtag.training.run import FoldSet, predict_clips
+
+    recipe = RunDir(run).recipe()
+    loaders = FoldSet.build(tiny, recipe, FeatureStore.open(feature_cache, recipe)).loaders(0)
+    module = TaggerModule.load_from_checkpoint(run / "fold-0" / "last.ckpt", map_location="cpu")
+    oof = RunDir(run).out_of_fold(partial=True)
+    order = [list(oof.manifest.ids).index(c) for c in loaders.oof_ids]
+    np.testing.assert_allclose(predict_clips(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)
+    module.model.load_state_dict(module.training_model.state_dict())
+    assert not np.allclose(predict_clips(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)
+    assert load_run(run).checkpoints == [run / "fold-0" / "last.ckpt"]

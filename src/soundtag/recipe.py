@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from soundtag.errors import ParameterError
 from soundtag.registry import did_you_mean
@@ -97,12 +97,23 @@ class SpecAugmentConfig(_Section):
     freq_width: float = Field(0.15, ge=0, le=1)
 
 
+class FreqShiftConfig(_Section):
+    enabled: bool = False
+    max_bins: int = Field(4, ge=0, description="each sample moves up or down by up to this many mel bins")
+
+
 class AugmentConfig(_Section):
     mixup: MixupConfig = MixupConfig()
     erasing: ErasingConfig = ErasingConfig()
     shift: ShiftConfig = ShiftConfig()
     reverse: ReverseConfig = ReverseConfig()
     specaugment: SpecAugmentConfig = SpecAugmentConfig()
+    freq_shift: FreqShiftConfig = FreqShiftConfig()
+
+
+class EmaConfig(_Section):
+    enabled: bool = False
+    decay: float = Field(0.999, gt=0, lt=1, description="per optimiser step")
 
 
 class TrainingConfig(_Section):
@@ -117,7 +128,12 @@ class TrainingConfig(_Section):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["cosine", "onecycle", "none"] = "cosine"
+    scheduler: Literal["cosine", "onecycle", "warmup_cosine", "none"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of warmup_cosine, in epochs")
+    ema: EmaConfig = EmaConfig()
+    keep: Literal["best", "last"] = Field(
+        "best", description="the weights a fold predicts out of fold with: the best epoch by `monitor` on "
+        "the validation fold, or the last epoch (EMA weights when ema is on), named before training")
     monitor: Literal["val_loss", "val_map3"] = "val_loss"
     early_stopping: int | None = Field(None, gt=0, description="patience in epochs; null: off")
     balance: Literal["oversample", "balanced", "none"] = "oversample"
@@ -125,7 +141,19 @@ class TrainingConfig(_Section):
     blacklist: str | None = Field(None, description="CSV of clips left out of training (column clip_id or fname)")
     relabel: str | None = Field(None, description="CSV of clip_id,label corrections")
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
-    workers: int = Field(0, ge=0, description="DataLoader workers")
+    workers: int = Field(0, ge=0, description="DataLoader workers (the streaming path only)")
+    device_data: Literal["auto", "on", "off"] = Field(
+        "auto", description="hold a fold's features on the training device and draw batches there; auto: when "
+        "they take under half of the GPU's free memory, or under 2 GiB of RAM on a CPU")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC memory layout for the model and its batches; auto: on")
+    compile: bool = Field(False, description="torch.compile the model before training")
+
+    @field_validator("device_data", "channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value):
+        # YAML 1.1 reads a bare on/off as true/false.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class Recipe(_Section):

@@ -26,6 +26,8 @@ from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Manifest
 from soundtag.runs import RunDir
 from soundtag.training.data import EpochSampler, EvalViews, Normalizer, ShardSampler, TrainViews, collate_chunks
+from soundtag.training.device_data import (DeviceClips, DeviceEvalBatches, DeviceTrainBatches, features_bytes,
+                                           wants_device_data)
 from soundtag.training.splits import label_matrix, make_folds, validation_mask
 
 
@@ -243,13 +245,23 @@ def resume(run_dir: str | Path, *, progress: bool = True, hardware: Hardware = H
 
 @dataclass
 class FoldLoaders:
-    train: torch.utils.data.DataLoader
-    val: torch.utils.data.DataLoader
-    oof: torch.utils.data.DataLoader
+    """A fold's batches: DataLoaders over the store (streaming), or
+    :mod:`~soundtag.training.device_data` batches drawn on the device (``on_device``)."""
+
+    train: Iterable
+    val: Iterable
+    oof: Iterable
     normalizer: Normalizer
     oof_ids: list[str]
     train_clips: int
     val_clips: int
+    on_device: bool = False
+
+    def place(self, device: torch.device) -> None:
+        """Put device-resident features on ``device`` (nothing to do for streaming loaders)."""
+        if self.on_device:
+            for batches in (self.train, self.val, self.oof):
+                batches.place(device)
 
 
 @dataclass
@@ -296,11 +308,25 @@ class FoldSet:
             return [self.keys[i] for i in idx], self.targets[idx]
 
         sampler = EpochSampler(self.targets[train_idx].argmax(axis=1), t.balance, seed=t.seed + k)
+        # An epoch shorter than a batch is one smaller batch (not none: nothing would train).
+        drop_last = len(sampler) >= t.batch_size
+        needed = features_bytes(self.store, self.keys, recipe)  # every clip: training + its fold
+        if wants_device_data(t.device_data, needed, _accelerator()[0]):
+            def clips(idx):
+                return DeviceClips.load(self.store, [self.keys[i] for i in idx], recipe)
+
+            train = DeviceTrainBatches(clips(train_idx), self.targets[train_idx], normalizer, sampler,
+                                       batch_size=t.batch_size, drop_last=drop_last, seed=t.seed + k)
+            val = DeviceEvalBatches(clips(val_idx), self.targets[val_idx], normalizer, recipe,
+                                    batch_size=t.batch_size, order=ShardSampler(len(val_idx)))
+            oof = DeviceEvalBatches(clips(oof_idx), self.targets[oof_idx], normalizer, recipe,
+                                    batch_size=t.batch_size)
+            return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx],
+                               len(train_idx), len(val_idx), on_device=True)
         common = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
         train = torch.utils.data.DataLoader(
             TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k),
-            # An epoch shorter than a batch is one smaller batch (not none: nothing would train).
-            batch_size=t.batch_size, sampler=sampler, drop_last=len(sampler) >= t.batch_size, **common)
+            batch_size=t.batch_size, sampler=sampler, drop_last=drop_last, **common)
         eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **common}
         val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer),
                                           sampler=ShardSampler(len(val_idx)), **eval_args)
@@ -355,6 +381,7 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
                                      TensorBoardLogger(fold_dir, name=run.TENSORBOARD, version="")],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, len(data.train))))
+    data.place(trainer.strategy.root_device)
     last = run.checkpoint(k, "last")
     resumed_from = None
     if last.is_file():
@@ -367,7 +394,8 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     if not trainer.is_global_zero:
         trainer.strategy.barrier("oof")  # wait for rank 0's out-of-fold predictions
         return
-    best = checkpoint.best_model_path or str(last)
+    # The weights named before training: the best epoch by the monitor, or the last one.
+    best = str(last) if t.keep == "last" else (checkpoint.best_model_path or str(last))
     best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu")
     # One process predicts the whole fold, so every clip is predicted exactly once.
     probs = predict_clips(best_module, data.oof, trainer.strategy.root_device)
