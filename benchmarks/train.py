@@ -7,6 +7,7 @@ Run by hand; each part rewrites its own section of docs/benchmarks.md::
     python benchmarks/train.py esc50-fold1         # ESC-50 fold 1 (trained on folds 2-5), CPU recipe
     python benchmarks/train.py esc50               # ESC-50, all 5 folds (meant for a GPU)
     python benchmarks/train.py robustness          # short clips cut from ESC-50/ESC-10, fold 1, three recipes
+    python benchmarks/train.py throughput          # samples/s: loader path, device path, bare step
 
 The data comes from SOUNDTAG_DATA (default ../shared/data).
 """
@@ -46,6 +47,17 @@ def write_section(name: str, lines: list[str], doc: Path = DOC) -> None:
     doc.write_text(text)
 
 
+def code_version() -> str:
+    """The commit the benchmark ran on, ``+changes`` when the working tree differed from it."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def device_line() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} + {os.cpu_count()} CPU cores"
@@ -64,7 +76,9 @@ def overhead(recipe_name: str, steps: int) -> None:
 
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     manifest = read_manifest(data / "esc10")
-    recipe = load_recipe(recipe_name, ["training.epochs=1"])
+    # The streaming path over the memory-mapped store, as described in its section (the device
+    # path is measured by `throughput`).
+    recipe = load_recipe(recipe_name, ["training.epochs=1", "training.device_data=off"])
     with tempfile.TemporaryDirectory() as tmp:
         store, _ = extract_features(manifest, recipe, cache_dir=Path(tmp) / "cache", progress=False)
         loaders = FoldSet.build(manifest, recipe, store).loaders(0)
@@ -112,48 +126,312 @@ def overhead(recipe_name: str, steps: int) -> None:
     ])
 
 
-def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | None) -> None:
-    """Train and report out-of-fold accuracy and MAP@3 with the wall time."""
+GOALS = {"esc10": "top-1 >= 90% within 20 min (2-core CPU, issue 12)",
+         "esc50-fold1": "top-1 >= 82% within 30 min (2-core CPU, issue 12)",
+         "esc50": "esc50-gpu-lh >= 90.0% top-1 out of fold; LH + X ensemble >= 91.0%; both 5-fold runs within "
+                  "9 min together on one H200 (issue 12)"}
+
+
+def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | None, *, smoke: bool = False,
+             out_json: Path | None = None, doc: Path | None = DOC) -> dict:
+    """Train and report out-of-fold accuracy and MAP@3 (the recipe's own kept weights, and the
+    best epoch beside them) with the wall time."""
     from soundtag.recipe import load_recipe
     from soundtag.manifest import read_manifest
     from soundtag.training import train
+    from soundtag._io import atomic_write_json
 
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     folder, folds = {"esc10": ("esc10", None), "esc50-fold1": ("esc50", [0]), "esc50": ("esc50", None)}[case]
     manifest = read_manifest(data / folder)
+    if smoke:
+        from short_clips import pick_subset
+
+        manifest = pick_subset(manifest, **SMOKE_SUBSET)
+        overrides = [*overrides, "training.epochs=1", "training.model_args={widths: [8, 16]}", "training.model=vgg",
+                     "features.n_mels=32"]
     recipe = load_recipe(recipe_name, overrides)
     run_dir = keep or Path(tempfile.mkdtemp()) / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    cache = Path(tempfile.mkdtemp()) / "cache"
+    cache = (keep.parent / "features") if keep else Path(tempfile.mkdtemp()) / "cache"
     start = time.perf_counter()
     result = train(manifest, recipe, run_dir, cache_dir=cache, folds=folds, progress=False, data_source=folder)
     wall = time.perf_counter() - start
-    if folds is None:
-        m = result.metrics["all"]
-    else:  # one fold: score its out-of-fold clips directly
-        from soundtag import evaluation
-        from soundtag.training.splits import label_matrix
-
-        done = json.loads((run_dir / "fold-0" / "done.json").read_text())
-        probs = np.load(run_dir / "fold-0" / "oof.npy")
-        ids = {c: i for i, c in enumerate(manifest.ids)}
-        targets = label_matrix(manifest)[[ids[c] for c in done["clips"]]]
-        m = evaluation.summarize(targets, probs)
+    m = result.metrics["all"]
+    record = json.loads((run_dir / "fold-0" / "done.json").read_text())
     row = {"case": case, "recipe": recipe_name, "overrides": overrides, "clips": m["clips"], "top1": m["top1"],
-           "map3": m["map@3"], "wall_s": wall}
+           "map3": m["map@3"], "wall_s": wall, "epochs": recipe.training.epochs, "kept": recipe.training.keep,
+           "ema": recipe.training.ema.enabled, "model": recipe.training.model, "smoke": smoke,
+           "best_checkpoint": record.get("best_checkpoint"), "run_dir": str(run_dir), "date": str(dt.date.today()),
+           "machine": device_line()}
     print(json.dumps(row))
-    goal = {"esc10": "top-1 >= 85% within 20 min (2-core CPU)", "esc50-fold1": "top-1 >= 75% within 30 min (2-core CPU)",
-            "esc50": "reference: 64.5% (Piczak) to 85-88% (best from scratch)"}[case]
-    over = " ".join(f"-o {o}" for o in overrides)
-    write_section(f"train-{case}", [
-        f"## Accuracy: {case} (`benchmarks/train.py {case}`)", "",
-        f"- Date: {dt.date.today()}; machine: {device_line()}",
-        f"- Command: `{f'python benchmarks/train.py {case} --recipe {recipe_name} {over}'.rstrip()}`",
-        f"- Goal: {goal}", "",
-        "| clips scored out of fold | top-1 | MAP@3 | wall time |", "|---|---|---|---|",
-        f"| {m['clips']} | {100 * m['top1']:.1f}% | {m['map@3']:.4f} | {wall / 60:.1f} min |",
-    ])
+    if out_json:
+        atomic_write_json(out_json, row)
+    over = " ".join(f"-o {o}" for o in overrides if not smoke)
+    if doc is not None:
+        write_section(f"train-{case}-{recipe_name}" if case == "esc50" else f"train-{case}", [
+            f"## Accuracy: {case}, {recipe_name} (`benchmarks/train.py {case}`)", "",
+            f"- Date: {row['date']}; machine: {row['machine']}",
+            f"- Command: `{f'python benchmarks/train.py {case} --recipe {recipe_name} {over}'.rstrip()}`"
+            + (" --smoke (a handful of clips, one epoch: its numbers mean nothing)" if smoke else ""),
+            f"- Goal: {GOALS[case]}",
+            f"- Scored with the weights the recipe names before training: {recipe.training.keep} epoch"
+            + (" (EMA weights)" if recipe.training.ema.enabled else ""), "",
+            "| clips scored out of fold | model | epochs | top-1 | MAP@3 | wall time |", "|---|---|---|---|---|---|",
+            f"| {m['clips']} | {recipe.training.model} | {recipe.training.epochs} | {100 * m['top1']:.1f}% | "
+            f"{m['map@3']:.4f} | {wall / 60:.1f} min |",
+        ], doc=doc)
+    return row
+
+
+def ensemble(argv: list[str]) -> None:
+    """Blend finished runs with `soundtag ensemble`'s own code and report each run and the blend."""
+    from soundtag.prediction.ensemble import ensemble_runs
+
+    from soundtag._io import atomic_write_json
+
+    parser = argparse.ArgumentParser(prog="benchmarks/train.py ensemble", description=ensemble.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="ensemble directory")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
+    args = parser.parse_args(argv)
+    result = ensemble_runs(args.runs, args.out)
+    row = {"runs": [str(r) for r in args.runs], "weights": result.weights.tolist(),
+           "run_top1": [m["top1"] for m in result.run_metrics], "top1": result.blend_metrics["top1"],
+           "map3": result.blend_metrics["map@3"], "clips": result.blend_metrics["clips"],
+           "date": str(dt.date.today()), "machine": device_line()}
+    print(json.dumps(row))
+    if args.json:
+        atomic_write_json(args.json, row)
+    if args.doc:
+        write_section("train-esc50-ensemble", [
+            "## Accuracy: ESC-50 5-fold, LH + X ensemble (`benchmarks/train.py ensemble`)", "",
+            f"- Date: {row['date']}; machine: {row['machine']}",
+            f"- Command: `python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}`",
+            f"- Goal: {GOALS['esc50']}",
+            "- Blend: `soundtag ensemble` (weighted geometric mean, two weights fitted on the same out-of-fold "
+            "predictions it is scored on)", "",
+            "| run | weight | top-1 |", "|---|---|---|",
+            *[f"| {Path(r).name} | {w:.2f} | {100 * t:.1f}% |" for r, w, t in
+              zip(row["runs"], row["weights"], row["run_top1"])],
+            f"| **blend** ({row['clips']} clips) | | **{100 * row['top1']:.1f}%** (MAP@3 {row['map3']:.4f}) |",
+        ], doc=Path(args.doc))
+
+
+# --- throughput (issue 12): samples/s of a training step, three ways -------------------------
+
+THROUGHPUT_MODELS = ["alexnet-kernel", "seresnet-kernel", "timm:resnet18", "plain-cnn"]
+#: Toggles measured on and off against each model's default device-path step.
+THROUGHPUT_VARIANTS = {"channels_last off": ["training.channels_last=off"],
+                       "bf16 autocast": ["training.precision=bf16-mixed"],
+                       "torch.compile": ["training.compile=true"]}
+
+
+def _bf16_note() -> str:
+    """Whether this machine computes bf16 natively (a CUDA device, or a CPU with AVX512-BF16 /
+    AMX-BF16); elsewhere bf16 autocast is emulated and expected to be slower."""
+    if torch.cuda.is_available():
+        return "native" if torch.cuda.is_bf16_supported() else "emulated"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return "native" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "emulated (no avx512_bf16/amx_bf16)"
+
+
+def _lightning_steps(module, loader, steps: int, warmup: int) -> list[float]:
+    """Seconds between consecutive training-batch ends over ``steps`` steps of Lightning's own
+    loop (after ``warmup`` steps), synchronised with the device at each end."""
+    import lightning as L
+
+    from soundtag.training.run import _accelerator
+
+    ends: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *args):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            ends.append(time.perf_counter())
+
+    accelerator, precision = _accelerator()
+    t = module.recipe.training
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(max_steps=warmup + steps, limit_val_batches=0, accelerator=accelerator, devices=1,
+                            precision=precision if t.precision == "auto" else t.precision,
+                            logger=L.pytorch.loggers.CSVLogger(tmp), enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()],
+                            log_every_n_steps=50)
+        if hasattr(loader, "place"):
+            loader.place(trainer.strategy.root_device)
+        trainer.fit(module, loader)
+    return np.diff(ends[warmup - 1:]).tolist()
+
+
+def _bare_steps(module, batch, steps: int, warmup: int) -> list[float]:
+    """Seconds of forward + loss + backward + optimiser step of the module's model on one fixed
+    batch already on the device (the ceiling: no data, no augmentation, no loop)."""
+    from soundtag.training.run import _accelerator
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = module.to(device).train()
+    x, y = batch[0].to(device), batch[1].to(device)
+    t = module.recipe.training
+    precision = _accelerator()[1] if t.precision == "auto" else t.precision
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if t.compile:
+        module.net.compile()
+    opt = torch.optim.AdamW(module.net.parameters(), lr=1e-3)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = module.loss(module(x), y)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _sync_free(module, loader) -> str:
+    """On a GPU, whether drawing and augmenting device batches ran without one host sync
+    (torch's sync debug mode set to error); elsewhere there is no such thing to check."""
+    if not torch.cuda.is_available() or not hasattr(loader, "place"):
+        return "n/a"
+    loader.place(torch.device("cuda"))
+    module = module.to("cuda")
+    batches = iter(loader)
+    x, y, extents = next(batches)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            x, y, extents = next(batches)
+            module.augment(x, y, extents)
+        return "yes"
+    except RuntimeError as exc:
+        return f"no: {str(exc).splitlines()[0][:120]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def throughput(argv: list[str]) -> None:
+    """Samples/s of a full training step: today's loader path, the device-resident path and the
+    bare forward+backward (the ceiling), on ESC-50's LH view."""
+    import shlex
+
+    from soundtag.features import extract_features
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.training.module import TaggerModule
+    from soundtag.training.run import FoldSet
+    from short_clips import pick_subset
+
+    from soundtag._io import atomic_write_json
+
+    parser = argparse.ArgumentParser(prog="benchmarks/train.py throughput", description=throughput.__doc__)
+    parser.add_argument("--recipe", default="esc50-cpu-lh", help="features, view, batch and augmentations")
+    parser.add_argument("--models", nargs="+", default=THROUGHPUT_MODELS)
+    parser.add_argument("--variants-for", nargs="*", default=None,
+                        help="models whose channels_last / bf16 / compile toggles are measured (default: the first "
+                        "model on a CPU, every model on a GPU)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="a few clips, 2 steps, the tiny VGG: checks it runs")
+    parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmarks" / "throughput.json")
+    parser.add_argument("--doc", help="markdown file whose throughput section is replaced (default docs/benchmarks.md, "
+                        "none with --smoke; '' for none)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.steps, args.warmup = ["vgg"], 2, 1
+    doc = Path(args.doc) if args.doc else (None if args.smoke or args.doc == "" else DOC)
+    variants_for = args.variants_for if args.variants_for is not None else (
+        args.models if torch.cuda.is_available() else args.models[:1])
+    data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
+    manifest = read_manifest(data / "esc50")
+    if args.smoke:
+        manifest = pick_subset(manifest, classes=10, per_class_per_fold=2)
+    extra = ["training.model_args={widths: [8, 16]}", "features.n_mels=32"] if args.smoke else []
+    cache = REPO / ".cache" / "benchmarks" / "throughput-features"
+    report = {"date": str(dt.date.today()), "machine": device_line(), "torch": torch.__version__,
+              "command": " ".join(["python benchmarks/train.py throughput", *map(shlex.quote, argv)]),
+              "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(), "rows": []}
+
+    def setup(model: str, overrides: list[str]):
+        recipe = load_recipe(args.recipe, [f"training.model={model}", *extra, *overrides])
+        store, _ = extract_features(manifest, recipe, cache_dir=cache, progress=False, shard="all")
+        data = FoldSet.build(manifest, recipe, store).loaders(0)
+        module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel,
+                              data.normalizer.to_dict())
+        return recipe, data, module
+
+    def rate(times: list[float], batch: int) -> float:
+        return batch / float(np.median(times))
+
+    for model in args.models:
+        recipe, streaming, module = setup(model, ["training.device_data=off"])
+        batch = recipe.training.batch_size
+        row = {"model": model, "batch": batch,
+               "params": sum(p.numel() for p in module.net.parameters()),
+               "loader": rate(_lightning_steps(module, streaming.train, args.steps, args.warmup), batch)}
+        _, resident, module = setup(model, ["training.device_data=on"])
+        row["device"] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
+        row["sync_free"] = _sync_free(setup(model, ["training.device_data=on"])[2], resident.train)
+        fixed = next(iter(streaming.train))
+        _, _, module = setup(model, ["training.device_data=on"])
+        row["bare"] = rate(_bare_steps(module, fixed, args.steps, args.warmup), batch)
+        row["variants"] = {}
+        if model in variants_for:
+            for name, overrides in THROUGHPUT_VARIANTS.items():
+                if args.smoke and name == "torch.compile":
+                    continue  # minutes of compiling: not for a smoke run
+                _, resident, module = setup(model, ["training.device_data=on", *overrides])
+                row["variants"][name] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
+        print(json.dumps(row), flush=True)
+        report["rows"].append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out, report)
+    print(f"results: {args.out}")
+    if doc is not None:
+        write_section("train-throughput", _throughput_doc(report), doc=doc)
+        print(f"table: {doc}")
+
+
+def _throughput_doc(report: dict) -> list[str]:
+    lines = [
+        "## Training throughput (`benchmarks/train.py throughput`)", "",
+        f"- Date: {report['date']}; machine: {report['machine']}; torch {report['torch']}",
+        f"- Command: `{report['command']}`",
+        f"- Recipe {report['recipe']} on ESC-50's LH view, fold 1's training clips; samples/s of a training step "
+        f"(median of {report['steps']} steps after warm-up). Loader: today's streaming path (per-clip Dataset, "
+        "DataLoader, NumPy normalisation). Device: the fold's features held on the device, batches drawn and "
+        "augmented there. Both are timed between consecutive batch ends of Lightning's own loop. Bare: forward + "
+        "loss + backward + AdamW step on one fixed batch already on the device (the ceiling). bf16 on this "
+        f"machine: {report['bf16']}.", "",
+        "| model | parameters | batch | loader samples/s | device samples/s | bare samples/s | device / bare | "
+        "device / loader | batches drawn without a host sync |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['loader']:.0f} | {r['device']:.0f} | "
+                     f"{r['bare']:.0f} | {r['device'] / r['bare']:.2f}x | {r['device'] / r['loader']:.2f}x | "
+                     f"{r['sync_free']} |")
+    varied = [r for r in report["rows"] if r["variants"]]
+    if varied:
+        lines += ["", "Toggles on the device path, samples/s against the model's default step (channels_last on, "
+                  "fp32, no compile):", "", "| model | default | " + " | ".join(THROUGHPUT_VARIANTS) + " |",
+                  "|---|---|" + "---|" * len(THROUGHPUT_VARIANTS)]
+        for r in varied:
+            cells = [f"{r['variants'][n]:.0f} ({r['variants'][n] / r['device']:.2f}x)" if n in r["variants"] else
+                     "not run" for n in THROUGHPUT_VARIANTS]
+            lines.append(f"| {r['model']} | {r['device']:.0f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # --- robustness (issue 11): short clips cut from real audio, fold 1, several recipes ---------
@@ -301,18 +579,21 @@ def _robustness_doc(report: dict) -> list[str]:
         "- Cases (built once into a FLAC cache with their CSV manifest; ESC-50's and ESC-10's own folds kept): "
         + "; ".join(f"`{name}`: {c['description']} ({c['clips']} clips)" for name, c in cases.items()),
         "- Each case and recipe in the same run: fold 1 only (trained on folds 2-5, scored on fold 1's clips). "
-        f"`{BASELINE}` is the plain-CNN baseline of issue 12, `esc50-cpu-lh` today's CPU default, `auto` the "
+        f"`{BASELINE}` is the plain-CNN baseline of issue 12, `esc50-cpu-lh` the CPU default (its normalisation, "
+        "erasing and shift measured on the sound since issue 11), `esc50-cpu-lh-window` the same recipe before "
+        "that (`benchmarks/recipes/esc50-cpu-lh-window.yaml`), `auto` the "
         "recipe `soundtag train --recipe auto` chooses from each case's data. Top-1 and MAP@3 use the weights "
         "`soundtag train` keeps (the epoch with the lowest validation loss on fold 1, the scored fold); "
         "the last epoch's top-1 is beside it. Training wall time is the whole `train()` call (fit, "
-        "out-of-fold prediction, scoring); features are extracted before it and timed apart. An epoch "
+        "out-of-fold prediction, scoring); features are extracted before it and timed apart. Code: the commit "
+        "each row ran on (`+changes`: with uncommitted changes). An epoch "
         "count marked like `15 (0.5x)` is a shortened run (`--epochs-scale`), not the recipe as it ships.",
     ]
     if report["smoke"]:
         lines.append("- **Smoke run** (a handful of clips, one epoch): checks that the benchmark runs, "
                      "its numbers mean nothing.")
     lines += ["", "| case | recipe | features | model | epochs | top-1 | vs baseline | top-1 last epoch | MAP@3 | "
-              "training wall | features wall |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "training wall | features wall | code |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b = base.get((r["case"], scale_of(r)))
         gap = f"{100 * (r['top1'] - b['top1']):+.1f} pts" if b and r["recipe"] != BASELINE else ""
@@ -321,7 +602,7 @@ def _robustness_doc(report: dict) -> list[str]:
                      f"{r['hop_length']}, {r['view']} | {r['model']} | {epochs} | {100 * r['top1']:.1f}% | "
                      f"{gap} | "
                      f"{100 * r['top1_last_epoch']:.1f}% | {r['map3']:.4f} | {r['train_s'] / 60:.1f} min | "
-                     f"{r['features_s']:.0f} s |")
+                     f"{r['features_s']:.0f} s | {r.get('code', '')} |")
     skipped: dict[tuple[str, str], list[str]] = {}
     for skip in report["skipped"]:
         skipped.setdefault((skip["recipe"], skip["why"]), []).append(skip["case"])
@@ -388,7 +669,7 @@ def robustness(argv: list[str]) -> None:
         print(f"skipping recipe auto: {auto_missing}", file=sys.stderr)
     command = " ".join(["python benchmarks/train.py robustness", *map(shlex.quote, argv)])
     report = {"date": str(dt.date.today()), "machine": device_line(), "torch_threads": torch.get_num_threads(),
-              "command": command, "smoke": args.smoke, "epochs_scale": args.epochs_scale, "cases": {},
+              "code": code_version(), "command": command, "smoke": args.smoke, "epochs_scale": args.epochs_scale, "cases": {},
               "rows": [], "skipped": []}
     results = out / "robustness.json"
     # A full run takes hours on 2 cores, so it is made in parts: the rows of earlier runs into
@@ -422,7 +703,7 @@ def robustness(argv: list[str]) -> None:
             label = recipe_name if recipe_name == "auto" or "/" not in recipe_name else recipe.name
             row = _train_fold1(name, label, recipe, manifest, out) | {
                 "reasons": reasons, "epochs_scale": args.epochs_scale, "command": command,
-                "date": report["date"], "machine": report["machine"]}
+                "date": report["date"], "machine": report["machine"], "code": report["code"]}
             print(json.dumps({k: v for k, v in row.items() if k != "reasons"}), flush=True)
             report["rows"].append(row)
             # After every run: an interrupted benchmark keeps its rows.
@@ -436,20 +717,30 @@ def robustness(argv: list[str]) -> None:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["robustness"]:  # a subcommand with options of its own
+    if sys.argv[1:2] == ["robustness"]:  # subcommands with options of their own
         robustness(sys.argv[2:])
         return
+    if sys.argv[1:2] == ["throughput"]:
+        throughput(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["ensemble"]:
+        ensemble(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["overhead", "esc10", "esc50-fold1", "esc50", "robustness"])
+    parser.add_argument("what", choices=["overhead", "esc10", "esc50-fold1", "esc50", "robustness", "throughput"])
     parser.add_argument("--recipe", default="esc50-cpu-lh")
     parser.add_argument("-o", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--keep", type=Path, help="keep the run directory here")
+    parser.add_argument("--keep", type=Path, help="keep the run directory here (its features beside it)")
+    parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips per fold, one epoch, a tiny VGG")
+    parser.add_argument("--json", type=Path, help="write the result row here too")
+    parser.add_argument("--doc", help="markdown file whose section is replaced (default docs/benchmarks.md; '' for none)")
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.recipe, args.steps)
     else:
-        accuracy(args.what, args.recipe, args.overrides, args.keep)
+        doc = DOC if args.doc is None else (Path(args.doc) if args.doc else None)
+        accuracy(args.what, args.recipe, args.overrides, args.keep, smoke=args.smoke, out_json=args.json, doc=doc)
 
 
 if __name__ == "__main__":

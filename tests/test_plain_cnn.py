@@ -208,3 +208,50 @@ def test_robustness_benchmark_smoke_runs_end_to_end(data_root, tmp_path):
     text = own_doc.read_text()
     assert "<!-- train-robustness:start -->" in text and "| esc50-0.5s | plain-cnn-lh |" in text
     assert (doc.read_bytes() if doc.is_file() else None) == before
+
+
+def _train_benchmark():
+    """benchmarks/train.py, loaded once (it imports its neighbours from benchmarks/)."""
+    name = "soundtag_benchmarks_train"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_robustness_runs_in_parts_keep_earlier_rows_and_compare_only_equal_epoch_scales(tmp_path):
+    bench = _train_benchmark()
+
+    def row(case, recipe, top1, minutes, scale, command):
+        return {"case": case, "recipe": recipe, "top1": top1, "top1_last_epoch": top1, "map3": top1,
+                "train_s": 60 * minutes, "features_s": 1, "epochs": 30, "sample_rate": 16000, "n_mels": 64,
+                "hop_length": 320, "view": "lh 5 s", "model": "plain-cnn", "epochs_scale": scale,
+                "command": command, "date": "2026-12-01", "machine": "m"}
+
+    first = {"date": "2026-12-01", "machine": "m", "command": "c1", "smoke": False, "epochs_scale": 0.5,
+             "cases": {"a": {"description": "A", "clips": 10}}, "skipped": [],
+             "rows": [row("a", "plain-cnn-lh", 0.3, 10, 0.5, "c1"), row("a", "auto", 0.6, 4, 0.5, "c1")]}
+    results = tmp_path / "robustness.json"
+    results.write_text(json.dumps(first))
+    report = {"date": "2026-12-02", "machine": "m", "command": "c2", "smoke": False, "epochs_scale": 1.0,
+              "cases": {}, "skipped": [], "rows": []}
+    earlier = bench._earlier_rows(results, report)
+    report["cases"] = dict(earlier["cases"]) | {"b": {"description": "B", "clips": 10}}
+    report["rows"] = [row("a", "auto", 0.7, 5, 1.0, "c2"), row("b", "plain-cnn-lh", 0.5, 20, 1.0, "c2"),
+                      row("b", "auto", 0.4, 10, 1.0, "c2")]
+    merged = bench._with_earlier(report, earlier)
+    assert [(r["case"], r["recipe"], r["epochs_scale"]) for r in merged["rows"]] == [
+        ("a", "auto", 1.0), ("a", "plain-cnn-lh", 0.5), ("a", "auto", 0.5), ("b", "plain-cnn-lh", 1.0),
+        ("b", "auto", 1.0)]
+    assert merged["commands"] == ["c2", "c1"]
+    text = "\n".join(bench._robustness_doc(merged))
+    assert "- a (at 0.5x epochs): `auto` at or above the baseline in no more wall time: 60.0% vs 30.0%" in text
+    assert "- b: `auto` at or above the baseline in no more wall time: 40.0% vs 50.0%, 10.0 vs 20.0 min: not met" in text
+    assert "- a: `auto`" not in text, "a full-scale auto row has no full-scale baseline to be judged against"
+    assert "| a | auto | 16 kHz, 64 mels, hop 320, lh 5 s | plain-cnn | 30 (0.5x) |" in text
+    # the same case, recipe and scale trained again replaces its row
+    report["rows"] = [row("a", "auto", 0.65, 4, 0.5, "c3")]
+    again = bench._with_earlier(report, earlier)
+    assert [r["top1"] for r in again["rows"] if r["case"] == "a" and r["recipe"] == "auto"] == [0.65]
