@@ -3,7 +3,8 @@
 # then the training throughput benchmark, the 5-fold ESC-50 runs of esc50-gpu-lh and esc50-gpu-x,
 # and their LH + X ensemble. Results (JSON, the docs sections, the log) go to OUTDIR.
 #
-#   bash benchmarks/device_suite.sh OUTDIR            # on the GPU machine (about 12 minutes)
+#   bash benchmarks/device_suite.sh OUTDIR            # on the GPU machine (meant for the 12-minute
+#                                                     # budget of issue 12; not yet run on one)
 #   bash benchmarks/device_suite.sh OUTDIR --smoke    # anywhere, CPU included: a handful of clips,
 #                                                     # one epoch, a tiny model (under 2 minutes)
 #
