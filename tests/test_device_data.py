@@ -62,6 +62,7 @@ def test_lh_batches_on_the_device_are_the_streaming_batches(clips, tmp_path, ove
     device, _, _ = _plan(clips, tmp_path, overrides, "on")
     assert device.on_device and not streaming.on_device
     assert isinstance(device.train, DeviceTrainBatches) and len(device.train) == len(streaming.train)
+    assert device.val.host is device.oof.host, "validation and out-of-fold share one copy of the fold"
     for _ in range(2):  # two epochs: each draws a new balanced epoch, the same in both
         pairs = list(zip(streaming.train, device.train, strict=True))
         for (xs, ys, es), (xd, yd, ed) in pairs:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from soundtag.features.store import FeatureStore
 from soundtag.features.views import SOUND_FLOOR_DB, chunk_starts
 from soundtag.models.batching import pad_chunks
 from soundtag.recipe import Recipe
+from soundtag.training.data import ShardSampler
 
 #: ``device_data: auto`` on a CPU: the features are loaded into memory below this size.
 CPU_BUDGET_BYTES = 2 << 30
@@ -119,6 +120,9 @@ class DeviceClips:
     lengths: torch.Tensor
     kind: str
     frames: int  # LH: the view's frames; X: frames of a chunk
+    # Copies on other devices and chunk tables, made once: validation and out-of-fold
+    # prediction share one set of a fold's clips.
+    _made: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, store: FeatureStore, keys: list[str], recipe: Recipe) -> "DeviceClips":
@@ -144,8 +148,13 @@ class DeviceClips:
         return len(self.offsets)
 
     def to(self, device: torch.device) -> "DeviceClips":
-        return DeviceClips(self.data.to(device), self.offsets.to(device), self.lengths.to(device), self.kind,
-                           self.frames)
+        device = torch.device(device)
+        if self.data.device == device:
+            return self
+        if str(device) not in self._made:
+            self._made[str(device)] = DeviceClips(self.data.to(device), self.offsets.to(device),
+                                                  self.lengths.to(device), self.kind, self.frames)
+        return self._made[str(device)]
 
     def windows(self, starts: torch.Tensor) -> torch.Tensor:
         """Float32 ``(n, mels, frames)`` windows of ``frames`` frames at absolute ``starts``."""
@@ -160,12 +169,16 @@ class DeviceClips:
 
     def eval_starts(self, step: int, min_tail: float) -> tuple[np.ndarray, np.ndarray]:
         """Every evaluation chunk of every clip: ``(owner clip, absolute start)`` arrays."""
+        if ("starts", step, min_tail) in self._made:
+            return self._made["starts", step, min_tail]
         owners, starts = [], []
         for i, (offset, length) in enumerate(zip(self.offsets.tolist(), self.lengths.tolist())):
             local = [0] if self.kind == "lh" else chunk_starts(length, chunk=self.frames, step=step, min_tail=min_tail)
             owners += [i] * len(local)
             starts += [offset + s for s in local]
-        return np.asarray(owners, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+        table = np.asarray(owners, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+        self._made["starts", step, min_tail] = table
+        return table
 
 
 class DeviceTrainBatches:
@@ -229,12 +242,15 @@ class DeviceTrainBatches:
 
 class DeviceEvalBatches:
     """Evaluation batches ``(chunks, owner, targets)`` of ``batch_size`` clips each, every chunk
-    of those clips gathered at once; clips in the order of ``order`` (all, or a rank's shard)."""
+    of those clips gathered at once: the clips at ``positions`` of ``clips`` (default all), in
+    that order, and with ``shard`` only this rank's share of them
+    (:class:`~soundtag.training.data.ShardSampler`)."""
 
     def __init__(self, clips: DeviceClips, targets: np.ndarray, normalizer, recipe: Recipe, *, batch_size: int,
-                 order=None):
+                 positions=None, shard: bool = False):
         self.host, self.targets_host, self.normalizer = clips, torch.as_tensor(targets, dtype=torch.float32), normalizer
-        self.batch_size, self.order = batch_size, order
+        self.batch_size, self.shard = batch_size, shard
+        self.positions = list(range(len(clips))) if positions is None else [int(i) for i in positions]
         self.step, self.min_tail = recipe.chunk_step, recipe.view.min_tail
         self.device = torch.device("cpu")
         self._placed = None
@@ -247,7 +263,9 @@ class DeviceEvalBatches:
         return self
 
     def _clip_order(self) -> list[int]:
-        return list(self.order) if self.order is not None else list(range(len(self.host)))
+        if not self.shard:
+            return self.positions
+        return [self.positions[i] for i in ShardSampler(len(self.positions))]
 
     def __len__(self) -> int:
         return math.ceil(len(self._clip_order()) / self.batch_size)

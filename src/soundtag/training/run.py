@@ -317,10 +317,11 @@ class FoldSet:
 
             train = DeviceTrainBatches(clips(train_idx), self.targets[train_idx], normalizer, sampler,
                                        batch_size=t.batch_size, drop_last=drop_last, seed=t.seed + k)
-            val = DeviceEvalBatches(clips(val_idx), self.targets[val_idx], normalizer, recipe,
-                                    batch_size=t.batch_size, order=ShardSampler(len(val_idx)))
-            oof = DeviceEvalBatches(clips(oof_idx), self.targets[oof_idx], normalizer, recipe,
-                                    batch_size=t.batch_size)
+            # The validation clips are some of the fold's: one copy of the fold serves both.
+            fold_clips = clips(oof_idx)
+            val = DeviceEvalBatches(fold_clips, self.targets[oof_idx], normalizer, recipe, batch_size=t.batch_size,
+                                    positions=np.searchsorted(oof_idx, val_idx), shard=True)
+            oof = DeviceEvalBatches(fold_clips, self.targets[oof_idx], normalizer, recipe, batch_size=t.batch_size)
             return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx],
                                len(train_idx), len(val_idx), on_device=True)
         common = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
