@@ -119,6 +119,9 @@ def train(
     fold: List[int] = typer.Option([], "--fold", help="train only this fold, counted from 0 in the order of "
                                    "the dataset's folds (ESC-50 fold 1 is 0); repeatable"),
     model: Optional[str] = typer.Option(None, "--model", help="alexnet-kernel, vgg, seresnet-kernel or timm:<name>"),
+    init: Optional[Path] = typer.Option(None, "--init", help="start from these weights (training.checkpoint): a "
+                                        "soundtag checkpoint, or a released PANNs / EfficientAT file for the "
+                                        "panns-cnn14-ft / efficientat-mn10-ft recipes; a new head for the labels"),
     blacklist: Optional[Path] = typer.Option(None, "--blacklist", help="CSV of clips to leave out of training"),
     relabel: Optional[Path] = typer.Option(None, "--relabel", help="CSV of clip_id,label corrections "
                                            "(e.g. relabel.csv from `soundtag review`)"),
@@ -139,6 +142,8 @@ def train(
       soundtag train --data ../shared/data/esc50 -r esc50-lh --model timm:resnet18 -o training.epochs=80
 
       soundtag train --resume runs/esc50-cpu-lh-20261124-101500
+
+      soundtag train --data esc50 --recipe panns-cnn14-ft --init Cnn14_mAP=0.431.pth
 
       torchrun --nproc-per-node 4 -m soundtag.cli train --data fsd50k --out runs/big --devices 4 --strategy ddp
 
@@ -164,6 +169,10 @@ def train(
         # the auto recipe was chosen with the overrides applied already
         r = training_recipe(source, () if manifest is not None else override, folds=folds, model=model,
                             blacklist=blacklist, relabel=relabel)
+        if init is not None:
+            if not init.is_file():
+                raise typer.BadParameter(f"--init {init} does not exist; give a local checkpoint file")
+            r = r.model_copy(update={"training": r.training.model_copy(update={"checkpoint": str(init.resolve())})})
         result = train_run(manifest or open_dataset(data, layout), r, out or default_run_dir(r), cache_dir=cache,
                            folds=fold or None, progress=progress, data_source=data, hardware=hardware)
     if not is_primary_process():

@@ -41,6 +41,28 @@ class FeatureConfig(_Section):
     fmin: float = Field(20.0, ge=0)
     fmax: float | None = Field(None, gt=0, description="null means sample_rate / 2")
     top_db: float | None = Field(80.0, gt=0)
+    # The fields below reproduce pretrained models' own inputs (PANNs, EfficientAT); their
+    # defaults are librosa's log-mel, which every recipe before them used.
+    window_length: int | None = Field(None, gt=0, description="samples of the Hann window, centred in each "
+                                      "n_fft frame (torch.stft); null: n_fft")
+    periodic_window: bool = Field(True, description="periodic Hann (librosa, torchlibrosa); false: symmetric")
+    pad_mode: Literal["constant", "reflect"] = Field("constant", description="how the centred STFT pads the ends")
+    preemphasis: float = Field(0.0, ge=0, lt=1, description="y[n] = x[n+1] - c x[n] before the STFT (one "
+                               "sample shorter), as EfficientAT's conv1d")
+    mel_scale: Literal["slaney", "kaldi"] = Field("slaney", description="slaney: librosa's Slaney-normalised "
+                                                  "filters; kaldi: Kaldi's unnormalised mel banks")
+    log: Literal["db", "ln"] = Field("db", description="db: 10 log10(max(mel, amin)); ln: ln(mel + log_offset)")
+    amin: float = Field(1e-10, gt=0, description="db: the power floor before the logarithm")
+    log_offset: float = Field(1e-5, gt=0, description="ln: added to the power before the logarithm")
+    offset: float = Field(0.0, description="the log-mel becomes (x + offset) / scale")
+    scale: float = Field(1.0, gt=0, description="the log-mel becomes (x + offset) / scale")
+
+
+#: FeatureConfig fields added after stores existed: left out of a store's key at their defaults,
+#: so the stores of earlier recipes keep their names.
+FRONTEND_DEFAULTS = {name: FeatureConfig.model_fields[name].default for name in (
+    "window_length", "periodic_window", "pad_mode", "preemphasis", "mel_scale", "log", "amin", "log_offset",
+    "offset", "scale")}
 
 
 class ViewConfig(_Section):
@@ -119,7 +141,12 @@ class EmaConfig(_Section):
 class TrainingConfig(_Section):
     model: str = "alexnet-kernel"
     model_args: dict[str, Any] = {}
-    checkpoint: str | None = Field(None, description="local weights to start from")
+    checkpoint: str | None = Field(None, description="local weights to start from (soundtag train --init): a "
+                                   "soundtag checkpoint or a released PANNs / EfficientAT file; a classifier of "
+                                   "another class count starts fresh")
+    backbone_lr: float = Field(1.0, gt=0, description="the learning rate of every layer but the classifier, as a "
+                               "multiple of lr (fine-tuning: e.g. 0.1)")
+    freeze_epochs: int = Field(0, ge=0, description="epochs at the start that train the classifier alone")
     folds: int = Field(5, ge=2)
     fold_strategy: Literal["auto", "given", "stratified"] = "auto"
     seed: int = 0
@@ -203,7 +230,9 @@ class Recipe(_Section):
         if self.view.padding != "center":  # only then: the stores of existing recipes keep their names
             crop["padding"] = self.view.padding
         return {"version": FEATURE_VERSION, "audio": self.audio.model_dump(),
-                "features": self.features.model_dump(), "crop": crop}
+                "features": {k: v for k, v in self.features.model_dump().items()
+                             if k not in FRONTEND_DEFAULTS or v != FRONTEND_DEFAULTS[k]},
+                "crop": crop}
 
     def feature_hash(self) -> str:
         text = json.dumps(self.feature_key(), sort_keys=True)

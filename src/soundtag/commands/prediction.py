@@ -113,13 +113,23 @@ def submit(
     console.print(f"wrote {out} ({len(preds.ids) if sample is None else 'sample order'}; {chosen} format)")
 
 
+ArchOpt = typer.Option(None, "--arch", help="MODEL is a released pretrained checkpoint of this model: panns-cnn14, "
+                       "panns-cnn14-16k, panns-cnn14-dlm, efficientat-mn04, efficientat-mn10, efficientat-mn40")
+
+
 def tag(
-    model: Path = typer.Argument(..., help="a run or ensemble directory, a fold .ckpt, or an exported .onnx"),
+    model: Path = typer.Argument(..., help="a run or ensemble directory, a fold .ckpt, an exported .onnx, or a "
+                                 "pretrained checkpoint with --arch"),
     paths: List[Path] = typer.Argument(..., help="audio files or folders (searched recursively)"),
     top: int = typer.Option(3, "--top", "-k", help="labels shown per file"),
     fmt: TagFormat = typer.Option(TagFormat.table, "--format", help="table, json or csv"),
     out: Optional[Path] = typer.Option(None, "--out", help="write JSON/CSV here instead of printing it"),
-    timeline: bool = typer.Option(False, "--timeline", help="tags per window over time, for long recordings"),
+    timeline: bool = typer.Option(False, "--timeline", help="tags per window over time, for long recordings "
+                                  "(panns-cnn14-dlm: its own 0.32 s segments)"),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0, max=1, help="csv: one row per label at "
+                                              "or above this probability (file,start,end,label,probability), "
+                                              "neighbouring windows of a label merged into one event"),
+    arch: Optional[str] = ArchOpt,
     engine: Optional[Engine] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
     tta: int = typer.Option(0, "--tta", help="shifted copies of every crop"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
@@ -134,11 +144,14 @@ def tag(
       soundtag tag runs/esc10-lh dog.ogg recordings/
 
       soundtag tag model.onnx --engine onnx field.wav --timeline --format csv --out field.csv
+
+      soundtag tag Cnn14_DecisionLevelMax_mAP=0.385.pth --arch panns-cnn14-dlm park.wav --timeline \
+          --format csv --threshold 0.3
     """
     from soundtag.prediction import render_tags
     from soundtag.prediction.tagger import load_tagger, tag_files
 
-    tagger = load_tagger(model, engine=engine.value if engine else None, threads=threads)
+    tagger = load_tagger(model, engine=engine.value if engine else None, threads=threads, arch=arch)
     err = err_console
 
     def report(item):
@@ -150,7 +163,12 @@ def tag(
         if results:
             console.print(render_tags.table(results, tagger.labels, top, timeline))
     else:
-        text = (render_tags.to_json if fmt is TagFormat.json else render_tags.to_csv)(results, tagger.labels, top, timeline)
+        if fmt is TagFormat.json:
+            text = render_tags.to_json(results, tagger.labels, top, timeline)
+        elif threshold is not None:
+            text = render_tags.to_events_csv(results, tagger.labels, threshold, timeline)
+        else:
+            text = render_tags.to_csv(results, tagger.labels, top, timeline)
         if out:
             from soundtag._io import atomic_write_text
 
@@ -164,9 +182,11 @@ def tag(
 
 
 def export(
-    run: Path = typer.Argument(..., help="a finished run directory"),
+    run: Path = typer.Argument(..., help="a finished run directory, or a pretrained checkpoint with --arch"),
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx"),
-    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN/model.onnx)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN/model.onnx, or the "
+                                       "checkpoint's name with .onnx)"),
+    arch: Optional[str] = ArchOpt,
 ):
     """Export a run's fold ensemble as one self-contained ONNX model (labels and features inside).
 
@@ -174,11 +194,55 @@ def export(
 
       soundtag export runs/esc10-lh --format onnx --out esc10-lh.onnx
       soundtag tag esc10-lh.onnx dog.ogg
+
+      soundtag export Cnn14_mAP=0.431.pth --arch panns-cnn14 --out cnn14.onnx
     """
     from soundtag.prediction import export_onnx
 
-    path = export_onnx(run, out)
+    path = export_onnx(run, out, arch=arch)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); checked against PyTorch to 1e-4")
 
 
-COMMANDS = (predict, ensemble, submit, tag, export)
+def embed(
+    model: Path = typer.Argument(..., help="a run directory, a fold .ckpt, or a pretrained checkpoint with --arch"),
+    data: str = typer.Argument(..., help="a dataset (folder, CSV, manifest, registered name) or a folder of audio"),
+    out: Path = typer.Option(..., "--out", help="embeddings .npy; the clip ids go to the .csv beside it"),
+    arch: Optional[str] = ArchOpt,
+    fold: int = typer.Option(0, "--fold", help="the fold whose model embeds (each fold has its own space)"),
+    layout: Optional[str] = LayoutOpt,
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
+):
+    """Pre-logit embeddings per clip, for linear probes and for cleanlab's Datalab.
+
+    Example:
+
+      soundtag embed mn10_as_mAP_471.pt --arch efficientat-mn10 ../shared/data/esc50 --out esc50-mn10.npy
+    """
+    from soundtag.prediction.embed import embed_clips, write_embeddings
+
+    clips = _clips_of(data, layout)
+    result = embed_clips(model, clips, arch=arch, fold=fold, threads=threads)
+    npy, index = write_embeddings(result, out)
+    for clip_id, message in result.failures:
+        err_console.print(f"[yellow]not embedded[/]: {escape(message)}", highlight=False)
+    console.print(f"wrote {npy} ({result.vectors.shape[0]} clips x {result.vectors.shape[1]}) and {index}")
+    if result.failures:
+        raise typer.Exit(1)
+
+
+def _clips_of(data: str, layout: Optional[str]) -> list[tuple[str, Path]]:
+    """``(clip_id, path)`` of a dataset, or of the audio files in a folder that is not one."""
+    from soundtag.errors import DataError
+    from soundtag.manifest import open_dataset
+    from soundtag.prediction.tagger import audio_files
+
+    try:
+        return [(c.id, Path(c.path)) for c in open_dataset(data, layout)]
+    except DataError:
+        if not Path(data).is_dir():
+            raise
+        root = Path(data)
+        return [(str(p.relative_to(root)), p) for p in audio_files([root])]
+
+
+COMMANDS = (predict, ensemble, submit, tag, export, embed)

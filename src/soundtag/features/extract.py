@@ -230,7 +230,7 @@ def _featurize(decoded, logmel: LogMel, device) -> list:
         with torch.no_grad():
             specs = logmel(batch.to(device), lengths).cpu().numpy()
         for row, (i, wav) in enumerate(group):
-            frames = 1 + int(lengths[row]) // logmel.hop_length
+            frames = logmel.n_frames(int(lengths[row]))
             spec = specs[row, :, :frames].astype(np.float16)
             wav.samples = wav.samples[:0]  # the waveform is not needed any more: do not ship it back
             out.append((i, spec, wav))

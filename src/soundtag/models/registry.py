@@ -67,21 +67,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 1, checkpoint: 
 
 
 def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
-    """Copy matching weights from a local checkpoint into ``model`` (shapes must agree)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ParameterError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    # Lightning prefixes the wrapped model's keys with "model.".
-    state = {k.removeprefix("model."): v for k, v in state.items()}
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    # BatchNorm's step counters (scalars in every network) and a bias of the class count fit
-    # any model: a checkpoint of this model fits in most of its tensors, another net's in few.
-    tensors = [k for k in own if not k.endswith("num_batches_tracked")]
-    fitting = [k for k in tensors if k in usable]
-    if len(fitting) < len(tensors) / 2:
-        raise ParameterError(f"checkpoint {path} has no weights that fit this model: {len(fitting)} of its "
-                             f"{len(tensors)} tensors match by name and shape; is it another architecture?")
-    model.load_state_dict(usable, strict=False)
+    """Copy a local checkpoint's weights into ``model``; a classifier of another class count is
+    left fresh (see :func:`soundtag.models.pretrained.load_checkpoint`, which says what does not fit)."""
+    from soundtag.models.pretrained import load_checkpoint
+
+    load_checkpoint(model, checkpoint, new_head=True)

@@ -12,8 +12,8 @@ _HOMES = {
     "ensemble_runs": "ensemble", "EnsembleResult": "ensemble",
     "write_submission": "submit", "submission_format": "submit",
     "load_tagger": "tagger", "tag_files": "tagger", "ClipTags": "tagger", "TagFailure": "tagger",
-    "export_onnx": "export",
-    "FoldEnsemble": "fold_models", "load_run": "fold_models",
+    "export_onnx": "export", "embed_clips": "embed", "write_embeddings": "embed",
+    "FoldEnsemble": "fold_models", "load_run": "fold_models", "load_pretrained": "fold_models",
     "render_tags": None,
 }
 

@@ -18,39 +18,45 @@ from pathlib import Path
 import numpy as np
 
 from soundtag._io import atomic_path
-from soundtag.features.numpy_melspec import NumpyLogMel, n_frames
+from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
 from soundtag.prediction.tagger import ONNX_METADATA_KEY
 from soundtag.runs import RunDir
 
 OPSET = 18
 
 
-def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
+def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | None = None) -> Path:
     """Write ``run``'s fold models as ``out`` (default ``<run>/model.onnx``) and check it.
 
-    The check runs a batch of random chunks through PyTorch and ONNX Runtime and refuses to
-    keep a file whose probabilities differ by more than 1e-4.
+    With ``arch``, ``run`` is a released pretrained checkpoint (``Cnn14_mAP=0.431.pth``) and the
+    model takes the whole clip (any number of frames); ``out`` defaults to the file's name with
+    ``.onnx``. The check runs a batch of random chunks through PyTorch and ONNX Runtime and
+    refuses to keep a file whose probabilities differ by more than 1e-4.
     """
     import onnx
     import onnxruntime as ort
     import torch
 
     from soundtag.errors import SoundtagError
-    from soundtag.prediction.fold_models import load_run
+    from soundtag.prediction.fold_models import load_pretrained, load_run
 
-    loaded = load_run(run)
+    loaded = load_pretrained(run, arch) if arch else load_run(run)
     recipe = loaded.recipe
-    out = Path(out) if out else RunDir(run).onnx_model
+    out = Path(out) if out else (Path(run).with_suffix(".onnx") if arch else RunDir(run).onnx_model)
     f = recipe.features
-    frames = recipe.chunk_frames if recipe.view.kind == "x" else n_frames(recipe.view_samples, f.hop_length)
+    frames = recipe.chunk_frames if recipe.view.kind == "x" else frontend_frames(recipe.view_samples, f.hop_length, f.preemphasis)
     example = torch.randn(3, f.n_mels, frames) * 10 - 40
+    dims = {0: torch.export.Dim("n", min=1)}
+    if loaded.whole_clip:  # any length: the frames are dynamic too (at least the one second tagging pads to)
+        dims[2] = torch.export.Dim("frames", min=frontend_frames(recipe.audio.sample_rate, f.hop_length, f.preemphasis),
+                                   max=1 << 20)
     basis = NumpyLogMel.from_recipe(recipe).mel_basis.astype(np.float32)
     meta = {
         "format": 1, "labels": loaded.labels, "multilabel": loaded.multilabel,
         "recipe": recipe.model_dump(mode="json"), "folds": len(loaded.checkpoints),
         "mel_basis": base64.b64encode(basis.tobytes()).decode("ascii"), "mel_basis_shape": list(basis.shape),
         "source": str(Path(run).absolute()), "exported": dt.datetime.now().isoformat(timespec="seconds"),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "whole_clip": loaded.whole_clip,
     }
     ensemble = loaded.ensemble.eval()
     with atomic_path(out) as tmp:
@@ -58,14 +64,15 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
         # is dynamic, so one model takes an LH crop, every X chunk or a whole timeline.
         with torch.no_grad():
             program = torch.onnx.export(ensemble, (example,), input_names=["chunks"], output_names=["fold_probs"],
-                                        dynamic_shapes=({0: torch.export.Dim("n", min=1)},), opset_version=OPSET,
+                                        dynamic_shapes=(dims,), opset_version=OPSET,
                                         dynamo=True, verbose=False)
         model = program.model_proto
         entry = model.metadata_props.add()
         entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
         model.producer_name = "soundtag"
         onnx.save(model, str(tmp))
-        check = torch.randn(5, f.n_mels, frames) * 10 - 40
+        # another length than the example's when the frames are dynamic
+        check = torch.randn(5, f.n_mels, frames + (37 if loaded.whole_clip else 0)) * 10 - 40
         with torch.no_grad():
             expected = ensemble(check).numpy()
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"chunks": check.numpy()})[0]

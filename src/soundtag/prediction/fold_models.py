@@ -60,6 +60,20 @@ class FoldEnsemble(torch.nn.Module):
         return (((frames >= first) & (frames <= last)) | silent).to(chunks.dtype)[:, None, :]
 
     def forward(self, chunks: torch.Tensor) -> torch.Tensor:
+        out = []
+        for k, model in enumerate(self.models):
+            logits = model(self.normalized(chunks, k)[:, None])
+            out.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
+        return torch.stack(out)
+
+    def embeddings(self, chunks: torch.Tensor, fold: int = 0) -> torch.Tensor:
+        """Fold ``fold``'s pre-logit embedding of every chunk, ``(n, num_features)``: timm's
+        ``forward_head(..., pre_logits=True)`` (each fold has an embedding space of its own)."""
+        model = self.models[fold]
+        return model.forward_head(model.forward_features(self.normalized(chunks, fold)[:, None]), pre_logits=True)
+
+    def normalized(self, chunks: torch.Tensor, fold: int) -> torch.Tensor:
+        """``chunks`` as fold ``fold``'s model was trained on them."""
         if self.normalization == "per_sample":
             # views.normalize_per_sample per chunk: (x - mean) / (population std + 1)
             if self.over == "sound":
@@ -70,15 +84,10 @@ class FoldEnsemble(torch.nn.Module):
             else:
                 mean = chunks.mean(dim=(1, 2), keepdim=True)
                 std = (chunks - mean).square().mean(dim=(1, 2), keepdim=True).sqrt()
-            chunks = (chunks - mean) / (std + 1.0)
-        out = []
-        for k, model in enumerate(self.models):
-            x = chunks
-            if self.normalization in ("per_feature", "global"):
-                x = (x - self.means[k]) * self.scales[k]
-            logits = model(x[:, None])
-            out.append(torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1))
-        return torch.stack(out)
+            return (chunks - mean) / (std + 1.0)
+        if self.normalization in ("per_feature", "global"):
+            return (chunks - self.means[fold]) * self.scales[fold]
+        return chunks
 
     def probabilities(self, chunks: np.ndarray) -> np.ndarray:
         """:meth:`forward` on a NumPy batch, without autograd, as ``(folds, n, classes)``.
@@ -93,7 +102,7 @@ class FoldEnsemble(torch.nn.Module):
 
 @dataclass
 class LoadedRun:
-    """What tagging needs of a finished run."""
+    """What tagging needs of a finished run (or of a released pretrained model)."""
 
     path: Path
     recipe: Recipe
@@ -101,6 +110,38 @@ class LoadedRun:
     multilabel: bool
     ensemble: FoldEnsemble
     checkpoints: list[Path]
+    #: a pretrained model tags the whole clip in one pass, as its publishers run it, instead of
+    #: the recipe's view
+    whole_clip: bool = False
+
+
+def audioset_labels() -> list[str]:
+    """AudioSet's 527 display names in the order of its ``class_labels_indices.csv`` (shipped)."""
+    import csv
+    from importlib import resources
+
+    with (resources.files("soundtag") / "data" / "audioset_labels.csv").open(encoding="utf-8") as f:
+        return [row["display_name"] for row in csv.DictReader(f)]
+
+
+def load_pretrained(path: str | Path, arch: str) -> LoadedRun:
+    """A released checkpoint (PANNs, EfficientAT) as a one-model run with AudioSet's labels.
+
+    Parameters
+    ----------
+    path : the local file as its publishers release it (e.g. ``Cnn14_mAP=0.431.pth``)
+    arch : ``panns-cnn14``, ``panns-cnn14-16k``, ``panns-cnn14-dlm``, ``efficientat-mn04``,
+        ``efficientat-mn10`` or ``efficientat-mn40`` (see :data:`~soundtag.models.pretrained.PRETRAINED`)
+    """
+    from soundtag.models.pretrained import load_checkpoint, pretrained_info, pretrained_recipe
+
+    info = pretrained_info(arch)
+    recipe = pretrained_recipe(arch)
+    labels = audioset_labels()
+    model = create_model(arch, num_classes=info.classes, in_chans=1)
+    load_checkpoint(model, path, recipe=recipe)
+    ensemble = FoldEnsemble([model], normalization="none", multilabel=True)
+    return LoadedRun(Path(path), recipe, labels[: info.classes], True, ensemble, [Path(path)], whole_clip=True)
 
 
 def fold_checkpoints(run_dir: str | Path) -> list[Path]:

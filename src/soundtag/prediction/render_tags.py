@@ -42,6 +42,38 @@ def to_csv(results: list[ClipTags], labels: list[str], k: int, timeline: bool) -
     return buf.getvalue()
 
 
+def to_events_csv(results: list[ClipTags], labels: list[str], threshold: float, timeline: bool) -> str:
+    """``file,start,end,label,probability``: a row per label at or above ``threshold``.
+
+    With ``timeline``, the windows where a label stays at or above it merge into one event
+    (its start, its end, the highest probability in it), in time order; otherwise one row per
+    label of the whole file, start and end empty.
+    """
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "start", "end", "label", "probability"])
+    for r in results:
+        if not timeline:
+            for lab, p in top_k(r.probs, labels, len(labels)):
+                if p >= threshold:
+                    w.writerow([r.path, "", "", lab, f"{p:.6f}"])
+            continue
+        events = []
+        for j, lab in enumerate(labels):
+            current = None
+            for s, e, probs in r.timeline:
+                if probs[j] >= threshold:
+                    current = [current[0], e, max(current[2], probs[j])] if current else [s, e, probs[j]]
+                elif current:
+                    events.append((current[0], current[1], lab, current[2]))
+                    current = None
+            if current:
+                events.append((current[0], current[1], lab, current[2]))
+        for s, e, lab, p in sorted(events, key=lambda ev: (ev[0], -ev[3])):
+            w.writerow([r.path, _seconds(s), _seconds(e), lab, f"{p:.6f}"])
+    return buf.getvalue()
+
+
 def table(results: list[ClipTags], labels: list[str], k: int, timeline: bool):
     """A rich table: a row per file (and per window with ``timeline``)."""
     from rich.table import Table

@@ -24,7 +24,7 @@ import numpy as np
 
 from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
-from soundtag.features.numpy_melspec import NumpyLogMel, n_frames
+from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
 from soundtag.recipe import Recipe
 from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
 from soundtag.prediction.combine import combine_folds, geometric_mean
@@ -92,17 +92,35 @@ class ModelTagger:
 
     def __init__(self, *, recipe: Recipe, labels: list[str], multilabel: bool,
                  logmel: Callable[[np.ndarray], np.ndarray],
-                 fold_probs: Callable[[np.ndarray], np.ndarray], source: str, engine: str):
+                 fold_probs: Callable[[np.ndarray], np.ndarray], source: str, engine: str,
+                 whole_clip: bool = False,
+                 framewise: Callable[[np.ndarray], tuple[np.ndarray, int]] | None = None):
         self.recipe, self.labels, self.multilabel = recipe, list(labels), multilabel
         self.logmel, self.fold_probs, self.source, self.engine = logmel, fold_probs, source, engine
+        #: the whole file as one input (pretrained models), instead of the recipe's view
+        self.whole_clip = whole_clip
+        #: ``spec -> (probabilities (segments, classes), frames per segment)`` of a decision-level
+        #: model (PANNs' DecisionLevelMax), whose own segments make the timeline
+        self.framewise = framewise
 
     def __repr__(self) -> str:
         return f"ModelTagger({self.source!r}, engine={self.engine!r}, {len(self.labels)} labels)"
 
     def chunks(self, path: str | Path) -> tuple[np.ndarray, list[str]]:
         """The view's chunks of a file as the model sees them (before normalisation)."""
+        if self.whole_clip:
+            wav = self._whole(path)
+            return self.logmel(wav.samples)[None], wav.notes
         wav = decode_for_recipe(path, self.recipe)
         return eval_chunks(self.logmel(wav.samples), self.recipe), wav.notes
+
+    def _whole(self, path: str | Path) -> audio.Waveform:
+        r = self.recipe
+        wav = audio.load(path, sample_rate=r.audio.sample_rate, trim_db=r.audio.trim_db,
+                         max_duration=r.audio.max_duration)
+        # Pretrained CNNs pool time 32 times: a clip under a second is centred in one second.
+        wav.samples = audio.pad_center(wav.samples, r.audio.sample_rate)
+        return wav
 
     def tag(self, path: str | Path, *, timeline: bool = False, tta: int = 0) -> ClipTags:
         """Probabilities for one file (any format, rate, channels, length)."""
@@ -116,13 +134,21 @@ class ModelTagger:
         return result
 
     def _timeline(self, path: str | Path) -> list[tuple[float, float, np.ndarray]]:
-        """Windows the model's input size long over the whole file (X: its own chunks)."""
+        """Windows the model's input size long over the whole file (X: its own chunks); a
+        decision-level model's own segments (32 frames each for PANNs)."""
         r = self.recipe
+        if self.framewise is not None:
+            wav = self._whole(path)
+            probs, per = self.framewise(self.logmel(wav.samples))
+            seconds = per * r.features.hop_length / r.audio.sample_rate
+            offset = (len(wav.samples) - round(wav.duration * r.audio.sample_rate)) // 2 / r.audio.sample_rate
+            return [(max(0.0, i * seconds - offset), min(wav.duration, (i + 1) * seconds - offset), p)
+                    for i, p in enumerate(probs) if i * seconds - offset < wav.duration]
         wav = audio.load(path, sample_rate=r.audio.sample_rate, trim_db=None, max_duration=r.audio.max_duration)
         width_samples = r.view_samples
         samples = audio.pad_center(wav.samples, width_samples)
         spec = self.logmel(samples)
-        width = r.chunk_frames if r.view.kind == "x" else n_frames(width_samples, r.features.hop_length)
+        width = r.chunk_frames if r.view.kind == "x" else frontend_frames(width_samples, r.features.hop_length, r.features.preemphasis)
         step = max(1, int(round(width * (1 - r.view.overlap))))
         # The view's min_tail drops a short tail from a clip's chunks; a timeline must reach the
         # end of the file, so a tail of more than the one frame the centred STFT adds gets one
@@ -157,8 +183,10 @@ class EnsembleTagger:
         return ClipTags(str(path), probs, notes=parts[0].notes)
 
 
-def load_tagger(source: str | Path, *, engine: str | None = None, threads: int | None = None):
-    """A tagger for a run directory, an ensemble directory, a fold ``.ckpt`` or an ``.onnx`` file.
+def load_tagger(source: str | Path, *, engine: str | None = None, threads: int | None = None,
+                arch: str | None = None):
+    """A tagger for a run directory, an ensemble directory, a fold ``.ckpt``, an ``.onnx`` file,
+    or (with ``arch``) a released pretrained checkpoint such as ``Cnn14_mAP=0.431.pth``.
 
     ``engine`` defaults to ``onnx`` for ``.onnx`` files and ``torch`` otherwise. With
     ``engine="onnx"`` a run must be exported first (``soundtag export``); a run directory then
@@ -167,10 +195,15 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source} does not exist; give a run directory, an ensemble directory, "
-                        "a .ckpt or an exported .onnx model")
+                        "a .ckpt, an exported .onnx model, or a pretrained checkpoint with --arch")
     engine = engine or ("onnx" if source.suffix == ".onnx" else "torch")
     if engine not in ENGINES:
         raise ParameterError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
+    if arch is not None:
+        if engine == "onnx":
+            raise ParameterError(f"the onnx engine runs exported models: run `soundtag export {source} --arch {arch}` "
+                                 "and tag with the .onnx file it writes")
+        return _torch_tagger(source, threads, arch)
     if EnsembleDir(source).is_ensemble():
         runs, weights = zip(*EnsembleDir(source).members())
         members = [load_tagger(r, engine=engine, threads=threads) for r in runs]
@@ -187,13 +220,13 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
     return _torch_tagger(source, threads)
 
 
-def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
+def _torch_tagger(source: Path, threads: int | None, arch: str | None = None) -> ModelTagger:
     import torch
 
     from soundtag.features.melspec import LogMel
-    from soundtag.prediction.fold_models import load_run
+    from soundtag.prediction.fold_models import load_pretrained, load_run
 
-    run = load_run(source)
+    run = load_pretrained(source, arch) if arch else load_run(source)
     logmel = LogMel.from_recipe(run.recipe)
 
     def spectrogram(samples: np.ndarray) -> np.ndarray:
@@ -204,8 +237,22 @@ def _torch_tagger(source: Path, threads: int | None) -> ModelTagger:
         with _torch_threads(threads):
             return run.ensemble.probabilities(chunks)
 
-    return ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
-                       fold_probs=fold_probs, source=str(source), engine="torch")
+    framewise = None
+    net = run.ensemble.models[0]
+    if run.whole_clip and getattr(net, "decision", None) == "max":
+        from soundtag.models.panns import TIME_RATIO
+
+        def framewise(spec: np.ndarray) -> tuple[np.ndarray, int]:
+            with _torch_threads(threads), torch.inference_mode():
+                x = torch.from_numpy(np.ascontiguousarray(spec, dtype=np.float32))[None, None]
+                segments = net.framewise_logits(x)[0, ::TIME_RATIO][: max(1, x.shape[-1] // TIME_RATIO)]
+                return torch.sigmoid(segments).numpy(), TIME_RATIO
+
+    tagger = ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
+                         fold_probs=fold_probs, source=str(source), engine="torch", whole_clip=run.whole_clip,
+                         framewise=framewise)
+    tagger.loaded = run  # the models themselves, for embeddings
+    return tagger
 
 
 @contextlib.contextmanager
@@ -261,7 +308,8 @@ def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
         return session.run(None, {"chunks": np.ascontiguousarray(chunks, dtype=np.float32)})[0]
 
     return ModelTagger(recipe=recipe, labels=info["labels"], multilabel=info["multilabel"], logmel=logmel,
-                       fold_probs=fold_probs, source=str(source), engine="onnx")
+                       fold_probs=fold_probs, source=str(source), engine="onnx",
+                       whole_clip=bool(info.get("whole_clip", False)))
 
 
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -18,6 +18,7 @@ import torch
 from soundtag import evaluation
 from soundtag.recipe import Recipe
 from soundtag.models import create_model
+from soundtag.models.pretrained import head_keys, load_checkpoint
 from soundtag.training import augment
 
 
@@ -46,12 +47,17 @@ class TaggerModule(L.LightningModule):
     """Trains one fold. Everything needed to tag a file later is in ``hparams``: the recipe,
     the label names, and the normaliser's statistics."""
 
-    def __init__(self, recipe: dict, labels: list[str], multilabel: bool, normalizer: dict, fold: int = 0):
+    def __init__(self, recipe: dict, labels: list[str], multilabel: bool, normalizer: dict, fold: int = 0,
+                 init_weights: bool = True):
         super().__init__()
-        self.save_hyperparameters()
+        # init_weights=False: a trained fold being loaded back needs no starting weights (whose
+        # file may be gone by then).
+        self.save_hyperparameters(ignore=["init_weights"])
         self.recipe = Recipe.model_validate(recipe)
         t = self.recipe.training
-        net = create_model(t.model, num_classes=len(labels), in_chans=1, checkpoint=t.checkpoint, **t.model_args)
+        net = create_model(t.model, num_classes=len(labels), in_chans=1, **t.model_args)
+        if t.checkpoint and init_weights:
+            load_checkpoint(net, t.checkpoint, recipe=self.recipe, new_head=True)
         # With EMA, `model` holds the averaged weights (what validation, prediction and export
         # use: every reader of a checkpoint's `model.*` keys gets them) and `training_model` the
         # weights the optimiser steps. Hand-written rather than torch's AveragedModel, whose
@@ -75,6 +81,19 @@ class TaggerModule(L.LightningModule):
         self.generator = None  # made again on this process's device, seeded by its rank
         if self.recipe.training.compile:
             self.net.compile()  # in place: the state dict keeps its keys
+
+    def backbone_parameters(self) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+        """The trained net's ``(backbone, classifier)`` parameters."""
+        head = head_keys(self.net)
+        named = dict(self.net.named_parameters())
+        return [p for k, p in named.items() if k not in head], [p for k, p in named.items() if k in head]
+
+    def on_train_epoch_start(self) -> None:
+        # training.freeze_epochs: the new head learns alone first, so its random gradients do not
+        # wreck pretrained features; the optimiser skips parameters without gradients.
+        frozen = self.current_epoch < self.recipe.training.freeze_epochs
+        for p in self.backbone_parameters()[0]:
+            p.requires_grad_(not frozen)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -192,7 +211,13 @@ class TaggerModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         t = self.recipe.training
         opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if t.backbone_lr == 1.0:  # one group, as before the option existed (logs keep their names)
+            groups = [{"params": list(self.net.parameters()), "lr": t.lr}]
+        else:
+            backbone, head = self.backbone_parameters()
+            groups = [{"params": backbone, "lr": t.lr * t.backbone_lr}, {"params": head, "lr": t.lr}]
+            groups = [g for g in groups if g["params"]]
+        opt = opt_cls(groups, lr=t.lr, weight_decay=t.weight_decay)
         if t.scheduler == "none":
             return opt
         if t.scheduler == "warmup_cosine":
@@ -207,7 +232,7 @@ class TaggerModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if t.scheduler == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr,
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
                                                         total_steps=int(self.trainer.estimated_stepping_batches))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)

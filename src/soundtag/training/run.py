@@ -397,7 +397,7 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
         return
     # The weights named before training: the best epoch by the monitor, or the last one.
     best = str(last) if t.keep == "last" else (checkpoint.best_model_path or str(last))
-    best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu")
+    best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu", init_weights=False)
     # One process predicts the whole fold, so every clip is predicted exactly once.
     probs = predict_clips(best_module, data.oof, trainer.strategy.root_device)
     run.finish_fold(k, probs, {
