@@ -61,14 +61,37 @@ def make_clips(folder: Path, n: int) -> list[Path]:
     return out
 
 
-def checkpoint(arch: str, folder: Path) -> Path:
-    """A random-weight checkpoint of ``arch`` in its publisher's layout."""
+def checkpoint(arch: str, folder: Path, files: list[Path] | None = None) -> Path:
+    """A random-weight checkpoint of ``arch`` in its publisher's layout.
+
+    With ``files``, BatchNorm's running statistics are first measured on their log-mels, as
+    training leaves them: with fresh statistics random activations shrink layer by layer into
+    denormal floats, which slow PyTorch's CPU kernels 10-70x and would time nothing a real
+    checkpoint does.
+    """
     import torch
 
+    from soundtag import audio
+    from soundtag.features.melspec import LogMel
     from soundtag.models import create_model
+    from soundtag.models.pretrained import pretrained_recipe
 
     torch.manual_seed(0)
-    state = create_model(arch, num_classes=527).state_dict()
+    model = create_model(arch, num_classes=527)
+    if files:
+        recipe = pretrained_recipe(arch)
+        logmel = LogMel.from_recipe(recipe)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the batches
+        model.train()
+        with torch.no_grad():
+            for f in files:
+                x = torch.from_numpy(audio.load(f, sample_rate=recipe.audio.sample_rate, trim_db=None).samples)
+                model(logmel(x[None])[:, None])
+        model.eval()
+    state = model.state_dict()
     path = folder / f"{arch}.pt"
     torch.save({"model": state} if arch.startswith("panns") else state, path)
     return path
@@ -156,7 +179,7 @@ def main() -> None:
         tmp = Path(tmp)
         files = make_clips(tmp, n)
         for arch in ARCHS:
-            ckpt = checkpoint(arch, tmp)
+            ckpt = checkpoint(arch, tmp, files)
             onnx = export_onnx(ckpt, tmp / f"{arch}.onnx", arch=arch)
             eager = time_engine(load_tagger(ckpt, arch=arch, threads=1), files, warmup=2)
             ort = time_engine(load_tagger(onnx, threads=1), files, warmup=2)
@@ -174,7 +197,9 @@ def main() -> None:
         f"Command: `{'taskset -c 0 ' if cores == 1 else ''}python benchmarks/pretrained.py --clips {n}`.",
         "",
         "Median milliseconds to tag one 10-second 32 kHz WAV end to end (decode, front-end, model), one file at a time, "
-        "random weights in each publisher's layout (speed does not depend on them).",
+        "random weights in each publisher's layout with BatchNorm statistics measured on the clips (fresh statistics "
+        "let activations decay into denormal floats, which slowed PyTorch 60x in a first run and no real checkpoint "
+        "does; speed does not otherwise depend on the weights).",
         "",
         "| model | PyTorch eager | ONNX Runtime | ONNX Runtime vs PyTorch |",
         "|---|---|---|---|",
