@@ -30,7 +30,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
 
     With ``arch``, ``run`` is a released pretrained checkpoint (``Cnn14_mAP=0.431.pth``) and the
     model takes the whole clip (any number of frames); ``out`` defaults to the file's name with
-    ``.onnx``. The check runs a batch of random chunks through PyTorch and ONNX Runtime and
+    ``.onnx``. The check runs a batch of noise chunks (:func:`noise_chunks`) through PyTorch and ONNX Runtime and
     refuses to keep a file whose probabilities differ by more than 1e-4.
     """
     import onnx
@@ -45,7 +45,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
     out = Path(out) if out else (Path(run).with_suffix(".onnx") if arch else RunDir(run).onnx_model)
     f = recipe.features
     frames = recipe.chunk_frames if recipe.view.kind == "x" else frontend_frames(recipe.view_samples, f.hop_length, f.preemphasis)
-    example = torch.randn(3, f.n_mels, frames) * 10 - 40
+    example = noise_chunks(recipe, 3, frames)
     dims = {0: torch.export.Dim("n", min=1)}
     if loaded.whole_clip:  # any length: the frames are dynamic too (at least the one second tagging pads to)
         dims[2] = torch.export.Dim("frames", min=frontend_frames(recipe.audio.sample_rate, f.hop_length, f.preemphasis),
@@ -72,7 +72,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
         model.producer_name = "soundtag"
         onnx.save(model, str(tmp))
         # another length than the example's when the frames are dynamic
-        check = torch.randn(5, f.n_mels, frames + (37 if loaded.whole_clip else 0)) * 10 - 40
+        check = noise_chunks(recipe, 5, frames + (37 if loaded.whole_clip else 0), seed=1)
         with torch.no_grad():
             expected = ensemble(check).numpy()
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"chunks": check.numpy()})[0]
@@ -81,3 +81,21 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
             raise SoundtagError(f"{out}: ONNX Runtime and PyTorch differ by {worst:.2e} (> 1e-4); "
                                 "the model was not written. Please report this with the model name.")
     return out
+
+
+def noise_chunks(recipe, n: int, frames: int, seed: int = 0):
+    """``(n, n_mels, frames)`` log-mels of white noise at levels from -60 to -6 dBFS through the
+    recipe's own front-end: inputs in the range the model sees (values of another front-end's
+    range, such as raw dB fed to EfficientAT's scaled log, blow its activations up and its float
+    errors with them)."""
+    import torch
+
+    from soundtag.features.melspec import LogMel
+
+    g = torch.Generator().manual_seed(seed)
+    samples = frames * recipe.features.hop_length + recipe.features.n_fft
+    levels = torch.logspace(-3, -0.3, n)[:, None]
+    with torch.no_grad():
+        spec = LogMel.from_recipe(recipe)(torch.randn(n, samples, generator=g) * levels)
+    return spec[:, :, :frames].contiguous()
+
