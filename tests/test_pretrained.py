@@ -305,6 +305,16 @@ def test_fine_tuning_a_pretrained_checkpoint_runs_end_to_end(arch, recipe_name, 
     assert tuned["fc_audioset.weight" if arch.startswith("panns") else "classifier.5.weight"].shape[0] == 4
     assert (tuned[first] - start).abs().max() < 0.5 * start.abs().max()
 
+    # the cleaning loop works on it as on any run: suspects ranked from its out-of-fold predictions
+    code, out, err = soundtag_main("suspects", result.run_dir, "--no-audio")
+    assert code == 0, err
+    import csv
+
+    with open(result.run_dir / "suspects.csv", newline="") as fh:
+        suspects = list(csv.DictReader(fh))
+    ids = {c.id for c in read_manifest(subset_csv)}
+    assert suspects and {row["clip_id"] for row in suspects} <= ids
+
     code, out, err = soundtag_main("export", result.run_dir, "--out", tmp_path / "tuned.onnx")
     assert code == 0, err
     clip = read_manifest(subset_csv).clips[0]
