@@ -149,7 +149,8 @@ def fold_checkpoints(run_dir: str | Path) -> list[Path]:
     run = RunDir(run_dir)
     if not run.is_run():
         raise DataError(f"{run_dir} is not a soundtag run; give a run directory, an ensemble directory, "
-                        "a .ckpt or an exported .onnx model")
+                        "a .ckpt or an exported .onnx model (a released PANNs or EfficientAT file needs --arch, "
+                        "e.g. --arch panns-cnn14)")
     return run.best_checkpoints()
 
 
