@@ -138,11 +138,17 @@ def test_cnn14_dlm_clip_and_framewise_outputs_equal_the_reference(panns_models, 
     assert np.abs(frames - expected_frames).max() < 1e-4
     assert np.abs(clip - expected_clip).max() < 1e-4
 
-    # the timeline: the model's own 0.32 s segments, covering the file
-    tags = load_tagger(ckpt, arch="panns-cnn14-dlm").tag(path, timeline=True)
-    assert len(tags.timeline) == 1001 // 32
-    assert tags.timeline[0][0] == 0.0 and abs(tags.timeline[1][0] - 0.32) < 1e-9
-    assert np.abs(tags.timeline[3][2] - expected_frames[3 * 32]).max() < 1e-4
+    # the timeline: the model's own 0.32 s segments, covering the file; the same after ONNX export
+    from soundtag.prediction.export import export_onnx
+
+    onnx_path = export_onnx(ckpt, tmp_path / "dlm.onnx", arch="panns-cnn14-dlm")
+    for tagger in (load_tagger(ckpt, arch="panns-cnn14-dlm"), load_tagger(onnx_path)):
+        tags = tagger.tag(path, timeline=True)
+        assert len(tags.timeline) == 1001 // 32, tagger.engine
+        assert tags.timeline[0][0] == 0.0 and abs(tags.timeline[1][0] - 0.32) < 1e-9
+        segments = np.stack([p for _, _, p in tags.timeline])
+        assert np.abs(segments - expected_frames[: 31 * 32: 32]).max() < 1e-4, tagger.engine
+        assert np.abs(tags.probs - expected_clip).max() < 1e-4, tagger.engine
 
 
 def test_cnn14_onnx_export_tags_as_the_reference_without_torch_engine(panns_models, clips_32k, tmp_path):

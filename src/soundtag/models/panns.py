@@ -94,7 +94,11 @@ class Cnn14(TaggerNet):
     def _frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """The decision-level model's ``relu(fc1)`` per output frame, ``(batch, frames', 2048)``."""
         x = x.mean(dim=3)
-        x = F.max_pool1d(x, 3, 1, 1) + F.avg_pool1d(x, 3, 1, 1)
+        # The reference's max_pool1d(3, 1, 1) + avg_pool1d(3, 1, 1), as shifted slices: the
+        # ONNX exporter fixed the time axis of the pooling calls, and tagging needs it dynamic.
+        lo, hi = F.pad(x, (1, 1), value=float("-inf")), F.pad(x, (1, 1))
+        x = (torch.maximum(torch.maximum(lo[..., :-2], lo[..., 1:-1]), lo[..., 2:])
+             + (hi[..., :-2] + hi[..., 1:-1] + hi[..., 2:]) / 3)
         x = F.dropout(x, 0.5, self.training).transpose(1, 2)
         return F.relu(self.fc1(x))
 
@@ -119,15 +123,19 @@ class Cnn14(TaggerNet):
         As the reference: each output frame repeated ``TIME_RATIO`` times, then the last one
         repeated up to the input's frame count.
         """
+        frames = x.shape[-1]
+        logits = self.segment_logits(x).repeat_interleave(TIME_RATIO, dim=1)[:, :frames]
+        pad = frames - logits.shape[1]
+        return torch.cat([logits, logits[:, -1:].expand(-1, pad, -1)], dim=1) if pad > 0 else logits
+
+    def segment_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits per output segment ``(batch, frames // TIME_RATIO, classes)`` of the
+        decision-level model: :meth:`framewise_logits` before the repetition."""
         if self.decision != "max":
             from soundtag.errors import ParameterError
 
-            raise ParameterError("framewise output needs the decision-level model (panns-cnn14-dlm)")
-        frames = x.shape[-1]
-        logits = self.fc_audioset(F.dropout(self._frame_features(self.forward_features(x)), 0.5, self.training))
-        logits = logits.repeat_interleave(TIME_RATIO, dim=1)[:, :frames]
-        pad = frames - logits.shape[1]
-        return torch.cat([logits, logits[:, -1:].expand(-1, pad, -1)], dim=1) if pad > 0 else logits
+            raise ParameterError("segment output needs the decision-level model (panns-cnn14-dlm)")
+        return self.fc_audioset(F.dropout(self._frame_features(self.forward_features(x)), 0.5, self.training))
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh ``fc_audioset`` for ``num_classes`` outputs (the backbone and ``fc1`` are kept)."""

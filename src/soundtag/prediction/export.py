@@ -59,11 +59,25 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
         "torch": torch.__version__, "whole_clip": loaded.whole_clip,
     }
     ensemble = loaded.ensemble.eval()
+    outputs = ["fold_probs"]
+    if loaded.whole_clip and getattr(ensemble.models[0], "decision", None) == "max":
+        class WithSegments(torch.nn.Module):
+            """A decision-level model's fold probabilities and its segment probabilities
+            ``(n, frames // 32, classes)``: the timeline ``tag --timeline`` shows."""
+
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, chunks):
+                return self.inner(chunks), torch.sigmoid(self.inner.models[0].segment_logits(chunks[:, None]))
+
+        ensemble, outputs = WithSegments(ensemble).eval(), ["fold_probs", "segment_probs"]
     with atomic_path(out) as tmp:
         # torch.export-based exporter (the TorchScript one is deprecated); the number of chunks
         # is dynamic, so one model takes an LH crop, every X chunk or a whole timeline.
         with torch.no_grad():
-            program = torch.onnx.export(ensemble, (example,), input_names=["chunks"], output_names=["fold_probs"],
+            program = torch.onnx.export(ensemble, (example,), input_names=["chunks"], output_names=outputs,
                                         dynamic_shapes=(dims,), opset_version=OPSET,
                                         dynamo=True, verbose=False)
         model = program.model_proto
@@ -74,9 +88,10 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
         # another length than the example's when the frames are dynamic
         check = noise_chunks(recipe, 5, frames + (37 if loaded.whole_clip else 0), seed=1)
         with torch.no_grad():
-            expected = ensemble(check).numpy()
-        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"chunks": check.numpy()})[0]
-        worst = float(np.abs(expected - got).max())
+            expected = ensemble(check)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"chunks": check.numpy()})
+        worst = max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got))
         if worst > 1e-4:
             raise SoundtagError(f"{out}: ONNX Runtime and PyTorch differ by {worst:.2e} (> 1e-4); "
                                 "the model was not written. Please report this with the model name.")

@@ -245,8 +245,7 @@ def _torch_tagger(source: Path, threads: int | None, arch: str | None = None) ->
         def framewise(spec: np.ndarray) -> tuple[np.ndarray, int]:
             with _torch_threads(threads), torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(spec, dtype=np.float32))[None, None]
-                segments = net.framewise_logits(x)[0, ::TIME_RATIO][: max(1, x.shape[-1] // TIME_RATIO)]
-                return torch.sigmoid(segments).numpy(), TIME_RATIO
+                return torch.sigmoid(net.segment_logits(x)[0]).numpy(), TIME_RATIO
 
     tagger = ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
                          fold_probs=fold_probs, source=str(source), engine="torch", whole_clip=run.whole_clip,
@@ -305,11 +304,17 @@ def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
     session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
     def fold_probs(chunks: np.ndarray) -> np.ndarray:
-        return session.run(None, {"chunks": np.ascontiguousarray(chunks, dtype=np.float32)})[0]
+        return session.run(["fold_probs"], {"chunks": np.ascontiguousarray(chunks, dtype=np.float32)})[0]
+
+    framewise = None
+    if "segment_probs" in [o.name for o in session.get_outputs()]:  # an exported decision-level model
+        def framewise(spec: np.ndarray) -> tuple[np.ndarray, int]:
+            x = np.ascontiguousarray(spec, dtype=np.float32)[None]
+            return session.run(["segment_probs"], {"chunks": x})[0][0], 32
 
     return ModelTagger(recipe=recipe, labels=info["labels"], multilabel=info["multilabel"], logmel=logmel,
                        fold_probs=fold_probs, source=str(source), engine="onnx",
-                       whole_clip=bool(info.get("whole_clip", False)))
+                       whole_clip=bool(info.get("whole_clip", False)), framewise=framewise)
 
 
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:
