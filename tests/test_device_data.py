@@ -65,10 +65,10 @@ def test_lh_batches_on_the_device_are_the_streaming_batches(clips, tmp_path, ove
     assert device.val.host is device.oof.host, "validation and out-of-fold share one copy of the fold"
     for _ in range(2):  # two epochs: each draws a new balanced epoch, the same in both
         pairs = list(zip(streaming.train, device.train, strict=True))
-        for (xs, ys, es), (xd, yd, ed) in pairs:
+        for (xs, ys, es, ts), (xd, yd, ed, td) in pairs:
             assert xd.shape == xs.shape and xd.dtype == torch.float32
             torch.testing.assert_close(xd, xs, rtol=1e-5, atol=1e-5)
-            assert torch.equal(yd, ys) and torch.equal(ed, es)
+            assert torch.equal(yd, ys) and torch.equal(ed, es) and torch.equal(td, ts)
     for loader in ("val", "oof"):
         for (xs, os_, ys), (xd, od, yd) in zip(getattr(streaming, loader), getattr(device, loader), strict=True):
             torch.testing.assert_close(xd, xs, rtol=1e-5, atol=1e-5)
@@ -78,7 +78,7 @@ def test_lh_batches_on_the_device_are_the_streaming_batches(clips, tmp_path, ove
 def test_an_epoch_on_the_device_draws_every_class_as_oversampling_says(clips, tmp_path):
     device, _, _ = _plan(clips, tmp_path, ["training.batch_size=6"], "on")  # 18 draws: no batch dropped
     labels = Counter()
-    for _, y, _ in device.train:
+    for _, y, _, _ in device.train:
         labels.update(y.argmax(dim=1).tolist())
     # fold 2 trains: 6, 4 and 2 clips; oversampling draws each class as often as the largest
     assert sorted(labels.values()) == [6, 6, 6]
@@ -115,7 +115,7 @@ def test_x_batches_on_the_device_match_the_streaming_statistics_and_chunks(clips
             assert torch.equal(od, os_) and torch.equal(yd, ys)
 
     def epoch_stats(loader, epochs=8):
-        xs = torch.cat([x for _ in range(epochs) for x, _, _ in loader])
+        xs = torch.cat([x for _ in range(epochs) for x, *_ in loader])
         return float(xs.mean()), float(xs.std()), xs.shape[1:]
 
     (ms, ss, shape_s), (md, sd, shape_d) = epoch_stats(streaming.train), epoch_stats(device.train)

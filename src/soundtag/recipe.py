@@ -133,6 +133,20 @@ class AugmentConfig(_Section):
     freq_shift: FreqShiftConfig = FreqShiftConfig()
 
 
+class NoiseConfig(_Section):
+    """Losses for noisy labels (:mod:`soundtag.training.noise`), applied to the clips nobody verified
+    when the manifest says which were (``manually_verified``), to every clip otherwise."""
+
+    strategy: Literal["none", "mask", "gce", "sce", "bootstrap"] = "none"
+    mask_fraction: float = Field(0.2, ge=0, le=1, description="mask: the share of a batch's untrusted samples "
+                                 "(per label, multi-label) with the largest loss left out of the gradient")
+    warmup_epochs: int = Field(0, ge=0, description="mask: epochs of the plain loss before masking starts")
+    gce_q: float = Field(0.7, gt=0, le=1, description="gce: q (toward 0 cross-entropy, 1 the mean absolute error)")
+    sce_alpha: float = Field(0.1, ge=0, description="sce: weight of the cross-entropy")
+    sce_beta: float = Field(1.0, ge=0, description="sce: weight of the reverse cross-entropy")
+    bootstrap_beta: float = Field(0.8, ge=0, le=1, description="bootstrap: weight of the given label in the target")
+
+
 class EmaConfig(_Section):
     enabled: bool = False
     decay: float = Field(0.999, gt=0, lt=1, description="per optimiser step")
@@ -165,6 +179,7 @@ class TrainingConfig(_Section):
     early_stopping: int | None = Field(None, gt=0, description="patience in epochs; null: off")
     balance: Literal["oversample", "balanced", "none"] = "oversample"
     augment: AugmentConfig = AugmentConfig()
+    noise: NoiseConfig = NoiseConfig()
     blacklist: str | None = Field(None, description="CSV of clips left out of training (column clip_id or fname)")
     relabel: str | None = Field(None, description="CSV of clip_id,label corrections")
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"

@@ -78,11 +78,12 @@ def beta(alpha: float, n: int, generator: torch.Generator, device=None) -> torch
     return g[0] / (g[0] + g[1])
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, generator: torch.Generator):
+def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, generator: torch.Generator, return_perm: bool = False):
     """Mix each sample with a random partner of the batch (Zhang et al. 2018).
 
     ``lam ~ Beta(alpha, alpha)`` per sample; ``x' = lam x + (1-lam) x[perm]`` and the same for
-    ``y``, as the kernel's mixup generator did.
+    ``y``, as the kernel's mixup generator did. ``return_perm``: also return ``perm`` (what a
+    per-sample property such as trust in the label needs to follow the mix).
     """
     if alpha <= 0:
         raise ParameterError(f"mixup alpha={alpha} must be positive")
@@ -91,7 +92,8 @@ def mixup(x: torch.Tensor, y: torch.Tensor, *, alpha: float, generator: torch.Ge
     lx = lam.view(-1, *([1] * (x.ndim - 1)))
     ly = lam.to(y.dtype).view(-1, 1)
     # lerp(a, b, w) = a + w (b - a): one fused pass instead of four over the batch.
-    return torch.lerp(x[perm], x, lx), torch.lerp(y[perm], y, ly)
+    mixed = torch.lerp(x[perm], x, lx), torch.lerp(y[perm], y, ly)
+    return (*mixed, perm) if return_perm else mixed
 
 
 def sound_bounds(extents: torch.Tensor | None, n: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:

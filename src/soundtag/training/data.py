@@ -67,13 +67,16 @@ class Normalizer:
 
 
 class TrainViews(torch.utils.data.Dataset):
-    """Training samples ``(x (1, mels, frames), target (classes,), extent (2,))``: ``extent`` is
-    the sound's ``[start, end)`` frames within the view (:func:`~soundtag.features.views.sound_extent`,
-    found before normalisation), which augmentations sized to the sound keep to."""
+    """Training samples ``(x (1, mels, frames), target (classes,), extent (2,), trusted ())``:
+    ``extent`` is the sound's ``[start, end)`` frames within the view
+    (:func:`~soundtag.features.views.sound_extent`, found before normalisation), which
+    augmentations sized to the sound keep to; ``trusted`` whether the label was verified
+    (``training.noise`` spares those; default: none is)."""
 
     def __init__(self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe,
-                 normalizer: Normalizer, seed: int = 0):
+                 normalizer: Normalizer, seed: int = 0, trusted: np.ndarray | None = None):
         self.store, self.keys, self.targets = store, keys, targets
+        self.trusted = np.zeros(len(keys), bool) if trusted is None else np.asarray(trusted, bool)
         self.recipe, self.normalizer = recipe, normalizer
         self.seed = seed
         self._rng = np.random.default_rng(seed)
@@ -99,7 +102,8 @@ class TrainViews(torch.utils.data.Dataset):
                 spec = x_chunks(np.asarray(spec), chunk=chunk, step=chunk)[0]
         spec = np.asarray(spec)
         extent = torch.tensor(sound_extent(spec), dtype=torch.long)
-        return torch.from_numpy(self.normalizer(spec))[None], torch.from_numpy(self.targets[i]), extent
+        return (torch.from_numpy(self.normalizer(spec))[None], torch.from_numpy(self.targets[i]), extent,
+                torch.tensor(bool(self.trusted[i])))
 
 
 class EvalViews(torch.utils.data.Dataset):

@@ -182,7 +182,7 @@ class DeviceClips:
 
 
 class DeviceTrainBatches:
-    """Training batches ``(x (batch, 1, mels, frames), targets, extents)`` drawn on the device,
+    """Training batches ``(x (batch, 1, mels, frames), targets, extents, trusted)`` drawn on the device,
     one balanced epoch (``sampler``) each time it is iterated; the same form as the streaming
     loader's, so :class:`~soundtag.training.module.TaggerModule` trains on either.
 
@@ -191,8 +191,9 @@ class DeviceTrainBatches:
     """
 
     def __init__(self, clips: DeviceClips, targets: np.ndarray, normalizer, sampler, *, batch_size: int,
-                 drop_last: bool, seed: int = 0):
+                 drop_last: bool, seed: int = 0, trusted: np.ndarray | None = None):
         self.host, self.targets_host, self.normalizer = clips, torch.as_tensor(targets, dtype=torch.float32), normalizer
+        self.trusted_host = torch.as_tensor(np.zeros(len(targets), bool) if trusted is None else trusted, dtype=torch.bool)
         self.sampler, self.batch_size, self.drop_last, self.seed = sampler, batch_size, drop_last, seed
         self.device, self.epoch = torch.device("cpu"), 0
         self._placed = None
@@ -201,7 +202,7 @@ class DeviceTrainBatches:
         """Load the features onto ``device`` (done at the first epoch otherwise)."""
         self.device = torch.device(device)
         clips = self.host.to(self.device)
-        placed = {"clips": clips, "targets": self.targets_host.to(self.device)}
+        placed = {"clips": clips, "targets": self.targets_host.to(self.device), "trusted": self.trusted_host.to(self.device)}
         if clips.kind == "lh":
             # The LH view is fixed: normalised once, with each clip's extent found before that
             # (a thousand clips at a time, so the float32 temporaries stay small).
@@ -227,7 +228,7 @@ class DeviceTrainBatches:
             raw = p["clips"].windows(p["clips"].random_starts(clips, generator))
             extents = batch_sound_extents(raw)
             x = normalize_batch(raw, self.normalizer, extents)
-        return x[:, None], p["targets"][clips], extents
+        return x[:, None], p["targets"][clips], extents, p["trusted"][clips]
 
     def __iter__(self):
         if self._placed is None or self._placed["clips"].data.device != self.device:

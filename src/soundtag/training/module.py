@@ -19,7 +19,7 @@ from soundtag import evaluation
 from soundtag.recipe import Recipe
 from soundtag.models import create_model
 from soundtag.models.pretrained import head_keys, load_checkpoint
-from soundtag.training import augment
+from soundtag.training import augment, noise
 
 
 def clip_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_clips: int, multilabel: bool) -> torch.Tensor:
@@ -131,15 +131,21 @@ class TaggerModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return (self.net if self.training else self.model)(x)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.multilabel:
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-        return torch.nn.functional.cross_entropy(logits, targets)  # soft targets
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, trusted: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch's mean loss; ``training.noise`` decides it for the samples not ``trusted``."""
+        if self.recipe.training.noise.strategy == "none":
+            if self.multilabel:
+                return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+            return torch.nn.functional.cross_entropy(logits, targets)  # soft targets
+        return noise.noisy_label_loss(logits, targets, trusted, self.recipe.training.noise,
+                                      multilabel=self.multilabel, epoch=self.current_epoch)
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor,
-                extents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The recipe's augmentations of a batch. ``extents`` (``(batch, 2)`` sound frames)
-        serve the augmentations whose ``relative_to`` is ``sound``.
+    def augment(self, x: torch.Tensor, y: torch.Tensor, extents: torch.Tensor | None = None,
+                trusted: torch.Tensor | None = None):
+        """The recipe's augmentations of a batch: ``(x, y)``, or ``(x, y, trusted)`` when
+        ``trusted`` (per-sample trust in the label) is given, mixup's mixed samples trusted only
+        where both sources are. ``extents`` (``(batch, 2)`` sound frames) serve the
+        augmentations whose ``relative_to`` is ``sound``.
 
         The kernel's order is kept (shift, reversal, masks, erasing, mixup) unless an
         augmentation is sized to the sound: then masks and erasing come first, while the
@@ -174,13 +180,15 @@ class TaggerModule(L.LightningModule):
         if a.freq_shift.enabled and a.freq_shift.max_bins:
             x = augment.freq_shift(x, max_bins=a.freq_shift.max_bins, generator=g)
         if a.mixup.enabled:
-            x, y = augment.mixup(x, y, alpha=a.mixup.alpha, generator=g)
-        return x, y
+            x, y, perm = augment.mixup(x, y, alpha=a.mixup.alpha, generator=g, return_perm=True)
+            if trusted is not None:
+                trusted = noise.mixed_trust(trusted, perm)
+        return (x, y) if trusted is None else (x, y, trusted)
 
     def training_step(self, batch, batch_idx):
-        x, y, extents = batch
-        x, y = self.augment(x, y, extents)
-        loss = self.loss(self(x), y)
+        x, y, extents, trusted = batch
+        x, y, trusted = self.augment(x, y, extents, trusted)
+        loss = self.loss(self(x), y, trusted)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
                  sync_dist=True)  # equal shards: the mean of the ranks' means is the mean
         return loss

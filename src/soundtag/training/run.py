@@ -287,6 +287,15 @@ class FoldSet:
     def n_folds(self) -> int:
         return int(self.fold_of.max()) + 1
 
+    @property
+    def trusted(self) -> np.ndarray:
+        """Clips whose label ``training.noise`` trusts: the manually verified ones when the manifest
+        marks any clip, none otherwise (then every clip is treated as possibly noisy)."""
+        flags = [c.manually_verified for c in self.manifest]
+        if all(f is None for f in flags):
+            return np.zeros(len(flags), bool)
+        return np.array([f is True for f in flags])
+
     def loaders(self, k: int) -> FoldLoaders:
         """Training (balanced, augmented later on the batch), validation and out-of-fold loaders.
 
@@ -316,7 +325,8 @@ class FoldSet:
                 return DeviceClips.load(self.store, [self.keys[i] for i in idx], recipe)
 
             train = DeviceTrainBatches(clips(train_idx), self.targets[train_idx], normalizer, sampler,
-                                       batch_size=t.batch_size, drop_last=drop_last, seed=t.seed + k)
+                                       batch_size=t.batch_size, drop_last=drop_last, seed=t.seed + k,
+                                       trusted=self.trusted[train_idx])
             # The validation clips are some of the fold's: one copy of the fold serves both.
             fold_clips = clips(oof_idx)
             val = DeviceEvalBatches(fold_clips, self.targets[oof_idx], normalizer, recipe, batch_size=t.batch_size,
@@ -326,7 +336,8 @@ class FoldSet:
                                len(train_idx), len(val_idx), on_device=True)
         common = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
         train = torch.utils.data.DataLoader(
-            TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k),
+            TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k,
+                       trusted=self.trusted[train_idx]),
             batch_size=t.batch_size, sampler=sampler, drop_last=drop_last, **common)
         eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **common}
         val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer),
