@@ -99,8 +99,8 @@ def test_short_clips_at_8k(short8k):
     assert (r.features.n_fft, r.features.hop_length, r.features.n_mels) == (512, 80, 64)  # 40 ms -> 512; 10 ms
     assert r.features.fmax is None                          # the Nyquist rate, 4 kHz
     assert r.training.model == "vgg" and r.training.model_args == {"widths": [16, 32, 64, 128]}
-    # 32 training clips x 64 mels x (7200 // 80 = 90 frames): 7.68e8 / 184320 = 4167 -> capped at 60
-    assert r.training.epochs == 60
+    # 32 training clips x 64 mels x (7200 // 80 = 90 frames): 7.68e8 / 184320 = 4167 -> capped at 75
+    assert r.training.epochs == 75
     assert r.view.padding == "center"                       # median 0.65 s >= half of 0.9 s
     assert r.view.normalization == "global" and r.view.normalize_over == "sound"
     aug = r.training.augment
@@ -119,7 +119,7 @@ def test_short_clips_at_8k(short8k):
     assert _mentions(reasons, "normalisation global", "sound")
     assert _mentions(reasons, "augmentation", "no random erasing")
     assert _mentions(reasons, "model vgg", "CPU")
-    assert _mentions(reasons, "epochs 60", "32 training clips")
+    assert _mentions(reasons, "epochs 75", "32 training clips", "within 15-75")
 
 
 def test_long_clips_at_44k(long44k):
@@ -128,7 +128,7 @@ def test_long_clips_at_44k(long44k):
     assert r.view.duration == 10.0                          # p90 30 s, capped at 10 s
     assert (r.features.n_fft, r.features.hop_length, r.features.n_mels) == (2048, 640, 128)
     assert r.view.padding == "center"
-    assert r.training.epochs == 60                          # 16 clips x 128 x 500 cells: 750 -> 60
+    assert r.training.epochs == 75                          # 16 clips x 128 x 500 cells: 750 -> 75
     assert _mentions(reasons, "LH window 10 s", "kept within 0.5-10 s")
     assert _mentions(reasons, "sample rate 32000 Hz", "100% of clips are 44100 Hz natively")
     assert _mentions(reasons, "20 ms", "128 mels")

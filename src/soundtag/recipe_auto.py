@@ -35,7 +35,7 @@ training.epochs           a budget of spectrogram cells (mels x frames x clip pa
                           divided by the training clips x the cells of one view: on a CPU the
                           baseline's own, 30 epochs of ESC-50's 1600 training clips x 64 mels x
                           250 frames = 7.7e8 per 2 cores, scaled with the cores; 2e11 on a GPU;
-                          within 15-60 epochs (CPU) or 30-150 (GPU)
+                          within 15-75 epochs (CPU) or 30-150 (GPU)
 validation                verified_only when the data marks some clips unverified
                           (FSDKaggle2018), else all
 ========================  ======================================================================
@@ -46,7 +46,7 @@ Examples
 --------
 >>> recipe, reasons = auto_recipe(manifest, cpu_count=2)  # doctest: +SKIP
 >>> recipe.audio.sample_rate, recipe.view.duration, recipe.training.epochs  # doctest: +SKIP
-(8000, 1.0, 60)
+(8000, 1.0, 75)
 >>> reasons[1]  # doctest: +SKIP
 'sample rate 8000 Hz: 100% of clips are 8000 Hz natively; ...'
 """
@@ -82,7 +82,7 @@ SMALL_VGG = [16, 32, 64, 128]
 MEDIUM_VGG = [32, 64, 128, 256]
 LARGE_DATA = 5000           # clips from which a GPU gets the full VGG
 CELL_BUDGET = {"cpu": 30 * 1600 * 64 * 250, "gpu": 2e11}   # mels x frames x clip passes per fold (CPU: per 2 cores)
-EPOCH_RANGE = {"cpu": (15, 60), "gpu": (30, 150)}
+EPOCH_RANGE = {"cpu": (15, 75), "gpu": (30, 150)}
 DURATION_BINS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, math.inf)
 
 
@@ -314,7 +314,7 @@ def choose_epochs(train_clips: int, cells: int, device: str, cpu_count: int) -> 
     >>> choose_epochs(1600, 64 * 250, "cpu", 2)[0]
     30
     >>> choose_epochs(1600, 128 * 250, "cpu", 2)[0], choose_epochs(320, 128 * 250, "cpu", 2)[0]
-    (15, 60)
+    (15, 75)
     """
     if train_clips < 1 or cells < 1:
         raise ParameterError(f"train_clips={train_clips} and cells={cells} must be positive")
