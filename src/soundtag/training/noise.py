@@ -116,13 +116,14 @@ def loss_mask(losses: torch.Tensor, trusted: torch.Tensor, fraction: float) -> t
         raise ParameterError(f"mask fraction={fraction} must be in [0, 1]")
     column = losses if losses.ndim == 2 else losses[:, None]
     untrusted = ~trusted.to(torch.bool)
-    n_drop = int(round(fraction * int(untrusted.sum())))
-    keep = torch.ones_like(column, dtype=torch.bool)
-    if n_drop:
-        # Trusted rows rank below every untrusted one, so the top n_drop are all untrusted.
-        ranked = column.detach().masked_fill(~untrusted[:, None], float("-inf"))
-        top = ranked.topk(n_drop, dim=0).indices
-        keep.scatter_(0, top, False)
+    # Ranks rather than topk: the count stays a tensor, so a GPU step needs no host sync.
+    # Trusted rows rank after every untrusted one, so only untrusted rows fall below n_drop.
+    n_drop = torch.round(fraction * untrusted.sum())
+    ranked = column.detach().masked_fill(~untrusted[:, None], float("-inf"))
+    order = ranked.argsort(dim=0, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(column), device=column.device)
+                                            .view(-1, 1).expand_as(order).contiguous())
+    keep = rank >= n_drop
     return keep if losses.ndim == 2 else keep[:, 0]
 
 
@@ -139,7 +140,7 @@ def noisy_label_loss(logits: torch.Tensor, targets: torch.Tensor, trusted: torch
         trusted = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
     plain = plain_loss(logits, targets, multilabel)
     strategy = noise.strategy
-    if strategy == "none" or bool(trusted.all()):
+    if strategy == "none":
         return plain.mean()
     if strategy == "mask":
         if epoch < noise.warmup_epochs:
