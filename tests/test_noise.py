@@ -161,3 +161,31 @@ def test_the_training_module_carries_trust_through_mixup_into_the_loss():
     expected = noise.noisy_label_loss(logits, y, trusted, recipe.training.noise, multilabel=False)
     assert module.loss(logits, y, trusted).item() == pytest.approx(expected.item())
     assert module.loss(logits, y, trusted).item() < F.cross_entropy(logits, y).item()  # 2 largest untrusted out
+
+
+def test_self_verification_accepts_only_above_the_threshold_within_the_per_class_cap():
+    from soundtag.cleaning.self_verify import verify_labels
+
+    rng = np.random.default_rng(0)
+    n, classes = 200, 4
+    given = rng.integers(0, classes, n)
+    targets = np.eye(classes)[given]
+    probs = rng.dirichlet(np.full(classes, 0.3), n)
+    verified = rng.random(n) < 0.4
+    v = verify_labels(probs, targets, verified, threshold=0.9, per_class=5, relabel_threshold=0.9)
+    own = probs[np.arange(n), given]
+    assert not verified[np.concatenate([v.accepted, v.relabelled, v.dropped])].any(), "verified clips stay"
+    assert sorted(np.concatenate([v.accepted, v.relabelled, v.dropped]).tolist()) == np.flatnonzero(~verified).tolist()
+    assert (own[v.accepted] >= 0.9).all()
+    assert np.bincount(given[v.accepted], minlength=classes).max() <= 5
+    # the cap keeps the most confident: every refused candidate of a full class is below its accepted ones
+    for c in range(classes):
+        taken = v.accepted[given[v.accepted] == c]
+        refused = [i for i in np.flatnonzero(~verified & (given == c) & (own >= 0.9)) if i not in taken]
+        if refused:
+            assert len(taken) == 5 and own[refused].max() <= own[taken].min()
+    assert (probs[v.relabelled, v.new_labels] >= 0.9).all() and (v.new_labels != given[v.relabelled]).all()
+    assert np.bincount(v.new_labels, minlength=classes).max() <= 5
+    uncapped = verify_labels(probs, targets, verified, threshold=0.9)
+    assert set(uncapped.accepted) == set(np.flatnonzero(~verified & (own >= 0.9)))
+    assert len(uncapped.relabelled) == 0, "no relabel_threshold: never relabel"
