@@ -133,18 +133,13 @@ class TaggerModule(L.LightningModule):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, trusted: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean loss; ``training.noise`` decides it for the samples not ``trusted``."""
-        if self.recipe.training.noise.strategy == "none":
-            if self.multilabel:
-                return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-            return torch.nn.functional.cross_entropy(logits, targets)  # soft targets
         return noise.noisy_label_loss(logits, targets, trusted, self.recipe.training.noise,
                                       multilabel=self.multilabel, epoch=self.current_epoch)
 
     def augment(self, x: torch.Tensor, y: torch.Tensor, extents: torch.Tensor | None = None,
                 trusted: torch.Tensor | None = None):
-        """The recipe's augmentations of a batch: ``(x, y)``, or ``(x, y, trusted)`` when
-        ``trusted`` (per-sample trust in the label) is given, mixup's mixed samples trusted only
-        where both sources are. ``extents`` (``(batch, 2)`` sound frames) serve the
+        """The recipe's augmentations of a batch: ``(x, y, trusted)``, mixup's mixed samples
+        trusted in their label only where both sources are (``trusted`` None stays None). ``extents`` (``(batch, 2)`` sound frames) serve the
         augmentations whose ``relative_to`` is ``sound``.
 
         The kernel's order is kept (shift, reversal, masks, erasing, mixup) unless an
@@ -183,7 +178,7 @@ class TaggerModule(L.LightningModule):
             x, y, perm = augment.mixup(x, y, alpha=a.mixup.alpha, generator=g, return_perm=True)
             if trusted is not None:
                 trusted = noise.mixed_trust(trusted, perm)
-        return (x, y) if trusted is None else (x, y, trusted)
+        return x, y, trusted
 
     def training_step(self, batch, batch_idx):
         x, y, extents, trusted = batch

@@ -136,12 +136,14 @@ def noisy_label_loss(logits: torch.Tensor, targets: torch.Tensor, trusted: torch
                      *, multilabel: bool, epoch: int = 0) -> torch.Tensor:
     """The batch's mean loss under the recipe's ``training.noise`` (a
     :class:`~soundtag.recipe.NoiseConfig`). ``trusted`` None: every sample untrusted."""
+    strategy = noise.strategy
+    if strategy == "none":  # the fused kernels (soft targets for cross-entropy): the mean of plain_loss
+        if multilabel:
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        return F.cross_entropy(logits, targets)
     if trusted is None:
         trusted = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
     plain = plain_loss(logits, targets, multilabel)
-    strategy = noise.strategy
-    if strategy == "none":
-        return plain.mean()
     if strategy == "mask":
         if epoch < noise.warmup_epochs:
             return plain.mean()
