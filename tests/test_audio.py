@@ -109,6 +109,18 @@ def test_trim_equals_librosa_on_real_clips(ogg_clips, flac_clips):
             assert np.array_equal(got, expected), (path, top_db, len(got), len(expected))
 
 
+def test_trim_equals_librosa_at_every_geometry_and_odd_lengths(flac_clips):
+    # Whole-hop frames take the per-hop path, others the per-sample running sum; both must be
+    # librosa's, on lengths that end mid-hop and on clips shorter than a frame.
+    y, _ = sf.read(flac_clips[7], dtype="float32")
+    for frame_length, hop_length in [(2048, 512), (1024, 256), (512, 512), (2000, 512), (1000, 300)]:
+        for n in (len(y), 50_001, 3_333, 700, 37):
+            part = y[-n:]
+            expected = librosa.effects.trim(part, top_db=40, frame_length=frame_length, hop_length=hop_length)[0]
+            got = trim(part, top_db=40, frame_length=frame_length, hop_length=hop_length)
+            assert np.array_equal(got, expected), (frame_length, hop_length, n, len(got), len(expected))
+
+
 @pytest.mark.slow
 def test_trim_of_a_tone_between_silences():
     sr, hop, half = 16000, 512, 2048 // 2
@@ -344,3 +356,20 @@ def test_decode_errors_name_the_file(tmp_path):
             decode(path)
         assert err.value.reason == reason, path
         assert str(path) in str(err.value) and err.value.path == str(path)
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_non_finite_samples_are_replaced_and_noted(tmp_path, rate):
+    # A float WAV can hold NaN and inf; they are zeroed/clipped (before any resampling, which
+    # would smear them over the clip) and the clip says so, instead of poisoning the log-mel.
+    x = _sine(440, 16000, 16000).astype(np.float32)
+    x[100], x[200], x[300] = np.nan, np.inf, -np.inf
+    path = tmp_path / "bad.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    wav = load(path, sample_rate=rate)
+    assert np.isfinite(wav.samples).all()
+    assert "non-finite samples replaced" in wav.notes
+    assert ("resampled 16000->8000 Hz" in wav.notes) == (rate == 8000)
+    if rate == 16000:
+        assert wav.samples[100] == 0.0 and wav.samples[200] == 1.0 and wav.samples[300] == -1.0
+    assert "silent" not in wav.notes

@@ -128,6 +128,21 @@ def test_batched_logmel_with_lengths_equals_each_clip_alone(native_audio):
         assert out[i].min() >= floor - 2e-3
 
 
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin", [(16000, 1024, 128, 20), (16000, 1024, 64, 20), (32000, 1024, 128, 50),
+                                                  (44100, 2560, 128, 0), (8000, 256, 40, 0), (16000, 512, 3, 0)])
+def test_banded_mel_projection_equals_the_dense_basis(sr, n_fft, n_mels, fmin):
+    # The CPU product runs band by band; it must be the dense basis' product, whatever the
+    # filters' widths (narrow low filters, all-zero rows at a small n_fft, very few mels).
+    module = LogMel(sample_rate=sr, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels, fmin=fmin)
+    power = torch.rand(3, n_fft // 2 + 1, 17, dtype=torch.float64).float() ** 4
+    dense = (module.mel_basis.double() @ power.double()).float()
+    np.testing.assert_allclose(module._project(power).numpy(), dense.numpy(), rtol=1e-5, atol=1e-9)
+    # The bands cover every filter once, in order.
+    bands = module._bands
+    assert bands[0][0] == 0 and bands[-1][1] == n_mels
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+
+
 def test_n_frames_is_centred_stft_count():
     assert n_frames(176400, 882) == 201
     for n, hop in [(1024, 512), (1535, 512), (1536, 512), (4000, 320), (176400, 882), (156000, 520)]:

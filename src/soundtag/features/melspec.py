@@ -64,6 +64,7 @@ class LogMel(torch.nn.Module):
         basis = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                                mel_scale=mel_scale)
         self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
+        self._bands = mel_bands(basis)
         window = hann_window(n_fft, window_length, periodic_window)
         self.register_buffer("window", torch.from_numpy(window.astype(np.float32)), persistent=False)
 
@@ -100,27 +101,40 @@ class LogMel(torch.nn.Module):
         spec = torch.stft(waveforms, self.n_fft, self.hop_length, window=self.window, center=True,
                           pad_mode=self.pad_mode, return_complex=True)
         power = spec.real.square() + spec.imag.square()
-        mel = torch.matmul(self.mel_basis, power)
-        if lengths is None:
-            valid = torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.bool, device=mel.device)
-        else:
+        mel = self._project(power)
+        valid = None  # (batch, frames) of frames inside each clip; None: every frame
+        if lengths is not None:
             frames = 1 + lengths.to(mel.device) // self.hop_length
-            valid = torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None]
+            if waveforms.device.type != "cpu" or bool((frames < mel.shape[-1]).any()):
+                # (On a GPU the mask is always built: checking would cost a host sync.)
+                valid = (torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None])[:, None, :]
         if self.log == "ln":
             out = torch.log(mel + self.log_offset)
-            out = torch.where(valid[:, None, :], out, float(np.log(self.log_offset)))
+            if valid is not None:
+                out = torch.where(valid, out, float(np.log(self.log_offset)))
         else:
             out = 10.0 * torch.log10(torch.clamp(mel, min=self.amin))
             if self.top_db is not None:
-                peak = out.masked_fill(~valid[:, None, :], float("-inf")).amax(dim=(1, 2), keepdim=True)
-                floor = peak - self.top_db
-                out = torch.maximum(out, floor)
-                out = torch.where(valid[:, None, :], out, floor)
-            else:
-                out = torch.where(valid[:, None, :], out, float(10.0 * np.log10(self.amin)))
+                peak = (out if valid is None else out.masked_fill(~valid, float("-inf"))).amax(dim=(1, 2), keepdim=True)
+                out = torch.maximum(out, peak - self.top_db)
+                if valid is not None:
+                    out = torch.where(valid, out, peak - self.top_db)
+            elif valid is not None:
+                out = torch.where(valid, out, float(10.0 * np.log10(self.amin)))
         if self.offset or self.scale != 1.0:
             out = (out + self.offset) / self.scale
         return out
+
+    def _project(self, power: torch.Tensor) -> torch.Tensor:
+        """``mel_basis @ power``. On a GPU one dense matmul. On the CPU band by band: each group
+        of neighbouring filters is non-zero over a few dozen FFT bins only, so multiplying the
+        bands skips the zeros of the dense basis (94% of it for 128 mels at n_fft 1024), which
+        made this product the largest cost of a CPU log-mel (measured 3x faster at 8 bands; a
+        sparse CSR product was slower than the bands)."""
+        if power.device.type != "cpu":
+            return torch.matmul(self.mel_basis, power)
+        return torch.cat([torch.matmul(self.mel_basis[m0:m1, b0:b1], power[..., b0:b1, :])
+                          for m0, m1, b0, b1 in self._bands], dim=-2)
 
     def _one_by_one(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` of each clip alone (after pre-emphasis), padded with its floor."""
@@ -134,6 +148,30 @@ class LogMel(torch.nn.Module):
             return torch.stack(outs)
         finally:
             self.preemphasis = saved
+
+
+def mel_bands(basis: np.ndarray, n_bands: int = 8) -> list[tuple[int, int, int, int]]:
+    """Split a mel basis ``(n_mels, n_bins)`` into ``n_bands`` groups of neighbouring filters,
+    each with the range of FFT bins where some filter of the group is non-zero.
+
+    Returns ``(mel_start, mel_end, bin_start, bin_end)`` tuples that cover every filter once,
+    in order, such that ``basis[m0:m1, b0:b1] @ power[b0:b1]`` stacked over the bands equals
+    ``basis @ power``. A group whose filters are all zero keeps one bin (its rows are zero).
+
+    Examples
+    --------
+    >>> basis = np.zeros((4, 10)); basis[0, 0:3] = basis[1, 2:5] = basis[2, 4:7] = basis[3, 6:9] = 1
+    >>> mel_bands(basis, n_bands=2)
+    [(0, 2, 0, 5), (2, 4, 4, 9)]
+    """
+    n_mels = basis.shape[0]
+    edges = np.linspace(0, n_mels, min(n_bands, n_mels) + 1).round().astype(int)
+    bands = []
+    for m0, m1 in zip(edges[:-1], edges[1:]):
+        bins = np.flatnonzero((basis[m0:m1] != 0).any(axis=0))
+        b0, b1 = (int(bins[0]), int(bins[-1]) + 1) if bins.size else (0, 1)
+        bands.append((int(m0), int(m1), b0, b1))
+    return bands
 
 
 def log_mel(samples: np.ndarray, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
