@@ -6,13 +6,15 @@
   ``decisions.csv``) and its :class:`DecisionBook`;
 - :mod:`~soundtag.cleaning.review`: the local review page (``soundtag review RUN``);
 - :mod:`~soundtag.cleaning.auto`: cleanlab's findings applied without review (``soundtag clean --auto``);
-- :mod:`~soundtag.cleaning.self_verify`: one round of self-verification's accept / relabel / drop.
+- :mod:`~soundtag.cleaning.self_verify`: self-verification's rounds of accept / relabel / drop and
+  retrain (``soundtag self-verify RUN``).
 """
 
 from soundtag.cleaning.auto import auto_clean
 from soundtag.cleaning.decisions import Decision, DecisionBook, default_lists_dir, retrain_command
-from soundtag.cleaning.self_verify import Verdicts, verify_labels
+from soundtag.cleaning.self_verify import RoundReport, Verdicts, self_verify, verify_labels
 from soundtag.cleaning.suspects import find_suspects, rank_suspects, read_suspects, summarize, write_suspects
 
-__all__ = ["Decision", "DecisionBook", "Verdicts", "auto_clean", "default_lists_dir", "find_suspects", "rank_suspects",
-           "read_suspects", "retrain_command", "summarize", "verify_labels", "write_suspects"]
+__all__ = ["Decision", "DecisionBook", "RoundReport", "Verdicts", "auto_clean", "default_lists_dir", "find_suspects",
+           "rank_suspects", "read_suspects", "retrain_command", "self_verify", "summarize", "verify_labels",
+           "write_suspects"]

@@ -4,19 +4,42 @@ One round's decision, from a run's out-of-fold posteriors: an unverified clip is
 when the posterior of its own label reaches ``threshold`` (at most ``per_class`` a class, the
 most confident first), *relabelled* when the model is at least ``relabel_threshold`` sure of
 another label (the same cap, counted for the new label), and *dropped* otherwise. Verified clips
-are always kept as they are. The rounds themselves (retrain on verified + accepted, repeat) are
-ordinary training runs; the command that chains them is still to be built (issue 14).
+are always kept as they are.
+
+:func:`self_verify` runs the rounds (``soundtag self-verify RUN``): round ``r`` decides from the
+out-of-fold posteriors of round ``r - 1``'s run (round 0 is ``RUN``, trained on the noisy labels),
+writes its decisions as a lists folder of the blacklist loop (``decisions.csv`` with a reason
+per clip, ``blacklist.csv`` of the dropped clips, ``relabel.csv``), and trains an ordinary run
+with them. Every round decides on the original labels again, so a clip dropped in one round can
+be accepted in the next by a better model. Layout (default ``RUN-self-verify/``)::
+
+    round-1/lists/   decisions.csv, blacklist.csv, relabel.csv, verdicts.json
+    round-1/run/     the run trained without round 1's dropped clips
+    round-2/...
+    report.json, report.csv   per round: unverified clips accepted, relabelled, dropped
+
+A round's lists appear all at once (written aside, then renamed), and its run resumes like any
+run, so a killed ``self-verify`` started again goes on where it stopped.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from soundtag.errors import ParameterError
+from soundtag.errors import DataError, ParameterError
 
-__all__ = ["Verdicts", "verify_labels"]
+__all__ = ["RoundReport", "Verdicts", "self_verify", "verify_labels"]
+
+VERDICTS_FILE = "verdicts.json"
+REPORT_COLUMNS = ["round", "run", "unverified", "accepted", "relabelled", "dropped", "accepted_correct",
+                  "relabelled_correct", "dropped_wrong", "flipped", "top1", "map3"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +120,163 @@ def verify_labels(probs: np.ndarray, targets: np.ndarray, verified: np.ndarray, 
         relabelled = _capped(sure, best_other, best_conf, per_class, np.zeros(probs.shape[1], int))
     dropped = np.setdiff1d(rest, relabelled)
     return Verdicts(accepted, relabelled, dropped, best_other[relabelled])
+
+
+@dataclass
+class RoundReport:
+    """What one round decided, and what its run scored out of fold (on the labels it trained
+    with). With a ``truth`` (a benchmark's clean labels): how many accepted clips carried their
+    true label, how many relabels found it, how many dropped clips were wrong, and how many
+    unverified clips were wrong in all (``flipped``)."""
+
+    round: int
+    run: str
+    unverified: int
+    accepted: int
+    relabelled: int
+    dropped: int
+    accepted_correct: int | None = None
+    relabelled_correct: int | None = None
+    dropped_wrong: int | None = None
+    flipped: int | None = None
+    top1: float | None = None
+    map3: float | None = None
+    lists: str = field(default="", repr=False)
+
+
+def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, rounds: int = 3,
+                threshold: float = 0.95, per_class: int | None = None, relabel_threshold: float | None = None,
+                truth: dict[str, str] | None = None, progress: bool = True, hardware=None) -> list[RoundReport]:
+    """Run ``rounds`` rounds of self-verification from a finished run (see the module's text).
+
+    Parameters
+    ----------
+    run_dir : a finished run trained on the noisy labels (round 0)
+    out_dir : where the rounds go; default ``<run_dir>-self-verify`` beside it
+    rounds, threshold, per_class, relabel_threshold : as :func:`verify_labels`, each round
+    truth : clip id -> true label, to count how many decisions were right (benchmarks)
+    progress : progress bars of the training runs
+    hardware : :class:`soundtag.training.run.Hardware` of the runs
+
+    Returns
+    -------
+    one :class:`RoundReport` per round, also written to ``report.json`` and ``report.csv``
+    """
+    from soundtag._io import atomic_write_json, atomic_write_text
+    from soundtag.recipe import load_recipe
+    from soundtag.runs import RunDir
+    from soundtag.training.run import Hardware, train
+
+    if rounds < 1:
+        raise ParameterError(f"rounds={rounds} must be at least 1")
+    base = RunDir(run_dir).require_complete()
+    oof = base.out_of_fold()
+    manifest = oof.manifest
+    if manifest.multilabel:
+        raise DataError(f"{base.path}: self-verification takes single-label data; this run is multi-label")
+    labels = list(manifest.labels)
+    targets = np.eye(len(labels))[[labels.index(c.labels[0]) for c in manifest]]
+    # Clips a person checked; where the manifest marks none, every label is on trial.
+    verified = np.array([bool(c.manually_verified) for c in manifest])
+    left_out = [c.id for c, kept in zip(manifest, oof.in_training) if not kept]
+    given = {c.id: c.labels[0] for c in manifest}
+    if truth is not None and set(given) - set(truth):
+        missing = sorted(set(given) - set(truth))
+        raise ParameterError(f"truth has no label for {len(missing)} clip(s) of {base.path}, e.g. {missing[0]}")
+    out = Path(out_dir) if out_dir is not None else base.path.with_name(base.path.name + "-self-verify")
+    info = base.info()
+    reports: list[RoundReport] = []
+    previous = base
+    for r in range(1, rounds + 1):
+        round_dir = out / f"round-{r}"
+        lists = round_dir / "lists"
+        if not (lists / VERDICTS_FILE).is_file():
+            probs = _probs_in_order(previous, manifest.ids)
+            verdicts = verify_labels(probs, targets, verified, threshold=threshold, per_class=per_class,
+                                     relabel_threshold=relabel_threshold)
+            _write_lists(lists, r, manifest, probs, targets, verified, verdicts, left_out, previous.path,
+                         threshold=threshold, per_class=per_class)
+        run = RunDir(round_dir / "run")
+        if not (run.is_run() and not run.unfinished_folds() and run.metrics_file.is_file()):
+            recipe = load_recipe(base.recipe_file(), [f"training.blacklist={lists / 'blacklist.csv'}",
+                                                      f"training.relabel={lists / 'relabel.csv'}"])
+            train(manifest, recipe, run.path, cache_dir=info["cache_dir"], progress=progress, resume=run.is_run(),
+                  data_source=info.get("data"), hardware=hardware or Hardware())
+        reports.append(_round_report(r, run, lists, given, truth))
+        rows = [asdict(x) for x in reports]
+        atomic_write_json(out / "report.json", rows)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=REPORT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out / "report.csv", buf.getvalue())
+        previous = run
+    return reports
+
+
+def _probs_in_order(run, ids: list[str]) -> np.ndarray:
+    oof = run.out_of_fold()
+    row = {c.id: i for i, c in enumerate(oof.manifest)}
+    missing = [i for i in ids if i not in row]
+    if missing:
+        raise DataError(f"{run.path}: no out-of-fold prediction for {len(missing)} clip(s) of the first run, "
+                        f"e.g. {missing[0]}; the rounds must train on the same clips")
+    return oof.probs[[row[i] for i in ids]]
+
+
+def _write_lists(lists: Path, round_no: int, manifest, probs, targets, verified, verdicts: Verdicts,
+                 left_out: list[str], source: Path, *, threshold: float, per_class: int | None) -> None:
+    """The round's decisions as a lists folder, written aside and renamed into place whole."""
+    from soundtag.cleaning.decisions import Decision, DecisionBook
+
+    labels = manifest.labels
+    given = targets.argmax(axis=1)
+    tmp = lists.with_name(lists.name + ".tmp")
+    if tmp.exists():  # left by a killed run: its decisions are recomputed the same way
+        shutil.rmtree(tmp)
+    book = DecisionBook(tmp, clip_ids=manifest.ids, labels=labels)
+    book.start_round(source)
+    tag = f"self-verify round {round_no}"
+
+    def own(i):
+        return f"p({labels[given[i]]})={probs[i, given[i]]:.2f}"
+
+    entries = [Decision(manifest[i].id, "keep", "", f"{tag}: {own(i)} >= {threshold:g}", round_no)
+               for i in verdicts.accepted]
+    entries += [Decision(manifest[i].id, "relabel", labels[new], f"{tag}: p({labels[new]})={probs[i, new]:.2f}",
+                         round_no) for i, new in zip(verdicts.relabelled, verdicts.new_labels)]
+    for i in verdicts.dropped:
+        why = (f"{own(i)} >= {threshold:g}, but its class had its {per_class} accepted"
+               if probs[i, given[i]] >= threshold else f"{own(i)} < {threshold:g}")
+        entries.append(Decision(manifest[i].id, "blacklist", "", f"{tag}: {why}", round_no))
+    dropped_ids = {manifest[i].id for i in verdicts.dropped}
+    entries += [Decision(c, "blacklist", "", f"{tag}: left out of {source.name}'s training", round_no)
+                for c in left_out if c not in dropped_ids]
+    if entries:
+        book.decide_many(entries)
+    ids = manifest.ids
+    (tmp / VERDICTS_FILE).write_text(json.dumps({
+        "round": round_no, "from_run": str(source), "threshold": threshold, "per_class": per_class,
+        "verified": int(verified.sum()), "unverified": int((~verified).sum()),
+        "accepted": [ids[i] for i in verdicts.accepted], "dropped": [ids[i] for i in verdicts.dropped],
+        "relabelled": {ids[i]: labels[new] for i, new in zip(verdicts.relabelled, verdicts.new_labels)},
+    }, indent=1))
+    if lists.exists():  # a lists folder without its verdicts: an older, unfinished write
+        shutil.rmtree(lists)
+    tmp.rename(lists)
+
+
+def _round_report(round_no: int, run, lists: Path, given: dict[str, str],
+                  truth: dict[str, str] | None) -> RoundReport:
+    v = json.loads((lists / VERDICTS_FILE).read_text())
+    metrics = json.loads(run.metrics_file.read_text()).get("all", {}) if run.metrics_file.is_file() else {}
+    report = RoundReport(round_no, str(run.path), v["unverified"], len(v["accepted"]), len(v["relabelled"]),
+                         len(v["dropped"]), top1=metrics.get("top1"), map3=metrics.get("map@3"), lists=str(lists))
+    if truth is not None:  # judged against the labels the round decided on, before its relabels
+        unverified = v["accepted"] + v["dropped"] + list(v["relabelled"])
+        flipped = {c for c in unverified if truth[c] != given[c]}
+        report.accepted_correct = sum(truth[c] == given[c] for c in v["accepted"])
+        report.relabelled_correct = sum(truth[c] == label for c, label in v["relabelled"].items())
+        report.dropped_wrong = sum(c in flipped for c in v["dropped"])
+        report.flipped = len(flipped)
+    return report
