@@ -225,6 +225,7 @@ def ensemble(argv: list[str]) -> None:
 THROUGHPUT_MODELS = ["alexnet-kernel", "seresnet-kernel", "timm:resnet18", "plain-cnn"]
 #: Toggles measured on and off against each model's default device-path step.
 THROUGHPUT_VARIANTS = {"channels_last off": ["training.channels_last=off"],
+                       "fp32": ["training.precision=32"],
                        "bf16 autocast": ["training.precision=bf16-mixed"],
                        "torch.compile": ["training.compile=true"]}
 
@@ -232,13 +233,11 @@ THROUGHPUT_VARIANTS = {"channels_last off": ["training.channels_last=off"],
 def _bf16_note() -> str:
     """Whether this machine computes bf16 natively (a CUDA device, or a CPU with AVX512-BF16 /
     AMX-BF16); elsewhere bf16 autocast is emulated and expected to be slower."""
+    from soundtag.training.run import cpu_native_bf16
+
     if torch.cuda.is_available():
         return "native" if torch.cuda.is_bf16_supported() else "emulated"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    return "native" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "emulated (no avx512_bf16/amx_bf16)"
+    return "native (avx512_bf16/amx_bf16)" if cpu_native_bf16() else "emulated (no avx512_bf16/amx_bf16)"
 
 
 def _lightning_steps(module, loader, steps: int, warmup: int) -> list[float]:
@@ -330,7 +329,7 @@ def throughput(argv: list[str]) -> None:
     from soundtag.manifest import read_manifest
     from soundtag.recipe import load_recipe
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet
+    from soundtag.training.run import FoldSet, _accelerator
     from short_clips import pick_subset
 
     from soundtag._io import atomic_write_json
@@ -361,7 +360,8 @@ def throughput(argv: list[str]) -> None:
     cache = REPO / ".cache" / "benchmarks" / "throughput-features"
     report = {"date": str(dt.date.today()), "machine": device_line(), "torch": torch.__version__,
               "command": " ".join(["python benchmarks/train.py throughput", *map(shlex.quote, argv)]),
-              "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(), "rows": []}
+              "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(),
+              "auto_precision": {"32-true": "fp32"}.get(_accelerator()[1], _accelerator()[1]), "rows": []}
 
     def setup(model: str, overrides: list[str]):
         recipe = load_recipe(args.recipe, [f"training.model={model}", *extra, *overrides])
@@ -425,7 +425,7 @@ def _throughput_doc(report: dict) -> list[str]:
     varied = [r for r in report["rows"] if r["variants"]]
     if varied:
         lines += ["", "Toggles on the device path, samples/s against the model's default step (channels_last on, "
-                  "fp32, no compile):", "", "| model | default | " + " | ".join(THROUGHPUT_VARIANTS) + " |",
+                  f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile):", "", "| model | default | " + " | ".join(THROUGHPUT_VARIANTS) + " |",
                   "|---|---|" + "---|" * len(THROUGHPUT_VARIANTS)]
         for r in varied:
             cells = [f"{r['variants'][n]:.0f} ({r['variants'][n] / r['device']:.2f}x)" if n in r["variants"] else

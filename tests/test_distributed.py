@@ -60,6 +60,9 @@ def _fold_loss(run: Path, k: int) -> tuple[float, list[str]]:
 
 @pytest.mark.slow
 def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path, one_epoch):
+    # fp32: the gathered metric is compared with the out-of-fold predictions to 1e-4, closer than
+    # bf16 autocast (auto on CPUs with native bf16) rounds; the other DDP tests run as auto says.
+    one_epoch = [*one_epoch, "training.precision=32"]
     recipe = load_recipe("esc50-lh", one_epoch)
     manifest = read_manifest(subset)
     cache = tmp_path / "cache"

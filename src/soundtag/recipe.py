@@ -182,7 +182,9 @@ class TrainingConfig(_Section):
     noise: NoiseConfig = NoiseConfig()
     blacklist: str | None = Field(None, description="CSV of clips left out of training (column clip_id or fname)")
     relabel: str | None = Field(None, description="CSV of clip_id,label corrections")
-    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on a GPU that has it (else 16-mixed), and on a CPU with native "
+        "bf16 (AVX512-BF16 or AMX); 32 elsewhere")
     workers: int = Field(0, ge=0, description="DataLoader workers (the streaming path only)")
     device_data: Literal["auto", "on", "off"] = Field(
         "auto", description="hold a fold's features on the training device and draw batches there; auto: when "
@@ -190,6 +192,12 @@ class TrainingConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="NHWC memory layout for the model and its batches; auto: on")
     compile: bool = Field(False, description="torch.compile the model before training")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, value):
+        # `-o training.precision=32` and a bare `precision: 32` in YAML arrive as the number 32.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("device_data", "channels_last", mode="before")
     @classmethod
