@@ -8,7 +8,9 @@ docs/benchmarks.md. Each measurement runs in a fresh subprocess so that its peak
   centred padding, ``librosa.feature.melspectrogram``, ``librosa.power_to_db``, one process;
 * soundtag first run: ``extract_features`` into an empty cache (decode workers + batched
   PyTorch log-mel + store writes);
-* soundtag second run: the same call again, served from the cache.
+* soundtag second run: the same call again, served from the cache;
+* decode-only: the limit that decoding sets, ``soundfile.read`` of every file in ``--workers``
+  processes and nothing else (issue 12's goal: ``extract_features`` at >= 0.8x of it).
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ def run_soundtag(manifest, recipe, cache: str, workers: int) -> dict:
     return {"seconds": first_s, "cached_seconds": second_s}
 
 
+def _decode_one(path: str) -> int:
+    import soundfile as sf
+
+    return sf.read(path, dtype="float32", always_2d=True)[0].shape[0]
+
+
+def run_decode_only(manifest, workers: int) -> dict:
+    """Seconds to decode every clip with soundfile in ``workers`` processes, nothing else: only the
+    sample count comes back, so the time is decoding and the pool's own hand-offs."""
+    import multiprocessing as mp
+
+    paths = [clip.path for clip in manifest]
+    start = time.perf_counter()
+    if workers:
+        with mp.get_context("fork").Pool(workers) as pool:
+            samples = sum(pool.imap_unordered(_decode_one, paths, chunksize=16))
+    else:
+        samples = sum(map(_decode_one, paths))
+    return {"seconds": time.perf_counter() - start, "samples": samples}
+
+
 def one(case: str, pipeline: str, workers: int) -> dict:
     """Measure one pipeline on one case in this process (called in a fresh subprocess)."""
     import torch
@@ -83,7 +106,10 @@ def one(case: str, pipeline: str, workers: int) -> dict:
     folder, recipe_name = CASES[case]
     manifest = read_manifest(Path(os.environ["SOUNDTAG_DATA"]) / folder)
     recipe = load_recipe(recipe_name)
-    if pipeline == "kernel":
+    if pipeline == "decode":
+        run_decode_only(manifest.filter(lambda c: c is manifest[0]), 0)
+        out = run_decode_only(manifest, workers)
+    elif pipeline == "kernel":
         # Warm librosa up on one clip (imports, first-call caches) so steady state is timed.
         run_kernel(manifest.filter(lambda c: c is manifest[0]), recipe)
         out = run_kernel(manifest, recipe)
@@ -114,6 +140,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--repeats", type=int, default=3, help="decode-only / soundtag pairs per case (median kept)")
     parser.add_argument("--write", default=str(REPO / "docs" / "benchmarks.md"),
                         help="markdown file whose 'features' section is replaced ('' to skip)")
     args = parser.parse_args()
@@ -122,48 +149,65 @@ def main() -> None:
         return
     os.environ.setdefault("SOUNDTAG_DATA", str(REPO.parent / "shared" / "data"))
     rows = []
+
+    def measure(case: str, pipeline: str) -> dict:
+        proc = subprocess.run([sys.executable, __file__, "--one", case, pipeline, "--workers", str(args.workers)],
+                              check=True, capture_output=True, text=True)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     for case in args.cases:
-        result = {}
-        for pipeline in ("kernel", "soundtag"):
-            proc = subprocess.run([sys.executable, __file__, "--one", case, pipeline,
-                                   "--workers", str(args.workers)], check=True, capture_output=True, text=True)
-            result[pipeline] = json.loads(proc.stdout.strip().splitlines()[-1])
-        k, s = result["kernel"], result["soundtag"]
+        k = measure(case, "kernel")
+        # Decode-only and soundtag alternate, so that each soundtag run has a decode-only run next
+        # to it in time: on a shared 2-core machine the same run moves by 20-30% from minute to
+        # minute, and the ratio of neighbours is steadier than either rate.
+        pairs = [(measure(case, "decode"), measure(case, "soundtag")) for _ in range(args.repeats)]
+        ratios = [d["seconds"] / s["seconds"] for d, s in pairs]
+        mid = sorted(range(len(pairs)), key=lambda i: ratios[i])[len(pairs) // 2]  # the median pair
+        d, s = pairs[mid]
         n = k["clips"]
         row = {
-            "case": case, "clips": n,
+            "case": case, "clips": n, "repeats": args.repeats,
             "kernel_cps": n / k["seconds"], "soundtag_cps": n / s["seconds"],
             "speedup": k["seconds"] / s["seconds"],
+            "decode_cps": n / d["seconds"], "vs_decode": ratios[mid], "vs_decode_all": sorted(ratios),
             "cached_cps": n / s["cached_seconds"], "cache_speedup": s["seconds"] / s["cached_seconds"],
             "kernel_peak_mb": k["peak_mb"], "soundtag_peak_mb": s["peak_mb"],
         }
         rows.append(row)
         print(json.dumps(row))
     if args.write:
-        write_markdown(Path(args.write), rows, args.workers)
+        write_markdown(Path(args.write), rows, args.workers, args.repeats)
 
 
-def write_markdown(path: Path, rows: list[dict], workers: int) -> None:
+def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> None:
     lines = [
         "<!-- features:start -->",
         "## Feature extraction (`benchmarks/features.py`)",
         "",
         f"- Date: {dt.date.today().isoformat()}",
         f"- Machine: {machine()}",
-        f"- Command: `python benchmarks/features.py --workers {workers}` (SOUNDTAG_DATA=../shared/data)",
+        f"- Command: `python benchmarks/features.py --workers {workers} --repeats {repeats}` (SOUNDTAG_DATA=../shared/data)",
         "- Kernel: one process, per file `librosa.load` + `trim(top_db=60)` + head crop + "
         "`melspectrogram` + `power_to_db`. soundtag: `extract_features`, "
         f"{workers} decoding workers + batched PyTorch log-mel + store writes, into an empty cache; "
-        "then the same call again, served from the cache. Both pipelines are warmed up on one clip first "
-        "(imports, first-call caches). Peak memory is the process plus its largest child.",
+        "then the same call again, served from the cache. Decode-only: `soundfile.read` of every file in "
+        f"{workers} processes and nothing else, the limit decoding sets (goal, issue 12: soundtag >= 0.8x of it). "
+        "Each pipeline is warmed up on one clip first (imports, first-call caches) and runs in a fresh process, "
+        "one after the other, with the files in the page cache. Decode-only and soundtag alternate "
+        f"{repeats} times; the row is the pair with the median ratio (all ratios in the last column). "
+        "Peak memory is the process plus its largest child.",
         "",
-        "| case | clips | kernel clips/s | soundtag clips/s | speed-up | cached clips/s | cached vs first run | kernel peak MB | soundtag peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | clips | decode-only clips/s | soundtag clips/s | soundtag vs decode-only | kernel clips/s | "
+        "soundtag vs kernel | cached clips/s | cached vs first run | kernel peak MB | soundtag peak MB | "
+        "every soundtag / decode-only ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['clips']} | {r['kernel_cps']:.0f} | {r['soundtag_cps']:.0f} | "
-                     f"{r['speedup']:.2f}x | {r['cached_cps']:.0f} | {r['cache_speedup']:.0f}x | "
-                     f"{r['kernel_peak_mb']:.0f} | {r['soundtag_peak_mb']:.0f} |")
+        lines.append(f"| {r['case']} | {r['clips']} | {r['decode_cps']:.0f} | {r['soundtag_cps']:.0f} | "
+                     f"{r['vs_decode']:.2f}x | {r['kernel_cps']:.0f} | {r['speedup']:.2f}x | {r['cached_cps']:.0f} | "
+                     f"{r['cache_speedup']:.0f}x | "
+                     f"{r['kernel_peak_mb']:.0f} | {r['soundtag_peak_mb']:.0f} | "
+                     f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} |")
     lines.append("<!-- features:end -->")
     section = "\n".join(lines)
     text = path.read_text() if path.is_file() else "# Benchmarks\n\nRun by hand; each section is rewritten by its script.\n"
