@@ -136,6 +136,31 @@ def fast() -> list[str]:
     return list(FAST)
 
 
+def _benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module, loaded once (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+
+    key = f"soundtag_benchmarks_{name}"
+    if key not in sys.modules:
+        repo = Path(__file__).resolve().parents[1]
+        spec = importlib.util.spec_from_file_location(key, repo / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # before running it: its dataclasses look their module up
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """``benchmark_module("train")``: a script of benchmarks/ as a module, loaded once."""
+    return _benchmark
+
+
 def _read_csv_rows(path: Path) -> tuple[list[str], list[dict]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)

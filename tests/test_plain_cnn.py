@@ -4,7 +4,6 @@ clips (issue 11): the cut, the resumable cache, and the benchmark's smoke mode e
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,17 +21,6 @@ from soundtag.models import create_model, list_models
 from soundtag.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _short_clips():
-    """benchmarks/short_clips.py, loaded once (benchmarks/ is not a package)."""
-    name = "soundtag_benchmarks_short_clips"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "short_clips.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: its dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -107,8 +95,8 @@ def test_plain_cnn_recipe_is_issue_12s_baseline():
 
 # --- the short clips of the robustness benchmark --------------------------------------------
 
-def test_loudest_window_matches_brute_force_and_takes_the_earliest_tie():
-    loudest_window = _short_clips().loudest_window
+def test_loudest_window_matches_brute_force_and_takes_the_earliest_tie(benchmark_module):
+    loudest_window = benchmark_module("short_clips").loudest_window
     rng = np.random.default_rng(0)
     for _ in range(20):
         x = rng.normal(size=int(rng.integers(20, 200))) * rng.uniform(0, 3, size=1)
@@ -126,8 +114,8 @@ def test_loudest_window_matches_brute_force_and_takes_the_earliest_tie():
         loudest_window(np.zeros((10, 2)), 4)
 
 
-def test_cut_clip_picks_the_event_then_resamples():
-    cut_clip = _short_clips().cut_clip
+def test_cut_clip_picks_the_event_then_resamples(benchmark_module):
+    cut_clip = benchmark_module("short_clips").cut_clip
     rate = 16000
     x = np.zeros(5 * rate, np.float32)
     t = np.arange(rate // 4) / rate
@@ -138,8 +126,8 @@ def test_cut_clip_picks_the_event_then_resamples():
     assert low.shape == (4000,) and low.dtype == np.float32
 
 
-def test_build_case_writes_flac_once_atomically_and_keeps_folds(tmp_path):
-    short_clips = _short_clips()
+def test_build_case_writes_flac_once_atomically_and_keeps_folds(tmp_path, benchmark_module):
+    short_clips = benchmark_module("short_clips")
     rng = np.random.default_rng(1)
     src = tmp_path / "src"
     src.mkdir()
@@ -169,8 +157,8 @@ def test_build_case_writes_flac_once_atomically_and_keeps_folds(tmp_path):
         short_clips.build_case(short_clips.CASES["full"], source, out)
 
 
-def test_smoke_subset_takes_a_handful_of_each_class_in_every_fold(esc50_root):
-    m = _short_clips().pick_subset(read_manifest(esc50_root), classes=10, per_class_per_fold=2)
+def test_smoke_subset_takes_a_handful_of_each_class_in_every_fold(esc50_root, benchmark_module):
+    m = benchmark_module("short_clips").pick_subset(read_manifest(esc50_root), classes=10, per_class_per_fold=2)
     assert len(m) == 100
     assert {(c.labels[0], c.fold) for c in m} == {(lab, f) for lab in read_manifest(esc50_root).labels[:10]
                                                  for f in range(1, 6)}
@@ -210,19 +198,8 @@ def test_robustness_benchmark_smoke_runs_end_to_end(data_root, tmp_path):
     assert (doc.read_bytes() if doc.is_file() else None) == before
 
 
-def _train_benchmark():
-    """benchmarks/train.py, loaded once (it imports its neighbours from benchmarks/)."""
-    name = "soundtag_benchmarks_train"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def test_robustness_runs_in_parts_keep_earlier_rows_and_compare_only_equal_epoch_scales(tmp_path):
-    bench = _train_benchmark()
+def test_robustness_runs_in_parts_keep_earlier_rows_and_compare_only_equal_epoch_scales(tmp_path, benchmark_module):
+    bench = benchmark_module("train")
 
     def row(case, recipe, top1, minutes, scale, command):
         return {"case": case, "recipe": recipe, "top1": top1, "top1_last_epoch": top1, "map3": top1,

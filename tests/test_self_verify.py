@@ -127,3 +127,29 @@ def test_self_verify_refuses_what_it_cannot_do(noisy_run, tmp_path):
         self_verify(noisy_run, tmp_path / "b", rounds=1, truth={})
     with pytest.raises(DataError, match="not a soundtag run"):
         self_verify(tmp_path, tmp_path / "c")
+
+
+def test_the_benchmark_gives_esc50_fsdkaggle2018s_shape_of_noise(esc50_root, benchmark_module):
+    from soundtag.manifest import read_manifest
+
+    bench = benchmark_module("label_noise")
+    clean = read_manifest(esc50_root)
+    noisy, flips, unverified = bench.fsd2018_noise(clean, 0.6, 1 / 3, seed=0)
+    before = {c.id: c for c in clean}
+    trained_on = [c for c in noisy if c.fold != 1]
+    assert len(unverified) == round(0.6 * len(trained_on)) == 960
+    assert len(flips) == round(len(unverified) / 3) == 320 and set(flips) <= unverified
+    for c in noisy:
+        if c.fold == 1:  # the scored fold: verified and untouched
+            assert c.manually_verified and c.labels == before[c.id].labels
+        assert c.manually_verified == (c.id not in unverified)
+        if c.id in flips:
+            true, given = flips[c.id]
+            assert true == before[c.id].labels[0] != given == c.labels[0]
+        else:
+            assert c.labels == before[c.id].labels
+    again = bench.fsd2018_noise(clean, 0.6, 1 / 3, seed=0)
+    assert again[1] == flips and again[2] == unverified
+    assert bench.fsd2018_noise(clean, 0.6, 1 / 3, seed=1)[1] != flips
+    assert bench.precision_recall({"a", "b"}, {"b", "c", "d", "e"}) == (0.5, 0.25)
+    assert bench.precision_recall(set(), {"b"}) == (None, 0.0)

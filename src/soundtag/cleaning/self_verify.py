@@ -156,7 +156,7 @@ def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, round
     rounds, threshold, per_class, relabel_threshold : as :func:`verify_labels`, each round
     truth : clip id -> true label, to count how many decisions were right (benchmarks)
     progress : progress bars of the training runs
-    hardware : :class:`soundtag.training.run.Hardware` of the runs
+    hardware : :class:`soundtag.training.Hardware` of the runs
 
     Returns
     -------
@@ -165,7 +165,7 @@ def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, round
     from soundtag._io import atomic_write_json, atomic_write_text
     from soundtag.recipe import load_recipe
     from soundtag.runs import RunDir
-    from soundtag.training.run import Hardware, train
+    from soundtag.training import Hardware, train  # the public API: the rounds are ordinary runs
 
     if rounds < 1:
         raise ParameterError(f"rounds={rounds} must be at least 1")
