@@ -85,6 +85,14 @@ def ms(values: list[float]) -> str:
     return f"{1000 * statistics.median(values):.1f}"
 
 
+def _run_model(run: Path) -> str:
+    """The recipe and model the run was trained with, as its recipe.yaml says."""
+    from soundtag.recipe import load_recipe
+
+    recipe = load_recipe(run / "recipe.yaml")
+    return f"recipe {recipe.name}, model {recipe.training.model}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a finished run (default: train esc50-cpu-lh briefly)")
@@ -121,7 +129,7 @@ def main() -> None:
         f"- machine: {machine()}",
         f"- date: {dt.date.today().isoformat()}",
         f"- command: `python benchmarks/inference.py{' --run ' + str(args.run) if args.run else ''} --clips {args.clips}`",
-        f"- run: `{run.name}` (esc50-cpu-lh view and AlexNet-like net, {folds} fold models per clip, combined by "
+        f"- run: `{run.name}` ({_run_model(run)}, {folds} fold models per clip, combined by "
         "their geometric mean); each file decoded, resampled, log-mel'd and tagged on its own, as `soundtag tag` does",
         "",
         f"Two threads, {len(files)} ESC-50 files (five seconds each):",

@@ -118,7 +118,7 @@ def train(
     folds: Optional[int] = typer.Option(None, "--folds", help="number of folds (datasets with their own folds keep them)"),
     fold: List[int] = typer.Option([], "--fold", help="train only this fold, counted from 0 in the order of "
                                    "the dataset's folds (ESC-50 fold 1 is 0); repeatable"),
-    model: Optional[str] = typer.Option(None, "--model", help="alexnet-kernel, vgg, seresnet-kernel or timm:<name>"),
+    model: Optional[str] = typer.Option(None, "--model", help="a registered model (alexnet-kernel, vgg, seresnet-kernel, plain-cnn, ...) or timm:<name>"),
     init: Optional[Path] = typer.Option(None, "--init", help="start from these weights (training.checkpoint): a "
                                         "soundtag checkpoint, or a released PANNs / EfficientAT file for the "
                                         "panns-cnn14-ft / efficientat-mn10-ft recipes; a new head for the labels"),
