@@ -89,6 +89,9 @@ def test_rounds_decide_from_the_previous_run_and_train_without_the_dropped(noisy
         previous = Path(r.run)
     _, report = read_csv_rows(tmp_path / "sv" / "report.csv")
     assert [int(row["round"]) for row in report] == [1, 2]
+    # The same folder with other settings would mix two experiments: refused, nothing retrained.
+    with pytest.raises(ParameterError, match="give another --out"):
+        self_verify(noisy_run, tmp_path / "sv", rounds=2, threshold=0.5, progress=False)
 
 
 def test_a_killed_self_verify_resumes_without_redoing_finished_rounds(noisy_run, tmp_path):

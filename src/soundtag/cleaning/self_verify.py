@@ -190,13 +190,21 @@ def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, round
     for r in range(1, rounds + 1):
         round_dir = out / f"round-{r}"
         lists = round_dir / "lists"
-        if not (lists / VERDICTS_FILE).is_file():
+        if (lists / VERDICTS_FILE).is_file():
+            made = json.loads((lists / VERDICTS_FILE).read_text())
+            settings = {"threshold": threshold, "per_class": per_class, "relabel_threshold": relabel_threshold}
+            if {k: made.get(k) for k in settings} != settings:
+                raise ParameterError(f"{round_dir} was decided with {({k: made.get(k) for k in settings})}, not "
+                                     f"{settings}; give another --out to run rounds with these settings")
+        else:
             probs = _probs_in_order(previous, manifest.ids)
             verdicts = verify_labels(probs, targets, verified, threshold=threshold, per_class=per_class,
                                      relabel_threshold=relabel_threshold)
             _write_lists(lists, r, manifest, probs, targets, verified, verdicts, left_out, previous.path,
-                         threshold=threshold, per_class=per_class)
+                         threshold=threshold, per_class=per_class, relabel_threshold=relabel_threshold)
         run = RunDir(round_dir / "run")
+        if run.path.exists() and not run.is_run():
+            shutil.rmtree(run.path)  # killed before its run.json: nothing of it was finished
         if not (run.is_run() and not run.unfinished_folds() and run.metrics_file.is_file()):
             recipe = load_recipe(base.recipe_file(), [f"training.blacklist={lists / 'blacklist.csv'}",
                                                       f"training.relabel={lists / 'relabel.csv'}"])
@@ -225,7 +233,8 @@ def _probs_in_order(run, ids: list[str]) -> np.ndarray:
 
 
 def _write_lists(lists: Path, round_no: int, manifest, probs, targets, verified, verdicts: Verdicts,
-                 left_out: list[str], source: Path, *, threshold: float, per_class: int | None) -> None:
+                 left_out: list[str], source: Path, *, threshold: float, per_class: int | None,
+                 relabel_threshold: float | None) -> None:
     """The round's decisions as a lists folder, written aside and renamed into place whole."""
     from soundtag.cleaning.decisions import Decision, DecisionBook
 
@@ -257,6 +266,7 @@ def _write_lists(lists: Path, round_no: int, manifest, probs, targets, verified,
     ids = manifest.ids
     (tmp / VERDICTS_FILE).write_text(json.dumps({
         "round": round_no, "from_run": str(source), "threshold": threshold, "per_class": per_class,
+        "relabel_threshold": relabel_threshold,
         "verified": int(verified.sum()), "unverified": int((~verified).sum()),
         "accepted": [ids[i] for i in verdicts.accepted], "dropped": [ids[i] for i in verdicts.dropped],
         "relabelled": {ids[i]: labels[new] for i, new in zip(verdicts.relabelled, verdicts.new_labels)},
