@@ -191,6 +191,28 @@ def test_self_verification_accepts_only_above_the_threshold_within_the_per_class
     assert len(uncapped.relabelled) == 0, "no relabel_threshold: never relabel"
 
 
+def test_the_auto_threshold_is_what_four_fifths_of_the_verified_clips_reach():
+    from soundtag.cleaning.self_verify import verify_labels
+
+    rng = np.random.default_rng(1)
+    n, classes = 300, 5
+    given = rng.integers(0, classes, n)
+    probs = rng.dirichlet(np.full(classes, 0.5), n)
+    verified = rng.random(n) < 0.4
+    # the unverified clips' posteriors do not move the level: only the checked labels set it
+    shuffled = probs.copy()
+    shuffled[~verified] = rng.dirichlet(np.full(classes, 0.5), int((~verified).sum()))
+    v, w = (verify_labels(p, np.eye(classes)[given], verified, threshold="auto") for p in (probs, shuffled))
+    own = probs[np.arange(n), given]
+    assert v.threshold == w.threshold
+    assert np.mean(own[verified] >= v.threshold) == pytest.approx(0.8, abs=1 / verified.sum())
+    assert set(v.accepted) == set(np.flatnonzero(~verified & (own >= v.threshold)))
+    with pytest.raises(ParameterError, match="no clip is marked verified"):
+        verify_labels(probs, np.eye(classes)[given], np.zeros(n, bool), threshold="auto")
+    with pytest.raises(ParameterError, match="'auto'"):
+        verify_labels(probs, np.eye(classes)[given], verified, threshold="automatic")
+
+
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_no_strategy_is_the_mean_of_the_plain_loss(multilabel):
     logits, y = _batch(7)

@@ -126,8 +126,9 @@ def clean(
 def self_verify(
     run: Path = typer.Argument(..., help="a finished run trained on the noisy labels"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="rounds of decide-then-retrain"),
-    threshold: float = typer.Option(0.95, "--threshold", help="out-of-fold posterior of its own label an "
-                                    "unverified clip needs to be kept"),
+    threshold: str = typer.Option("0.95", "--threshold", help="out-of-fold posterior of its own label an "
+                                  "unverified clip needs to be kept, or 'auto': the level the model reaches on 80% "
+                                  "of the verified clips (for models whose posteriors are spread, e.g. by mixup)"),
     per_class: Optional[int] = typer.Option(None, "--per-class", min=0, help="keep at most N unverified clips a "
                                             "class (the most confident); default: no cap"),
     relabel_above: Optional[float] = typer.Option(None, "--relabel-above", help="relabel a clip when the model "
@@ -152,16 +153,21 @@ def self_verify(
 
     from soundtag.cleaning import self_verify as run_rounds
 
+    if threshold != "auto":
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise typer.BadParameter(f"--threshold {threshold!r}: give a number in (0, 1], e.g. 0.95, or 'auto'")
     for name, value in (("--threshold", threshold), ("--relabel-above", relabel_above)):
-        if value is not None and not 0 < value <= 1:
+        if isinstance(value, float) and not 0 < value <= 1:
             raise typer.BadParameter(f"{name} {value} must be in (0, 1], e.g. 0.95")
     reports = run_rounds(run, out, rounds=rounds, threshold=threshold, per_class=per_class,
                          relabel_threshold=relabel_above, progress=progress)
     table = Table(title=f"self-verify {run}: unverified clips per round")
-    for column in ("round", "kept", "relabelled", "dropped", "top-1 out of fold", "run"):
+    for column in ("round", "threshold", "kept", "relabelled", "dropped", "top-1 out of fold", "run"):
         table.add_column(column)
     for r in reports:
-        table.add_row(str(r.round), f"{r.accepted} of {r.unverified}", str(r.relabelled), str(r.dropped),
+        table.add_row(str(r.round), f"{r.threshold:.3g}", f"{r.accepted} of {r.unverified}", str(r.relabelled), str(r.dropped),
                       "" if r.top1 is None else f"{100 * r.top1:.1f}%", r.run)
     console.print(table)
     console.print(f"lists of the last round: {reports[-1].lists}; report: {Path(reports[-1].run).parents[1] / 'report.csv'}",
