@@ -75,6 +75,21 @@ def test_lh_batches_on_the_device_are_the_streaming_batches(clips, tmp_path, ove
             assert torch.equal(od, os_) and torch.equal(yd, ys)
 
 
+def test_the_device_batches_carry_each_clips_verified_flag_as_the_streaming_ones(clips, tmp_path):
+    import dataclasses
+
+    verified = {c.id: i % 3 == 0 for i, c in enumerate(clips)}  # noise strategies read this per sample
+    flagged = clips.map(lambda c: dataclasses.replace(c, manually_verified=verified[c.id]))
+    streaming, _, _ = _plan(flagged, tmp_path, [], "off")
+    device, _, _ = _plan(flagged, tmp_path, [], "on")
+    drawn = []
+    for (_, ys, _, ts), (_, yd, _, td) in zip(streaming.train, device.train, strict=True):
+        assert torch.equal(yd, ys) and torch.equal(td, ts)
+        drawn.append(td)
+    drawn = torch.cat(drawn)
+    assert drawn.any() and not drawn.all(), "both verified and unverified clips were drawn"
+
+
 def test_an_epoch_on_the_device_draws_every_class_as_oversampling_says(clips, tmp_path):
     device, _, _ = _plan(clips, tmp_path, ["training.batch_size=6"], "on")  # 18 draws: no batch dropped
     labels = Counter()

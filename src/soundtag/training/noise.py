@@ -22,7 +22,8 @@ bootstrap  soft bootstrapping (Reed et al. 2015): the target becomes
 ========== ==============================================================================
 
 Mixup mixes a batch before the loss: a mixed sample is trusted only when both of its sources
-are (:func:`mixed_trust`), and every loss here takes soft targets.
+are (:func:`mixed_trust`), and every loss here takes soft targets. Under DDP each process ranks
+its own share of the batch, so masking leaves out the fraction of each process's untrusted samples.
 
 Written here rather than taken from a library: the robust-loss packages take hard class
 indices and no per-sample trust, and none masks a batch by rank.
