@@ -2,7 +2,8 @@
 
 One round's decision, from a run's out-of-fold posteriors: an unverified clip is *accepted*
 when the posterior of its own label reaches ``threshold`` (a number, or ``"auto"``: the level
-the model reaches on 80% of the verified clips; at most ``per_class`` a class, the most confident first), *relabelled* when the model is at least ``relabel_threshold`` sure of
+the model reaches on 80% of the verified clips; at most ``per_class`` a class, the most
+confident first), *relabelled* when the model is at least ``relabel_threshold`` sure of
 another label (the same cap, counted for the new label), and *dropped* otherwise. Verified clips
 are always kept as they are.
 
