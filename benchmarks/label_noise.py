@@ -4,7 +4,7 @@ Run by hand; it rewrites its section of docs/benchmarks.md::
 
     python benchmarks/label_noise.py                                   # ESC-50, about 70 min on 2 cores
     python benchmarks/label_noise.py --epochs 1 --classes 5 --no-doc   # smoke run, about 2 min
-    python benchmarks/label_noise.py --shape fsd2018                   # every strategy of issue 14 (about 80 min on 2 cores at --epochs 15)
+    python benchmarks/label_noise.py --shape fsd2018                   # every strategy of issue 14 (about 45 min on 2 cores at --epochs 15)
 
 What it does, on ESC-50 (from $SOUNDTAG_DATA/esc50 unless --data says otherwise):
 

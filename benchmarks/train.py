@@ -187,36 +187,48 @@ def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | Non
 
 def ensemble(argv: list[str]) -> None:
     """Blend finished runs with `soundtag ensemble`'s own code and report each run and the blend."""
-    from soundtag.prediction.ensemble import ensemble_runs
-
+    from soundtag import evaluation
     from soundtag._io import atomic_write_json
+    from soundtag.prediction.combine import geometric_mean
+    from soundtag.prediction.ensemble import align, ensemble_runs, load_oof_predictions
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py ensemble", description=ensemble.__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="ensemble directory")
+    parser.add_argument("--case", choices=["esc50", "esc10"], default="esc50", help="the data the runs were trained on")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
     args = parser.parse_args(argv)
     result = ensemble_runs(args.runs, args.out)
-    row = {"runs": [str(r) for r in args.runs], "weights": result.weights.tolist(),
+    # Equal weights beside the fitted ones: those are fitted on the very out-of-fold predictions
+    # they are scored on, which flatters the blend a little.
+    oofs = [load_oof_predictions(r)[0] for r in args.runs]
+    stack = np.stack([oofs[0].probs] + [align(oofs[0], o, str(r)).probs for r, o in zip(args.runs[1:], oofs[1:])])
+    equal = evaluation.summarize(oofs[0].targets(), geometric_mean(stack, multilabel=oofs[0].multilabel),
+                                 multilabel=oofs[0].multilabel)
+    row = {"case": args.case, "runs": [str(r) for r in args.runs], "weights": result.weights.tolist(),
            "run_top1": [m["top1"] for m in result.run_metrics], "top1": result.blend_metrics["top1"],
            "map3": result.blend_metrics["map@3"], "clips": result.blend_metrics["clips"],
+           "equal_weights_top1": equal["top1"], "equal_weights_map3": equal["map@3"],
            "date": str(dt.date.today()), "machine": device_line()}
     print(json.dumps(row))
     if args.json:
         atomic_write_json(args.json, row)
     if args.doc:
-        write_section("train-esc50-ensemble", [
-            "## Accuracy: ESC-50 5-fold, LH + X ensemble (`benchmarks/train.py ensemble`)", "",
+        folds = "ESC-50 5-fold" if args.case == "esc50" else "ESC-10 5-fold"
+        write_section(f"train-{args.case}-ensemble", [
+            f"## Accuracy: {folds}, LH + X ensemble (`benchmarks/train.py ensemble`)", "",
             f"- Date: {row['date']}; machine: {row['machine']}",
-            f"- Command: `python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}`",
-            f"- Goal: {GOALS['esc50']}",
-            "- Blend: `soundtag ensemble` (weighted geometric mean, two weights fitted on the same out-of-fold "
-            "predictions it is scored on)", "",
+            f"- Command: `python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}"
+            + (f" --case {args.case}`" if args.case != "esc50" else "`"),
+            f"- Goal: {GOALS[args.case]}",
+            "- Blend: `soundtag ensemble` (weighted geometric mean, the weights fitted on the same out-of-fold "
+            "predictions it is scored on); the equal-weight geometric mean beside it fits nothing", "",
             "| run | weight | top-1 |", "|---|---|---|",
-            *[f"| {Path(r).name} | {w:.2f} | {100 * t:.1f}% |" for r, w, t in
+            *[f"| {Path(r).name} | {w:.2f} | {100 * t:.2f}% |" for r, w, t in
               zip(row["runs"], row["weights"], row["run_top1"])],
-            f"| **blend** ({row['clips']} clips) | | **{100 * row['top1']:.1f}%** (MAP@3 {row['map3']:.4f}) |",
+            f"| **blend** ({row['clips']} clips) | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
+            f"| blend | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
         ], doc=Path(args.doc))
 
 
