@@ -191,6 +191,7 @@ def ensemble(argv: list[str]) -> None:
     from soundtag._io import atomic_write_json
     from soundtag.prediction.combine import geometric_mean
     from soundtag.prediction.ensemble import align, ensemble_runs, load_oof_predictions
+    from soundtag.runs import RunDir
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py ensemble", description=ensemble.__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
@@ -206,8 +207,9 @@ def ensemble(argv: list[str]) -> None:
     stack = np.stack([oofs[0].probs] + [align(oofs[0], o, str(r)).probs for r, o in zip(args.runs[1:], oofs[1:])])
     equal = evaluation.summarize(oofs[0].targets(), geometric_mean(stack, multilabel=oofs[0].multilabel),
                                  multilabel=oofs[0].multilabel)
-    row = {"case": args.case, "runs": [str(r) for r in args.runs], "weights": result.weights.tolist(),
-           "run_top1": [m["top1"] for m in result.run_metrics], "top1": result.blend_metrics["top1"],
+    recipes = [RunDir(r).recipe().name for r in args.runs]
+    row = {"case": args.case, "runs": [str(r) for r in args.runs], "recipes": recipes,
+           "weights": result.weights.tolist(), "run_top1": [m["top1"] for m in result.run_metrics], "top1": result.blend_metrics["top1"],
            "map3": result.blend_metrics["map@3"], "clips": result.blend_metrics["clips"],
            "equal_weights_top1": equal["top1"], "equal_weights_map3": equal["map@3"],
            "date": str(dt.date.today()), "machine": device_line()}
@@ -224,11 +226,11 @@ def ensemble(argv: list[str]) -> None:
             f"- Goal: {GOALS[args.case]}",
             "- Blend: `soundtag ensemble` (weighted geometric mean, the weights fitted on the same out-of-fold "
             "predictions it is scored on); the equal-weight geometric mean beside it fits nothing", "",
-            "| run | weight | top-1 |", "|---|---|---|",
-            *[f"| {Path(r).name} | {w:.2f} | {100 * t:.2f}% |" for r, w, t in
-              zip(row["runs"], row["weights"], row["run_top1"])],
-            f"| **blend** ({row['clips']} clips) | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
-            f"| blend | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
+            "| run | recipe | weight | top-1 |", "|---|---|---|---|",
+            *[f"| `{r}` | {name} | {w:.2f} | {100 * t:.2f}% |" for r, name, w, t in
+              zip(row["runs"], recipes, row["weights"], row["run_top1"])],
+            f"| **blend** ({row['clips']} clips) | | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
+            f"| blend | | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
         ], doc=Path(args.doc))
 
 
@@ -375,8 +377,12 @@ def throughput(argv: list[str]) -> None:
               "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(),
               "auto_precision": {"32-true": "fp32"}.get(_accelerator()[1], _accelerator()[1]), "rows": []}
 
+    own_model = load_recipe(args.recipe).training.model
+
     def setup(model: str, overrides: list[str]):
-        recipe = load_recipe(args.recipe, [f"training.model={model}", *extra, *overrides])
+        # The recipe's model_args belong to its own model: the others get their defaults.
+        own_args = [] if model == own_model else ["training.model_args={}"]
+        recipe = load_recipe(args.recipe, [f"training.model={model}", *own_args, *extra, *overrides])
         store, _ = extract_features(manifest, recipe, cache_dir=cache, progress=False, shard="all")
         data = FoldSet.build(manifest, recipe, store).loaders(0)
         module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel,
