@@ -6,6 +6,7 @@ later ones live beside them in :mod:`soundtag.commands`, one module a stage.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from enum import Enum
 from pathlib import Path
@@ -293,6 +294,26 @@ def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this reci
 app.add_typer(data_commands.app, name="data")
 for command in cleaning_commands.COMMANDS:
     app.command()(command)
+
+
+def unwrap_prose(doc: str) -> str:
+    """A command's help with the lines of each prose paragraph joined.
+
+    Typer keeps the line breaks of every paragraph after the first, which suits the indented
+    examples but cuts sentences short in a terminal of another width.
+
+    >>> unwrap_prose("Title.\\n\\n    Some prose\\n    on two lines.\\n\\n    Examples:\\n\\n      soundtag a\\n      soundtag b")
+    'Title.\\n\\nSome prose on two lines.\\n\\nExamples:\\n\\n  soundtag a\\n  soundtag b'
+    """
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.splitlines())
+                       for p in paragraphs)
+
+
+for _typer in (app, data_commands.app):
+    for _info in _typer.registered_commands:
+        if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+            _info.help = unwrap_prose(_info.callback.__doc__)
 
 
 def main() -> None:
