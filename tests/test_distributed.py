@@ -273,3 +273,40 @@ def test_extract_features_takes_its_shard_from_the_launcher_unless_told_all(subs
     assert (summary.clips, summary.cached) == (2, 2) and summary.failures_csv.name == "failures-shard-0-of-3.csv"
     with pytest.raises(ParameterError, match="3/3"):
         extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False, shard="3/3")
+
+
+@pytest.mark.slow
+def test_loss_masking_under_ddp_reaches_each_processs_loss_and_spares_verified_clips(subset, tmp_path, one_epoch):
+    """Two DDP processes, one epoch: with every clip verified, masking trains exactly as the plain
+    loss does (verified clips are never masked; this also shows the runs are repeatable), and
+    with half of them unverified the same run ends with other weights (the flags reach the loss
+    in each process), both predicting every clip of the fold once."""
+    import csv
+
+    import torch
+
+    with open(subset, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    base = [*one_epoch, "training.precision=32", "training.noise.mask_fraction=0.5"]
+    weights = {}
+    for name, strategy, verified in (("plain", "none", lambda i: 1), ("verified", "mask", lambda i: 1),
+                                     ("half", "mask", lambda i: i % 2)):
+        data = tmp_path / f"{name}.csv"
+        with open(data, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*rows[0], "manually_verified"])
+            writer.writeheader()
+            writer.writerows({**row, "manually_verified": verified(i)} for i, row in enumerate(rows))
+        run = tmp_path / name
+        proc = _cli("train", "--data", str(data), "--recipe", "esc50-lh",
+                    *_recipe_args([*base, f"training.noise.strategy={strategy}"]), "--out", str(run),
+                    "--cache", str(tmp_path / "cache"), "--fold", "0", "--devices", "2", "--strategy", "ddp",
+                    "--no-progress", launcher=_torchrun(2))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        done = json.loads((run / "fold-0" / "done.json").read_text())
+        assert done["processes"] == 2
+        assert sorted(done["clips"]) == sorted(c.id for c in read_manifest(data) if c.fold == 1)
+        weights[name] = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    same = [k for k in weights["plain"] if torch.equal(weights["plain"][k], weights["verified"][k])]
+    assert same == list(weights["plain"]), "a fully verified run must not be touched by masking"
+    assert any(not torch.equal(weights["verified"][k], weights["half"][k]) for k in weights["verified"]
+               if weights["verified"][k].is_floating_point())
