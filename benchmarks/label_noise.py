@@ -4,7 +4,7 @@ Run by hand; it rewrites its section of docs/benchmarks.md::
 
     python benchmarks/label_noise.py                                   # ESC-50, about 70 min on 2 cores
     python benchmarks/label_noise.py --epochs 1 --classes 5 --no-doc   # smoke run, about 2 min
-    python benchmarks/label_noise.py --shape fsd2018                   # every strategy of issue 14 (about 45 min on 2 cores at --epochs 15)
+    python benchmarks/label_noise.py --shape fsd2018 --epochs 15       # every strategy of issue 14, about 45 min on 2 cores
 
 What it does, on ESC-50 (from $SOUNDTAG_DATA/esc50 unless --data says otherwise):
 
@@ -24,11 +24,11 @@ their clips are marked unverified and a third of those get a wrong label (seeded
 written to OUT), fold 1 stays verified and untouched. Fold-1 models are trained on clean labels;
 noisy labels, no strategy; the blacklist loop with a reviewer over the top 2N suspects; ``clean
 --auto``; loss masking; the noise-robust losses (GCE, SCE, bootstrapping); self-verification
-(``self_verify``, 3 rounds over folds 2-5); and two combinations with loss masking (self-verification's
-lists, ``clean --auto``'s). For each: fold-1 top-1, MAP@3, the fold-1 model's training minutes and
-the minutes in all (with the cross-validations the strategy needed first), and the precision/recall
-of the clips it took out of their label against the flipped list. Goals: the best within 1 point of clean labels, one fully
-automatic strategy within 2.
+(``self_verify``, 3 rounds over folds 2-5); and two combinations with loss masking
+(self-verification's lists, ``clean --auto``'s). For each: fold-1 top-1, MAP@3, the fold-1
+model's training minutes and the minutes in all (with the cross-validations the strategy needed
+first), and the precision/recall of the clips it took out of their label against the flipped
+list. Goals: the best within 1 point of clean labels, one fully automatic strategy within 2.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def run_fsd2018_shape(args, recipe, overrides: list[str]) -> None:
         "robust loss: bootstrapping (beta 0.8)": (noisy, ["training.noise.strategy=bootstrap"], None, 0.0),
         f"self-verification, {args.rounds} rounds, threshold {args.threshold}": (noisy, sv, verified_out, sv_minutes),
         f"self-verification ({args.rounds} rounds) + loss masking": (noisy, sv + mask, verified_out, sv_minutes),
-        f"clean --auto + loss masking": (noisy, auto_list + mask, auto, cv_minutes),
+        "clean --auto + loss masking": (noisy, auto_list + mask, auto, cv_minutes),
     }
     rows = []
     for i, (name, (manifest, extra, removed, before)) in enumerate(cases.items()):
@@ -231,8 +231,8 @@ def run_fsd2018_shape(args, recipe, overrides: list[str]) -> None:
                      "removed": None if removed is None else len(removed),
                      "precision": p, "recall": rc, "automatic": "reviewer" not in name})
         print(name, json.dumps(rows[-1]), flush=True)
-    result = {"clips": len(clean), "unverified": len(on_trial), "flipped": n, "rows": rows, "cv_minutes": cv_minutes,
-              "rounds": [dataclasses.asdict(x) for x in rounds], "round1_at_0.95": at_095, "out": str(out)}
+    result = {"clips": len(clean), "unverified": len(on_trial), "flipped": n, "rows": rows,
+              "cv_minutes": cv_minutes, "rounds": [dataclasses.asdict(x) for x in rounds], "round1_at_0.95": at_095, "out": str(out)}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if args.doc:

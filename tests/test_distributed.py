@@ -288,6 +288,8 @@ def test_loss_masking_under_ddp_reaches_each_processs_loss_and_spares_verified_c
     with open(subset, newline="") as fh:
         rows = list(csv.DictReader(fh))
     base = [*one_epoch, "training.precision=32", "training.noise.mask_fraction=0.5"]
+    cache = tmp_path / "cache"  # processes started together need the features first
+    extract_features(read_manifest(subset), load_recipe("esc50-lh", base), cache_dir=cache, workers=0, progress=False)
     weights = {}
     for name, strategy, verified in (("plain", "none", lambda i: 1), ("verified", "mask", lambda i: 1),
                                      ("half", "mask", lambda i: i % 2)):
@@ -299,7 +301,7 @@ def test_loss_masking_under_ddp_reaches_each_processs_loss_and_spares_verified_c
         run = tmp_path / name
         proc = _cli("train", "--data", str(data), "--recipe", "esc50-lh",
                     *_recipe_args([*base, f"training.noise.strategy={strategy}"]), "--out", str(run),
-                    "--cache", str(tmp_path / "cache"), "--fold", "0", "--devices", "2", "--strategy", "ddp",
+                    "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp",
                     "--no-progress", launcher=_torchrun(2))
         assert proc.returncode == 0, proc.stderr[-3000:]
         done = json.loads((run / "fold-0" / "done.json").read_text())
