@@ -332,12 +332,15 @@ def test_review_in_a_real_browser(server, lists, read_csv_rows):
             page.keyboard.press("ArrowLeft")
             until(page, f"document.getElementById('clip-id').textContent === {first!r}")
             assert page.inner_text("#decision").startswith("blacklist")
+            # Why, beside it: the finders' reasons, written as the decision's reason when the person gave none.
+            reason = read_csv_rows(lists / "blacklist.csv")[1][0]["reason"]
+            assert reason and page.inner_text("#decision-reason") == reason
             row = page.locator("#rows tr").first
             assert row.get_attribute("data-clip") == first and "blacklist" in row.inner_text()
 
             page.keyboard.press("u")  # undo, from the keyboard too
             until(page, f"document.getElementById('progress').textContent === '0 of {len(suspects)} reviewed'")
-            assert page.inner_text("#decision") == "none"
+            assert page.inner_text("#decision") == "none" and page.inner_text("#decision-reason") == ""
         finally:
             browser.close()
     assert read_csv_rows(lists / "blacklist.csv")[1] == []

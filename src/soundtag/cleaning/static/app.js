@@ -55,6 +55,13 @@ function setBadge(node, d) {
   node.className = "badge" + (d ? " " + d.decision : "");
 }
 
+// The open clip's decision with why it was made: a person's note, the finders' reasons, or
+// self-verification's ("self-verify round 2: p(dog)=0.41 < 0.95").
+function showDecision(d) {
+  setBadge($("decision"), d);
+  $("decision-reason").textContent = d && d.reason ? d.reason : "";
+}
+
 // --- loading and filters ---------------------------------------------------------------
 async function load() {
   try {
@@ -157,7 +164,7 @@ function show(i) {
   $("clip-id").textContent = s.clip_id;
   $("given").textContent = s.labels.join(", ");
   $("verified").textContent = s.verified === true ? "manually verified" : s.verified === false ? "not verified" : "";
-  setBadge($("decision"), s.decision);
+  showDecision(s.decision);
   $("reasons").replaceChildren(...s.reasons.map((r) => el("span", { class: "chip", text: r })));
   const facts = [];
   if (s.score !== null) facts.push(`score ${s.score.toFixed(3)}`);
@@ -227,7 +234,7 @@ async function decide(decision, label) {
     const res = await request("POST", "/api/decisions", body);
     s.decision = res.decision;
     markRow(s);
-    setBadge($("decision"), s.decision);
+    showDecision(s.decision);
     showProgress(res.progress);
     say("");
     show(nextOpen(pos + 1));
