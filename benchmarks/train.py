@@ -187,10 +187,8 @@ def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | Non
 
 def ensemble(argv: list[str]) -> None:
     """Blend finished runs with `soundtag ensemble`'s own code and report each run and the blend."""
-    from soundtag import evaluation
     from soundtag._io import atomic_write_json
-    from soundtag.prediction.combine import geometric_mean
-    from soundtag.prediction.ensemble import align, ensemble_runs, load_oof_predictions
+    from soundtag.prediction.ensemble import ensemble_runs
     from soundtag.runs import RunDir
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py ensemble", description=ensemble.__doc__)
@@ -203,16 +201,13 @@ def ensemble(argv: list[str]) -> None:
     result = ensemble_runs(args.runs, args.out)
     # Equal weights beside the fitted ones: those are fitted on the very out-of-fold predictions
     # they are scored on, which flatters the blend a little.
-    oofs = [load_oof_predictions(r)[0] for r in args.runs]
-    stack = np.stack([oofs[0].probs] + [align(oofs[0], o, str(r)).probs for r, o in zip(args.runs[1:], oofs[1:])])
-    equal = evaluation.summarize(oofs[0].targets(), geometric_mean(stack, multilabel=oofs[0].multilabel),
-                                 multilabel=oofs[0].multilabel)
+    equal = result.equal_weight_metrics
     recipes = [RunDir(r).recipe().name for r in args.runs]
     row = {"case": args.case, "runs": [str(r) for r in args.runs], "recipes": recipes,
-           "weights": result.weights.tolist(), "run_top1": [m["top1"] for m in result.run_metrics], "top1": result.blend_metrics["top1"],
-           "map3": result.blend_metrics["map@3"], "clips": result.blend_metrics["clips"],
-           "equal_weights_top1": equal["top1"], "equal_weights_map3": equal["map@3"],
-           "date": str(dt.date.today()), "machine": device_line()}
+           "weights": result.weights.tolist(), "run_top1": [m["top1"] for m in result.run_metrics],
+           "top1": result.blend_metrics["top1"], "map3": result.blend_metrics["map@3"],
+           "clips": result.blend_metrics["clips"], "equal_weights_top1": equal["top1"],
+           "equal_weights_map3": equal["map@3"], "date": str(dt.date.today()), "machine": device_line()}
     print(json.dumps(row))
     if args.json:
         atomic_write_json(args.json, row)

@@ -284,6 +284,10 @@ def test_ensemble_weights_come_from_oof_only_and_blend_the_test_predictions(runs
     assert np.allclose(blend.probs, geometric_mean(stack, weights=w), atol=1e-6)
     targets = np.array([[lab in runs.data[runs.data.ids.index(c)].labels for lab in labels] for c in ids], float)
     assert np.allclose(w, fit_blend_weights(targets, stack), atol=1e-6)
+    # Beside it, the blend that fits nothing: equal weights, scored on the same clips.
+    equal = evaluation.summarize(targets, geometric_mean(stack))
+    assert first.equal_weight_metrics["top1"] == pytest.approx(equal["top1"])
+    assert info["blend"]["equal_weights_oof"]["log_loss"] == pytest.approx(equal["log_loss"], rel=1e-6)
 
     # Test predictions that reward the run with less weight: fitting on them would move the weights.
     test_ids = [f"test-{i:03d}.wav" for i in range(30)]

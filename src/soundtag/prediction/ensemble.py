@@ -34,6 +34,9 @@ class EnsembleResult:
     blend_metrics: dict
     fitted_on: int
     predictions: list[Path]
+    #: The equal-weight blend's out-of-fold metrics: nothing fitted on the clips it is scored on,
+    #: unlike ``blend_metrics``, whose weights were.
+    equal_weight_metrics: dict | None = None
 
 
 def load_oof_predictions(run: str | Path) -> tuple[Predictions, np.ndarray]:
@@ -75,6 +78,8 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult
     blended = geometric_mean(stack, weights=weights, multilabel=base.multilabel)
     run_metrics = [evaluation.summarize(targets, p.probs, multilabel=base.multilabel) for p in aligned]
     blend_metrics = evaluation.summarize(targets, blended, multilabel=base.multilabel)
+    equal_weight_metrics = evaluation.summarize(targets, geometric_mean(stack, multilabel=base.multilabel),
+                                                multilabel=base.multilabel)
 
     out = EnsembleDir(out_dir)
     out.predictions_dir.mkdir(parents=True, exist_ok=True)
@@ -93,10 +98,12 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult
     out.write_info({
         "runs": [{"path": str(r.absolute()), "weight": float(w), "oof": m}
                  for r, w, m in zip(runs, weights, run_metrics)],
-        "blend": {"oof": blend_metrics, "combination": "weighted geometric mean",
+        "blend": {"oof": blend_metrics, "equal_weights_oof": equal_weight_metrics,
+                  "combination": "weighted geometric mean",
                   "fitted_on": "out-of-fold predictions of the training clips, blacklisted clips left out",
                   "fitted_clips": int(fit_mask.sum())},
         "predictions": [p.name for p in written],
         "created": dt.datetime.now().isoformat(timespec="seconds"),
     })
-    return EnsembleResult(out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written)
+    return EnsembleResult(out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written,
+                          equal_weight_metrics)
