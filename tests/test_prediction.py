@@ -49,6 +49,8 @@ from soundtag.prediction import (
 from soundtag.prediction.combine import EPS, blend_loss, clip_means
 from soundtag.prediction.ensemble import load_oof_predictions
 from soundtag.prediction.tagger import read_onnx_metadata
+from soundtag.prediction.predict import predict_out_of_fold
+from soundtag.runs import RunDir
 from soundtag.training import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -741,6 +743,40 @@ def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemb
     code, stdout, stderr = soundtag_main("predict", runs.x, "--data", runs.subset, "--out", out, "--no-progress")
     assert code == 0, stdout + stderr
     assert out.read_text() == res.path.read_text()
+
+
+@pytest.mark.slow
+def test_out_of_fold_tta_in_training_matches_predicting_again_from_the_fold_models(runs, tmp_path, fast,
+                                                                                   soundtag_main):
+    # Training rolls its out-of-fold chunks on the device with torch; predict_out_of_fold rolls
+    # them in NumPy and runs the exported-model path (FoldEnsemble): two ways to the same numbers.
+    recipe = load_recipe("esc50-x", fast + LEARN + ["training.tta=2"])
+    run = train(runs.data, recipe, tmp_path / "x-tta", cache_dir=runs.cache, progress=False).run_dir
+    stored = RunDir(run).out_of_fold()
+    again = predict_out_of_fold(run, progress=False)                     # the recipe's tta, 2
+    assert again.manifest.ids == stored.manifest.ids
+    assert np.abs(again.probs - stored.probs).max() <= 1e-4
+    plain = predict_out_of_fold(run, tta=0, progress=False)
+    assert np.abs(plain.probs - stored.probs).max() > 1e-3                 # the copies changed them
+    assert np.allclose(plain.probs.sum(axis=1), 1.0, atol=1e-5)
+
+    # predict and tag default to the recipe's copies too
+    default = predict_dataset(run, runs.data, out=tmp_path / "default.csv", progress=False)
+    two = predict_dataset(run, runs.data, out=tmp_path / "two.csv", tta=2, progress=False)
+    none = predict_dataset(run, runs.data, out=tmp_path / "none.csv", tta=0, progress=False)
+    assert np.array_equal(default.predictions.probs, two.predictions.probs)
+    assert np.abs(default.predictions.probs - none.predictions.probs).max() > 1e-3
+
+    # evaluate --tta scores the new predictions apart and leaves the run's own metrics alone
+    before = json.loads((Path(run) / "metrics.json").read_text())
+    code, stdout, stderr = soundtag_main("evaluate", run, "--tta", "0")
+    assert code == 0, stdout + stderr
+    assert "metrics-tta0.json" in _flat(stdout)
+    scored = json.loads((Path(run) / "metrics-tta0.json").read_text())
+    assert scored["tta"] == 0 and before["tta"] == 2
+    assert json.loads((Path(run) / "metrics.json").read_text()) == before
+    targets = np.array([[lab in c.labels for lab in plain.manifest.labels] for c in plain.manifest], float)
+    assert scored["all"]["top1"] == pytest.approx(evaluation.top1_accuracy(targets, plain.probs))
 
 
 @pytest.mark.slow

@@ -195,14 +195,14 @@ def _auto_recipe(manifest, name: str, overrides: List[str], *, quiet: bool = Fal
     return r
 
 
-def _print_metrics(run_dir: Path, metrics: dict) -> None:
+def _print_metrics(run_dir: Path, metrics: dict, written: str = "the metrics and plots") -> None:
     from soundtag.reports import metrics_table
 
     console.print(metrics_table(run_dir, metrics))
     if not metrics.get("complete", True):
         console.print(f"[yellow]the other folds are not trained: these clips are {metrics['all']['clips']} of the "
                       f"dataset; train the rest with `soundtag train --resume {escape(str(run_dir))}`[/]", soft_wrap=True)
-    console.print(f"wrote the metrics and plots to {escape(str(run_dir))}", soft_wrap=True)
+    console.print(f"wrote {written} to {escape(str(run_dir))}", soft_wrap=True)
 
 
 @app.command("merge-folds")
@@ -233,16 +233,28 @@ def merge_folds_cmd(
 
 
 @app.command()
-def evaluate(run: Path = typer.Argument(..., help="a run directory")):
+def evaluate(run: Path = typer.Argument(..., help="a run directory"),
+             tta: Optional[int] = typer.Option(None, "--tta", help="predict out of fold again from the kept fold "
+                                               "models with this many shifted copies of every chunk")):
     """Evaluate a run's out-of-fold predictions: metrics, confusion matrix, learning curves.
 
-    Example:
+    With --tta N the fold models predict their held-out clips again with N time-shifted copies
+    of every chunk, and the metrics go to metrics-ttaN.json: whether test-time augmentation
+    helps a run, measured without training it again (predict and tag take the same --tta).
+
+    Examples:
 
       soundtag evaluate runs/esc50-cpu-lh-20261124-101500
+
+      soundtag evaluate runs/esc50-cpu-lh-20261124-101500 --tta 4
     """
     from soundtag.training import evaluate_run
 
-    _print_metrics(run, evaluate_run(run))
+    metrics = evaluate_run(run, tta=tta)
+    if tta is None:
+        _print_metrics(run, metrics)
+    else:
+        _print_metrics(run, metrics, written=f"metrics-tta{tta}.json (out of fold, {tta} shifted copies of every chunk)")
 
 
 for command in prediction_commands.COMMANDS:

@@ -176,6 +176,9 @@ class TrainingConfig(_Section):
         "best", description="the weights a fold predicts out of fold with: the best epoch by `monitor` on "
         "the validation fold, or the last epoch (EMA weights when ema is on), named before training")
     monitor: Literal["val_loss", "val_map3"] = "val_loss"
+    tta: int = Field(0, ge=0, description="test-time copies of every chunk, rolled in time by up to half the "
+                     "training shift, averaged into the out-of-fold predictions; predict and tag use as many "
+                     "unless given --tta")
     early_stopping: int | None = Field(None, gt=0, description="patience in epochs; null: off")
     balance: Literal["oversample", "balanced", "none"] = "oversample"
     augment: AugmentConfig = AugmentConfig()

@@ -38,7 +38,8 @@ def predict(
     layout: Optional[str] = LayoutOpt,
     split: Optional[str] = typer.Option(None, "--split", help="for datasets with splits (fsdkaggle2018): train or test"),
     out: Optional[Path] = typer.Option(None, "--out", help="predictions CSV (default: RUN/predictions/<dataset>.csv)"),
-    tta: int = typer.Option(0, "--tta", help="test-time augmentation: shifted copies of every crop"),
+    tta: Optional[int] = typer.Option(None, "--tta", help="test-time augmentation: shifted copies of every "
+                                      "crop (default: the recipe's training.tta)"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="feature store folder (default: the run's)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
@@ -131,7 +132,8 @@ def tag(
                                               "neighbouring windows of a label merged into one event"),
     arch: Optional[str] = ArchOpt,
     engine: Optional[Engine] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
-    tta: int = typer.Option(0, "--tta", help="shifted copies of every crop"),
+    tta: Optional[int] = typer.Option(None, "--tta", help="shifted copies of every crop (default: the "
+                                      "recipe's training.tta)"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
 ):
     """Tag audio files of any format, rate, channel count and length.

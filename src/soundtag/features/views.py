@@ -132,6 +132,51 @@ def eval_chunks(spec: np.ndarray, recipe: "Recipe") -> np.ndarray:
     return spec[None]
 
 
+def tta_shifts(width: int, n: int, max_fraction: float = 0.2) -> list[int]:
+    """Frame shifts of ``n`` extra test-time copies of a ``width``-frame view.
+
+    Alternating directions with growing size up to ``max_fraction`` of the width; the copies
+    are rolled in time as training's shift augmentation rolls its inputs.
+
+    Examples
+    --------
+    >>> tta_shifts(100, 4)
+    [10, -10, 20, -20]
+    >>> tta_shifts(100, 3, max_fraction=0.1)
+    [5, -5, 10]
+    """
+    if n < 0:
+        raise ParameterError(f"tta={n} must be 0 or more")
+    pairs = -(-n // 2)
+    step = max_fraction * width / max(pairs, 1)
+    return [int(round(step * (1 + i // 2))) * (1 if i % 2 == 0 else -1) for i in range(n)]
+
+
+def add_tta_copies(chunks, recipe: "Recipe", n: int):
+    """``chunks`` ``(c, ..., frames)`` followed by ``n`` copies of them rolled in time, as
+    ``(c * (1 + n), ..., frames)``: copy ``j`` of chunk ``i`` is row ``j * c + i``.
+
+    The shifts (:func:`tta_shifts`) reach half the recipe's training shift, so each copy is a
+    view the model was trained on. A NumPy array or a torch tensor (rolled where it lives).
+
+    Examples
+    --------
+    >>> from soundtag.recipe import load_recipe
+    >>> add_tta_copies(np.arange(8.0).reshape(1, 1, 8), load_recipe("esc50-cpu-lh"), 2)[:, 0]
+    array([[0., 1., 2., 3., 4., 5., 6., 7.],
+           [6., 7., 0., 1., 2., 3., 4., 5.],
+           [2., 3., 4., 5., 6., 7., 0., 1.]])
+    """
+    if not n:
+        return chunks
+    shifts = tta_shifts(chunks.shape[-1], n, 0.5 * recipe.training.augment.shift.max_fraction)
+    if isinstance(chunks, np.ndarray):
+        return np.concatenate([chunks] + [np.roll(chunks, s, axis=-1) for s in shifts])
+    import torch
+
+    return torch.cat([chunks] + [chunks.roll(s, -1) for s in shifts])
+
+
 def normalize_per_sample(spec: np.ndarray, *, over: str = "window") -> np.ndarray:
     """The kernel's LH normalisation ``(x - mean) / (std + 1)`` over one sample.
 

@@ -26,7 +26,7 @@ from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
 from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
 from soundtag.recipe import Recipe
-from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
+from soundtag.features.views import add_tta_copies, chunk_starts, decode_for_recipe, eval_chunks, x_chunks
 from soundtag.prediction.combine import combine_folds, geometric_mean
 from soundtag.runs import EnsembleDir, RunDir
 
@@ -50,37 +50,6 @@ class ClipTags:
 class TagFailure:
     path: str
     message: str
-
-
-def tta_shifts(width: int, n: int, max_fraction: float = 0.2) -> list[int]:
-    """Frame shifts of ``n`` extra test-time copies of a ``width``-frame view.
-
-    Alternating directions with growing size up to ``max_fraction`` of the width; the copies
-    are rolled in time as training's shift augmentation rolls its inputs.
-
-    Examples
-    --------
-    >>> tta_shifts(100, 4)
-    [10, -10, 20, -20]
-    """
-    if n < 0:
-        raise ParameterError(f"tta={n} must be 0 or more")
-    pairs = -(-n // 2)
-    step = max_fraction * width / max(pairs, 1)
-    return [int(round(step * (1 + i // 2))) * (1 if i % 2 == 0 else -1) for i in range(n)]
-
-
-def with_shifted_copies(chunks: np.ndarray, shifts: list[int]) -> np.ndarray:
-    """``chunks`` followed by each of them rolled by every shift: ``(n * (1 + len(shifts)), ...)``."""
-    return np.concatenate([chunks] + [np.roll(chunks, s, axis=-1) for s in shifts])
-
-
-def add_tta_copies(chunks: np.ndarray, recipe: Recipe, n: int) -> np.ndarray:
-    """``chunks`` with ``n`` test-time shifted copies each, up to half the recipe's training shift."""
-    if not n:
-        return chunks
-    limit = 0.5 * recipe.training.augment.shift.max_fraction
-    return with_shifted_copies(chunks, tta_shifts(chunks.shape[-1], n, limit))
 
 
 class ModelTagger:
@@ -122,10 +91,11 @@ class ModelTagger:
         wav.samples = audio.pad_center(wav.samples, r.audio.sample_rate)
         return wav
 
-    def tag(self, path: str | Path, *, timeline: bool = False, tta: int = 0) -> ClipTags:
-        """Probabilities for one file (any format, rate, channels, length)."""
+    def tag(self, path: str | Path, *, timeline: bool = False, tta: int | None = None) -> ClipTags:
+        """Probabilities for one file (any format, rate, channels, length); ``tta`` shifted
+        copies of every chunk (default: the recipe's ``training.tta``)."""
         chunks, notes = self.chunks(path)
-        chunks = add_tta_copies(chunks, self.recipe, tta)
+        chunks = add_tta_copies(chunks, self.recipe, self.recipe.training.tta if tta is None else tta)
         probs = combine_folds(self.fold_probs(chunks), np.zeros(len(chunks), dtype=int), 1,
                               multilabel=self.multilabel)[0]
         result = ClipTags(str(path), probs, notes=notes)
@@ -175,7 +145,7 @@ class EnsembleTagger:
         self.members, self.weights, self.source = members, np.asarray(weights, dtype=np.float64), source
         self.labels, self.multilabel, self.engine = labels, members[0].multilabel, members[0].engine
 
-    def tag(self, path: str | Path, *, timeline: bool = False, tta: int = 0) -> ClipTags:
+    def tag(self, path: str | Path, *, timeline: bool = False, tta: int | None = None) -> ClipTags:
         if timeline:
             raise ParameterError("--timeline needs one run or model: an ensemble's runs cut time differently")
         parts = [m.tag(path, tta=tta) for m in self.members]
@@ -330,7 +300,7 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def tag_files(tagger, paths: Iterable[str | Path], *, timeline: bool = False, tta: int = 0,
+def tag_files(tagger, paths: Iterable[str | Path], *, timeline: bool = False, tta: int | None = None,
               on_result: Callable[[ClipTags | TagFailure], None] | None = None
               ) -> tuple[list[ClipTags], list[TagFailure]]:
     """Tag every file; one that is missing or cannot be decoded becomes a :class:`TagFailure`

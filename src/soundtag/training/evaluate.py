@@ -19,18 +19,29 @@ from soundtag.runs import RunDir
 from soundtag.training.splits import label_matrix
 
 
-def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True) -> dict:
+def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int | None = None) -> dict:
     """Compute and write ``metrics.json`` and the plots of a run (and ``oof.csv`` once every fold
     is finished); a run with unfinished folds is scored on its finished folds' clips.
+
+    With ``tta``, the out-of-fold predictions are made again from the kept fold models with
+    that many shifted copies of every chunk
+    (:func:`~soundtag.prediction.predict.predict_out_of_fold`) and the metrics go to
+    ``metrics-tta<N>.json``; the run's own predictions, metrics and plots are left as they are.
 
     Returns
     -------
     The metrics: ``all``, ``not_blacklisted``, ``blacklisted`` (and ``verified`` when the
     manifest says), each with ``clips``, ``map@3``, ``top1`` and ``log_loss`` or ``lwlrap``;
-    ``per_fold``, ``per_class``; ``folds`` (the finished folds scored) and ``complete``.
+    ``per_fold``, ``per_class``; ``folds`` (the finished folds scored), ``complete`` and ``tta``
+    (the shifted copies the predictions were made with).
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    oof = run.require().out_of_fold(partial=True)
+    if tta is None:
+        oof = run.require().out_of_fold(partial=True)
+    else:
+        from soundtag.prediction.predict import predict_out_of_fold
+
+        oof = predict_out_of_fold(run, tta=tta, progress=False)
     manifest, probs, folds, in_training = oof.manifest, oof.probs, oof.folds, oof.in_training
     targets = label_matrix(manifest)
     verified = np.array([c.manually_verified is not False for c in manifest])
@@ -46,6 +57,10 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True) -> dict:
     metrics["per_class"] = {lab: {"recall": _num(r), "precision": _num(p), "clips": int(targets[:, i].sum())}
                             for i, (lab, r, p) in enumerate(zip(manifest.labels, recall, precision))}
     metrics["folds"], metrics["complete"] = oof.finished, oof.complete
+    metrics["tta"] = run.recipe().training.tta if tta is None else tta
+    if tta is not None:
+        atomic_write_json(run.path / f"metrics-tta{tta}.json", metrics)
+        return metrics
     atomic_write_json(run.metrics_file, metrics)
     if oof.complete:
         _write_oof_csv(run.oof_csv, manifest, probs, folds, in_training)

@@ -431,7 +431,7 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     best = str(last) if t.keep == "last" else (checkpoint.best_model_path or str(last))
     best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu", init_weights=False)
     # One process predicts the whole fold, so every clip is predicted exactly once.
-    probs = predict_clips(best_module, data.oof, trainer.strategy.root_device)
+    probs = predict_clips(best_module, data.oof, trainer.strategy.root_device, tta=t.tta)
     run.finish_fold(k, probs, {
         "fold": k, "clips": data.oof_ids, "train_clips": data.train_clips,
         "val_clips": data.val_clips, "best_checkpoint": Path(best).name,
@@ -441,13 +441,19 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     trainer.strategy.barrier("oof")
 
 
-def predict_clips(module, loader: torch.utils.data.DataLoader, device: torch.device) -> np.ndarray:
-    """Clip probabilities of every clip of an evaluation loader, in its order."""
+def predict_clips(module, loader: torch.utils.data.DataLoader, device: torch.device, *, tta: int = 0) -> np.ndarray:
+    """Clip probabilities of every clip of an evaluation loader, in its order, each the mean over
+    its chunks and their ``tta`` shifted copies (:func:`~soundtag.features.views.add_tta_copies`)."""
+    from soundtag.features.views import add_tta_copies
+    from soundtag.models.batching import pad_chunks
     from soundtag.training.module import clip_probabilities
 
     module = module.to(device).eval()
     out = []
     with torch.inference_mode():
         for x, owner, y in loader:
-            out.append(clip_probabilities(module(x.to(device)), owner.to(device), len(y), module.multilabel).float().cpu())
+            x, owner = x.to(device), owner.to(device)
+            if tta:  # the copies of row i are rows i + c, i + 2c, ...: the owners repeat
+                x, owner = pad_chunks(add_tta_copies(x[: len(owner)], module.recipe, tta)), owner.repeat(tta + 1)
+            out.append(clip_probabilities(module(x), owner, len(y), module.multilabel).float().cpu())
     return torch.cat(out).numpy()
