@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite of issue 12 as one prepared command: set up what the GPU machine's image lacks,
 # then the training throughput benchmark, the 5-fold ESC-50 runs of esc50-gpu-lh and esc50-gpu-x,
-# and their LH + X ensemble. Results (JSON, the docs sections, the log) go to OUTDIR.
+# their LH + X ensemble, and both runs scored again with test-time shifted copies. Results (JSON,
+# the docs sections, the log) go to OUTDIR.
 #
 #   bash benchmarks/device_suite.sh OUTDIR            # on the GPU machine (meant for the 12-minute
 #                                                     # budget of issue 12; not yet run on one)
@@ -69,5 +70,8 @@ done
 stamp "ensemble"
 "$py" benchmarks/train.py ensemble "$runs/esc50-gpu-lh" "$runs/esc50-gpu-x" --out "$runs/ensemble" \
   --json "$out/ensemble.json" --doc "$out/benchmarks.md"
+stamp "test-time shifted copies"
+"$py" benchmarks/train.py tta "$runs/esc50-gpu-lh" "$runs/esc50-gpu-x" --tta 0 2 4 --case esc50 \
+  --json "$out/tta.json" --doc "$out/benchmarks.md"
 rm -rf "$runs/features"  # the feature cache: large, and rebuilt from the data in seconds
 stamp "done: $out"

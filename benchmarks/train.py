@@ -8,6 +8,8 @@ Run by hand; each part rewrites its own section of docs/benchmarks.md::
     python benchmarks/train.py esc50               # ESC-50, all 5 folds (meant for a GPU)
     python benchmarks/train.py robustness          # short clips cut from ESC-50/ESC-10, fold 1, three recipes
     python benchmarks/train.py throughput          # samples/s: loader path, device path, bare step
+    python benchmarks/train.py ensemble RUN RUN --out DIR   # soundtag ensemble of finished runs
+    python benchmarks/train.py tta RUN [RUN ...]   # out of fold again with test-time shifted copies
 
 The data comes from SOUNDTAG_DATA (default ../shared/data).
 """
@@ -227,6 +229,68 @@ def ensemble(argv: list[str]) -> None:
             f"| **blend** ({row['clips']} clips) | | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
             f"| blend | | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
         ], doc=Path(args.doc))
+
+
+def tta_scores(argv: list[str]) -> None:
+    """Score finished runs out of fold with N test-time shifted copies of every chunk
+    (`soundtag evaluate RUN --tta N`'s code), each run and their equal-weight blend."""
+    from soundtag import evaluation
+    from soundtag._io import atomic_write_json
+    from soundtag.prediction.combine import geometric_mean
+    from soundtag.prediction.predict import predict_out_of_fold
+    from soundtag.runs import RunDir
+    from soundtag.training.splits import label_matrix
+
+    parser = argparse.ArgumentParser(prog="benchmarks/train.py tta", description=tta_scores.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--tta", nargs="+", type=int, default=[0, 2, 4, 8], help="copies to score (default: %(default)s)")
+    parser.add_argument("--case", choices=["esc50", "esc10"], default="esc10", help="the data the runs were trained on")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
+    args = parser.parse_args(argv)
+    runs = [RunDir(r).require_complete() for r in args.runs]
+    rows = []
+    for n in args.tta:
+        start = time.perf_counter()
+        oofs = [predict_out_of_fold(run, tta=n, progress=False) for run in runs]
+        seconds = time.perf_counter() - start
+        ids = oofs[0].manifest.ids
+        for oof in oofs[1:]:
+            if oof.manifest.ids != ids:
+                raise SystemExit("the runs hold different clips (or in another order): train them on the same data")
+        targets = label_matrix(oofs[0].manifest)
+        scores = [evaluation.summarize(targets, o.probs) for o in oofs]
+        row = {"tta": n, "seconds": seconds, "top1": [m["top1"] for m in scores], "map3": [m["map@3"] for m in scores]}
+        if len(runs) > 1:
+            blend = evaluation.summarize(targets, geometric_mean(np.stack([o.probs for o in oofs])))
+            row |= {"blend_top1": blend["top1"], "blend_map3": blend["map@3"]}
+        rows.append(row)
+        print(json.dumps(row))
+    recipes = [run.recipe().name for run in runs]
+    report = {"case": args.case, "runs": [str(r) for r in args.runs], "recipes": recipes, "rows": rows,
+              "clips": len(ids), "date": str(dt.date.today()), "machine": device_line(), "code": code_version()}
+    if args.json:
+        atomic_write_json(args.json, report)
+    if not args.doc:
+        return
+    folds = "ESC-50 5-fold" if args.case == "esc50" else "ESC-10 5-fold"
+    head = "| test-time copies | " + " | ".join(f"{name} top-1 (MAP@3)" for name in recipes)
+    head += " | equal-weight blend top-1 (MAP@3) |" if len(runs) > 1 else " |"
+    cells = len(runs) + (len(runs) > 1)
+    lines = [f"## Test-time shifted copies, out of fold: {folds} (`benchmarks/train.py tta`)", "",
+             f"- Date: {report['date']}; machine: {report['machine']}; code {report['code']}",
+             f"- Command: `python benchmarks/train.py tta {' '.join(map(str, args.runs))} --tta "
+             f"{' '.join(map(str, args.tta))} --case {args.case}`",
+             "- Each fold model predicts its own held-out clips again with N copies of every chunk rolled in time "
+             "(`soundtag evaluate RUN --tta N`); N = 0 is the run as trained. The runs were trained with the "
+             "recipes named, unchanged; nothing is fitted on these scores.", "",
+             head, "|---|" + "---|" * cells]
+    for row in rows:
+        parts = [f"{100 * t:.2f}% ({m:.4f})" for t, m in zip(row["top1"], row["map3"])]
+        if len(runs) > 1:
+            parts.append(f"{100 * row['blend_top1']:.2f}% ({row['blend_map3']:.4f})")
+        lines.append(f"| {row['tta']} | " + " | ".join(parts) + " |")
+    write_section(f"tta-{args.case}", lines, doc=Path(args.doc))
 
 
 # --- throughput (issue 12): samples/s of a training step, three ways -------------------------
@@ -739,6 +803,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["ensemble"]:
         ensemble(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["tta"]:
+        tta_scores(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["overhead", "esc10", "esc50-fold1", "esc50", "robustness", "throughput"])

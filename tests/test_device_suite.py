@@ -34,8 +34,14 @@ def test_the_gpu_suite_runs_end_to_end_in_smoke_mode(data_root, tmp_path):
         assert 0 <= result["top1"] <= 1
     ensemble = json.loads((out / "ensemble.json").read_text())
     assert len(ensemble["weights"]) == 2 and 0 <= ensemble["top1"] <= 1 and ensemble["clips"] == 100
+    tta = json.loads((out / "tta.json").read_text())
+    assert [row["tta"] for row in tta["rows"]] == [0, 2, 4] and tta["clips"] == 100
+    assert tta["rows"][0]["top1"] == pytest.approx([result["top1"] for result in
+                                                    (json.loads((out / f"{r}.json").read_text())
+                                                     for r in ("esc50-gpu-lh", "esc50-gpu-x"))], abs=0.011)
     text = (out / "benchmarks.md").read_text()
-    for section in ("train-throughput", "train-esc50-esc50-gpu-lh", "train-esc50-esc50-gpu-x", "train-esc50-ensemble"):
+    for section in ("train-throughput", "train-esc50-esc50-gpu-lh", "train-esc50-esc50-gpu-x", "train-esc50-ensemble",
+                    "tta-esc50"):
         assert f"<!-- {section}:start -->" in text
     assert "[suite +" in (out / "suite.log").read_text() and "done:" in (out / "suite.log").read_text()
     assert not (out / "runs" / "features").exists()

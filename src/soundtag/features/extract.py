@@ -229,10 +229,14 @@ def _featurize(decoded, logmel: LogMel, device) -> list:
         for row, (_, wav) in enumerate(group):
             batch[row, : wav.samples.shape[0]] = torch.from_numpy(wav.samples)
         with torch.no_grad():
-            specs = logmel(batch.to(device), lengths).cpu().numpy()
+            # torch casts to float16 ~25x faster than NumPy's astype (a quarter of a millisecond
+            # a clip for 128 mels x 5 s).
+            specs = logmel(batch.to(device), lengths).half().cpu().numpy()
         for row, (i, wav) in enumerate(group):
             frames = logmel.n_frames(int(lengths[row]))
-            spec = specs[row, :, :frames].astype(np.float16)
+            # Laid out as the store keeps it, (frames, n_mels), and handed on as its (n_mels,
+            # frames) view: the writer then stores it without a copy of its own.
+            spec = np.ascontiguousarray(specs[row, :, :frames].T).T
             wav.samples = wav.samples[:0]  # the waveform is not needed any more: do not ship it back
             out.append((i, spec, wav))
     return out

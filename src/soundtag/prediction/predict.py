@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from soundtag.errors import DataError
-from soundtag.features.views import eval_chunks
+from soundtag.features.views import add_tta_copies, eval_chunks
 from soundtag.manifest import Manifest
 from soundtag.prediction.combine import combine_folds
 from soundtag.prediction.predictions import Predictions
-from soundtag.features.views import add_tta_copies
 from soundtag.runs import OutOfFold, RunDir
 from soundtag.progress import progress_bar
 
@@ -91,7 +90,7 @@ def predict_out_of_fold(run: str | Path | RunDir, *, tta: int | None = None, bat
     oof = run.out_of_fold(partial=True)
     row_of = {c.id: i for i, c in enumerate(oof.manifest)}
     probs = np.full_like(oof.probs, np.nan)
-    with progress_bar(progress, len(oof.manifest), f"out-of-fold, tta {tta}") as advance:
+    with progress_bar(progress, len(oof.manifest), "out-of-fold" + (f", tta {tta}" if tta is not None else "")) as advance:
         for k, checkpoint in zip(oof.finished, run.best_checkpoints()):
             loaded = load_run(checkpoint)
             held_out = set(run.fold_record(k)["clips"])
