@@ -62,17 +62,32 @@ def run_kernel(manifest, recipe) -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its children that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _cpu_per_clip(before: tuple[float, float], clips: int) -> dict:
+    """Milliseconds of CPU a clip since ``before``: the main process's and the workers'
+    (which have ended and been joined by then)."""
+    after = _cpu_seconds()
+    return {"main_cpu_ms": 1e3 * (after[0] - before[0]) / clips, "workers_cpu_ms": 1e3 * (after[1] - before[1]) / clips}
+
+
 def run_soundtag(manifest, recipe, cache: str, workers: int) -> dict:
     from soundtag.features import extract_features
 
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     _, first = extract_features(manifest, recipe, cache_dir=cache, workers=workers, progress=False)
     first_s = time.perf_counter() - start
+    first_cpu = _cpu_per_clip(cpu, len(manifest))
     start = time.perf_counter()
     _, second = extract_features(manifest, recipe, cache_dir=cache, workers=workers, progress=False)
     second_s = time.perf_counter() - start
     assert first.computed == len(manifest) - len(first.failures) and second.cached == first.computed
-    return {"seconds": first_s, "cached_seconds": second_s}
+    return {"seconds": first_s, "cached_seconds": second_s, **first_cpu}
 
 
 def _decode_one(path: str) -> int:
@@ -87,13 +102,15 @@ def run_decode_only(manifest, workers: int) -> dict:
     import multiprocessing as mp
 
     paths = [clip.path for clip in manifest]
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     if workers:
         with mp.get_context("fork").Pool(workers) as pool:
             samples = sum(pool.imap_unordered(_decode_one, paths, chunksize=16))
     else:
         samples = sum(map(_decode_one, paths))
-    return {"seconds": time.perf_counter() - start, "samples": samples}
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "samples": samples, **_cpu_per_clip(cpu, len(paths))}
 
 
 def one(case: str, pipeline: str, workers: int) -> dict:
@@ -176,6 +193,9 @@ def main() -> None:
             "decode_cps": n / d["seconds"], "vs_decode": ratios[mid], "vs_decode_all": sorted(ratios),
             "cached_cps": n / s["cached_seconds"], "cache_speedup": s["seconds"] / s["cached_seconds"],
             "kernel_peak_mb": k["peak_mb"], "soundtag_peak_mb": s["peak_mb"],
+            # Where the time goes: CPU a clip, in the workers and in the main process.
+            "decode_cpu_ms": d["workers_cpu_ms"] + d["main_cpu_ms"],
+            "soundtag_workers_cpu_ms": s["workers_cpu_ms"], "soundtag_main_cpu_ms": s["main_cpu_ms"],
         }
         rows.append(row)
         print(json.dumps(row))
@@ -199,19 +219,21 @@ def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> 
         "Each pipeline is warmed up on one clip first (imports, first-call caches) and runs in a fresh process, "
         "one after the other, with the files in the page cache. Decode-only and soundtag alternate "
         f"{repeats} times; the row is the pair with the median ratio (all ratios in the last column). "
-        "Peak memory is the process plus its largest child.",
+        "Peak memory is the process plus its largest child. CPU a clip: user + system time of the "
+        "decoding processes and of the main process (of the median pair's runs), divided by the clips.",
         "",
         "| case | clips | decode-only clips/s | soundtag clips/s | soundtag vs decode-only | kernel clips/s | "
         "soundtag vs kernel | cached clips/s | cached vs first run | kernel peak MB | soundtag peak MB | "
-        "every soundtag / decode-only ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "every soundtag / decode-only ratio | CPU ms a clip: decode-only | soundtag workers | soundtag main |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['case']} | {r['clips']} | {r['decode_cps']:.0f} | {r['soundtag_cps']:.0f} | "
                      f"{r['vs_decode']:.2f}x | {r['kernel_cps']:.0f} | {r['speedup']:.2f}x | {r['cached_cps']:.0f} | "
                      f"{r['cache_speedup']:.0f}x | "
                      f"{r['kernel_peak_mb']:.0f} | {r['soundtag_peak_mb']:.0f} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} |")
+                     f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} | {r['decode_cpu_ms']:.2f} | "
+                     f"{r['soundtag_workers_cpu_ms']:.2f} | {r['soundtag_main_cpu_ms']:.2f} |")
     lines.append("<!-- features:end -->")
     section = "\n".join(lines)
     text = path.read_text() if path.is_file() else "# Benchmarks\n\nRun by hand; each section is rewritten by its script.\n"
