@@ -362,6 +362,24 @@ def test_chunk_starts_properties(n, chunk, step_frac, min_tail):
         assert starts[-1] == (regular - 1) * step
 
 
+@pytest.mark.parametrize("n", [0, 1, 3, 4])
+def test_tta_copies_are_the_chunks_rolled_the_same_in_numpy_and_torch(n):
+    from soundtag.features.views import add_tta_copies, tta_shifts
+
+    recipe = load_recipe("esc50-cpu-x")  # shift max_fraction 0.4: copies roll by up to 0.2 of a chunk
+    chunks = np.random.default_rng(n).normal(size=(3, 1, 4, 50)).astype(np.float32)
+    out = add_tta_copies(chunks, recipe, n)
+    shifts = tta_shifts(50, n, 0.2)
+    assert out.shape == (3 * (1 + n), 1, 4, 50)
+    assert len(set(shifts)) == n and max(map(abs, shifts), default=0) == (10 if n else 0)
+    for j, shift in enumerate([0, *shifts]):  # copy j of chunk i is row j * 3 + i
+        for i in range(3):
+            np.testing.assert_array_equal(out[j * 3 + i, 0][:, (np.arange(50) + shift) % 50], chunks[i, 0])
+    np.testing.assert_array_equal(add_tta_copies(torch.from_numpy(chunks), recipe, n).numpy(), out)
+    with pytest.raises(ParameterError, match="tta=-1"):
+        add_tta_copies(chunks, recipe, -1)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 800), chunk=st.integers(2, 200), step_frac=st.floats(0.1, 1.0),
        min_tail=st.floats(0.0, 1.0))

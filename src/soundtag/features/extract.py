@@ -229,8 +229,8 @@ def _featurize(decoded, logmel: LogMel, device) -> list:
         for row, (_, wav) in enumerate(group):
             batch[row, : wav.samples.shape[0]] = torch.from_numpy(wav.samples)
         with torch.no_grad():
-            # torch casts to float16 ~25x faster than NumPy's astype (a quarter of a millisecond
-            # a clip for 128 mels x 5 s).
+            # torch casts to float16 many times faster than NumPy's astype (0.01 against 0.27 ms
+            # for a 128 x 501 array on one core).
             specs = logmel(batch.to(device), lengths).half().cpu().numpy()
         for row, (i, wav) in enumerate(group):
             frames = logmel.n_frames(int(lengths[row]))

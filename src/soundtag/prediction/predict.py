@@ -90,7 +90,8 @@ def predict_out_of_fold(run: str | Path | RunDir, *, tta: int | None = None, bat
     oof = run.out_of_fold(partial=True)
     row_of = {c.id: i for i, c in enumerate(oof.manifest)}
     probs = np.full_like(oof.probs, np.nan)
-    with progress_bar(progress, len(oof.manifest), "out-of-fold" + (f", tta {tta}" if tta is not None else "")) as advance:
+    title = "out-of-fold" + (f", tta {tta}" if tta is not None else "")
+    with progress_bar(progress, len(oof.manifest), title) as advance:
         for k, checkpoint in zip(oof.finished, run.best_checkpoints()):
             loaded = load_run(checkpoint)
             held_out = set(run.fold_record(k)["clips"])
