@@ -1,8 +1,9 @@
 """Feature extraction over a whole manifest: decode in worker processes, log-mel in batches.
 
-Decoding (soundfile + soxr + trim) is per file and runs in PyTorch DataLoader workers; the
-log-mel runs in the main process on batches, on the CPU or a GPU. Only clips missing from the
-store are computed. A clip that cannot be decoded is listed in the failures report and the
+Decoding (soundfile + soxr + trim) is per file and runs in PyTorch DataLoader workers. On the
+CPU each worker also computes its clips' log-mels, so only float16 arrays cross processes; on
+a GPU the workers only decode and the main process batches onto the device. Only clips missing
+from the store are computed. A clip that cannot be decoded is listed in the failures report and the
 run goes on.
 """
 
