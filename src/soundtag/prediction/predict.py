@@ -88,19 +88,18 @@ def predict_out_of_fold(run: str | Path | RunDir, *, tta: int | None = None, bat
 
     run = (run if isinstance(run, RunDir) else RunDir(run)).require()
     oof = run.out_of_fold(partial=True)
+    recipe = run.recipe()
+    tta = recipe.training.tta if tta is None else tta
+    # The features are in the run's store already (one look-up for every fold); any that are
+    # gone are made again.
+    store, _ = extract_features(oof.manifest, recipe, cache_dir=run.cache_dir(), progress=False, shard="all")
     row_of = {c.id: i for i, c in enumerate(oof.manifest)}
     probs = np.full_like(oof.probs, np.nan)
-    title = "out-of-fold" + (f", tta {tta}" if tta is not None else "")
-    with progress_bar(progress, len(oof.manifest), title) as advance:
+    with progress_bar(progress, len(oof.manifest), f"out-of-fold, tta {tta}") as advance:
         for k, checkpoint in zip(oof.finished, run.best_checkpoints()):
-            loaded = load_run(checkpoint)
             held_out = set(run.fold_record(k)["clips"])
-            fold = oof.manifest.filter(lambda c: c.id in held_out)
-            # Their features are in the run's store already; any that are gone are made again.
-            store, _ = extract_features(fold, loaded.recipe, cache_dir=run.cache_dir(), progress=False, shard="all")
-            clips = list(fold)
-            n = loaded.recipe.training.tta if tta is None else tta
-            probs[[row_of[c.id] for c in clips]] = _clip_probabilities(loaded, store, clips, tta=n,
+            clips = [c for c in oof.manifest if c.id in held_out]
+            probs[[row_of[c.id] for c in clips]] = _clip_probabilities(load_run(checkpoint), store, clips, tta=tta,
                                                                        batch_clips=batch_clips, advance=advance)
     return dataclasses.replace(oof, probs=probs)
 
