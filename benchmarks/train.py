@@ -303,6 +303,9 @@ THROUGHPUT_VARIANTS = {"channels_last off": ["training.channels_last=off"],
                        "fp32": ["training.precision=32"],
                        "bf16 autocast": ["training.precision=bf16-mixed"],
                        "torch.compile": ["training.compile=true"]}
+#: Toggles of one model's own arguments (merged into the recipe's model_args for that model).
+MODEL_VARIANTS = {"plain-cnn": {"max-pool after BN + ReLU": {"pool_before_norm": False},
+                                "max-pool before BN + ReLU": {"pool_before_norm": True}}}
 
 
 def _bf16_note() -> str:
@@ -439,6 +442,7 @@ def throughput(argv: list[str]) -> None:
               "auto_precision": {"32-true": "fp32"}.get(_accelerator()[1], _accelerator()[1]), "rows": []}
 
     own_model = load_recipe(args.recipe).training.model
+    own_model_args = load_recipe(args.recipe).training.model_args
 
     def setup(model: str, overrides: list[str]):
         # The recipe's model_args belong to its own model: the others get their defaults.
@@ -472,6 +476,11 @@ def throughput(argv: list[str]) -> None:
                     continue  # minutes of compiling: not for a smoke run
                 _, resident, module = setup(model, ["training.device_data=on", *overrides])
                 row["variants"][name] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
+            for name, changed in MODEL_VARIANTS.get(model, {}).items():
+                model_args = {**(own_model_args if model == own_model else {}), **changed}
+                _, resident, module = setup(model, ["training.device_data=on",
+                                                    f"training.model_args={json.dumps(model_args)}"])
+                row["variants"][name] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
         print(json.dumps(row), flush=True)
         report["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -503,12 +512,14 @@ def _throughput_doc(report: dict) -> list[str]:
                      f"{r['sync_free']} |")
     varied = [r for r in report["rows"] if r["variants"]]
     if varied:
+        names = [*THROUGHPUT_VARIANTS, *dict.fromkeys(n for r in varied for n in MODEL_VARIANTS.get(r["model"], {}))]
         lines += ["", "Toggles on the device path, samples/s against the model's default step (channels_last on, "
-                  f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile):", "", "| model | default | " + " | ".join(THROUGHPUT_VARIANTS) + " |",
-                  "|---|---|" + "---|" * len(THROUGHPUT_VARIANTS)]
+                  f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile, the recipe's "
+                  "model_args):", "", "| model | default | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
         for r in varied:
             cells = [f"{r['variants'][n]:.0f} ({r['variants'][n] / r['device']:.2f}x)" if n in r["variants"] else
-                     "not run" for n in THROUGHPUT_VARIANTS]
+                     "not run" for n in names]
             lines.append(f"| {r['model']} | {r['device']:.0f} | " + " | ".join(cells) + " |")
     return lines
 

@@ -68,6 +68,37 @@ def test_plain_cnn_channels_and_dropout_are_keyword_args():
         create_model("plain-cnn", num_classes=3, dropout=1.5)
 
 
+def _same_weights(pooled_first: torch.nn.Module, pooled_after: torch.nn.Module, scale_sign: float = 1.0):
+    """Copy the convolutions, BatchNorms (with made-up running statistics and scales of the given
+    sign) and head of ``pooled_after`` into ``pooled_first``, layer by layer in order."""
+    gen = torch.Generator().manual_seed(0)
+    for kind in (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear):
+        for a, b in zip(*[[m for m in net.modules() if isinstance(m, kind)] for net in (pooled_after, pooled_first)]):
+            if kind is torch.nn.BatchNorm2d:
+                n = a.num_features
+                a.running_mean.copy_(torch.randn(n, generator=gen))
+                a.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                a.weight.data.copy_(scale_sign * (torch.rand(n, generator=gen) + 0.1))
+                a.bias.data.copy_(torch.randn(n, generator=gen))
+            b.load_state_dict(a.state_dict())
+
+
+def test_plain_cnn_pooling_before_norm_is_the_same_map_where_the_norm_scales_are_positive():
+    torch.manual_seed(0)
+    after = create_model("plain-cnn", num_classes=5, channels=[8, 16, 24]).eval()
+    first = create_model("plain-cnn", num_classes=5, channels=[8, 16, 24], pool_before_norm=True).eval()
+    kinds = [type(m).__name__ for m in first.features]
+    assert kinds[:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] and kinds[-3:] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    x = torch.randn(3, 1, 32, 40)
+    _same_weights(first, after)
+    torch.testing.assert_close(first(x), after(x))
+    # A negative scale makes BatchNorm + ReLU decreasing: max-pooling no longer commutes with it.
+    _same_weights(first, after, scale_sign=-1.0)
+    assert not torch.allclose(first(x), after(x), atol=1e-3)
+    # Same parameters either way: checkpoints differ only in their layer indices.
+    assert sum(p.numel() for p in first.parameters()) == sum(p.numel() for p in after.parameters())
+
+
 # --- the recipe -----------------------------------------------------------------------------
 
 def test_plain_cnn_recipe_is_issue_12s_baseline():
