@@ -195,11 +195,21 @@ def ensemble(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py ensemble", description=ensemble.__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="ensemble directory")
-    parser.add_argument("--case", choices=["esc50", "esc10"], default="esc50", help="the data the runs were trained on")
+    parser.add_argument("--out", type=Path, help="ensemble directory (not for esc50-fold1)")
+    parser.add_argument("--case", choices=["esc50", "esc10", "esc50-fold1"], default="esc50",
+                        help="the data the runs were trained on; esc50-fold1: runs of fold 1 only, blended with "
+                        "equal weights (soundtag ensemble wants every fold), printed and written to --json only")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
     args = parser.parse_args(argv)
+    if args.case == "esc50-fold1":
+        row = _fold1_blend(args.runs)
+        print(json.dumps(row))
+        if args.json:
+            atomic_write_json(args.json, row)
+        return
+    if args.out is None:
+        parser.error("--out is required")
     result = ensemble_runs(args.runs, args.out)
     # Equal weights beside the fitted ones: those are fitted on the very out-of-fold predictions
     # they are scored on, which flatters the blend a little.
@@ -229,6 +239,26 @@ def ensemble(argv: list[str]) -> None:
             f"| **blend** ({row['clips']} clips) | | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
             f"| blend | | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
         ], doc=Path(args.doc))
+
+
+def _fold1_blend(runs: list[Path]) -> dict:
+    """Equal-weight geometric mean of runs trained on the same finished folds, scored on those
+    folds' clips with the library's own blend and metrics."""
+    from soundtag.evaluation import map_at_k, top1_accuracy
+    from soundtag.prediction.combine import geometric_mean
+    from soundtag.runs import RunDir
+
+    oofs = [RunDir(r).out_of_fold(partial=True) for r in runs]
+    ids = [c.id for c in oofs[0].manifest]
+    if any([c.id for c in o.manifest] != ids or o.finished != oofs[0].finished for o in oofs):
+        raise SystemExit("the runs must have finished the same folds of the same manifest")
+    labels = list(oofs[0].manifest.labels)
+    targets = np.array([[lab in c.labels for lab in labels] for c in oofs[0].manifest], dtype=float)
+    blend = geometric_mean(np.stack([o.probs for o in oofs]))
+    return {"case": "esc50-fold1", "runs": [str(r) for r in runs], "recipes": [RunDir(r).recipe().name for r in runs],
+            "clips": len(ids), "run_top1": [top1_accuracy(targets, o.probs) for o in oofs],
+            "equal_weights_top1": top1_accuracy(targets, blend), "equal_weights_map3": map_at_k(targets, blend),
+            "date": str(dt.date.today()), "machine": device_line()}
 
 
 def tta_scores(argv: list[str]) -> None:
