@@ -35,7 +35,7 @@ class PlainCNN(TaggerNet):
         is increasing, so pooling first gives the same map, made from a quarter of the
         normalised values (the batch statistics then come from the pooled map). In a profile of
         one bf16 training step on 2 CPU cores, BatchNorm and ReLU (forward and backward, memory-
-        bound over the full-size maps of the first blocks) took about 40% of it; pooling first
+        bound over the full-size maps of the first blocks) took over a third of it; pooling first
         trained ESC-10 in 1.2-1.3x less time (docs/benchmarks.md).
     """
 
