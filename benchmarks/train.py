@@ -242,21 +242,19 @@ def ensemble(argv: list[str]) -> None:
 
 
 def _fold1_blend(runs: list[Path]) -> dict:
-    """Equal-weight geometric mean of runs trained on the same finished folds, scored on those
-    folds' clips with the library's own blend and metrics."""
+    """Equal-weight geometric mean of runs trained on the same folds, scored on those folds'
+    clips with the library's own loading, alignment, blend and metrics."""
     from soundtag.evaluation import map_at_k, top1_accuracy
     from soundtag.prediction.combine import geometric_mean
+    from soundtag.prediction.ensemble import align, load_oof_predictions
     from soundtag.runs import RunDir
 
-    oofs = [RunDir(r).out_of_fold(partial=True) for r in runs]
-    ids = [c.id for c in oofs[0].manifest]
-    if any([c.id for c in o.manifest] != ids or o.finished != oofs[0].finished for o in oofs):
-        raise SystemExit("the runs must have finished the same folds of the same manifest")
-    labels = list(oofs[0].manifest.labels)
-    targets = np.array([[lab in c.labels for lab in labels] for c in oofs[0].manifest], dtype=float)
-    blend = geometric_mean(np.stack([o.probs for o in oofs]))
+    base = load_oof_predictions(runs[0], partial=True)[0]
+    preds = [base, *(align(base, load_oof_predictions(r, partial=True)[0], str(r)) for r in runs[1:])]
+    targets = base.targets()
+    blend = geometric_mean(np.stack([p.probs for p in preds]))
     return {"case": "esc50-fold1", "runs": [str(r) for r in runs], "recipes": [RunDir(r).recipe().name for r in runs],
-            "clips": len(ids), "run_top1": [top1_accuracy(targets, o.probs) for o in oofs],
+            "clips": len(base.ids), "run_top1": [top1_accuracy(targets, p.probs) for p in preds],
             "equal_weights_top1": top1_accuracy(targets, blend), "equal_weights_map3": map_at_k(targets, blend),
             "date": str(dt.date.today()), "machine": device_line()}
 
@@ -471,8 +469,8 @@ def throughput(argv: list[str]) -> None:
               "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(),
               "auto_precision": {"32-true": "fp32"}.get(_accelerator()[1], _accelerator()[1]), "rows": []}
 
-    own_model = load_recipe(args.recipe).training.model
-    own_model_args = load_recipe(args.recipe).training.model_args
+    own = load_recipe(args.recipe).training
+    own_model, own_model_args = own.model, own.model_args
 
     def setup(model: str, overrides: list[str]):
         # The recipe's model_args belong to its own model: the others get their defaults.

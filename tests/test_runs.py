@@ -76,6 +76,19 @@ def test_out_of_fold_in_manifest_order_and_partial_runs(tmp_path):
     assert list(full.folds) == [0, 1, 0, 1]
 
 
+def test_oof_predictions_of_a_partial_run_only_when_asked(tmp_path):
+    from soundtag.prediction.ensemble import load_oof_predictions
+
+    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1},
+                    {0: {"c3": [0.2, 0.8], "c1": [0.9, 0.1]}})
+    with pytest.raises(DataError, match=r"not finished"):
+        load_oof_predictions(run.path)
+    pred, in_training = load_oof_predictions(run.path, partial=True)
+    assert pred.ids == ["c1", "c3"] and in_training.tolist() == [True, True]
+    np.testing.assert_array_equal(pred.targets(), [[1, 0], [1, 0]])  # c1 and c3 are labelled "a"
+    np.testing.assert_allclose(pred.probs, [[0.9, 0.1], [0.2, 0.8]])
+
+
 def test_not_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         RunDir(tmp_path / "missing").require()

@@ -39,9 +39,12 @@ class EnsembleResult:
     equal_weight_metrics: dict | None = None
 
 
-def load_oof_predictions(run: str | Path) -> tuple[Predictions, np.ndarray]:
-    """A finished run's out-of-fold predictions and which clips were trained on (not blacklisted)."""
-    oof = RunDir(run).require_complete().out_of_fold()
+def load_oof_predictions(run: str | Path, *, partial: bool = False) -> tuple[Predictions, np.ndarray]:
+    """A finished run's out-of-fold predictions and which clips were trained on (not blacklisted).
+
+    With ``partial``, only the clips of its finished folds (a run trained with ``--fold``)."""
+    run = RunDir(run)
+    oof = run.out_of_fold(partial=True) if partial else run.require_complete().out_of_fold()
     m = oof.manifest
     return Predictions(m.ids, list(m.labels), oof.probs, [tuple(c.labels) for c in m], m.multilabel), oof.in_training
 
