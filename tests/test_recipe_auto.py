@@ -19,6 +19,7 @@ import soundfile as sf
 import yaml
 
 from soundtag.errors import ParameterError
+from soundtag.models import create_model
 from soundtag.manifest import read_manifest
 from soundtag.recipe import Recipe, load_recipe
 from soundtag.recipe_auto import (
@@ -166,8 +167,11 @@ def test_mostly_short_clips_are_repeated(mostly_short):
 
 def test_plain_cnn_is_preferred_on_cpu_when_registered(short8k):
     r, reasons = _auto(short8k, models=[*VGG_ONLY, "plain-cnn"])
-    assert r.training.model == "plain-cnn" and r.training.model_args == {}
+    assert r.training.model == "plain-cnn" and r.training.model_args == {"pool_before_norm": True}
     assert _mentions(reasons, "model plain-cnn")
+    # Max-pooling ahead of each block's BatchNorm + ReLU: the order the CPU recipes train in.
+    model = create_model(r.training.model, num_classes=3, **r.training.model_args)
+    assert [type(m).__name__ for m in model.features[:4]] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
 
 
 def test_gpu_gets_a_wider_model_and_a_larger_budget(short8k):
