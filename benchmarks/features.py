@@ -10,7 +10,9 @@ docs/benchmarks.md. Each measurement runs in a fresh subprocess so that its peak
   PyTorch log-mel + store writes);
 * soundtag second run: the same call again, served from the cache;
 * decode-only: the limit that decoding sets, ``soundfile.read`` of every file in ``--workers``
-  processes and nothing else (issue 12's goal: ``extract_features`` at >= 0.8x of it).
+  processes and nothing else (issue 12's goal: ``extract_features`` at >= 0.8x of it);
+* decode + log-mel: the same plus soundtag's log-mel module on each clip and nothing else, what
+  the two steps every clip needs reach alone (the rest of extraction is soundtag's gap to it).
 """
 
 from __future__ import annotations
@@ -113,6 +115,48 @@ def run_decode_only(manifest, workers: int) -> dict:
     return {"seconds": seconds, "samples": samples, **_cpu_per_clip(cpu, len(paths))}
 
 
+_LOGMEL = None  # (the case's LogMel, view samples), made before the pool forks so that each worker inherits it
+
+
+def _decode_logmel_one(path: str) -> int:
+    import soundfile as sf
+    import torch
+
+    from soundtag.audio import head
+
+    logmel, view_samples = _LOGMEL
+    samples = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1, dtype="float32")
+    with torch.no_grad():  # the view's samples, as extraction log-mels them
+        return logmel(torch.from_numpy(head(samples, view_samples))[None]).shape[-1]
+
+
+def run_decode_logmel(manifest, recipe, workers: int) -> dict:
+    """Seconds to decode every clip and take its log-mel (the recipe's, soundtag's own module)
+    in ``workers`` processes, nothing else: no trim, no checks, no hand-off of the arrays, no
+    store: the two steps every clip needs, alone. soundtag's gap to it is the rest of extraction."""
+    import multiprocessing as mp
+
+    import torch
+
+    from soundtag.features.melspec import LogMel
+
+    global _LOGMEL
+    _LOGMEL = LogMel.from_recipe(recipe), recipe.view_samples
+    torch.set_num_threads(1)
+    paths = [clip.path for clip in manifest]
+    cpu = _cpu_seconds()
+    start = time.perf_counter()
+    if workers:
+        # One thread a process, set in each child (a fork does not keep it), as extraction's
+        # DataLoader workers do.
+        with mp.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            frames = sum(pool.imap_unordered(_decode_logmel_one, paths, chunksize=16))
+    else:
+        frames = sum(map(_decode_logmel_one, paths))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "frames": frames, **_cpu_per_clip(cpu, len(paths))}
+
+
 def one(case: str, pipeline: str, workers: int) -> dict:
     """Measure one pipeline on one case in this process (called in a fresh subprocess)."""
     import torch
@@ -126,6 +170,9 @@ def one(case: str, pipeline: str, workers: int) -> dict:
     if pipeline == "decode":
         run_decode_only(manifest.filter(lambda c: c is manifest[0]), 0)
         out = run_decode_only(manifest, workers)
+    elif pipeline == "logmel":
+        run_decode_logmel(manifest.filter(lambda c: c is manifest[0]), recipe, 0)
+        out = run_decode_logmel(manifest, recipe, workers)
     elif pipeline == "kernel":
         # Warm librosa up on one clip (imports, first-call caches) so steady state is timed.
         run_kernel(manifest.filter(lambda c: c is manifest[0]), recipe)
@@ -181,20 +228,26 @@ def main() -> None:
         # Decode-only and soundtag alternate, so that each soundtag run has a decode-only run next
         # to it in time: on a shared 2-core machine the same run moves by 20-30% from minute to
         # minute, and the ratio of neighbours is steadier than either rate.
-        pairs = [(measure(case, "decode"), measure(case, "soundtag")) for _ in range(args.repeats)]
-        ratios = [d["seconds"] / s["seconds"] for d, s in pairs]
-        mid = sorted(range(len(pairs)), key=lambda i: ratios[i])[len(pairs) // 2]  # the median pair
-        d, s = pairs[mid]
+        # Decode + log-mel runs between them: the ceiling an exact log-mel leaves, in the same run.
+        triples = [(measure(case, "decode"), measure(case, "logmel"), measure(case, "soundtag"))
+                   for _ in range(args.repeats)]
+        ratios = [d["seconds"] / s["seconds"] for d, _, s in triples]
+        ceilings = [d["seconds"] / f["seconds"] for d, f, _ in triples]
+        mid = sorted(range(len(triples)), key=lambda i: ratios[i])[len(triples) // 2]  # the median pair
+        d, f, s = triples[mid]
         n = k["clips"]
         row = {
             "case": case, "clips": n, "repeats": args.repeats,
             "kernel_cps": n / k["seconds"], "soundtag_cps": n / s["seconds"],
             "speedup": k["seconds"] / s["seconds"],
             "decode_cps": n / d["seconds"], "vs_decode": ratios[mid], "vs_decode_all": sorted(ratios),
+            "logmel_cps": n / f["seconds"], "logmel_vs_decode": ceilings[mid],
+            "logmel_vs_decode_all": sorted(ceilings), "soundtag_vs_logmel": f["seconds"] / s["seconds"],
             "cached_cps": n / s["cached_seconds"], "cache_speedup": s["seconds"] / s["cached_seconds"],
             "kernel_peak_mb": k["peak_mb"], "soundtag_peak_mb": s["peak_mb"],
             # Where the time goes: CPU a clip, in the workers and in the main process.
             "decode_cpu_ms": d["workers_cpu_ms"] + d["main_cpu_ms"],
+            "logmel_cpu_ms": f["workers_cpu_ms"] + f["main_cpu_ms"],
             "soundtag_workers_cpu_ms": s["workers_cpu_ms"], "soundtag_main_cpu_ms": s["main_cpu_ms"],
         }
         rows.append(row)
@@ -216,24 +269,32 @@ def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> 
         f"{workers} decoding workers + batched PyTorch log-mel + store writes, into an empty cache; "
         "then the same call again, served from the cache. Decode-only: `soundfile.read` of every file in "
         f"{workers} processes and nothing else, the limit decoding sets (goal, issue 12: soundtag >= 0.8x of it). "
+        "Decode + log-mel: the same, plus soundtag's own log-mel module on each decoded clip (one thread a "
+        "process, as in extraction) on the view's samples and nothing else (no trim, checks, hand-off of the arrays or store): "
+        "what the two steps every clip needs reach alone. "
         "Each pipeline is warmed up on one clip first (imports, first-call caches) and runs in a fresh process, "
-        "one after the other, with the files in the page cache. Decode-only and soundtag alternate "
-        f"{repeats} times; the row is the pair with the median ratio (all ratios in the last column). "
+        "one after the other, with the files in the page cache. Decode-only, decode + log-mel and soundtag "
+        f"alternate {repeats} times; the row is the triple with the median soundtag / decode-only ratio "
+        "(every ratio in its own column). "
         "Peak memory is the process plus its largest child. CPU a clip: user + system time of the "
-        "decoding processes and of the main process (of the median pair's runs), divided by the clips.",
+        "decoding processes and of the main process (of the median triple's runs), divided by the clips.",
         "",
-        "| case | clips | decode-only clips/s | soundtag clips/s | soundtag vs decode-only | kernel clips/s | "
+        "| case | clips | decode-only clips/s | decode + log-mel clips/s | decode + log-mel vs decode-only | "
+        "soundtag clips/s | soundtag vs decode-only | soundtag vs decode + log-mel | kernel clips/s | "
         "soundtag vs kernel | cached clips/s | cached vs first run | kernel peak MB | soundtag peak MB | "
-        "every soundtag / decode-only ratio | CPU ms a clip: decode-only | soundtag workers | soundtag main |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "every soundtag / decode-only ratio | every decode + log-mel / decode-only ratio | "
+        "CPU ms a clip: decode-only | decode + log-mel | soundtag workers | soundtag main |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['clips']} | {r['decode_cps']:.0f} | {r['soundtag_cps']:.0f} | "
-                     f"{r['vs_decode']:.2f}x | {r['kernel_cps']:.0f} | {r['speedup']:.2f}x | {r['cached_cps']:.0f} | "
-                     f"{r['cache_speedup']:.0f}x | "
+        lines.append(f"| {r['case']} | {r['clips']} | {r['decode_cps']:.0f} | {r['logmel_cps']:.0f} | "
+                     f"{r['logmel_vs_decode']:.2f}x | {r['soundtag_cps']:.0f} | "
+                     f"{r['vs_decode']:.2f}x | {r['soundtag_vs_logmel']:.2f}x | {r['kernel_cps']:.0f} | "
+                     f"{r['speedup']:.2f}x | {r['cached_cps']:.0f} | {r['cache_speedup']:.0f}x | "
                      f"{r['kernel_peak_mb']:.0f} | {r['soundtag_peak_mb']:.0f} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} | {r['decode_cpu_ms']:.2f} | "
-                     f"{r['soundtag_workers_cpu_ms']:.2f} | {r['soundtag_main_cpu_ms']:.2f} |")
+                     f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} | "
+                     f"{', '.join(f'{x:.2f}' for x in r['logmel_vs_decode_all'])} | {r['decode_cpu_ms']:.2f} | "
+                     f"{r['logmel_cpu_ms']:.2f} | {r['soundtag_workers_cpu_ms']:.2f} | {r['soundtag_main_cpu_ms']:.2f} |")
     lines.append("<!-- features:end -->")
     section = "\n".join(lines)
     text = path.read_text() if path.is_file() else "# Benchmarks\n\nRun by hand; each section is rewritten by its script.\n"
