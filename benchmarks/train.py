@@ -198,7 +198,7 @@ def ensemble(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, help="ensemble directory (not for esc50-fold1)")
     parser.add_argument("--case", choices=["esc50", "esc10", "esc50-fold1"], default="esc50",
                         help="the data the runs were trained on; esc50-fold1: runs of fold 1 only, blended with "
-                        "equal weights (soundtag ensemble wants every fold), printed and written to --json only")
+                        "equal weights (as `soundtag ensemble --partial` does), printed and written to --json only")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
     args = parser.parse_args(argv)
@@ -243,19 +243,16 @@ def ensemble(argv: list[str]) -> None:
 
 def _fold1_blend(runs: list[Path]) -> dict:
     """Equal-weight geometric mean of runs trained on the same folds, scored on those folds'
-    clips with the library's own loading, alignment, blend and metrics."""
-    from soundtag.evaluation import map_at_k, top1_accuracy
-    from soundtag.prediction.combine import geometric_mean
-    from soundtag.prediction.ensemble import align, load_oof_predictions
+    clips: what `soundtag ensemble --partial` prints as its equal-weight blend."""
+    from soundtag.prediction.ensemble import ensemble_runs
     from soundtag.runs import RunDir
 
-    base = load_oof_predictions(runs[0], partial=True)[0]
-    preds = [base, *(align(base, load_oof_predictions(r, partial=True)[0], str(r)) for r in runs[1:])]
-    targets = base.targets()
-    blend = geometric_mean(np.stack([p.probs for p in preds]))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = ensemble_runs(runs, Path(tmp) / "ensemble", partial=True)
+    blend = result.equal_weight_metrics
     return {"case": "esc50-fold1", "runs": [str(r) for r in runs], "recipes": [RunDir(r).recipe().name for r in runs],
-            "clips": len(base.ids), "run_top1": [top1_accuracy(targets, p.probs) for p in preds],
-            "equal_weights_top1": top1_accuracy(targets, blend), "equal_weights_map3": map_at_k(targets, blend),
+            "clips": blend["clips"], "run_top1": [m["top1"] for m in result.run_metrics],
+            "equal_weights_top1": blend["top1"], "equal_weights_map3": blend["map@3"],
             "date": str(dt.date.today()), "machine": device_line()}
 
 

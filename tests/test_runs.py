@@ -89,6 +89,31 @@ def test_oof_predictions_of_a_partial_run_only_when_asked(tmp_path):
     np.testing.assert_allclose(pred.probs, [[0.9, 0.1], [0.2, 0.8]])
 
 
+def test_ensemble_of_partial_runs_blends_their_finished_folds_only_when_asked(tmp_path):
+    from soundtag.prediction.ensemble import ensemble_runs
+
+    folds = {"c1": 0, "c2": 1, "c3": 0, "c4": 1}  # c1, c3 labelled "a"; c2, c4 "b"
+    # Run A takes c3 for "b", run B is right on both: equal weights are right on both clips.
+    a = _fake_run(tmp_path / "a", folds, {0: {"c1": [0.9, 0.1], "c3": [0.4, 0.6]}})
+    b = _fake_run(tmp_path / "b", folds, {0: {"c3": [0.9, 0.1], "c1": [0.6, 0.4]}})
+    with pytest.raises(DataError, match=r"not finished.*--partial"):
+        ensemble_runs([a.path, b.path], tmp_path / "e0")
+    assert not (tmp_path / "e0").exists()  # nothing written for a refused ensemble
+
+    result = ensemble_runs([a.path, b.path], tmp_path / "e", partial=True)
+    assert [m["top1"] for m in result.run_metrics] == [0.5, 1.0]
+    assert result.equal_weight_metrics["clips"] == 2 and result.equal_weight_metrics["top1"] == 1.0
+    blended = list(csv.DictReader((tmp_path / "e" / "oof.csv").open()))
+    assert [row["clip_id"] for row in blended] == ["c1", "c3"]
+    info = json.loads((tmp_path / "e" / "ensemble.json").read_text())
+    assert info["blend"]["partial"] is True and info["blend"]["clips"] == 2
+
+    # Runs that finished different folds have different clips: refused, naming the cause.
+    c = _fake_run(tmp_path / "c", folds, {1: {"c2": [0.1, 0.9], "c4": [0.2, 0.8]}})
+    with pytest.raises(DataError, match=r"clips differ.*blend runs of the same dataset, that have finished the same folds"):
+        ensemble_runs([a.path, c.path], tmp_path / "e2", partial=True)
+
+
 def test_not_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         RunDir(tmp_path / "missing").require()

@@ -58,6 +58,8 @@ def ensemble_table(result) -> Table:
 
     rows = [(r, f"{w:.3f}", *cells(m)) for r, w, m in zip(result.runs, result.weights, result.run_metrics)]
     rows.append(("blend", "1.000", *cells(result.blend_metrics)))
+    if result.equal_weight_metrics:  # nothing fitted on the clips it is scored on
+        rows.append(("blend, equal weights", "", *cells(result.equal_weight_metrics)))
     return table(f"ensemble: out-of-fold, weights fitted on {result.fitted_on} training clips",
                  ("run", "weight", "MAP@3", "top-1", metric.replace("_", " ")), rows, left=("run",))
 

@@ -72,6 +72,8 @@ def predict(
 def ensemble(
     runs: List[Path] = typer.Argument(..., help="two or more finished runs of the same dataset"),
     out: Path = typer.Option(..., "--out", help="ensemble directory to write"),
+    partial: bool = typer.Option(False, "--partial", help="blend runs trained with --fold on the clips of "
+                                 "their finished folds (the same folds in every run)"),
 ):
     """Blend runs (LH with X, and more) with weights fitted on out-of-fold predictions.
 
@@ -81,11 +83,13 @@ def ensemble(
     Example:
 
       soundtag ensemble runs/esc10-lh runs/esc10-x --out runs/esc10-lh+x
+
+      soundtag ensemble runs/f1-lh runs/f1-x --partial --out runs/f1-lh+x   # runs of --fold 0
     """
     from soundtag.prediction import ensemble_runs
     from soundtag.reports import ensemble_table
 
-    result = ensemble_runs(runs, out)
+    result = ensemble_runs(runs, out, partial=partial)
     console.print(ensemble_table(result))
     console.print(f"wrote {escape(str(out))}: the weights, the blended out-of-fold predictions"
                   + "".join(f", {escape(str(p))}" for p in result.predictions), soft_wrap=True)

@@ -62,14 +62,30 @@ def align(base: Predictions, other: Predictions, what: str) -> Predictions:
     return Predictions(base.ids, base.labels, other.probs[idx], base.given, base.multilabel)
 
 
-def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult:
-    """Fit blend weights on the runs' out-of-fold predictions and write the ensemble directory."""
+def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool = False) -> EnsembleResult:
+    """Fit blend weights on the runs' out-of-fold predictions and write the ensemble directory.
+
+    With ``partial``, runs trained on some folds only (``soundtag train --fold``) are blended on
+    the clips of their finished folds, which must be the same in every run. The fitted weights
+    are then chosen on the very clips they are scored on, as always; the equal-weight blend's
+    metrics (``equal_weight_metrics``) have nothing fitted on them.
+    """
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
         raise ParameterError(f"an ensemble needs at least two runs, got {len(runs)}")
-    oofs, masks = zip(*(load_oof_predictions(r) for r in runs))
+    try:
+        oofs, masks = zip(*(load_oof_predictions(r, partial=partial) for r in runs))
+    except DataError as exc:
+        if partial or "not finished" not in str(exc):
+            raise
+        raise DataError(f"{exc}; or blend the folds they have finished with `soundtag ensemble --partial`") from exc
     base = oofs[0]
-    aligned = [base] + [align(base, o, f"{r} against {runs[0]}") for r, o in zip(runs[1:], oofs[1:])]
+    try:
+        aligned = [base] + [align(base, o, f"{r} against {runs[0]}") for r, o in zip(runs[1:], oofs[1:])]
+    except DataError as exc:
+        if not partial:
+            raise
+        raise DataError(f"{exc}, that have finished the same folds (--partial blends those folds' clips)") from exc
     # Fit on the clips every run trained on: a clip blacklisted in any run is left out.
     fit_mask = np.ones(len(base.ids), dtype=bool)
     for o, m in zip(oofs, masks):
@@ -104,7 +120,7 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path) -> EnsembleResult
         "blend": {"oof": blend_metrics, "equal_weights_oof": equal_weight_metrics,
                   "combination": "weighted geometric mean",
                   "fitted_on": "out-of-fold predictions of the training clips, blacklisted clips left out",
-                  "fitted_clips": int(fit_mask.sum())},
+                  "fitted_clips": int(fit_mask.sum()), "partial": partial, "clips": len(base.ids)},
         "predictions": [p.name for p in written],
         "created": dt.datetime.now().isoformat(timespec="seconds"),
     })
