@@ -147,8 +147,7 @@ def run_decode_logmel(manifest, recipe, workers: int) -> dict:
     cpu = _cpu_seconds()
     start = time.perf_counter()
     if workers:
-        # One thread a process, set in each child (a fork does not keep it), as extraction's
-        # DataLoader workers do.
+        # One thread a process, as extraction's DataLoader workers set it in each of them.
         with mp.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             frames = sum(pool.imap_unordered(_decode_logmel_one, paths, chunksize=16))
     else:
@@ -228,12 +227,12 @@ def main() -> None:
         # Decode-only and soundtag alternate, so that each soundtag run has a decode-only run next
         # to it in time: on a shared 2-core machine the same run moves by 20-30% from minute to
         # minute, and the ratio of neighbours is steadier than either rate.
-        # Decode + log-mel runs between them: the ceiling an exact log-mel leaves, in the same run.
+        # Decode + log-mel runs between them: decoding and the log-mel alone, in the same run.
         triples = [(measure(case, "decode"), measure(case, "logmel"), measure(case, "soundtag"))
                    for _ in range(args.repeats)]
         ratios = [d["seconds"] / s["seconds"] for d, _, s in triples]
         ceilings = [d["seconds"] / f["seconds"] for d, f, _ in triples]
-        mid = sorted(range(len(triples)), key=lambda i: ratios[i])[len(triples) // 2]  # the median pair
+        mid = sorted(range(len(triples)), key=lambda i: ratios[i])[len(triples) // 2]  # the median triple
         d, f, s = triples[mid]
         n = k["clips"]
         row = {
