@@ -333,3 +333,21 @@ def test_store_of_another_feature_config_is_refused(tmp_path, lh):
     config.write_text(json.dumps(data))
     with pytest.raises(DataError, match="another feature config"):
         FeatureStore.open(tmp_path, lh)
+
+
+def test_a_part_is_the_npy_file_of_its_clips_rows_end_to_end(tmp_path, lh):
+    # The writer streams each clip's rows after one header instead of concatenating them first:
+    # the file must be byte for byte what np.save of the concatenation writes.
+    store = FeatureStore.open(tmp_path, lh)
+    rng = np.random.default_rng(0)
+    specs = [rng.normal(size=(store.n_mels, frames)).astype(np.float16) for frames in (3, 1, 7)]
+    with store.writer() as writer:
+        for i, spec in enumerate(specs):
+            writer.add(f"k{i}", f"c{i}", spec, duration=1.0)
+    (part,) = (store.path / "parts").glob("part-*.npy")
+    expected = tmp_path / "expected.npy"
+    np.save(expected, np.concatenate([np.ascontiguousarray(s.T) for s in specs]))  # (frames, n_mels) rows
+    assert part.read_bytes() == expected.read_bytes()
+    reopened = FeatureStore.open(tmp_path, lh)
+    for i, spec in enumerate(specs):
+        np.testing.assert_array_equal(reopened.get(f"k{i}"), spec)

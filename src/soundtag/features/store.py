@@ -190,7 +190,14 @@ class PartWriter:
         parts = self.store.path / "parts"
         with atomic_path(parts / f"{part}.npy") as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, np.concatenate(self._arrays))
+                # The header of the whole (frames, n_mels) array, then each clip's rows: the file
+                # np.save of their concatenation writes, without first building that copy (up to
+                # max_part_bytes, and the last part is written after every worker has finished).
+                np.lib.format.write_array_header_1_0(fh, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                    "shape": (self._frames, self.store.n_mels)})
+                for rows in self._arrays:
+                    fh.write(rows.data)
         atomic_write_json(parts / f"{part}.json", {"clips": self._index})
         for e in self._index:
             self.store.entries[e["key"]] = Entry(e["key"], e["clip_id"], part, e["offset"], e["frames"],
