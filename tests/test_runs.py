@@ -110,7 +110,7 @@ def test_ensemble_of_partial_runs_blends_their_finished_folds_only_when_asked(tm
 
     # Runs that finished different folds have different clips: refused, naming the cause.
     c = _fake_run(tmp_path / "c", folds, {1: {"c2": [0.1, 0.9], "c4": [0.2, 0.8]}})
-    with pytest.raises(DataError, match=r"clips differ.*blend runs of the same dataset, that have finished the same folds"):
+    with pytest.raises(DataError, match=r"--partial blends runs that have finished the same folds; finished: .*a: \[0\], .*c: \[1\]"):
         ensemble_runs([a.path, c.path], tmp_path / "e2", partial=True)
 
 

@@ -73,19 +73,19 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
         raise ParameterError(f"an ensemble needs at least two runs, got {len(runs)}")
-    try:
-        oofs, masks = zip(*(load_oof_predictions(r, partial=partial) for r in runs))
-    except DataError as exc:
-        if partial or "not finished" not in str(exc):
-            raise
-        raise DataError(f"{exc}; or blend the folds they have finished with `soundtag ensemble --partial`") from exc
+    finished = [RunDir(r).require().finished_folds() for r in runs]
+    if not partial:
+        for r in runs:
+            if missing := RunDir(r).unfinished_folds():
+                raise DataError(f"{r}: fold(s) {missing} are not finished; finish them with "
+                                f"`soundtag train --resume {r}`, or blend the folds every run has finished "
+                                "with `soundtag ensemble --partial`")
+    elif any(f != finished[0] for f in finished):
+        raise DataError("--partial blends runs that have finished the same folds; finished: "
+                        + ", ".join(f"{r}: {f}" for r, f in zip(runs, finished)))
+    oofs, masks = zip(*(load_oof_predictions(r, partial=partial) for r in runs))
     base = oofs[0]
-    try:
-        aligned = [base] + [align(base, o, f"{r} against {runs[0]}") for r, o in zip(runs[1:], oofs[1:])]
-    except DataError as exc:
-        if not partial:
-            raise
-        raise DataError(f"{exc}, that have finished the same folds (--partial blends those folds' clips)") from exc
+    aligned = [base] + [align(base, o, f"{r} against {runs[0]}") for r, o in zip(runs[1:], oofs[1:])]
     # Fit on the clips every run trained on: a clip blacklisted in any run is left out.
     fit_mask = np.ones(len(base.ids), dtype=bool)
     for o, m in zip(oofs, masks):
