@@ -59,10 +59,14 @@ def _fold_loss(run: Path, k: int) -> tuple[float, list[str]]:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path, one_epoch):
+@pytest.mark.parametrize("device_data", ["on", "off"])
+def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path, one_epoch,
+                                                                              device_data):
     # fp32: the gathered metric is compared with the out-of-fold predictions to 1e-4, closer than
-    # bf16 autocast (auto on CPUs with native bf16) rounds; the other DDP tests run as auto says.
-    one_epoch = [*one_epoch, "training.precision=32"]
+    # bf16 autocast (auto on CPUs with native bf16) rounds; the other DDP tests run as auto says
+    # (the device path, for data this small). Both paths are run here: features held on the
+    # device, and the streaming DataLoaders over the memory-mapped store.
+    one_epoch = [*one_epoch, "training.precision=32", f"training.device_data={device_data}"]
     recipe = load_recipe("esc50-lh", one_epoch)
     manifest = read_manifest(subset)
     cache = tmp_path / "cache"
@@ -78,6 +82,7 @@ def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(su
 
     done = json.loads((run / "fold-0" / "done.json").read_text())
     assert done["processes"] == 2
+    assert done["features_on_device"] is (device_data == "on")
     fold_clips = sorted(c.id for c in manifest if c.fold == 1)
     assert sorted(done["clips"]) == fold_clips and len(set(done["clips"])) == len(done["clips"])
     assert np.load(run / "fold-0" / "oof.npy").shape == (len(fold_clips), len(manifest.labels))
@@ -97,6 +102,7 @@ def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(su
     single_done = json.loads((single.run_dir / "fold-0" / "done.json").read_text())
     assert sorted(single_done["clips"]) == sorted(done["clips"])
     assert single_done["processes"] == 1
+    assert single_done["features_on_device"] is (device_data == "on")
 
 
 def _half(run: Path, clips: list[str], manifest: Manifest, rank: int):

@@ -437,7 +437,8 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
         "val_clips": data.val_clips, "best_checkpoint": Path(best).name,
         "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "epochs": int(trainer.current_epoch), "resumed_after_epoch": resumed_from,
-        "processes": trainer.world_size, "seconds": time.perf_counter() - start})
+        "processes": trainer.world_size, "features_on_device": data.on_device,
+        "seconds": time.perf_counter() - start})
     trainer.strategy.barrier("oof")
 
 
