@@ -16,7 +16,7 @@ import torch
 from soundtag.errors import ParameterError
 from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore
-from soundtag.models.batching import pad_chunks
+from soundtag.models.batching import cat_padded
 from soundtag.features.views import (eval_chunks, feature_stats, global_stats, normalize_per_feature, normalize_per_sample,
                                      sound_extent, sound_frames, x_chunks)
 from soundtag.training.sampling import Balance, epoch_indices
@@ -126,10 +126,10 @@ class EvalViews(torch.utils.data.Dataset):
 def collate_chunks(batch):
     """Stack clips of varying chunk counts: ``(chunks, owner, targets)`` with ``owner[j]`` the
     clip (row of ``targets``) that chunk ``j`` belongs to. ``chunks`` is padded with zero rows
-    to a bucket size (:func:`pad_chunks`); rows past ``len(owner)`` belong to no clip."""
+    to a bucket size (:func:`cat_padded`); rows past ``len(owner)`` belong to no clip."""
     xs, ys = zip(*batch)
     owner = torch.cat([torch.full((x.shape[0],), i, dtype=torch.long) for i, x in enumerate(xs)])
-    return pad_chunks(torch.cat(xs)), owner, torch.stack(ys)
+    return cat_padded(list(xs)), owner, torch.stack(ys)
 
 
 def world() -> tuple[int, int]:

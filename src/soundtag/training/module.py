@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from soundtag import evaluation
+from soundtag._heap import release_freed_memory
 from soundtag.recipe import Recipe
 from soundtag.models import create_model
 from soundtag.models.pretrained import head_keys, load_checkpoint
@@ -192,6 +193,10 @@ class TaggerModule(L.LightningModule):
         x, owner, y = batch
         probs = clip_probabilities(self(x), owner, len(y), self.multilabel)
         self._val.append((probs.float().cpu(), y.cpu()))
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.device.type == "cpu":  # the host heap is the one that grew (_heap.py)
+            release_freed_memory()
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:

@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from soundtag._heap import release_freed_memory
 from soundtag.distributed import launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
@@ -457,4 +458,6 @@ def predict_clips(module, loader: torch.utils.data.DataLoader, device: torch.dev
             if tta:  # the copies of row i are rows i + c, i + 2c, ...: the owners repeat
                 x, owner = pad_chunks(add_tta_copies(x[: len(owner)], module.recipe, tta)), owner.repeat(tta + 1)
             out.append(clip_probabilities(module(x), owner, len(y), module.multilabel).float().cpu())
+            if device.type == "cpu":
+                release_freed_memory()
     return torch.cat(out).numpy()
