@@ -604,7 +604,7 @@ def _last_epoch_scores(manifest, recipe, cache: Path, run_dir: Path) -> dict:
 
     plan = FoldSet.build(manifest, recipe, FeatureStore.open(cache, recipe))
     loaders = plan.loaders(0)
-    module = TaggerModule.load_from_checkpoint(RunDir(run_dir).checkpoint(0, "last"), map_location="cpu")
+    module = TaggerModule.from_checkpoint(RunDir(run_dir).checkpoint(0, "last"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probs = predict_clips(module, loaders.oof, device)
     ids = {c: i for i, c in enumerate(manifest.ids)}

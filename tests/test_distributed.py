@@ -313,7 +313,7 @@ def test_loss_masking_under_ddp_reaches_each_processs_loss_and_spares_verified_c
         done = json.loads((run / "fold-0" / "done.json").read_text())
         assert done["processes"] == 2
         assert sorted(done["clips"]) == sorted(c.id for c in read_manifest(data) if c.fold == 1)
-        weights[name] = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        weights[name] = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(w, weights["verified"][k]) for k, w in weights["plain"].items()), \
         "a fully verified run must not be touched by masking"
     assert any(not torch.equal(weights["verified"][k], weights["half"][k]) for k in weights["verified"]

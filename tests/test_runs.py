@@ -212,7 +212,7 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_monitor_did_not_improve
                                              "training.augment.shift.enabled=false"])
     run = RunDir(train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", folds=[0],
                        progress=False).run_dir)
-    best = torch.load(run.checkpoint(0, "best"), map_location="cpu", weights_only=False)
-    last = torch.load(run.checkpoint(0, "last"), map_location="cpu", weights_only=False)
+    best = torch.load(run.checkpoint(0, "best"), map_location="cpu", weights_only=True)
+    last = torch.load(run.checkpoint(0, "last"), map_location="cpu", weights_only=True)
     assert best["epoch"] < 3, "the monitor stopped improving before the last epoch"
     assert last["epoch"] == 3 and last["global_step"] == 4 * best["global_step"] // (best["epoch"] + 1)

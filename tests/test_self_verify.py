@@ -94,7 +94,8 @@ def test_rounds_decide_from_the_previous_run_and_train_without_the_dropped(noisy
         self_verify(noisy_run, tmp_path / "sv", rounds=2, threshold=0.5, progress=False)
 
 
-def test_a_killed_self_verify_resumes_without_redoing_finished_rounds(noisy_run, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_self_verify_resumes_without_redoing_finished_rounds(noisy_run, tmp_path, stop):
     out = tmp_path / "sv"
     args = [sys.executable, "-m", "soundtag.cli", "self-verify", str(noisy_run), "--rounds", "2",
             "--threshold", "0.3", "--out", str(out), "--no-progress"]
@@ -105,8 +106,15 @@ def test_a_killed_self_verify_resumes_without_redoing_finished_rounds(noisy_run,
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         assert time.time() < deadline, "round 2 never started"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if stop == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:
+        proc.send_signal(signal.SIGTERM)
+        said = proc.communicate(timeout=120)[0].decode()
+        assert proc.returncode == 128 + signal.SIGTERM, said[-2000:]
+        assert "stopped by SIGTERM: finished rounds and folds are kept" in said, said[-2000:]
+        assert "run the same command again to go on: soundtag self-verify" in said, said[-2000:]
     assert (out / "round-1" / "run" / "metrics.json").is_file()
     assert not (out / "round-2" / "run" / "metrics.json").exists()
     round1 = {p: p.stat().st_mtime_ns for p in (out / "round-1").rglob("*") if p.is_file()}

@@ -229,7 +229,10 @@ def test_blacklist_naming_an_unknown_clip_is_refused(esc10_root, tmp_path, write
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_path, write_subset_csv, fast):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_path, write_subset_csv, fast, stop):
+    from soundtag.checkpoints import read_soundtag_checkpoint
+
     csv_path = write_subset_csv(esc10_root, tmp_path / "subset.csv")
     run = tmp_path / "run"
     args = [sys.executable, "-m", "soundtag.cli", "train", "--data", str(csv_path), "-r", "esc50-lh",
@@ -241,9 +244,18 @@ def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_pat
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         assert time.time() < deadline, "fold 1 never started"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if stop == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:  # to the process alone, as `timeout`, `kill` and a scheduler's preemption send it
+        proc.send_signal(signal.SIGTERM)
+        said = proc.communicate(timeout=120)[0].decode()
+        assert proc.returncode == 128 + signal.SIGTERM, said[-2000:]
+        assert "stopped by SIGTERM: fold(s) 0 of" in said and f"soundtag train --resume {run}" in said, said[-2000:]
+        assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".tmp_" in p.name]
     assert (run / "fold-0" / "done.json").is_file() and not (run / "fold-1" / "done.json").exists()
+    for ckpt in run.rglob("*.ckpt"):  # whatever the stop, every checkpoint left is whole
+        read_soundtag_checkpoint(ckpt)
     fold0_done = (run / "fold-0" / "done.json").stat().st_mtime_ns
 
     out = subprocess.run([sys.executable, "-m", "soundtag.cli", "train", "--resume", str(run), "--no-progress"],

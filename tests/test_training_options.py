@@ -117,7 +117,7 @@ def test_a_run_with_adamw_and_onecycle_saves_their_state(tiny, feature_cache, fa
     run, done = _train_fold0(tiny, fast + ["training.optimizer=adamw", "training.scheduler=onecycle", "training.lr=0.003",
                                            "training.weight_decay=0.05", "training.batch_size=4"],
                              tmp_path / "run", feature_cache)
-    last = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=True)
     (opt_state,) = last["optimizer_states"]
     assert opt_state["param_groups"][0]["weight_decay"] == 0.05
     (sched,) = last["lr_schedulers"]
@@ -178,7 +178,7 @@ def test_the_best_checkpoint_is_chosen_by_val_map3(tiny, feature_cache, fast, tm
     else:
         pytest.fail("in 8 seeds MAP@3 always peaked where the loss was lowest")
     assert done["best_score"] == pytest.approx(map3[best_epoch], abs=1e-6)
-    best = torch.load(run / "fold-0" / "best.ckpt", map_location="cpu", weights_only=False)
+    best = torch.load(run / "fold-0" / "best.ckpt", map_location="cpu", weights_only=True)
     assert best["epoch"] == best_epoch
     # two checkpoint callbacks: the best by the monitor, and the latest epoch (for resume)
     (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"]]
@@ -246,7 +246,7 @@ def test_weights_load_into_a_classifier_of_another_size(tiny, feature_cache, fas
     run, _ = _train_fold0(tiny, fast + ["training.epochs=1", "training.batch_size=4"], tmp_path / "run", feature_cache)
     ckpt = run / "fold-0" / "best.ckpt"
     trained = {k.removeprefix("model."): v for k, v in
-               torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"].items()}
+               torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()}
     assert trained["classifier.weight"].shape[0] == 2
 
     widths = {"widths": [8, 16]}
@@ -339,7 +339,7 @@ def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(ti
                                            "training.augment.freq_shift.enabled=true"],
                              tmp_path / "run", feature_cache)
     assert done["best_checkpoint"] == "last.ckpt" and done["epochs"] == 3
-    state = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     averaged = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     trained = {k.removeprefix("training_model."): v for k, v in state.items() if k.startswith("training_model.")}
     assert averaged.keys() == trained.keys()
@@ -351,7 +351,7 @@ def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(ti
 
     recipe = RunDir(run).recipe()
     loaders = FoldSet.build(tiny, recipe, FeatureStore.open(feature_cache, recipe)).loaders(0)
-    module = TaggerModule.load_from_checkpoint(run / "fold-0" / "last.ckpt", map_location="cpu")
+    module = TaggerModule.from_checkpoint(run / "fold-0" / "last.ckpt")
     oof = RunDir(run).out_of_fold(partial=True)
     order = [list(oof.manifest.ids).index(c) for c in loaders.oof_ids]
     np.testing.assert_allclose(predict_clips(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the complete new one, never half of one)
+and array reads that cannot run code."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
+
+from soundtag.errors import DataError
 
 
 @contextlib.contextmanager
@@ -41,3 +46,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_array(path: str | Path, *, mmap_mode: str | None = None) -> np.ndarray:
+    """A ``.npy`` file of numbers, never of pickled objects (``allow_pickle=False``): an array
+    file in a run directory or a feature store from someone else cannot run code.
+
+    Raises
+    ------
+    DataError
+        naming the file, when it holds Python objects or cannot be read as an array
+    """
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as exc:  # NumPy's "Object arrays cannot be loaded when allow_pickle=False"
+        what = "Python objects, which soundtag never unpickles" if "allow_pickle" in str(exc) else str(exc)
+        raise DataError(f"{path} was not loaded: it holds {what}; soundtag writes numeric arrays only, so this "
+                        "file was made elsewhere or is damaged: delete it and compute it again") from None
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read as an array ({exc}); delete it and compute it again") from None

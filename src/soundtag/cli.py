@@ -14,11 +14,13 @@ from typing import List, Optional
 
 import typer
 
-from soundtag.commands import DEFAULT_CACHE, DataOpt, LayoutOpt, OverrideOpt, console, err_console, escape, load_recipes
+from soundtag.commands import (DEFAULT_CACHE, DataOpt, LayoutOpt, OverrideOpt, console, err_console, escape, load_recipes,
+                               rerun_note)
 from soundtag.commands import cleaning as cleaning_commands
 from soundtag.commands import data as data_commands
 from soundtag.commands import prediction as prediction_commands
 from soundtag.errors import SoundtagError
+from soundtag.stopping import on_stop
 
 app = typer.Typer(help="Train, clean, evaluate and ensemble audio taggers.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -68,8 +70,10 @@ def features(
     manifest = open_dataset(data, layout)
     summaries = []
     for r in load_recipes(recipe, override):
-        _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers, batch_size=batch_size,
-                                      device=device, progress=progress, shard=shard_of)
+        with on_stop(rerun_note(lambda: f"the clips computed so far are kept in the feature store under {cache}, "
+                                        "and only the others are computed again")):
+            _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers, batch_size=batch_size,
+                                          device=device, progress=progress, shard=shard_of)
         summaries.append(summary)
         for f in summary.failures[:10]:
             console.print(f"[yellow]failed[/]: {escape(f.message)}")
@@ -159,7 +163,8 @@ def train(
 
     hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
     if resume is not None:
-        result = resume_run(resume, progress=progress, hardware=hardware)
+        with on_stop(lambda: _train_stop_note(resume)):
+            result = resume_run(resume, progress=progress, hardware=hardware)
     else:
         if data is None:
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
@@ -174,14 +179,30 @@ def train(
             if not init.is_file():
                 raise typer.BadParameter(f"--init {init} does not exist; give a local checkpoint file")
             r = r.model_copy(update={"training": r.training.model_copy(update={"checkpoint": str(init.resolve())})})
-        result = train_run(manifest or open_dataset(data, layout), r, out or default_run_dir(r), cache_dir=cache,
-                           folds=fold or None, progress=progress, data_source=data, hardware=hardware)
+        run_dir = out or default_run_dir(r)
+        with on_stop(lambda: _train_stop_note(run_dir)):
+            result = train_run(manifest or open_dataset(data, layout), r, run_dir, cache_dir=cache,
+                               folds=fold or None, progress=progress, data_source=data, hardware=hardware)
     if not is_primary_process():
         return  # the first process reports
     if result.folds_skipped:
         console.print(f"skipped finished fold(s) {result.folds_skipped}")
     if result.metrics:
         _print_metrics(result.run_dir, result.metrics)
+
+
+def _train_stop_note(run_dir: Path) -> str:
+    """What a stopped ``train`` kept, and the command that resumes it."""
+    from soundtag.runs import RunDir
+
+    run = RunDir(run_dir)
+    if not run.is_run():
+        return f"nothing was written to {run_dir} yet; run the same command again"
+    done = run.finished_folds()
+    kept = f"fold(s) {', '.join(map(str, done))} of {run_dir} are finished and kept" if done else \
+        f"no fold of {run_dir} was finished"
+    return (f"{kept}, an unfinished fold goes on from its last saved epoch, the features computed so far are "
+            f"cached; resume with `soundtag train --resume {run_dir}`")
 
 
 def _auto_recipe(manifest, name: str, overrides: List[str], *, quiet: bool = False, comment: bool = False):
@@ -329,11 +350,17 @@ for _typer in (app, data_commands.app):
 
 
 def main() -> None:
+    from soundtag.stopping import Stopped, stop_on_signals
+
     try:
-        app()
+        with stop_on_signals():
+            app()
     except SoundtagError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(2)
+    except Stopped as stop:  # SIGTERM, Ctrl-C, SIGHUP: not a success, whatever was kept
+        err_console.print(f"[bold yellow]{escape(stop.report())}[/]", highlight=False, soft_wrap=True)
+        sys.exit(stop.exit_status)
 
 
 if __name__ == "__main__":

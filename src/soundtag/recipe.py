@@ -321,7 +321,13 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
         source = f"recipe {name_or_path}"
         text = (resources.files("soundtag") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
     try:
+        # safe_load builds plain values only: a tag such as !!python/object/apply is an error, not a call.
         data = yaml.safe_load(text) or {}
+    except yaml.constructor.ConstructorError as exc:
+        where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
+        raise ParameterError(f"{source}{where}: {exc.problem}; a recipe holds plain values only (mappings, lists, "
+                             "strings, numbers), and soundtag never builds Python objects from YAML: remove the "
+                             "tag") from None
     except yaml.YAMLError as exc:
         raise ParameterError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -350,7 +356,11 @@ def _apply_override(data: dict, item: str) -> None:
         target = target.setdefault(key, {})
         if not isinstance(target, dict):
             raise ParameterError(f"override {item!r}: {key!r} is not a section")
-    target[keys[-1]] = yaml.safe_load(raw)
+    try:
+        target[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"override {item!r}: the value is not a plain YAML value ({getattr(exc, 'problem', exc)}); "
+                             "quote it to pass a string") from None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -35,7 +35,7 @@ from typing import Iterable
 
 import numpy as np
 
-from soundtag._io import atomic_path, atomic_write_json, atomic_write_text
+from soundtag._io import atomic_path, atomic_write_json, atomic_write_text, load_array
 from soundtag.errors import DataError
 from soundtag.manifest import Manifest
 
@@ -255,7 +255,7 @@ class RunDir:
         probs = np.full((len(manifest), len(manifest.labels)), np.nan, dtype=np.float32)
         for k in finished:
             clips = self.fold_record(k)["clips"]
-            probs[[row_of[c] for c in clips]] = np.load(self.fold_dir(k) / self.FOLD_OOF)
+            probs[[row_of[c] for c in clips]] = load_array(self.fold_dir(k) / self.FOLD_OOF)
         missing = int(np.isnan(probs[:, 0]).sum()) if len(manifest) else 0
         if missing:
             raise DataError(f"{self.path}: {missing} clip(s) of the finished folds have no out-of-fold prediction; "

@@ -7,14 +7,17 @@ Each module of :mod:`soundtag.commands` is the thin command line of one stage
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 import typer
 from rich.console import Console
 from rich.markup import escape  # messages name files, and file names may hold [brackets]
 
-__all__ = ["DEFAULT_CACHE", "DataOpt", "LayoutOpt", "OverrideOpt", "console", "err_console", "escape", "load_recipes"]
+__all__ = ["DEFAULT_CACHE", "DataOpt", "LayoutOpt", "OverrideOpt", "console", "err_console", "escape", "load_recipes",
+           "rerun_note"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,3 +35,9 @@ def load_recipes(names: List[str], overrides: List[str]):
     from soundtag.recipe import load_recipe
 
     return [load_recipe(name, overrides) for name in names]
+
+
+def rerun_note(kept: Callable[[], str]) -> Callable[[], str]:
+    """A stop's note (:func:`soundtag.stopping.on_stop`) for a command that goes on where it
+    stopped when run again: what was ``kept``, then the command line itself."""
+    return lambda: f"{kept()}; run the same command again to go on: {shlex.join(['soundtag', *sys.argv[1:]])}"

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from soundtag.commands import console
+from soundtag.commands import console, rerun_note
+from soundtag.stopping import Stopped, on_stop
 
 ListsOpt = typer.Option(None, "--lists", help="folder of blacklist.csv, relabel.csv and decisions.csv "
                         "(default: cleaning/<dataset name>/ in the current folder)")
@@ -91,7 +92,11 @@ def review(
     console.print(f"review {run}, round {data.round}: {data.progress()['reviewed']} of {len(data.suspects)} reviewed; "
                   f"decisions go to {folder}", soft_wrap=True)
     console.print(f"open http://{HOST}:{port}/ in a browser (Ctrl-C to stop)", soft_wrap=True)
-    serve(web, port=port)
+    try:
+        serve(web, port=port)
+    except Stopped:  # uvicorn stops gracefully, then raises the signal again: Ctrl-C is how a review ends
+        again = f"soundtag review {run}" + (f" --lists {folder}" if lists else "")
+        console.print(f"every decision is saved in {folder}; `{again}` goes on where you stopped", soft_wrap=True)
     console.print(f"then retrain: {retrain_command(run, folder)}", soft_wrap=True)
 
 
@@ -161,8 +166,10 @@ def self_verify(
     for name, value in (("--threshold", threshold), ("--relabel-above", relabel_above)):
         if isinstance(value, float) and not 0 < value <= 1:
             raise typer.BadParameter(f"{name} {value} must be in (0, 1], e.g. 0.95")
-    reports = run_rounds(run, out, rounds=rounds, threshold=threshold, per_class=per_class,
-                         relabel_threshold=relabel_above, progress=progress)
+    with on_stop(rerun_note(lambda: "finished rounds and folds are kept, an unfinished fold goes on from its last "
+                                    "saved epoch")):
+        reports = run_rounds(run, out, rounds=rounds, threshold=threshold, per_class=per_class,
+                             relabel_threshold=relabel_above, progress=progress)
     table = Table(title=f"self-verify {run}: unverified clips per round")
     for column in ("round", "threshold", "kept", "relabelled", "dropped", "top-1 out of fold", "run"):
         table.add_column(column)

@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from soundtag.commands import DataOpt, LayoutOpt, console, err_console, escape
+from soundtag.commands import DataOpt, LayoutOpt, console, err_console, escape, rerun_note
+from soundtag.stopping import on_stop
 
 
 class TagFormat(str, Enum):
@@ -58,7 +59,8 @@ def predict(
     from soundtag.prediction import predict_dataset
 
     manifest = open_dataset(data, layout, **({"split": split} if split else {}))
-    result = predict_dataset(run, manifest, out=out, cache_dir=cache, tta=tta, progress=progress)
+    with on_stop(rerun_note(lambda: "no predictions were written; the features computed so far are cached")):
+        result = predict_dataset(run, manifest, out=out, cache_dir=cache, tta=tta, progress=progress)
     for f in result.failures[:10]:
         console.print(f"[yellow]not predicted[/]: {escape(f.message)}")
     console.print(f"predicted {len(result.predictions.ids)} clips of {manifest.name}"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
-from soundtag._io import atomic_path, atomic_write_json
+from soundtag._io import atomic_path, atomic_write_json, load_array
 from soundtag.errors import DataError
 from soundtag.recipe import Recipe
 
@@ -122,7 +122,7 @@ class FeatureStore:
         """The stored log-mel of one clip, shape ``(n_mels, frames)``, float16, memory-mapped."""
         e = self.entries[key]
         if e.part not in self._maps:
-            self._maps[e.part] = np.load(self.path / "parts" / f"{e.part}.npy", mmap_mode="r")
+            self._maps[e.part] = load_array(self.path / "parts" / f"{e.part}.npy", mmap_mode="r")
         return self._maps[e.part][e.offset:e.offset + e.frames].T
 
     def get_clip(self, path: str | Path) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 The layout and every ``state_dict`` key and shape follow the released AudioSet checkpoints
 (``mn04_as_mAP_432.pt``, ``mn10_as_mAP_471.pt``, ``mn40_as_mAP_484.pt``, ...: flat state dicts,
-527 classes, one input channel), so ``model.load_state_dict(torch.load(path))`` loads them as
-they are. Only the released defaults are built: channel-wise squeeze-excitation, strides
+527 classes, one input channel), so ``model.load_state_dict`` takes them as they are, with no key
+renamed (read through :func:`soundtag.checkpoints.read_state_dict`). Only the released defaults are built: channel-wise squeeze-excitation, strides
 (2, 2, 2, 2), no dilation, full tail and the ``mlp`` head. DyMN is not included.
 
 Takes a log-mel spectrogram ``(batch, in_chans, n_mels, frames)`` of any size (128 mels at hop

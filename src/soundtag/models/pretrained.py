@@ -1,8 +1,9 @@
 """Weights from local checkpoint files: ours, and the released PANNs and EfficientAT models.
 
-Nothing is downloaded: a user passes a file. :func:`read_state_dict` accepts the layouts in use
-(a flat state dict as EfficientAT releases it, PANNs' ``{"model": state_dict}``, a Lightning
-``.ckpt``); :func:`load_checkpoint` copies it into a model and says exactly what does not fit.
+Nothing is downloaded: a user passes a file. :func:`~soundtag.checkpoints.read_state_dict` reads
+it without running code, in the layouts in use (a flat state dict as EfficientAT releases it,
+PANNs' ``{"model": state_dict}``, a Lightning ``.ckpt``); :func:`load_checkpoint` copies it into a
+model and says exactly what does not fit.
 A PANNs file carries its torchlibrosa front-end as weights (the STFT's conv kernels and the mel
 matrix): :func:`check_panns_frontend` compares them with the recipe's log-mel instead of
 running them, so the model is fed the input it was trained on or refuses with a clear message.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from soundtag.checkpoints import read_state_dict
 from soundtag.errors import DataError, ParameterError
 
 if TYPE_CHECKING:
@@ -70,34 +72,6 @@ def pretrained_recipe(arch: str) -> "Recipe":
     from soundtag.recipe import load_recipe
 
     return load_recipe(pretrained_info(arch).recipe, overrides=[f"training.model={arch}"])
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local checkpoint file, whatever its layout.
-
-    Accepts a flat state dict, ``{"model": state_dict}`` (PANNs), ``{"state_dict": ...}``
-    (Lightning, whose ``model.`` prefix is removed). Only tensors are read
-    (``weights_only``): a checkpoint cannot run code.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist; give the path of a local file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle of objects, not a torch file
-        raise DataError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it may be "
-                        "truncated (download it again and compare its size or checksum) or not a PyTorch file") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"checkpoint {path} holds no state dict of tensors (top level: "
-                        f"{type(state).__name__}); soundtag reads flat state dicts, PANNs' {{'model': ...}} "
-                        "and Lightning checkpoints")
-    if any(k.startswith("model.") for k in state):  # a soundtag (Lightning) checkpoint
-        state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("training_model.")}
-    return state
 
 
 def panns_frontend(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.errors import DataError
 from soundtag.recipe import Recipe
 from soundtag.features.views import SOUND_FLOOR_DB
@@ -155,29 +156,28 @@ def fold_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def load_run(path: str | Path) -> LoadedRun:
-    """Load a run directory's finished fold models (or one Lightning ``.ckpt``) for inference."""
+    """Load a run directory's finished fold models (or one Lightning ``.ckpt``) for inference.
+
+    Every checkpoint is read without running code (:func:`~soundtag.checkpoints.read_soundtag_checkpoint`):
+    a run shared by someone else can be tagged with safely.
+    """
     path = Path(path)
     checkpoints = [path] if path.suffix == ".ckpt" else fold_checkpoints(path)
     models, means, stds = [], [], []
-    hp = None
-    for ckpt in checkpoints:
-        if not ckpt.is_file():
-            raise DataError(f"checkpoint {ckpt} is missing; retrain that fold with `soundtag train --resume`")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        hp = state.get("hyper_parameters")
-        if not hp or "recipe" not in hp:
-            raise DataError(f"{ckpt} is not a soundtag checkpoint (no recipe in its hyper-parameters)")
-        recipe = Recipe.model_validate(hp["recipe"])
+    for file in checkpoints:
+        if not file.is_file():
+            raise DataError(f"checkpoint {file} is missing; retrain that fold with `soundtag train --resume`")
+        ckpt = read_soundtag_checkpoint(file)
+        recipe = ckpt.recipe
         t = recipe.training
-        model = create_model(t.model, num_classes=len(hp["labels"]), in_chans=1, **t.model_args)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()
-                               if k.startswith("model.")})
+        model = create_model(t.model, num_classes=len(ckpt.labels), in_chans=1, **t.model_args)
+        model.load_state_dict(ckpt.model_weights())
         models.append(model)
-        norm = hp["normalizer"]
+        norm = ckpt.normalizer
         if norm["kind"] in ("per_feature", "global"):
             means.append(norm["mean"])
             stds.append(norm["std"])
-    ensemble = FoldEnsemble(models, normalization=recipe.view.normalization, multilabel=hp["multilabel"],
+    ensemble = FoldEnsemble(models, normalization=recipe.view.normalization, multilabel=ckpt.multilabel,
                             means=np.array(means) if means else None, stds=np.array(stds) if stds else None,
                             over=recipe.view.normalize_over)
-    return LoadedRun(path, recipe, list(hp["labels"]), bool(hp["multilabel"]), ensemble, checkpoints)
+    return LoadedRun(path, recipe, ckpt.labels, ckpt.multilabel, ensemble, checkpoints)

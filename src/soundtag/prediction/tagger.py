@@ -244,14 +244,91 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def read_onnx_metadata(path: str | Path) -> dict:
-    """The soundtag metadata of an exported model: labels, recipe, mel filterbank, folds."""
-    import onnxruntime as ort
+def check_onnx_external_data(path: str | Path) -> None:
+    """Refuse an ONNX model whose tensors keep their data in a file outside the model's folder.
+
+    A tensor of an ONNX model may name a file to read its data from ("external data");
+    ``../../etc/passwd`` or ``/home/you/.ssh/id_rsa`` would make any model file read what its
+    author chose and hand it to the graph. soundtag's own exports keep every tensor inside the
+    model file. Models whose bytes never mention ``location``, the key every external-data entry
+    needs, cannot have any and are passed without parsing them; the others are parsed with the
+    ``onnx`` package (its import alone takes about a second, too long to pay on every tag).
+
+    Raises
+    ------
+    DataError
+        naming the file, the tensor and the location it points to
+    """
+    import mmap
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(b"location") < 0:
+                return
+    except (OSError, ValueError) as exc:  # missing, unreadable, or empty (mmap of 0 bytes)
+        raise DataError(f"{path}: not a readable ONNX model ({exc})") from None
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     try:
-        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise DataError(f"{path}: not a readable ONNX model ({exc})") from None
+    folder = path.resolve().parent
+    for tensor in _onnx_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or (target != folder and folder not in target.parents):
+            raise DataError(f"{path} was not loaded: its tensor {tensor.name!r} takes its data from {location!r}, "
+                            f"outside the model's folder {folder}; a model may only read files beside it. "
+                            "Ask its author for a model with its weights inside the file")
+
+
+def _onnx_tensors(model):
+    """Every tensor of an ONNX model: initializers, sparse ones and node attributes, in the main
+    graph, its subgraphs and its functions."""
+    def in_nodes(nodes):
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from in_graph(attr.g)
+                for g in attr.graphs:
+                    yield from in_graph(g)
+
+    def in_graph(graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(model.graph)
+    for function in model.functions:
+        yield from in_nodes(function.node)
+
+
+def onnx_session(path: str | Path, options=None):
+    """An ONNX Runtime session on the CPU for a model file from anywhere, after
+    :func:`check_onnx_external_data`."""
+    import onnxruntime as ort
+
+    check_onnx_external_data(path)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         raise DataError(f"{path}: not a readable ONNX model ({exc})") from exc
+
+
+def read_onnx_metadata(path: str | Path, session=None) -> dict:
+    """The soundtag metadata of an exported model: labels, recipe, mel filterbank, folds
+    (read from ``session`` when the model is open already)."""
+    meta = (session or onnx_session(path)).get_modelmeta()
     if ONNX_METADATA_KEY not in meta.custom_metadata_map:
         raise DataError(f"{path}: this ONNX model was not exported by soundtag (no '{ONNX_METADATA_KEY}' metadata)")
     return json.loads(meta.custom_metadata_map[ONNX_METADATA_KEY])
@@ -260,10 +337,6 @@ def read_onnx_metadata(path: str | Path) -> dict:
 def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
     import onnxruntime as ort
 
-    info = read_onnx_metadata(source)
-    recipe = Recipe.model_validate(info["recipe"])
-    basis = np.frombuffer(base64.b64decode(info["mel_basis"]), dtype=np.float32).reshape(info["mel_basis_shape"])
-    logmel = NumpyLogMel.from_recipe(recipe, mel_basis=basis)
     options = ort.SessionOptions()
     # ORT's idle workers spin by default, taking the cores that decoding and the log-mel
     # (NumPy, OpenBLAS) need between two runs: off, tagging a file is twice as fast (measured).
@@ -271,7 +344,11 @@ def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(source, options)
+    info = read_onnx_metadata(source, session)
+    recipe = Recipe.model_validate(info["recipe"])
+    basis = np.frombuffer(base64.b64decode(info["mel_basis"]), dtype=np.float32).reshape(info["mel_basis_shape"])
+    logmel = NumpyLogMel.from_recipe(recipe, mel_basis=basis)
 
     def fold_probs(chunks: np.ndarray) -> np.ndarray:
         return session.run(["fold_probs"], {"chunks": np.ascontiguousarray(chunks, dtype=np.float32)})[0]

@@ -15,8 +15,11 @@ import lightning as L
 import numpy as np
 import torch
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
 from soundtag import evaluation
 from soundtag._heap import release_freed_memory
+from soundtag.checkpoints import read_checkpoint, read_soundtag_checkpoint
 from soundtag.recipe import Recipe
 from soundtag.models import create_model
 from soundtag.models.pretrained import head_keys, load_checkpoint
@@ -42,6 +45,18 @@ def _gather(array: np.ndarray) -> np.ndarray:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, array)
     return np.concatenate(parts)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with its reads through :func:`~soundtag.checkpoints.read_checkpoint`.
+
+    ``Trainer.fit(ckpt_path=...)`` (``soundtag train --resume``) reads ``last.ckpt`` here, so a
+    run directory from someone else cannot run code through it; writes stay Lightning's, which
+    are atomic.
+    """
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return read_checkpoint(path)
 
 
 class TaggerModule(L.LightningModule):
@@ -77,6 +92,15 @@ class TaggerModule(L.LightningModule):
         #: The augmentations' random stream, on the batches' device (made at the first batch).
         self.generator: torch.Generator | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "TaggerModule":
+        """A trained fold back from its checkpoint, read without running code (Lightning's own
+        loader leaves that to ``torch.load``'s defaults)."""
+        ckpt = read_soundtag_checkpoint(path)
+        module = cls(**ckpt.hyper_parameters, init_weights=False)
+        module.load_state_dict(ckpt.state_dict)
+        return module
 
     def on_fit_start(self) -> None:
         self.generator = None  # made again on this process's device, seeded by its rank

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from soundtag._heap import release_freed_memory
+from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.distributed import launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
@@ -26,6 +28,7 @@ from soundtag.recipe import Recipe, load_recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Manifest
 from soundtag.runs import RunDir
+from soundtag.stopping import Stopped
 from soundtag.training.data import EpochSampler, EvalViews, Normalizer, ShardSampler, TrainViews, collate_chunks
 from soundtag.training.device_data import (DeviceClips, DeviceEvalBatches, DeviceTrainBatches, features_bytes,
                                            wants_device_data)
@@ -384,8 +387,9 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from soundtag.training.module import TaggerModule
+    from soundtag.training.module import SafeCheckpointIO, TaggerModule
 
     recipe, manifest = plan.recipe, plan.manifest
     t = recipe.training
@@ -411,7 +415,7 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
         max_epochs=t.epochs, accelerator=accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
         strategy=hardware.lightning_strategy(), use_distributed_sampler=False,  # ours shard by rank
         precision=auto_precision if t.precision == "auto" else t.precision,
-        callbacks=callbacks, logger=[CSVLogger(fold_dir, name=run.LOGS, version=""),
+        callbacks=callbacks, plugins=[SafeCheckpointIO()], logger=[CSVLogger(fold_dir, name=run.LOGS, version=""),
                                      TensorBoardLogger(fold_dir, name=run.TENSORBOARD, version="")],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, len(data.train))))
@@ -419,18 +423,21 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     last = run.checkpoint(k, "last")
     resumed_from = None
     if last.is_file():
-        resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1
+        resumed_from = read_soundtag_checkpoint(last).epoch + 1
         print(f"fold {k}: resuming from {last} after epoch {resumed_from}")
         if trainer.is_global_zero:
             run.keep_logs_before_resume(k, resumed_from)
-    trainer.fit(module, data.train, data.val, ckpt_path=str(last) if last.is_file() else None)
+    try:
+        trainer.fit(module, data.train, data.val, ckpt_path=str(last) if last.is_file() else None)
+    except SIGTERMException:  # Lightning's own stop (a DDP rank told by rank 0) is a SystemExit of status 0
+        raise Stopped(signal.SIGTERM) from None
 
     if not trainer.is_global_zero:
         trainer.strategy.barrier("oof")  # wait for rank 0's out-of-fold predictions
         return
     # The weights named before training: the best epoch by the monitor, or the last one.
     best = str(last) if t.keep == "last" else (checkpoint.best_model_path or str(last))
-    best_module = TaggerModule.load_from_checkpoint(best, map_location="cpu", init_weights=False)
+    best_module = TaggerModule.from_checkpoint(best)
     # One process predicts the whole fold, so every clip is predicted exactly once.
     probs = predict_clips(best_module, data.oof, trainer.strategy.root_device, tta=t.tta)
     run.finish_fold(k, probs, {
