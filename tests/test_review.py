@@ -394,3 +394,25 @@ def test_request_bodies_over_the_limit_are_413_and_write_nothing(server, lists, 
     with open(lists / "decisions.csv", newline="") as fh:
         assert [row["decision"] for row in csv.DictReader(fh)] == ["blacklist", "keep"]
     assert httpx.get(f"{url}api/state").status_code == 200  # bodiless requests pass untouched
+
+
+def test_ctrl_c_ends_a_review_with_every_decision_saved_and_the_retrain_command(run_dir, lists):
+    """Ctrl-C is how a review ends: exit 0, the decisions' folder and the command that retrains
+    (the server stops gracefully first, then raises the signal again)."""
+    import signal
+    import subprocess
+
+    env = dict(os.environ, COLUMNS="400", NO_COLOR="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "soundtag.cli", "review", str(run_dir), "--port", "0",
+                             "--lists", str(lists)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.decode())
+        if "in a browser" in lines[-1]:
+            break
+    time.sleep(1)  # the server starts listening after it prints the address
+    proc.send_signal(signal.SIGINT)
+    said = "".join(lines) + proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, said[-2000:]
+    assert f"every decision is saved in {lists}" in said and f"--lists {lists}` goes on" in said, said[-2000:]
+    assert "then retrain: soundtag train" in said, said[-2000:]
