@@ -14,8 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from soundtag import evaluation
 from soundtag._heap import release_freed_memory
@@ -98,7 +97,8 @@ class TaggerModule(L.LightningModule):
         """A trained fold back from its checkpoint, read without running code (Lightning's own
         loader leaves that to ``torch.load``'s defaults)."""
         ckpt = read_soundtag_checkpoint(path)
-        module = cls(**ckpt.hyper_parameters, init_weights=False)
+        arguments = ("recipe", "labels", "multilabel", "normalizer", "fold")
+        module = cls(**{k: v for k, v in ckpt.hyper_parameters.items() if k in arguments}, init_weights=False)
         module.load_state_dict(ckpt.state_dict)
         return module
 
