@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU suite of issue 12 as one prepared command: set up what the GPU machine's image lacks,
+# The GPU benchmark suite as one prepared command: set up what the GPU machine's image lacks,
 # then the training throughput benchmark, the 5-fold ESC-50 runs of esc50-gpu-lh and esc50-gpu-x,
 # their LH + X ensemble, and both runs scored again with test-time shifted copies. Results (JSON,
 # the docs sections, the log) go to OUTDIR.
 #
-#   bash benchmarks/device_suite.sh OUTDIR            # on the GPU machine (meant for the 12-minute
-#                                                     # budget of issue 12; not yet run on one)
+#   bash benchmarks/device_suite.sh OUTDIR            # on the GPU machine (meant for a 12-minute
+#                                                     # GPU budget; not yet run on one)
 #   bash benchmarks/device_suite.sh OUTDIR --smoke    # anywhere, CPU included: a handful of clips,
 #                                                     # one epoch, a tiny model (under 2 minutes)
 #

@@ -4,7 +4,7 @@ Run by hand; it rewrites its section of docs/benchmarks.md::
 
     python benchmarks/label_noise.py                                   # ESC-50, about 70 min on 2 cores
     python benchmarks/label_noise.py --epochs 1 --classes 5 --no-doc   # smoke run, about 2 min
-    python benchmarks/label_noise.py --shape fsd2018 --epochs 15       # every strategy of issue 14, about 45 min on 2 cores
+    python benchmarks/label_noise.py --shape fsd2018 --epochs 15       # all noise strategies, about 45 min on 2 cores
 
 What it does, on ESC-50 (from $SOUNDTAG_DATA/esc50 unless --data says otherwise):
 
@@ -19,7 +19,7 @@ What it does, on ESC-50 (from $SOUNDTAG_DATA/esc50 unless --data says otherwise)
    and the noisy labels less what ``soundtag clean --auto`` blacklists (no review).
    Goal: the reviewed retraining within 1 point of top-1 of the clean one.
 
-``--shape fsd2018`` (issue 14) gives folds 2-5 FSDKaggle2018's shape of noise instead: 60% of
+``--shape fsd2018`` gives folds 2-5 FSDKaggle2018's shape of noise instead: 60% of
 their clips are marked unverified and a third of those get a wrong label (seeded; both lists
 written to OUT), fold 1 stays verified and untouched. Fold-1 models are trained on clean labels;
 noisy labels, no strategy; the blacklist loop with a reviewer over the top 2N suspects; ``clean
@@ -169,7 +169,7 @@ def _training_minutes(run: Path) -> float:
 
 
 def run_fsd2018_shape(args, recipe, overrides: list[str]) -> None:
-    """The issue-14 comparison (see the module's text); every training resumes with --resume."""
+    """The comparison of every noisy-label strategy (see the module's text); every training resumes with --resume."""
     from soundtag.cleaning import self_verify
 
     tag = f"fsd2018-seed{args.seed}" + (f"-{args.classes}classes" if args.classes else "")
@@ -268,7 +268,7 @@ def write_fsd2018_doc(args, recipe, r: dict) -> None:
         f"fold 1 untouched and scored. Recipe {recipe.name}, {recipe.training.epochs} epochs, the last epoch's "
         "weights where the recipe says so. Removed: clips a strategy took out of their given label (blacklisted, "
         "dropped or relabelled); precision and recall against the flipped list.",
-        "- Goals (issue 14): the best strategy within 1 point of clean labels; a fully automatic one within 2.",
+        "- Goals: the best strategy within 1 point of clean labels; a fully automatic one within 2.",
         f"- Wall time: training of the fold-1 model; in all: with the trainings the strategy needed first (the "
         f"4-fold cross-validation on the noisy labels it ranks or verifies from, {r['cv_minutes']:.1f} min, and "
         "each self-verification round's own cross-validation).", "",
@@ -309,7 +309,7 @@ def main() -> None:
                         help="write the section of docs/benchmarks.md")
     parser.add_argument("--shape", choices=["flips", "fsd2018"], default="flips",
                         help="flips: --noise of folds 2-5 flipped (suspects benchmark); fsd2018: 60%% unverified, a "
-                        "third of those flipped, every strategy of issue 14 compared")
+                        "third of those flipped, every noisy-label strategy compared")
     parser.add_argument("--rounds", type=int, default=3, help="self-verification rounds (--shape fsd2018)")
     parser.add_argument("--threshold", type=lambda v: v if v == "auto" else float(v), default="auto",
                         help="self-verification threshold (--shape fsd2018): a number, or auto (default), the level "

@@ -1,4 +1,4 @@
-"""Short-clip datasets cut from real audio, for ``benchmarks/train.py robustness`` (issue 11).
+"""Short-clip datasets cut from real audio, for the robustness benchmark (``benchmarks/train.py robustness``).
 
 Every clip of ESC-50 (16 kHz FLAC) or ESC-10 (the original 44.1 kHz Ogg) is cut to its loudest
 window (0.5 s or 1 s, by the RMS energy of a window sliding one sample at a time), optionally

@@ -101,9 +101,9 @@ def test_plain_cnn_pooling_before_norm_is_the_same_map_where_the_norm_scales_are
 
 # --- the recipe -----------------------------------------------------------------------------
 
-def test_plain_cnn_recipe_is_issue_12s_baseline():
+def test_plain_cnn_recipe_is_the_reference_baseline():
     r = load_recipe("plain-cnn-lh")
-    assert "issue 12" in r.description
+    assert r.description.startswith("Reference baseline: plain 0.55M-parameter CNN")
     assert r.audio.sample_rate == 16000
     assert (r.features.n_mels, r.features.hop_length, r.features.n_fft) == (64, 320, 1024)
     assert (r.view.kind, r.view.duration, r.view.padding, r.view.normalization) == ("lh", 5.0, "center", "global")
