@@ -10,7 +10,7 @@ docs/benchmarks.md. Each measurement runs in a fresh subprocess so that its peak
   PyTorch log-mel + store writes);
 * soundtag second run: the same call again, served from the cache;
 * decode-only: the limit that decoding sets, ``soundfile.read`` of every file in ``--workers``
-  processes and nothing else (issue 12's goal: ``extract_features`` at >= 0.8x of it);
+  processes and nothing else (the goal: ``extract_features`` at >= 0.8x of it);
 * decode + log-mel: the same plus soundtag's log-mel module on each clip and nothing else, what
   the two steps every clip needs reach alone (the rest of extraction is soundtag's gap to it).
 """
@@ -196,7 +196,7 @@ def machine() -> str:
     except OSError:
         pass
     # Our 2-core machines vary: with native bf16, training's precision auto is bf16 (2x faster).
-    from soundtag.training.run import cpu_native_bf16
+    from soundtag.hardware import cpu_native_bf16
 
     vector = "native bf16" if cpu_native_bf16() else "no native bf16"
     return f"{cpu} ({vector}), {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
@@ -267,7 +267,7 @@ def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> 
         "`melspectrogram` + `power_to_db`. soundtag: `extract_features`, "
         f"{workers} decoding workers + batched PyTorch log-mel + store writes, into an empty cache; "
         "then the same call again, served from the cache. Decode-only: `soundfile.read` of every file in "
-        f"{workers} processes and nothing else, the limit decoding sets (goal, issue 12: soundtag >= 0.8x of it). "
+        f"{workers} processes and nothing else, the limit decoding sets (goal: soundtag >= 0.8x of it). "
         "Decode + log-mel: the same, plus soundtag's own log-mel module on each decoded clip (one thread a "
         "process, as in extraction) on the view's samples and nothing else (no trim, checks, hand-off of the arrays or store): "
         "what the two steps every clip needs reach alone. "

@@ -74,12 +74,12 @@ def checkpoint(arch: str, folder: Path, files: list[Path] | None = None) -> Path
     from soundtag import audio
     from soundtag.features.melspec import LogMel
     from soundtag.models import create_model
-    from soundtag.models.pretrained import pretrained_recipe
+    from soundtag.resolve import resolve_recipe
 
     torch.manual_seed(0)
     model = create_model(arch, num_classes=527)
     if files:
-        recipe = pretrained_recipe(arch)
+        recipe = resolve_recipe(arch=arch).recipe
         logmel = LogMel.from_recipe(recipe)
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -205,7 +205,7 @@ def main() -> None:
         "|---|---|---|---|",
         *[f"| {r['arch']} | {r['torch_ms']:.1f} ms | {r['onnx_ms']:.1f} ms | {r['ratio']:.2f}x |" for r in rows],
         "",
-        "Goals (issue 13): ONNX Runtime at least 1.5x PyTorch for both; mn10 under 40 ms per 10 s clip on one core: "
+        "Goals: ONNX Runtime at least 1.5x PyTorch for both; mn10 under 40 ms per 10 s clip on one core: "
         + ", ".join(f"{r['arch']} {'met' if r['ratio'] >= 1.5 else 'not met'}" for r in rows)
         + f"; mn10 {'met' if rows[1]['onnx_ms'] < 40 else 'not met'} ({rows[1]['onnx_ms']:.1f} ms).",
     ]

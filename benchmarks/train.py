@@ -128,10 +128,10 @@ def overhead(recipe_name: str, steps: int) -> None:
     ])
 
 
-GOALS = {"esc10": "top-1 >= 90% within 20 min (2-core CPU, issue 12)",
-         "esc50-fold1": "top-1 >= 82% within 30 min (2-core CPU, issue 12)",
+GOALS = {"esc10": "top-1 >= 90% within 20 min (2-core CPU)",
+         "esc50-fold1": "top-1 >= 82% within 30 min (2-core CPU)",
          "esc50": "esc50-gpu-lh >= 90.0% top-1 out of fold; LH + X ensemble >= 91.0%; both 5-fold runs within "
-                  "9 min together on one H200 (issue 12)"}
+                  "9 min together on one H200"}
 
 
 def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | None, *, smoke: bool = False,
@@ -320,7 +320,7 @@ def tta_scores(argv: list[str]) -> None:
     write_section(f"tta-{args.case}", lines, doc=Path(args.doc))
 
 
-# --- throughput (issue 12): samples/s of a training step, three ways -------------------------
+# --- throughput: samples/s of a training step, three ways ------------------------------------
 
 THROUGHPUT_MODELS = ["alexnet-kernel", "seresnet-kernel", "timm:resnet18", "plain-cnn"]
 #: Toggles measured on and off against each model's default device-path step.
@@ -336,7 +336,7 @@ MODEL_VARIANTS = {"plain-cnn": {"max-pool after BN + ReLU": {"pool_before_norm":
 def _bf16_note() -> str:
     """Whether this machine computes bf16 natively (a CUDA device, or a CPU with AVX512-BF16 /
     AMX-BF16); elsewhere bf16 autocast is emulated and expected to be slower."""
-    from soundtag.training.run import cpu_native_bf16
+    from soundtag.hardware import cpu_native_bf16
 
     if torch.cuda.is_available():
         return "native" if torch.cuda.is_bf16_supported() else "emulated"
@@ -348,7 +348,7 @@ def _lightning_steps(module, loader, steps: int, warmup: int) -> list[float]:
     loop (after ``warmup`` steps), synchronised with the device at each end."""
     import lightning as L
 
-    from soundtag.training.run import _accelerator
+    from soundtag.hardware import accelerator
 
     ends: list[float] = []
 
@@ -358,10 +358,10 @@ def _lightning_steps(module, loader, steps: int, warmup: int) -> list[float]:
                 torch.cuda.synchronize()
             ends.append(time.perf_counter())
 
-    accelerator, precision = _accelerator()
+    device, precision = accelerator()
     t = module.recipe.training
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_steps=warmup + steps, limit_val_batches=0, accelerator=accelerator, devices=1,
+        trainer = L.Trainer(max_steps=warmup + steps, limit_val_batches=0, accelerator=device, devices=1,
                             precision=precision if t.precision == "auto" else t.precision,
                             logger=L.pytorch.loggers.CSVLogger(tmp), enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()],
@@ -375,13 +375,13 @@ def _lightning_steps(module, loader, steps: int, warmup: int) -> list[float]:
 def _bare_steps(module, batch, steps: int, warmup: int) -> list[float]:
     """Seconds of forward + loss + backward + optimiser step of the module's model on one fixed
     batch already on the device (the ceiling: no data, no augmentation, no loop)."""
-    from soundtag.training.run import _accelerator
+    from soundtag.hardware import accelerator
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = module.to(device).train()
     x, y = batch[0].to(device), batch[1].to(device)
     t = module.recipe.training
-    precision = _accelerator()[1] if t.precision == "auto" else t.precision
+    precision = accelerator()[1] if t.precision == "auto" else t.precision
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     if t.compile:
         module.net.compile()
@@ -432,7 +432,8 @@ def throughput(argv: list[str]) -> None:
     from soundtag.manifest import read_manifest
     from soundtag.recipe import load_recipe
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet, _accelerator
+    from soundtag.hardware import accelerator
+    from soundtag.training.run import FoldSet
     from short_clips import pick_subset
 
     from soundtag._io import atomic_write_json
@@ -464,7 +465,7 @@ def throughput(argv: list[str]) -> None:
     report = {"date": str(dt.date.today()), "machine": device_line(), "torch": torch.__version__,
               "command": " ".join(["python benchmarks/train.py throughput", *map(shlex.quote, argv)]),
               "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(),
-              "auto_precision": {"32-true": "fp32"}.get(_accelerator()[1], _accelerator()[1]), "rows": []}
+              "auto_precision": {"32-true": "fp32"}.get(accelerator()[1], accelerator()[1]), "rows": []}
 
     own = load_recipe(args.recipe).training
     own_model, own_model_args = own.model, own.model_args
@@ -549,7 +550,7 @@ def _throughput_doc(report: dict) -> list[str]:
     return lines
 
 
-# --- robustness (issue 11): short clips cut from real audio, fold 1, several recipes ---------
+# --- robustness: short clips cut from real audio, fold 1, several recipes --------------------
 
 ROBUSTNESS_RECIPES = ["plain-cnn-lh", "esc50-cpu-lh", "auto"]
 BASELINE = "plain-cnn-lh"
@@ -565,7 +566,7 @@ def _auto_missing() -> str | None:
     except ModuleNotFoundError as exc:
         if exc.name not in ("soundtag.recipe_auto", "soundtag"):
             raise
-        return "soundtag.recipe_auto is not there yet (issue 11's --recipe auto)"
+        return "soundtag.recipe_auto is not there yet (it provides --recipe auto)"
     if not hasattr(module, "auto_recipe"):
         return "soundtag.recipe_auto has no auto_recipe yet"
     return None
@@ -577,10 +578,11 @@ def _robustness_recipe(name: str, manifest, *, epochs_scale: float, smoke: bool)
     from soundtag.recipe import load_recipe
 
     if name == "auto":
-        from soundtag.recipe_auto import auto_recipe, default_device
+        from soundtag.resolve import resolve_recipe
 
         # As `soundtag train --recipe auto` chooses it: from the whole dataset, for this machine.
-        recipe, reasons = auto_recipe(manifest, device=default_device())
+        resolved = resolve_recipe("auto", manifest=manifest)
+        recipe, reasons = resolved.recipe, resolved.reasons
         reasons = reasons.splitlines() if isinstance(reasons, str) else [str(r) for r in reasons]
     else:
         recipe, reasons = load_recipe(name), []
@@ -694,9 +696,10 @@ def _robustness_doc(report: dict) -> list[str]:
         "- Cases (built once into a FLAC cache with their CSV manifest; ESC-50's and ESC-10's own folds kept): "
         + "; ".join(f"`{name}`: {c['description']} ({c['clips']} clips)" for name, c in cases.items()),
         "- Each case and recipe in the same run: fold 1 only (trained on folds 2-5, scored on fold 1's clips). "
-        f"`{BASELINE}` is the plain-CNN baseline of issue 12, `esc50-cpu-lh` the CPU default (its normalisation, "
-        "erasing and shift measured on the sound since issue 11), `esc50-cpu-lh-window` the same recipe before "
-        "that (`benchmarks/recipes/esc50-cpu-lh-window.yaml`), `auto` the "
+        f"`{BASELINE}` is the plain-CNN baseline every other recipe is measured against, `esc50-cpu-lh` the CPU "
+        "default (its normalisation, erasing and shift measured on the sound, so that padding does not drown "
+        "short clips), `esc50-cpu-lh-window` the same recipe before that, measured on the whole window "
+        "(`benchmarks/recipes/esc50-cpu-lh-window.yaml`), `auto` the "
         "recipe `soundtag train --recipe auto` chooses from each case's data. Top-1 and MAP@3 use the weights "
         "`soundtag train` keeps (the epoch with the lowest validation loss on fold 1, the scored fold); "
         "the last epoch's top-1 is beside it. Training wall time is the whole `train()` call (fit, "
@@ -727,7 +730,7 @@ def _robustness_doc(report: dict) -> list[str]:
         lines.append(f"- Not run: `{recipe}` on {', '.join(on)}: {why}")
     auto = {(r["case"], scale_of(r)): r for r in rows if r["recipe"] == "auto"}
     if auto:
-        lines += ["", "Goals (issue 11, 2 cores, fold 1); a goal judged on shortened runs says so:"]
+        lines += ["", "Goals (2 cores, fold 1); a goal judged on shortened runs says so:"]
         for (c, scale), a in auto.items():
             b = base.get((c, scale))
             if c == "full" or b is None:

@@ -20,7 +20,7 @@ from soundtag import audio
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.melspec import LogMel
 from soundtag.features.numpy_melspec import NumpyLogMel
-from soundtag.models.pretrained import pretrained_recipe
+from soundtag.resolve import resolve_recipe
 from soundtag.prediction.fold_models import audioset_labels, load_pretrained
 from soundtag.prediction.tagger import load_tagger
 
@@ -249,7 +249,7 @@ def _efficientat_reference(x: np.ndarray) -> np.ndarray:
 
 
 def test_efficientat_front_end_equals_a_transcription_of_its_maths(clips_32k):
-    recipe = pretrained_recipe("efficientat-mn10")
+    recipe = resolve_recipe(arch="efficientat-mn10").recipe
     samples = audio.load(clips_32k["three"], sample_rate=32000, trim_db=None).samples
     expected = _efficientat_reference(samples)
     assert expected.shape == (128, 300)  # pre-emphasis drops one sample: 95999 // 320 + 1
@@ -264,7 +264,7 @@ def test_efficientat_front_end_equals_a_transcription_of_its_maths(clips_32k):
 
 def test_reflect_padding_of_a_batch_equals_each_clip_alone(clips_32k):
     """Batched extraction zero-pads shorter clips; reflection must still mirror each clip's own end."""
-    recipe = pretrained_recipe("panns-cnn14")
+    recipe = resolve_recipe(arch="panns-cnn14").recipe
     logmel = LogMel.from_recipe(recipe)
     samples = audio.load(clips_32k["three"], sample_rate=32000, trim_db=None).samples
     short = samples[:40000]
@@ -345,7 +345,7 @@ def test_embed_writes_pre_logit_embeddings_with_the_clip_ids(clips_32k, tmp_path
     assert rows[0] == "row,clip_id,path" and [r.split(",")[1] for r in rows[1:]] == ["ten.wav", "three.wav"]
     assert vectors.shape == (2, net.num_features) and vectors.dtype == np.float32
     # the embedding is the model's own pre-logit vector of the whole clip
-    recipe = pretrained_recipe("efficientat-mn10")
+    recipe = resolve_recipe(arch="efficientat-mn10").recipe
     samples = audio.load(clips_32k["three"], sample_rate=32000, trim_db=None).samples
     with torch.no_grad():
         spec = LogMel.from_recipe(recipe)(torch.from_numpy(samples)[None])[:, None]

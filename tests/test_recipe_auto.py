@@ -22,15 +22,9 @@ from soundtag.errors import ParameterError
 from soundtag.models import create_model
 from soundtag.manifest import read_manifest
 from soundtag.recipe import Recipe, load_recipe
-from soundtag.recipe_auto import (
-    auto_recipe,
-    choose_epochs,
-    choose_model,
-    choose_sample_rate,
-    duration_histogram,
-    duration_summary,
-    window_mismatch,
-)
+from soundtag.manifest.durations import duration_histogram, duration_summary, window_mismatch
+from soundtag.recipe_auto import auto_recipe, choose_epochs, choose_model, choose_sample_rate
+from soundtag.resolve import resolve_recipe
 
 VGG_ONLY = ["alexnet-kernel", "seresnet-kernel", "vgg"]  # the models before plain-cnn existed
 
@@ -219,11 +213,11 @@ def test_round_trips_through_yaml(short8k, long44k, tmp_path):
             assert load_recipe(path) == r
 
 
-def test_load_recipe_dispatches_auto(short8k):
+def test_the_resolver_dispatches_auto(short8k):
     m = read_manifest(short8k)
-    r = load_recipe("auto", ["training.epochs=4"], manifest=m)
+    r = resolve_recipe("auto", ["training.epochs=4"], manifest=m).recipe
     assert r.name == "auto" and r.audio.sample_rate == 8000 and r.training.epochs == 4
-    assert load_recipe("auto-x", manifest=m).view.kind == "x"
+    assert resolve_recipe("auto-x", manifest=m).recipe.view.kind == "x"
     again = load_recipe(r, ["training.seed=7"])          # a Recipe object takes overrides too
     assert again.training.seed == 7 and again.training.epochs == 4 and r.training.seed == 0
 
@@ -231,6 +225,8 @@ def test_load_recipe_dispatches_auto(short8k):
 def test_auto_without_a_dataset_is_a_clear_error():
     with pytest.raises(ParameterError, match="--data"):
         load_recipe("auto")
+    with pytest.raises(ParameterError, match="--data"):
+        resolve_recipe("auto")
     with pytest.raises(ParameterError, match="did you mean 'auto'"):
         load_recipe("autoo")
 

@@ -156,10 +156,9 @@ def train(
     are chosen from the data and the machine, and the reasons printed first; -o still wins.
     """
     from soundtag.manifest import open_dataset
-    from soundtag.recipe_auto import AUTO_VIEWS
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
-    from soundtag.training.run import Hardware, default_run_dir, is_primary_process, training_recipe
+    from soundtag.training.run import Hardware, default_run_dir, is_primary_process
 
     hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
     if resume is not None:
@@ -168,20 +167,13 @@ def train(
     else:
         if data is None:
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
-        manifest, source = None, recipe
-        if recipe in AUTO_VIEWS:  # chosen from the data; recipe.yaml of the run keeps the result
-            manifest = open_dataset(data, layout)
-            source = _auto_recipe(manifest, recipe, override, quiet=not is_primary_process())
-        # the auto recipe was chosen with the overrides applied already
-        r = training_recipe(source, () if manifest is not None else override, folds=folds, model=model,
-                            blacklist=blacklist, relabel=relabel)
-        if init is not None:
-            if not init.is_file():
-                raise typer.BadParameter(f"--init {init} does not exist; give a local checkpoint file")
-            r = r.model_copy(update={"training": r.training.model_copy(update={"checkpoint": str(init.resolve())})})
+        manifest = open_dataset(data, layout)
+        # auto is chosen from the data; recipe.yaml of the run keeps the result
+        r = _resolve(recipe, override, manifest=manifest, quiet=not is_primary_process(), folds=folds, model=model,
+                     blacklist=blacklist, relabel=relabel, init=init)
         run_dir = out or default_run_dir(r)
         with on_stop(lambda: _train_stop_note(run_dir)):
-            result = train_run(manifest or open_dataset(data, layout), r, run_dir, cache_dir=cache,
+            result = train_run(manifest, r, run_dir, cache_dir=cache,
                                folds=fold or None, progress=progress, data_source=data, hardware=hardware)
     if not is_primary_process():
         return  # the first process reports
@@ -205,15 +197,16 @@ def _train_stop_note(run_dir: Path) -> str:
             f"cached; resume with `soundtag train --resume {run_dir}`")
 
 
-def _auto_recipe(manifest, name: str, overrides: List[str], *, quiet: bool = False, comment: bool = False):
-    """The ``auto`` recipe chosen from ``manifest``, its reasons printed (as YAML comments when ``comment``)."""
-    from soundtag.recipe_auto import AUTO_VIEWS, auto_recipe, default_device
+def _resolve(name, overrides: List[str], *, manifest=None, quiet: bool = False, comment: bool = False, **options):
+    """The recipe ``name`` resolved (:func:`soundtag.resolve.resolve_recipe`); when the data chose
+    it (``auto``), the reasons printed first (as YAML comments when ``comment``)."""
+    from soundtag.resolve import resolve_recipe
 
-    r, reasons = auto_recipe(manifest, overrides=overrides, view=AUTO_VIEWS[name], device=default_device())
-    for line in reasons if not quiet else ():
+    resolved = resolve_recipe(name, overrides, manifest=manifest, **options)
+    for line in resolved.reasons if not quiet else ():
         console.print(f"# {line}" if comment else f"{name} recipe: {escape(line)}", markup=not comment,
                       highlight=False, soft_wrap=True)
-    return r
+    return resolved.recipe
 
 
 def _print_metrics(run_dir: Path, metrics: dict, written: str = "the metrics and plots") -> None:
@@ -302,8 +295,7 @@ def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this reci
 
       soundtag recipes auto --data my_clips.csv > my_recipe.yaml
     """
-    from soundtag.recipe import list_recipes, load_recipe
-    from soundtag.recipe_auto import AUTO_VIEWS
+    from soundtag.recipe import AUTO_VIEWS, list_recipes, load_recipe
 
     if name in AUTO_VIEWS:
         if data is None:
@@ -311,11 +303,11 @@ def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this reci
                                      f"(a folder, CSV, manifest or registered name)", param_hint="--data")
         from soundtag.manifest import open_dataset
 
-        r = _auto_recipe(open_dataset(data, layout), name, override, comment=True)
+        r = _resolve(name, override, manifest=open_dataset(data, layout), comment=True)
         console.print(r.to_yaml(), markup=False, highlight=False, soft_wrap=True)
         return
     if name:
-        console.print(load_recipe(name, override).to_yaml(), markup=False)
+        console.print(_resolve(name, override).to_yaml(), markup=False)
         return
     for n in list_recipes():
         r = load_recipe(n)

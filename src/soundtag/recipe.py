@@ -268,45 +268,45 @@ class Recipe(_Section):
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
 
+#: The recipes chosen from a dataset rather than read (:mod:`soundtag.recipe_auto`), and the view
+#: each one makes.
+AUTO_VIEWS = {"auto": "lh", "auto-x": "x"}
+
+
 def list_recipes() -> list[str]:
     """Names of the built-in recipes."""
     folder = resources.files("soundtag") / "recipes"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = (), *, manifest=None) -> Recipe:
+def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()) -> Recipe:
     """Load a built-in recipe by name, or a YAML file by path, and apply overrides.
+
+    Commands resolve what a user names with :func:`soundtag.resolve.resolve_recipe`, which adds
+    ``auto`` (chosen from a dataset), pretrained architectures and the command line's options on
+    top of this.
 
     Parameters
     ----------
-    name_or_path : ``fsd2018-lh``, ``esc50-x``... (see :func:`list_recipes`), a YAML path,
-        ``auto`` / ``auto-x`` (chosen from ``manifest`` by :func:`soundtag.recipe_auto.auto_recipe`),
-        or a :class:`Recipe` (the overrides are applied to a copy)
+    name_or_path : ``fsd2018-lh``, ``esc50-x``... (see :func:`list_recipes`), a YAML path, or a
+        :class:`Recipe` (the overrides are applied to a copy)
     overrides : ``section.key=value`` strings, values parsed as YAML
         (``features.hop_length=441``, ``audio.trim_db=null``)
-    manifest : the dataset an ``auto`` recipe is chosen from
 
     Raises
     ------
     ParameterError
         for an unknown recipe, a mistyped key (with the nearest valid one) or a bad value, or
-        ``auto`` without a manifest
+        ``auto`` (which needs a dataset: :func:`soundtag.resolve.resolve_recipe`)
     """
-    from soundtag.recipe_auto import AUTO_VIEWS
-
     if isinstance(name_or_path, Recipe):
         data = name_or_path.model_dump()
         for item in overrides:
-            _apply_override(data, item)
+            apply_override(data, item)
         return recipe_from_dict(data, source=f"recipe {name_or_path.name}")
     if str(name_or_path) in AUTO_VIEWS:
-        if manifest is None:
-            raise ParameterError(f"recipe {str(name_or_path)!r} is chosen from a dataset: pass it "
-                                 f"(--data D on the command line, manifest= from Python)")
-        from soundtag.recipe_auto import auto_recipe, default_device
-
-        return auto_recipe(manifest, overrides=overrides, view=AUTO_VIEWS[str(name_or_path)],
-                           device=default_device())[0]
+        raise ParameterError(f"recipe {str(name_or_path)!r} is chosen from a dataset: pass it (--data D on the "
+                             "command line, soundtag.resolve.resolve_recipe(name, manifest=...) from Python)")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
@@ -333,7 +333,7 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
     if not isinstance(data, dict):
         raise ParameterError(f"{source}: a recipe must be a mapping of sections")
     for item in overrides:
-        _apply_override(data, item)
+        apply_override(data, item)
     return recipe_from_dict(data, source=source)
 
 
@@ -346,7 +346,15 @@ def recipe_from_dict(data: dict, *, source: str = "recipe") -> Recipe:
         raise ParameterError(f"{source}: {len(lines)} problem(s):\n" + "\n".join(f"  - {x}" for x in lines)) from None
 
 
-def _apply_override(data: dict, item: str) -> None:
+def apply_override(data: dict, item: str) -> None:
+    """Set one ``section.key=value`` override in a recipe's dict, the value parsed as plain YAML.
+
+    Examples
+    --------
+    >>> data = {"training": {"epochs": 30}}
+    >>> apply_override(data, "training.epochs=5"); data
+    {'training': {'epochs': 5}}
+    """
     if "=" not in item:
         raise ParameterError(f"override {item!r} must look like section.key=value, e.g. features.hop_length=441")
     dotted, raw = item.split("=", 1)

@@ -54,21 +54,20 @@ Examples
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from soundtag import hardware
 from soundtag.errors import DataError, ParameterError
+from soundtag.manifest.durations import as_durations, duration_summary
+from soundtag.recipe import AUTO_VIEWS, apply_override, recipe_from_dict
 
 __all__ = ["AUTO_VIEWS", "DataProfile", "auto_recipe", "choose_chunk", "choose_epochs", "choose_model",
-           "choose_resolution", "choose_sample_rate", "choose_window", "default_device", "duration_histogram",
-           "duration_summary", "profile_data", "window_mismatch"]
+           "choose_resolution", "choose_sample_rate", "choose_window", "profile_data"]
 
-#: recipe names chosen from the data, and the view each one makes
-AUTO_VIEWS = {"auto": "lh", "auto-x": "x"}
 
 STANDARD_RATES = (8000, 16000, 22050, 32000, 44100)
 MAX_RATE = 32000
@@ -83,7 +82,6 @@ MEDIUM_VGG = [32, 64, 128, 256]
 LARGE_DATA = 5000           # clips from which a GPU gets the full VGG
 CELL_BUDGET = {"cpu": 30 * 1600 * 64 * 250, "gpu": 2e11}   # mels x frames x clip passes per fold (CPU: per 2 cores)
 EPOCH_RANGE = {"cpu": (15, 75), "gpu": (30, 150)}
-DURATION_BINS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, math.inf)
 
 
 @dataclass(frozen=True)
@@ -204,7 +202,7 @@ def choose_window(durations: Sequence[float], *, quantile: float = WINDOW_QUANTI
     >>> choose_window([30.0] * 10)[0], choose_window([0.1] * 10)[0]
     (10.0, 0.5)
     """
-    d = _durations(durations)
+    d = as_durations(durations)
     q = float(np.percentile(d, quantile))
     window = min(max(_to_step(q), limits[0]), limits[1])
     whole = float(np.mean(d <= window + 0.05))  # to the nearest 0.1 s: a clip may lose up to 0.05 s
@@ -226,7 +224,7 @@ def choose_chunk(durations: Sequence[float], window: float, *,
     >>> choose_chunk([0.6] * 10, 0.6)[0]
     0.5
     """
-    d = _durations(durations)
+    d = as_durations(durations)
     median = float(np.median(d))
     chunk = min(max(_to_step(median / 2), limits[0]), limits[1], window)
     return chunk, (f"X chunk {chunk:g} s: half the median duration ({median:.2f} s), to the nearest 0.1 s, "
@@ -330,21 +328,7 @@ def choose_epochs(train_clips: int, cells: int, device: str, cpu_count: int) -> 
                     f"{train_clips} training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}")
 
 
-def _durations(durations: Sequence[float]) -> np.ndarray:
-    d = np.asarray(durations, dtype=float)
-    if d.size == 0:
-        raise ParameterError("durations=[] is empty: no clip has a known duration")
-    return d
-
-
 # --- the recipe -------------------------------------------------------------------------------
-
-def default_device() -> str:
-    """``gpu`` when torch sees a CUDA device, else ``cpu``."""
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
 
 def _device(device: str) -> str:
     text = str(device).lower()
@@ -382,13 +366,12 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
     DataError
         when no file of the dataset has a readable header
     """
-    from soundtag.recipe import _apply_override, recipe_from_dict
 
     if view not in ("lh", "x"):
         raise ParameterError(f"view={view!r} must be 'lh' or 'x'")
     device = _device(device)
     if cpu_count is None:
-        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpu_count = hardware.cpu_count()
     if cpu_count < 1:
         raise ParameterError(f"cpu_count={cpu_count} must be at least 1")
     if models is None:
@@ -451,7 +434,7 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
     }
     overrides = list(overrides)
     for item in overrides:
-        _apply_override(data, item)
+        apply_override(data, item)
     if overrides:
         reasons.append(f"overrides applied last: {', '.join(overrides)}")
     return recipe_from_dict(data, source=f"recipe {data['name']} for {profile.name}"), reasons
@@ -503,63 +486,3 @@ def _description(p: DataProfile, rate: int, duration: float, view: str, device: 
     return (f"chosen from the data for {p.name} ({p.clips} clips, {p.labels} labels, {s['min']:.2f}-{s['max']:.2f} s, "
             f"median {s['p50']:.2f} s, native {Counter(p.rates).most_common(1)[0][0]} Hz): "
             f"{'LH window' if view == 'lh' else 'X chunks of'} {duration:g} s at {rate} Hz, for {where}")
-
-
-# --- the duration distribution, for `soundtag data check --probe` ------------------------------
-
-def duration_summary(durations: Sequence[float]) -> dict[str, float]:
-    """``min``, ``p10``, ``p50``, ``p90`` and ``max`` of clip durations, seconds.
-
-    Examples
-    --------
-    >>> duration_summary([1.0, 2.0, 3.0])["p50"]
-    2.0
-    """
-    d = _durations(durations)
-    p10, p50, p90 = (float(v) for v in np.percentile(d, [10, 50, 90]))
-    return {"min": float(d.min()), "p10": p10, "p50": p50, "p90": p90, "max": float(d.max())}
-
-
-def duration_histogram(durations: Sequence[float], edges: Sequence[float] = DURATION_BINS) -> list[tuple[str, int]]:
-    """Clip counts per duration range ``[edges[i], edges[i+1])``, as ``(label, count)`` rows.
-
-    Examples
-    --------
-    >>> duration_histogram([0.2, 0.7, 0.8, 12.0], edges=(0, 0.5, 1, 10, float("inf")))
-    [('0-0.5 s', 1), ('0.5-1 s', 2), ('1-10 s', 0), ('>= 10 s', 1)]
-    """
-    d = _durations(durations)
-    rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        label = f">= {lo:g} s" if math.isinf(hi) else f"{lo:g}-{hi:g} s"
-        rows.append((label, int(np.sum((d >= lo) & (d < hi)))))
-    return rows
-
-
-def window_mismatch(durations: Sequence[float], window: float, *, kind: str = "lh") -> str | None:
-    """A warning when most clips are much shorter (under half) or, for an LH head, much longer
-    (over twice) than the recipe's ``window``; None when they fit.
-
-    An X recipe covers a long clip with chunks, so only clips much shorter than a chunk count.
-
-    Examples
-    --------
-    >>> window_mismatch([0.5] * 10, 5.0)
-    '100% of clips are shorter than half the 5 s window (median 0.50 s): the view is mostly padding'
-    >>> window_mismatch([5.0] * 10, 5.0) is None
-    True
-    """
-    d = _durations(durations)
-    if window <= 0:
-        raise ParameterError(f"window={window} must be positive")
-    what = "window" if kind == "lh" else "chunk"
-    median = float(np.median(d))
-    shorter = float(np.mean(d < window / 2))
-    longer = float(np.mean(d > 2 * window))
-    if shorter > 0.5:
-        return (f"{shorter:.0%} of clips are shorter than half the {window:g} s {what} (median {median:.2f} s): "
-                f"the view is mostly padding")
-    if kind == "lh" and longer > 0.5:
-        return (f"{longer:.0%} of clips are longer than twice the {window:g} s window (median {median:.2f} s): "
-                f"the LH view sees only their first {window:g} s")
-    return None

@@ -194,7 +194,7 @@ def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, round
     one :class:`RoundReport` per round, also written to ``report.json`` and ``report.csv``
     """
     from soundtag._io import atomic_write_json, atomic_write_text
-    from soundtag.recipe import load_recipe
+    from soundtag.resolve import resolve_recipe
     from soundtag.runs import RunDir
     from soundtag.training import Hardware, train  # the public API: the rounds are ordinary runs
 
@@ -237,8 +237,8 @@ def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, round
         if run.path.exists() and not run.is_run():
             shutil.rmtree(run.path)  # killed before its run.json: nothing of it was finished
         if not (run.is_run() and not run.unfinished_folds() and run.metrics_file.is_file()):
-            recipe = load_recipe(base.recipe_file(), [f"training.blacklist={lists / 'blacklist.csv'}",
-                                                      f"training.relabel={lists / 'relabel.csv'}"])
+            recipe = resolve_recipe(base.recipe_file(), blacklist=lists / "blacklist.csv",
+                                    relabel=lists / "relabel.csv").recipe
             train(manifest, recipe, run.path, cache_dir=info["cache_dir"], progress=progress, resume=run.is_run(),
                   data_source=info.get("data"), hardware=hardware or Hardware())
         reports.append(_round_report(r, run, lists, given, truth))

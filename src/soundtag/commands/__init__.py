@@ -32,9 +32,9 @@ OverrideOpt = typer.Option([], "--set", "-o", help="override a recipe field: sec
 
 def load_recipes(names: List[str], overrides: List[str]):
     """Each named recipe (built-in or YAML file) with the same ``-o`` overrides applied."""
-    from soundtag.recipe import load_recipe
+    from soundtag.resolve import resolve_recipe
 
-    return [load_recipe(name, overrides) for name in names]
+    return [resolve_recipe(name, overrides).recipe for name in names]
 
 
 def rerun_note(kept: Callable[[], str]) -> Callable[[], str]:

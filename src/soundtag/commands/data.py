@@ -100,8 +100,8 @@ def data_check(
 
 def _print_durations(manifest, recipe: Optional[str], default: str = "esc50-cpu-lh") -> None:
     """The probed duration distribution, and a warning when most clips do not fit ``recipe``'s window."""
-    from soundtag.recipe import load_recipe
-    from soundtag.recipe_auto import duration_histogram, duration_summary, window_mismatch
+    from soundtag.resolve import resolve_recipe
+    from soundtag.manifest.durations import duration_histogram, duration_summary, window_mismatch
 
     durations = [c.duration for c in manifest if c.duration is not None]
     if not durations:
@@ -114,7 +114,7 @@ def _print_durations(manifest, recipe: Optional[str], default: str = "esc50-cpu-
     for label, n in rows:
         bar = "#" * (round(40 * n / widest) if n else 0)
         console.print(f"  {label:>10} {n:>7}  {bar}".rstrip(), markup=False, highlight=False)
-    r = load_recipe(recipe or default, manifest=manifest)
+    r = resolve_recipe(recipe or default, manifest=manifest).recipe
     what = "window" if r.view.kind == "lh" else "chunk"
     warning = window_mismatch(durations, r.view.duration, kind=r.view.kind)
     console.print(f"compared with {r.name}'s {r.view.duration:g} s {what}"

@@ -67,13 +67,6 @@ def pretrained_info(arch: str) -> Pretrained:
     return PRETRAINED[arch]
 
 
-def pretrained_recipe(arch: str) -> "Recipe":
-    """The recipe of ``arch``'s input (front-end, rate, no trimming), with ``training.model`` = ``arch``."""
-    from soundtag.recipe import load_recipe
-
-    return load_recipe(pretrained_info(arch).recipe, overrides=[f"training.model={arch}"])
-
-
 def panns_frontend(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
     """The window, DFT size and mel matrix a PANNs checkpoint's front-end weights encode (None
     when the file has none): ``{"window": (n_fft,), "mel": (n_mels, 1 + n_fft // 2)}``."""
@@ -115,8 +108,10 @@ def check_panns_frontend(state: dict[str, torch.Tensor], recipe: "Recipe", path:
             problems.append(f"other mel bands than the recipe's ({recipe.audio.sample_rate} Hz, "
                             f"{f.fmin:g}-{f.fmax or recipe.audio.sample_rate / 2:g} Hz)")
     if problems:
+        from soundtag.recipe import load_recipe
+
         fits = [arch for arch, p in PRETRAINED.items() if arch.startswith("panns")
-                and _frontend_fits(found, pretrained_recipe(arch))]
+                and _frontend_fits(found, load_recipe(p.recipe))]
         hint = f"; the file fits --arch {fits[0]}" if fits else ""
         raise DataError(f"{path}: its front-end has {'; '.join(problems)} (recipe {recipe.name}): the model would be "
                         f"fed another input than it was trained on{hint}")

@@ -134,10 +134,11 @@ def load_pretrained(path: str | Path, arch: str) -> LoadedRun:
     arch : ``panns-cnn14``, ``panns-cnn14-16k``, ``panns-cnn14-dlm``, ``efficientat-mn04``,
         ``efficientat-mn10`` or ``efficientat-mn40`` (see :data:`~soundtag.models.pretrained.PRETRAINED`)
     """
-    from soundtag.models.pretrained import load_checkpoint, pretrained_info, pretrained_recipe
+    from soundtag.models.pretrained import load_checkpoint, pretrained_info
+    from soundtag.resolve import resolve_recipe
 
     info = pretrained_info(arch)
-    recipe = pretrained_recipe(arch)
+    recipe = resolve_recipe(arch=arch).recipe
     labels = audioset_labels()
     model = create_model(arch, num_classes=info.classes, in_chans=1)
     load_checkpoint(model, path, recipe=recipe)

@@ -24,7 +24,8 @@ from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.distributed import launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
-from soundtag.recipe import Recipe, load_recipe
+from soundtag.hardware import accelerator
+from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.manifest import Manifest
 from soundtag.runs import RunDir
@@ -73,33 +74,6 @@ def _apply_relabel(manifest: Manifest, relabel: dict[str, str], source: str) -> 
     return manifest.map(lambda c: dataclasses.replace(c, labels=tuple(relabel[c.id].split(","))) if relabel.get(c.id) else c)
 
 
-def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU multiplies bf16 in hardware (the ``avx512_bf16`` or ``amx_bf16`` flag of
-    ``/proc/cpuinfo``). Elsewhere oneDNN emulates bf16 and autocast is several times slower.
-
-    Examples
-    --------
-    >>> cpu_native_bf16("flags : fpu avx2 avx512f avx512_bf16")
-    True
-    >>> cpu_native_bf16("flags : fpu avx2 avx512f")
-    False
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux: no flags to read, so no claim
-            return False
-    flags = set(cpuinfo.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def _accelerator() -> tuple[str, str]:
-    """Lightning's accelerator and the precision ``training.precision: auto`` means there."""
-    if torch.cuda.is_available():
-        return "gpu", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "cpu", "bf16-mixed" if cpu_native_bf16() else "32-true"
-
-
 @dataclass(frozen=True)
 class Hardware:
     """Where a run trains: devices per node, nodes, and Lightning's strategy.
@@ -137,29 +111,6 @@ class Hardware:
             name = "forward_sync_buffers" if "forward_sync_buffers" in ddp_args else "broadcast_buffers"
             return DDPStrategy(**{name: False})
         return "auto"
-
-
-def training_recipe(recipe: str | Path, overrides: Iterable[str] = (), *, folds: int | None = None,
-                    model: str | None = None, blacklist: str | Path | None = None,
-                    relabel: str | Path | None = None) -> Recipe:
-    """The recipe of a new run: a built-in name or a YAML file, ``section.key=value`` overrides,
-    then the settings ``soundtag train`` has flags of its own for, which win over both.
-
-    Parameters
-    ----------
-    folds : ``training.folds`` (datasets with their own folds keep them)
-    model : ``training.model``, e.g. ``vgg`` or ``timm:resnet18``
-    blacklist, relabel : CSVs of clips to leave out and label corrections (made absolute, so
-        the saved recipe still finds them from another folder)
-    """
-    extra = list(overrides)
-    for key, value in (("folds", folds), ("model", model)):
-        if value is not None:
-            extra.append(f"training.{key}={value}")
-    for key, value in (("blacklist", blacklist), ("relabel", relabel)):
-        if value is not None:
-            extra.append(f"training.{key}={Path(value).absolute()}")
-    return load_recipe(recipe, extra)
 
 
 def default_run_dir(recipe: Recipe, *, root: str | Path = "runs", now: dt.datetime | None = None) -> Path:
@@ -345,7 +296,7 @@ class FoldSet:
         # An epoch shorter than a batch is one smaller batch (not none: nothing would train).
         drop_last = len(sampler) >= t.batch_size
         needed = features_bytes(self.store, self.keys, recipe)  # every clip: training + its fold
-        if wants_device_data(t.device_data, needed, _accelerator()[0]):
+        if wants_device_data(t.device_data, needed, accelerator()[0]):
             def clips(idx):
                 return DeviceClips.load(self.store, [self.keys[i] for i in idx], recipe)
 
@@ -410,7 +361,7 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     callbacks = [checkpoint, latest]
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
-    accelerator, auto_precision = _accelerator()
+    accelerator, auto_precision = accelerator()
     trainer = L.Trainer(
         max_epochs=t.epochs, accelerator=accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
         strategy=hardware.lightning_strategy(), use_distributed_sampler=False,  # ours shard by rank
