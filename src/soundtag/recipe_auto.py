@@ -2,43 +2,12 @@
 
 :func:`auto_recipe` reads the headers of a dataset's files (durations, native rates, channels
 where the manifest has them), counts its clips and labels, and picks every field of an
-ordinary :class:`~soundtag.recipe.Recipe` by the explicit rules below; each choice comes back
+ordinary :class:`~soundtag.recipe.Recipe` by the explicit rules of :data:`AUTO_RULES`; each choice comes back
 with a line saying why, and ``section.key=value`` overrides apply last and win.
 
-========================  ======================================================================
-field                     rule
-========================  ======================================================================
-audio.sample_rate         the (lower) median native rate, snapped down to the nearest of
-                          8000/16000/22050/32000/44100 Hz (never upsampling the typical clip)
-                          and at most 32000 Hz; below 8 kHz the median rate itself
-view.duration (LH)        the 90th percentile of the clip durations, to the nearest 0.1 s,
-                          within 0.5-10 s
-view.duration (X chunk)   half the median duration, to the nearest 0.1 s, within 0.5-4 s and
-                          never longer than the LH window
-features.n_fft            the next power of two of 40 ms of samples (512 at 8 kHz, 1024 at 16 kHz)
-features.hop_length       10 ms when the LH window is at most 2 s (short events), else 20 ms
-features.n_mels           64 up to 16 kHz, 128 above (a wider band); fmin 20 Hz, fmax the
-                          Nyquist rate
-view.normalization        LH: global (one mean and std of the training clips, as the plain-CNN
-                          baseline of issue 11 does); X: per_feature, as the built-in X recipes do
-view.normalize_over       sound: statistics over the sound's frames only, never the padding
-view.padding              repeat when the median clip is shorter than half the view, else center
-augmentation              mixup (alpha 1); random erasing off (issue 11: sized for the window
-                          it wipes out short events, and on 5 s clips it changes little); a
-                          time roll of up to half the view that never pushes the sound out of
-                          it, one time mask (up to 16% of the sound) and one mel mask (up to
-                          12.5%) of SpecAugment, each relative to the sound
-training.model            CPU: ``plain-cnn`` (the 0.55M-parameter baseline) when registered,
-                          else ``vgg`` with widths 16-32-64-128 (0.3M parameters); GPU: ``vgg``
-                          32-64-128-256 below 5000 clips, the full ``vgg`` from 5000
-training.epochs           a budget of spectrogram cells (mels x frames x clip passes) per fold,
-                          divided by the training clips x the cells of one view: on a CPU the
-                          baseline's own, 30 epochs of ESC-50's 1600 training clips x 64 mels x
-                          250 frames = 7.7e8 per 2 cores, scaled with the cores; 2e11 on a GPU;
-                          within 15-75 epochs (CPU) or 30-150 (GPU)
-validation                verified_only when the data marks some clips unverified
-                          (FSDKaggle2018), else all
-========================  ======================================================================
+The rules are :data:`AUTO_RULES`: for each field, the rule in words and the line printed when
+it is applied, filled with what the rule found in the data. The documentation's table is made
+from the same entries (:func:`rules_markdown`), so a rule is written once.
 
 The optimiser follows the baseline: AdamW (weight decay 0.01), one-cycle to 3e-3, batch 32.
 
@@ -82,6 +51,123 @@ MEDIUM_VGG = [32, 64, 128, 256]
 LARGE_DATA = 5000           # clips from which a GPU gets the full VGG
 CELL_BUDGET = {"cpu": 30 * 1600 * 64 * 250, "gpu": 2e11}   # mels x frames x clip passes per fold (CPU: per 2 cores)
 EPOCH_RANGE = {"cpu": (15, 75), "gpu": (30, 150)}
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """One rule of the ``auto`` recipe.
+
+    Attributes
+    ----------
+    field : the recipe field(s) it sets, as the documentation names them
+    rule : the rule in words, as the documentation's table shows it
+    reasons : the line printed when it is applied, a :meth:`str.format` template over what the rule
+        found; one template per outcome where the rule has several (keyed by outcome)
+    """
+
+    field: str
+    rule: str
+    reasons: dict[str, str]
+
+    def explain(self, outcome: str = "", **found) -> str:
+        """The printed line for ``outcome``, filled with ``found``."""
+        return self.reasons[outcome].format(**found)
+
+
+_RATES = "/".join(map(str, STANDARD_RATES))
+
+#: Every rule of the ``auto`` recipe, in the order they are applied and printed.
+AUTO_RULES: dict[str, AutoRule] = {
+    "sample_rate": AutoRule(
+        "audio.sample_rate",
+        f"the median native rate snapped down to {_RATES} Hz, at most {MAX_RATE}: the typical clip is never upsampled",
+        {"": "sample rate {rate} Hz: {share:.0%} of clips are {common} Hz natively; the rule takes the median native "
+             "rate ({median} Hz) snapped down to a standard rate (" + _RATES + "), at most {cap} Hz, so the typical "
+             "clip is never upsampled{upsampled}"}),
+    "window": AutoRule(
+        "view.duration (LH)",
+        f"the {WINDOW_QUANTILE}th percentile of the durations, to 0.1 s, within {WINDOW_RANGE[0]:g}-{WINDOW_RANGE[1]:g} s",
+        {"": "LH window {window:g} s: the {quantile:g}th percentile of the clip durations is {q:.2f} s, to the nearest "
+             "0.1 s{clipped}; {whole:.0%} of clips fit in it (to 0.05 s)"}),
+    "chunk": AutoRule(
+        "view.duration (X chunk)",
+        f"half the median duration, to 0.1 s, within {CHUNK_RANGE[0]:g}-{CHUNK_RANGE[1]:g} s and the LH window",
+        {"": "X chunk {chunk:g} s: half the median duration ({median:.2f} s), to the nearest 0.1 s, within "
+             "{lo:g}-{hi:g} s and at most the LH window ({window:g} s)"}),
+    "resolution": AutoRule(
+        "features",
+        f"n_fft the power of two above {FFT_SECONDS * 1000:g} ms; hop 10 ms for windows up to {SHORT_WINDOW:g} s, "
+        f"else 20 ms; 64 mels up to {MEL_RATE // 1000} kHz, 128 above; 20 Hz to sr/2",
+        {"": "mel resolution: n_fft {n_fft} (the next power of two of {fft_ms:g} ms), hop {hop} ({hop_ms:g} ms: "
+             "{why_hop}), {n_mels} mels ({where} " + str(MEL_RATE) + " Hz), 20 Hz to {nyquist:g} Hz"}),
+    "padding": AutoRule(
+        "view.padding",
+        "`repeat` when the median clip is under half the view, else `center`",
+        {"repeat": "padding repeat: the median clip ({median:.2f} s) is shorter than half the {duration:g} s view, "
+                   "so the clip is repeated to fill it",
+         "center": "padding center: the median clip ({median:.2f} s) is at least half the {duration:g} s view, "
+                   "so it is centred"}),
+    "normalization": AutoRule(
+        "view.normalization, view.normalize_over",
+        "over the sound's frames only, never the padding: LH `global`, X `per_feature`",
+        {"global": "normalisation global over the sound's frames only, never the padding: one mean and std of the "
+                   "training clips, as the plain-CNN baseline",
+         "per_feature": "normalisation per_feature over the sound's frames only, never the padding: each mel bin "
+                        "by the training clips' mean and std, as the built-in X recipes"}),
+    "augment": AutoRule(
+        "training.augment",
+        "mixup; no random erasing; a roll of up to half the view, one time mask (16%) and one mel mask (12.5%), "
+        "all relative to the sound",
+        {"": "augmentation: mixup (alpha 1); no random erasing (sized for the window it wipes out short events: "
+             "on 1 s clips in 5 s views top-1 went from 34.8% to 80.2% without it); a time roll of up to half the "
+             "view, never pushing the sound out of it; one time mask (up to 16%) and one mel mask (up to 12.5%) "
+             "of the sound"}),
+    "model": AutoRule(
+        "training.model",
+        f"CPU: `plain-cnn` with max-pooling ahead of each block's BatchNorm + ReLU (`pool_before_norm`, as in the CPU "
+        f"recipes; else `vgg` {'-'.join(map(str, SMALL_VGG))}); GPU: `vgg` {'-'.join(map(str, MEDIUM_VGG))} below "
+        f"{LARGE_DATA} clips, the full `vgg` from {LARGE_DATA}",
+        {"plain-cnn": "model plain-cnn (about 0.55M parameters, no large strides, max-pooling before each block's "
+                      "BatchNorm): the baseline's small CNN, sized for training on a CPU ({clips} clips)",
+         "vgg-cpu": "model vgg, widths " + str(SMALL_VGG) + " (about 0.3M parameters): a small CNN without large "
+                    "strides, sized for training on a CPU ({clips} clips)",
+         "vgg-gpu": "model vgg, widths " + str(MEDIUM_VGG) + " (about 1.2M parameters): {clips} clips, below "
+                    + str(LARGE_DATA) + ", on a GPU",
+         "vgg-gpu-full": "model vgg, full widths (about 4.7M parameters): {clips} clips, at least " + str(LARGE_DATA)
+                         + ", on a GPU"}),
+    "epochs": AutoRule(
+        "training.epochs",
+        f"a budget of mels x frames x clip passes per fold (on 2 CPU cores the plain-CNN baseline's: 30 epochs of "
+        f"1600 clips x 64 x 250), over the training clips x the cells of one view; "
+        f"{EPOCH_RANGE['cpu'][0]}-{EPOCH_RANGE['cpu'][1]} on a CPU (budget scaled by the cores), "
+        f"{EPOCH_RANGE['gpu'][0]}-{EPOCH_RANGE['gpu'][1]} on a GPU",
+        {"": "epochs {epochs}: a budget of {budget:.2g} spectrogram cells per fold on {where}, over {train_clips} "
+             "training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}"}),
+    "validation": AutoRule(
+        "validation",
+        "`verified_only` when the data marks some clips unverified",
+        {"": "validation on verified clips only: {unverified} of {clips} clips are marked not manually verified"}),
+}
+
+
+def _code(item: str) -> str:
+    """``view.duration (LH)`` as ```view.duration` (LH)``: the field as code, its note as text."""
+    name, _, note = item.partition(" ")
+    return f"`{name}`" + (f" {note}" if note else "")
+
+
+def rules_markdown() -> str:
+    """The documentation's table of :data:`AUTO_RULES` (Markdown), field and rule a row.
+
+    Examples
+    --------
+    >>> print(rules_markdown().splitlines()[2])
+    | `audio.sample_rate` | the median native rate snapped down to 8000/16000/22050/32000/44100 Hz, at most 32000: the typical clip is never upsampled |
+    """
+    rows = ["| field | rule (`soundtag.recipe_auto.AUTO_RULES`) |", "|---|---|"]
+    for r in AUTO_RULES.values():
+        rows.append(f"| {', '.join(_code(item) for item in r.field.split(', '))} | {r.rule} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)
@@ -182,13 +268,9 @@ def choose_sample_rate(rates: Sequence[int], *, standard: Sequence[int] = STANDA
     rate = below[-1] if below else median
     up = sum(r < rate for r in ordered) / len(ordered)
     common, n = Counter(ordered).most_common(1)[0]
-    reason = (f"sample rate {rate} Hz: {n / len(ordered):.0%} of clips are {common} Hz natively; "
-              f"the rule takes the median native rate ({median} Hz) "
-              f"snapped down to a standard rate ({'/'.join(map(str, standard))}), at most {cap} Hz, "
-              f"so the typical clip is never upsampled")
-    if up:
-        reason += f"; {up:.0%} of clips are below it natively and are upsampled"
-    return rate, reason
+    upsampled = f"; {up:.0%} of clips are below it natively and are upsampled" if up else ""
+    return rate, AUTO_RULES["sample_rate"].explain(rate=rate, share=n / len(ordered), common=common, median=median,
+                                                   cap=cap, upsampled=upsampled)
 
 
 def choose_window(durations: Sequence[float], *, quantile: float = WINDOW_QUANTILE,
@@ -207,8 +289,7 @@ def choose_window(durations: Sequence[float], *, quantile: float = WINDOW_QUANTI
     window = min(max(_to_step(q), limits[0]), limits[1])
     whole = float(np.mean(d <= window + 0.05))  # to the nearest 0.1 s: a clip may lose up to 0.05 s
     clipped = "" if window == _to_step(q) else f", kept within {limits[0]:g}-{limits[1]:g} s"
-    return window, (f"LH window {window:g} s: the {quantile:g}th percentile of the clip durations is "
-                    f"{q:.2f} s, to the nearest 0.1 s{clipped}; {whole:.0%} of clips fit in it (to 0.05 s)")
+    return window, AUTO_RULES["window"].explain(window=window, quantile=quantile, q=q, clipped=clipped, whole=whole)
 
 
 def choose_chunk(durations: Sequence[float], window: float, *,
@@ -227,8 +308,7 @@ def choose_chunk(durations: Sequence[float], window: float, *,
     d = as_durations(durations)
     median = float(np.median(d))
     chunk = min(max(_to_step(median / 2), limits[0]), limits[1], window)
-    return chunk, (f"X chunk {chunk:g} s: half the median duration ({median:.2f} s), to the nearest 0.1 s, "
-                   f"within {limits[0]:g}-{limits[1]:g} s and at most the LH window ({window:g} s)")
+    return chunk, AUTO_RULES["chunk"].explain(chunk=chunk, median=median, lo=limits[0], hi=limits[1], window=window)
 
 
 def choose_resolution(sample_rate: int, window: float) -> tuple[dict[str, Any], str]:
@@ -256,9 +336,9 @@ def choose_resolution(sample_rate: int, window: float) -> tuple[dict[str, Any], 
     why_hop = (f"windows up to {SHORT_WINDOW:g} s keep 10 ms for short events" if hop_s == 0.010
                else f"windows over {SHORT_WINDOW:g} s take 20 ms")
     return ({"n_fft": n_fft, "hop_length": hop, "n_mels": n_mels, "fmin": 20.0, "fmax": None},
-            f"mel resolution: n_fft {n_fft} (the next power of two of {FFT_SECONDS * 1000:g} ms), hop {hop} "
-            f"({hop_s * 1000:g} ms: {why_hop}), {n_mels} mels ({'up to' if n_mels == 64 else 'above'} "
-            f"{MEL_RATE} Hz), 20 Hz to {sample_rate / 2:g} Hz")
+            AUTO_RULES["resolution"].explain(n_fft=n_fft, fft_ms=FFT_SECONDS * 1000, hop=hop, hop_ms=hop_s * 1000,
+                                             why_hop=why_hop, n_mels=n_mels, nyquist=sample_rate / 2,
+                                             where="up to" if n_mels == 64 else "above"))
 
 
 def choose_model(clips: int, device: str, available: Iterable[str]) -> tuple[str, dict[str, Any], str]:
@@ -283,21 +363,16 @@ def choose_model(clips: int, device: str, available: Iterable[str]) -> tuple[str
     >>> choose_model(9000, "gpu", ["vgg"])[:2]
     ('vgg', {})
     """
-    available = set(available)
+    available, rule = set(available), AUTO_RULES["model"]
     if device == "cpu":
         if "plain-cnn" in available:
             # Pooling ahead of each block's BN + ReLU: the same map at evaluation where the BN scales
-            # are positive, in less training time on 2 cores (docs/benchmarks.md, issue 12).
-            return "plain-cnn", {"pool_before_norm": True}, (
-                f"model plain-cnn (about 0.55M parameters, no large strides, max-pooling before each "
-                f"block's BatchNorm): the baseline's small CNN, sized for training on a CPU ({clips} clips)")
-        return "vgg", {"widths": list(SMALL_VGG)}, (
-            f"model vgg, widths {SMALL_VGG} (about 0.3M parameters): a small CNN without large strides, "
-            f"sized for training on a CPU ({clips} clips)")
+            # are positive, in less training time on 2 cores (docs/benchmarks.md).
+            return "plain-cnn", {"pool_before_norm": True}, rule.explain("plain-cnn", clips=clips)
+        return "vgg", {"widths": list(SMALL_VGG)}, rule.explain("vgg-cpu", clips=clips)
     if clips < LARGE_DATA:
-        return "vgg", {"widths": list(MEDIUM_VGG)}, (
-            f"model vgg, widths {MEDIUM_VGG} (about 1.2M parameters): {clips} clips, below {LARGE_DATA}, on a GPU")
-    return "vgg", {}, f"model vgg, full widths (about 4.7M parameters): {clips} clips, at least {LARGE_DATA}, on a GPU"
+        return "vgg", {"widths": list(MEDIUM_VGG)}, rule.explain("vgg-gpu", clips=clips)
+    return "vgg", {}, rule.explain("vgg-gpu-full", clips=clips)
 
 
 def choose_epochs(train_clips: int, cells: int, device: str, cpu_count: int) -> tuple[int, str]:
@@ -324,8 +399,8 @@ def choose_epochs(train_clips: int, cells: int, device: str, cpu_count: int) -> 
     raw = budget / (train_clips * cells)
     epochs = int(min(max(round(raw), lo), hi))
     where = f"{cpu_count} CPU core(s)" if device == "cpu" else "a GPU"
-    return epochs, (f"epochs {epochs}: a budget of {budget:.2g} spectrogram cells per fold on {where}, over "
-                    f"{train_clips} training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}")
+    return epochs, AUTO_RULES["epochs"].explain(epochs=epochs, budget=budget, where=where, train_clips=train_clips,
+                                                cells=cells, raw=raw, lo=lo, hi=hi)
 
 
 # --- the recipe -------------------------------------------------------------------------------
@@ -400,11 +475,8 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
                                 "padding": "repeat" if short else "center"}
     if view == "x":
         view_cfg |= {"overlap": 0.1, "min_tail": 0.2}
-    reasons.append(f"padding {view_cfg['padding']}: the median clip ({median:.2f} s) is "
-                   + (f"shorter than half the {duration:g} s view, so the clip is repeated to fill it"
-                      if short else f"at least half the {duration:g} s view, so it is centred"))
-    reasons.append(f"normalisation {view_cfg['normalization']} over the sound's frames only, never the padding: "
-                   f"{_NORMALIZATION[view_cfg['normalization']]}")
+    reasons.append(AUTO_RULES["padding"].explain(view_cfg["padding"], median=median, duration=duration))
+    reasons.append(AUTO_RULES["normalization"].explain(view_cfg["normalization"]))
 
     augment, why = _augment()
     reasons.append(why)
@@ -418,8 +490,7 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
     validation = "all"
     if profile.unverified and profile.unverified < profile.clips:
         validation = "verified_only"
-        reasons.append(f"validation on verified clips only: {profile.unverified} of {profile.clips} clips are "
-                       f"marked not manually verified")
+        reasons.append(AUTO_RULES["validation"].explain(unverified=profile.unverified, clips=profile.clips))
 
     data = {
         "name": "auto" if view == "lh" else "auto-x",
@@ -440,12 +511,6 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
     return recipe_from_dict(data, source=f"recipe {data['name']} for {profile.name}"), reasons
 
 
-_NORMALIZATION = {
-    "global": "one mean and std of the training clips, as the plain-CNN baseline of issue 11",
-    "per_feature": "each mel bin by the training clips' mean and std, as the built-in X recipes",
-}
-
-
 def _augment() -> tuple[dict, str]:
     """The augmentation section: the plain-CNN baseline's, sized to the sound.
 
@@ -460,9 +525,7 @@ def _augment() -> tuple[dict, str]:
         "specaugment": {"enabled": True, "time_masks": 1, "time_width": 0.16, "freq_masks": 1, "freq_width": 0.125,
                         "relative_to": "sound"},
     }
-    return augment, ("augmentation: mixup (alpha 1); no random erasing (sized for the window it wipes out "
-                     "short events: issue 11, 34.8% -> 80.2%); a time roll of up to half the view, never pushing "
-                     "the sound out of it; one time mask (up to 16%) and one mel mask (up to 12.5%) of the sound")
+    return augment, AUTO_RULES["augment"].explain()
 
 
 def _data_line(p: DataProfile) -> str:

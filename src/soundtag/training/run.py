@@ -361,9 +361,9 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     callbacks = [checkpoint, latest]
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
-    accelerator, auto_precision = accelerator()
+    device_kind, auto_precision = accelerator()
     trainer = L.Trainer(
-        max_epochs=t.epochs, accelerator=accelerator, devices=hardware.devices, num_nodes=hardware.num_nodes,
+        max_epochs=t.epochs, accelerator=device_kind, devices=hardware.devices, num_nodes=hardware.num_nodes,
         strategy=hardware.lightning_strategy(), use_distributed_sampler=False,  # ours shard by rank
         precision=auto_precision if t.precision == "auto" else t.precision,
         callbacks=callbacks, plugins=[SafeCheckpointIO()], logger=[CSVLogger(fold_dir, name=run.LOGS, version=""),
