@@ -7,6 +7,7 @@ folds and continues an interrupted one from its ``last.ckpt``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import signal
@@ -331,7 +332,27 @@ def _train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Ha
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         # val_loss and val_map3 are computed over clips gathered from every rank (module.py).
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val_")
-        _fit_fold(plan, k, run, progress, hardware)
+        # Lightning's own use of a torch API that torch deprecates: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        with _without_lightning_tips():
+            _fit_fold(plan, k, run, progress, hardware)
+
+
+@contextlib.contextmanager
+def _without_lightning_tips():
+    """Lightning advertises its cloud logger at every Trainer; a user of soundtag did not ask."""
+    import logging
+
+    tip = logging.Filter()
+    tip.filter = lambda record: not str(record.msg).startswith("💡 Tip")
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")]
+    for logger in loggers:
+        logger.addFilter(tip)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(tip)
 
 
 def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware) -> None:
