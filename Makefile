@@ -6,7 +6,7 @@ SOUNDTAG := $(VENV)/bin/soundtag
 export SOUNDTAG_DATA ?= $(abspath ../shared/data)
 DEMO ?= demo
 
-.PHONY: venv test test-fast browser browser-for-test demo demo-run bench clean
+.PHONY: venv test test-fast lint browser browser-for-test demo demo-run bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -74,5 +74,21 @@ demo-run: venv
 bench: venv
 	$(PY) benchmarks/features.py
 
+# ruff's lint and format check, and the package's layers (import-linter's contract in pyproject.toml).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+# MkDocs and mkdocstrings (the docs extra), installed into .venv once beside the package.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[test,docs]"
+	touch $@
+
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors: a broken link or
+# anchor, a page left out of the nav, or an API reference naming what src/ no longer has fails it.
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(DEMO) .cache .pytest_cache
+	rm -rf $(VENV) $(DEMO) .cache .pytest_cache site

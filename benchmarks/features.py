@@ -57,9 +57,15 @@ def run_kernel(manifest, recipe) -> dict:
         else:
             left = (n - len(y)) // 2
             y = np.pad(y, (left, n - len(y) - left))
-        spec = librosa.feature.melspectrogram(y=y, sr=recipe.audio.sample_rate, n_fft=f.n_fft,
-                                              hop_length=f.hop_length, n_mels=f.n_mels, fmin=f.fmin,
-                                              fmax=f.fmax or recipe.audio.sample_rate / 2)
+        spec = librosa.feature.melspectrogram(
+            y=y,
+            sr=recipe.audio.sample_rate,
+            n_fft=f.n_fft,
+            hop_length=f.hop_length,
+            n_mels=f.n_mels,
+            fmin=f.fmin,
+            fmax=f.fmax or recipe.audio.sample_rate / 2,
+        )
         librosa.power_to_db(spec).astype(np.float32)
     return {"seconds": time.perf_counter() - start}
 
@@ -160,8 +166,8 @@ def one(case: str, pipeline: str, workers: int) -> dict:
     """Measure one pipeline on one case in this process (called in a fresh subprocess)."""
     import torch
 
-    from soundtag.recipe import load_recipe
     from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
 
     folder, recipe_name = CASES[case]
     manifest = read_manifest(Path(os.environ["SOUNDTAG_DATA"]) / folder)
@@ -208,8 +214,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--repeats", type=int, default=3, help="decode-only / soundtag pairs per case (median kept)")
-    parser.add_argument("--write", default=str(REPO / "docs" / "benchmarks.md"),
-                        help="markdown file whose 'features' section is replaced ('' to skip)")
+    parser.add_argument(
+        "--write",
+        default=str(REPO / "docs" / "benchmarks.md"),
+        help="markdown file whose 'features' section is replaced ('' to skip)",
+    )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, workers=args.workers)))
@@ -218,8 +227,12 @@ def main() -> None:
     rows = []
 
     def measure(case: str, pipeline: str) -> dict:
-        proc = subprocess.run([sys.executable, __file__, "--one", case, pipeline, "--workers", str(args.workers)],
-                              check=True, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", case, pipeline, "--workers", str(args.workers)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     for case in args.cases:
@@ -228,26 +241,37 @@ def main() -> None:
         # to it in time: on a shared 2-core machine the same run moves by 20-30% from minute to
         # minute, and the ratio of neighbours is steadier than either rate.
         # Decode + log-mel runs between them: decoding and the log-mel alone, in the same run.
-        triples = [(measure(case, "decode"), measure(case, "logmel"), measure(case, "soundtag"))
-                   for _ in range(args.repeats)]
+        triples = [
+            (measure(case, "decode"), measure(case, "logmel"), measure(case, "soundtag")) for _ in range(args.repeats)
+        ]
         ratios = [d["seconds"] / s["seconds"] for d, _, s in triples]
         ceilings = [d["seconds"] / f["seconds"] for d, f, _ in triples]
         mid = sorted(range(len(triples)), key=lambda i: ratios[i])[len(triples) // 2]  # the median triple
         d, f, s = triples[mid]
         n = k["clips"]
         row = {
-            "case": case, "clips": n, "repeats": args.repeats,
-            "kernel_cps": n / k["seconds"], "soundtag_cps": n / s["seconds"],
+            "case": case,
+            "clips": n,
+            "repeats": args.repeats,
+            "kernel_cps": n / k["seconds"],
+            "soundtag_cps": n / s["seconds"],
             "speedup": k["seconds"] / s["seconds"],
-            "decode_cps": n / d["seconds"], "vs_decode": ratios[mid], "vs_decode_all": sorted(ratios),
-            "logmel_cps": n / f["seconds"], "logmel_vs_decode": ceilings[mid],
-            "logmel_vs_decode_all": sorted(ceilings), "soundtag_vs_logmel": f["seconds"] / s["seconds"],
-            "cached_cps": n / s["cached_seconds"], "cache_speedup": s["seconds"] / s["cached_seconds"],
-            "kernel_peak_mb": k["peak_mb"], "soundtag_peak_mb": s["peak_mb"],
+            "decode_cps": n / d["seconds"],
+            "vs_decode": ratios[mid],
+            "vs_decode_all": sorted(ratios),
+            "logmel_cps": n / f["seconds"],
+            "logmel_vs_decode": ceilings[mid],
+            "logmel_vs_decode_all": sorted(ceilings),
+            "soundtag_vs_logmel": f["seconds"] / s["seconds"],
+            "cached_cps": n / s["cached_seconds"],
+            "cache_speedup": s["seconds"] / s["cached_seconds"],
+            "kernel_peak_mb": k["peak_mb"],
+            "soundtag_peak_mb": s["peak_mb"],
             # Where the time goes: CPU a clip, in the workers and in the main process.
             "decode_cpu_ms": d["workers_cpu_ms"] + d["main_cpu_ms"],
             "logmel_cpu_ms": f["workers_cpu_ms"] + f["main_cpu_ms"],
-            "soundtag_workers_cpu_ms": s["workers_cpu_ms"], "soundtag_main_cpu_ms": s["main_cpu_ms"],
+            "soundtag_workers_cpu_ms": s["workers_cpu_ms"],
+            "soundtag_main_cpu_ms": s["main_cpu_ms"],
         }
         rows.append(row)
         print(json.dumps(row))
@@ -286,17 +310,23 @@ def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> 
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['clips']} | {r['decode_cps']:.0f} | {r['logmel_cps']:.0f} | "
-                     f"{r['logmel_vs_decode']:.2f}x | {r['soundtag_cps']:.0f} | "
-                     f"{r['vs_decode']:.2f}x | {r['soundtag_vs_logmel']:.2f}x | {r['kernel_cps']:.0f} | "
-                     f"{r['speedup']:.2f}x | {r['cached_cps']:.0f} | {r['cache_speedup']:.0f}x | "
-                     f"{r['kernel_peak_mb']:.0f} | {r['soundtag_peak_mb']:.0f} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['logmel_vs_decode_all'])} | {r['decode_cpu_ms']:.2f} | "
-                     f"{r['logmel_cpu_ms']:.2f} | {r['soundtag_workers_cpu_ms']:.2f} | {r['soundtag_main_cpu_ms']:.2f} |")
+        lines.append(
+            f"| {r['case']} | {r['clips']} | {r['decode_cps']:.0f} | {r['logmel_cps']:.0f} | "
+            f"{r['logmel_vs_decode']:.2f}x | {r['soundtag_cps']:.0f} | "
+            f"{r['vs_decode']:.2f}x | {r['soundtag_vs_logmel']:.2f}x | {r['kernel_cps']:.0f} | "
+            f"{r['speedup']:.2f}x | {r['cached_cps']:.0f} | {r['cache_speedup']:.0f}x | "
+            f"{r['kernel_peak_mb']:.0f} | {r['soundtag_peak_mb']:.0f} | "
+            f"{', '.join(f'{x:.2f}' for x in r['vs_decode_all'])} | "
+            f"{', '.join(f'{x:.2f}' for x in r['logmel_vs_decode_all'])} | {r['decode_cpu_ms']:.2f} | "
+            f"{r['logmel_cpu_ms']:.2f} | {r['soundtag_workers_cpu_ms']:.2f} | {r['soundtag_main_cpu_ms']:.2f} |"
+        )
     lines.append("<!-- features:end -->")
     section = "\n".join(lines)
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nRun by hand; each section is rewritten by its script.\n"
+    text = (
+        path.read_text()
+        if path.is_file()
+        else "# Benchmarks\n\nRun by hand; each section is rewritten by its script.\n"
+    )
     if "<!-- features:start -->" in text:
         head, rest = text.split("<!-- features:start -->", 1)
         text = head + section + rest.split("<!-- features:end -->", 1)[1]

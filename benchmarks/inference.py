@@ -41,8 +41,20 @@ def ensure_run(run: Path | None, epochs: int) -> Path:
         return run
     run = REPO / "runs" / f"bench-inference-esc50-cpu-lh-{epochs}ep"
     if not (run / "metrics.json").is_file():
-        cmd = [sys.executable, "-m", "soundtag.cli", "train", "--data", str(DATA / "esc50"), "--recipe", "esc50-cpu-lh",
-               "-o", f"training.epochs={epochs}", "--cache", str(REPO / ".cache" / "soundtag" / "features")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "soundtag.cli",
+            "train",
+            "--data",
+            str(DATA / "esc50"),
+            "--recipe",
+            "esc50-cpu-lh",
+            "-o",
+            f"training.epochs={epochs}",
+            "--cache",
+            str(REPO / ".cache" / "soundtag" / "features"),
+        ]
         cmd += ["--resume", str(run)] if (run / "run.json").is_file() else ["--out", str(run)]
         subprocess.run(cmd, check=True)
     return run
@@ -119,8 +131,10 @@ def main() -> None:
 
     # One core: pin the process, one thread per engine.
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    one_core = {engine: stages(load_tagger(source, threads=1), files[:100])
-                for engine, source in (("PyTorch eager", run), ("ONNX Runtime", onnx_path))}
+    one_core = {
+        engine: stages(load_tagger(source, threads=1), files[:100])
+        for engine, source in (("PyTorch eager", run), ("ONNX Runtime", onnx_path))
+    }
 
     folds = len(list(run.glob("fold-*/done.json")))
     lines = [
@@ -139,14 +153,25 @@ def main() -> None:
     ]
     for engine, secs in results.items():
         lines.append(f"| {engine} | {len(secs) / sum(secs):.1f} | {1000 * statistics.mean(secs):.1f} | {ms(secs)} |")
-    lines += ["", f"ONNX Runtime is **{torch_s / ort_s:.2f} times** as fast as PyTorch eager (goal: 1.5).", "",
-              "One core (process pinned to one CPU, one thread), median ms per five-second clip, 100 files:", "",
-              "| engine | decode + resample | log-mel | fold models | end to end |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        f"ONNX Runtime is **{torch_s / ort_s:.2f} times** as fast as PyTorch eager (goal: 1.5).",
+        "",
+        "One core (process pinned to one CPU, one thread), median ms per five-second clip, 100 files:",
+        "",
+        "| engine | decode + resample | log-mel | fold models | end to end |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for engine, st in one_core.items():
-        lines.append(f"| {engine} | {ms(st['decode'])} | {ms(st['log-mel'])} | {ms(st['models'])} | {ms(st['total'])} |")
+        lines.append(
+            f"| {engine} | {ms(st['decode'])} | {ms(st['log-mel'])} | {ms(st['models'])} | {ms(st['total'])} |"
+        )
     total = 1000 * statistics.median(one_core["ONNX Runtime"]["total"])
-    lines += ["", f"Goal: under 50 ms end to end on one core: {'met' if total < 50 else 'NOT met'} "
-              f"({total:.1f} ms with ONNX Runtime)."]
+    lines += [
+        "",
+        f"Goal: under 50 ms end to end on one core: {'met' if total < 50 else 'NOT met'} "
+        f"({total:.1f} ms with ONNX Runtime).",
+    ]
     write_section("inference", lines)
     print("\n".join(lines))
 

@@ -52,8 +52,8 @@ from train import device_line, write_section  # noqa: E402
 from soundtag import evaluation  # noqa: E402
 from soundtag.cleaning import DecisionBook, auto_clean, find_suspects, write_suspects  # noqa: E402
 from soundtag.cleaning.decisions import Decision  # noqa: E402
-from soundtag.recipe import load_recipe  # noqa: E402
 from soundtag.manifest import Manifest, read_manifest  # noqa: E402
+from soundtag.recipe import load_recipe  # noqa: E402
 from soundtag.training import train  # noqa: E402
 from soundtag.training.splits import label_matrix  # noqa: E402
 
@@ -104,8 +104,13 @@ def fold1_score(manifest: Manifest, recipe, run_dir: Path, cache: Path, resume: 
     targets = label_matrix(manifest)[[row[c] for c in done["clips"]]]
     m = evaluation.summarize(targets, probs)
     # Training time from the run itself, so a resumed benchmark reports the real cost.
-    return {"clips": m["clips"], "top1": m["top1"], "map3": m["map@3"], "train_clips": done["train_clips"],
-            "minutes": done["seconds"] / 60}
+    return {
+        "clips": m["clips"],
+        "top1": m["top1"],
+        "map3": m["map@3"],
+        "train_clips": done["train_clips"],
+        "minutes": done["seconds"] / 60,
+    }
 
 
 def simulated_review(cv_run: Path, lists: Path, ranked: list[str], flips: dict, n_listened: int) -> list[str]:
@@ -114,13 +119,15 @@ def simulated_review(cv_run: Path, lists: Path, ranked: list[str], flips: dict, 
     book = DecisionBook(lists, clip_ids=manifest.ids, labels=manifest.labels)
     round_no = book.start_round(cv_run)
     heard = ranked[:n_listened]
-    book.decide_many([Decision(c, "blacklist" if c in flips else "keep", "", "simulated review", round_no)
-                      for c in heard])
+    book.decide_many(
+        [Decision(c, "blacklist" if c in flips else "keep", "", "simulated review", round_no) for c in heard]
+    )
     return sorted(book.blacklisted())
 
 
-def fsd2018_noise(manifest: Manifest, unverified: float, wrong: float, seed: int
-                  ) -> tuple[Manifest, dict[str, tuple[str, str]], set[str]]:
+def fsd2018_noise(
+    manifest: Manifest, unverified: float, wrong: float, seed: int
+) -> tuple[Manifest, dict[str, tuple[str, str]], set[str]]:
     """FSDKaggle2018's shape of noise on folds 2-5: ``unverified`` of their clips marked not
     verified, ``wrong`` of those given a random other label; every other clip verified.
 
@@ -135,8 +142,11 @@ def fsd2018_noise(manifest: Manifest, unverified: float, wrong: float, seed: int
         clip = manifest[i]
         others = [lab for lab in manifest.labels if lab != clip.labels[0]]
         flips[clip.id] = (clip.labels[0], str(others[rng.integers(len(others))]))
-    noisy = manifest.map(lambda c: dataclasses.replace(
-        c, labels=(flips[c.id][1],) if c.id in flips else c.labels, manually_verified=c.id not in on_trial))
+    noisy = manifest.map(
+        lambda c: dataclasses.replace(
+            c, labels=(flips[c.id][1],) if c.id in flips else c.labels, manually_verified=c.id not in on_trial
+        )
+    )
     return noisy, flips, on_trial
 
 
@@ -159,8 +169,12 @@ def _kept_at(run: Path, threshold: float, truth: dict[str, str]) -> dict:
     verified = np.array([bool(c.manually_verified) for c in oof.manifest])
     v = verify_labels(oof.probs, np.eye(len(labels))[[labels.index(g) for g in given]], verified, threshold=threshold)
     ids = oof.manifest.ids
-    return {"threshold": threshold, "unverified": int((~verified).sum()), "kept": len(v.accepted),
-            "kept_correct": sum(truth[ids[i]] == given[i] for i in v.accepted)}
+    return {
+        "threshold": threshold,
+        "unverified": int((~verified).sum()),
+        "kept": len(v.accepted),
+        "kept_correct": sum(truth[ids[i]] == given[i] for i in v.accepted),
+    }
 
 
 def _training_minutes(run: Path) -> float:
@@ -183,17 +197,34 @@ def run_fsd2018_shape(args, recipe, overrides: list[str]) -> None:
     print(f"{len(clean)} clips, {len(on_trial)} unverified, {n} of them flipped (lists in {out})", flush=True)
 
     cv_run = out / "cv-noisy"
-    train(noisy.filter(lambda c: c.fold != VALIDATION_FOLD), recipe, cv_run, cache_dir=args.cache, progress=False,
-          data_source="esc50 folds 2-5, fsd2018-shaped noise", resume=resume and cv_run.exists())
+    train(
+        noisy.filter(lambda c: c.fold != VALIDATION_FOLD),
+        recipe,
+        cv_run,
+        cache_dir=args.cache,
+        progress=False,
+        data_source="esc50 folds 2-5, fsd2018-shaped noise",
+        resume=resume and cv_run.exists(),
+    )
     suspects = find_suspects(cv_run)
     ranked = suspects["clip_id"].tolist()
     reviewed = set(simulated_review(cv_run, out / "lists-reviewed", ranked, flips, 2 * n))
     shutil.rmtree(out / "lists-auto", ignore_errors=True)
-    auto = {d.clip_id for d in auto_clean(cv_run, out / "lists-auto", max_fraction=args.max_fraction)
-            if d.decision == "blacklist"}
+    auto = {
+        d.clip_id
+        for d in auto_clean(cv_run, out / "lists-auto", max_fraction=args.max_fraction)
+        if d.decision == "blacklist"
+    }
     truth = {c.id: c.labels[0] for c in clean}
-    rounds = self_verify(cv_run, out / "self-verify", rounds=args.rounds, threshold=args.threshold,
-                         per_class=args.per_class, truth=truth, progress=False)
+    rounds = self_verify(
+        cv_run,
+        out / "self-verify",
+        rounds=args.rounds,
+        threshold=args.threshold,
+        per_class=args.per_class,
+        truth=truth,
+        progress=False,
+    )
     # What a fixed 0.95 would have kept in round 1, from the same posteriors (no training).
     at_095 = _kept_at(cv_run, 0.95, truth)
     sv_lists = Path(rounds[-1].lists)
@@ -211,7 +242,11 @@ def run_fsd2018_shape(args, recipe, overrides: list[str]) -> None:
         "clean labels": (clean, [], None, 0.0),
         "noisy labels, no strategy": (noisy, [], None, 0.0),
         "blacklist loop, reviewer over the top 2N": (
-            noisy, [f"training.blacklist={out / 'lists-reviewed' / 'blacklist.csv'}"], reviewed, cv_minutes),
+            noisy,
+            [f"training.blacklist={out / 'lists-reviewed' / 'blacklist.csv'}"],
+            reviewed,
+            cv_minutes,
+        ),
         f"clean --auto --max-fraction {args.max_fraction:g}": (noisy, auto_list, auto, cv_minutes),
         "loss masking (mask_fraction 0.2)": (noisy, mask, None, 0.0),
         "robust loss: GCE (q 0.7)": (noisy, ["training.noise.strategy=gce"], None, 0.0),
@@ -227,12 +262,28 @@ def run_fsd2018_shape(args, recipe, overrides: list[str]) -> None:
         run_dir = out / f"fold1-{i}"
         score = fold1_score(manifest, r, run_dir, args.cache, resume=resume and run_dir.exists())
         p, rc = precision_recall(removed, set(flips)) if removed is not None else (None, None)
-        rows.append({"name": name, **score, "total_minutes": before + score["minutes"],
-                     "removed": None if removed is None else len(removed),
-                     "precision": p, "recall": rc, "automatic": "reviewer" not in name})
+        rows.append(
+            {
+                "name": name,
+                **score,
+                "total_minutes": before + score["minutes"],
+                "removed": None if removed is None else len(removed),
+                "precision": p,
+                "recall": rc,
+                "automatic": "reviewer" not in name,
+            }
+        )
         print(name, json.dumps(rows[-1]), flush=True)
-    result = {"clips": len(clean), "unverified": len(on_trial), "flipped": n, "rows": rows,
-              "cv_minutes": cv_minutes, "rounds": [dataclasses.asdict(x) for x in rounds], "round1_at_0.95": at_095, "out": str(out)}
+    result = {
+        "clips": len(clean),
+        "unverified": len(on_trial),
+        "flipped": n,
+        "rows": rows,
+        "cv_minutes": cv_minutes,
+        "rounds": [dataclasses.asdict(x) for x in rounds],
+        "round1_at_0.95": at_095,
+        "out": str(out),
+    }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if args.doc:
@@ -245,44 +296,70 @@ def write_fsd2018_doc(args, recipe, r: dict) -> None:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
-    rows = [f"| {x['name']} | {x['train_clips']} | {100 * x['top1']:.2f}% | {100 * (x['top1'] - clean):+.2f} | "
-            f"{x['map3']:.4f} | {x['minutes']:.1f} min | {x['total_minutes']:.1f} min | "
-            f"{'' if x['removed'] is None else x['removed']} | {pct(x['precision'])} | {pct(x['recall'])} |"
-            for x in r["rows"]]
+    rows = [
+        f"| {x['name']} | {x['train_clips']} | {100 * x['top1']:.2f}% | {100 * (x['top1'] - clean):+.2f} | "
+        f"{x['map3']:.4f} | {x['minutes']:.1f} min | {x['total_minutes']:.1f} min | "
+        f"{'' if x['removed'] is None else x['removed']} | {pct(x['precision'])} | {pct(x['recall'])} |"
+        for x in r["rows"]
+    ]
     strategies = r["rows"][2:]
     best = max(strategies, key=lambda x: x["top1"])
     best_auto = max((x for x in strategies if x["automatic"]), key=lambda x: x["top1"])
-    rounds = [f"| {x['round']} | {x['threshold']:.3f} | {x['accepted']} | {x['relabelled']} | {x['dropped']} | "
-              f"{x['accepted_correct']} | {x['dropped_wrong']} of {x['flipped']} |" for x in r["rounds"]]
+    rounds = [
+        f"| {x['round']} | {x['threshold']:.3f} | {x['accepted']} | {x['relabelled']} | {x['dropped']} | "
+        f"{x['accepted_correct']} | {x['dropped_wrong']} of {x['flipped']} |"
+        for x in r["rounds"]
+    ]
     fixed = r["round1_at_0.95"]
-    command = " ".join(filter(None, ["python benchmarks/label_noise.py --shape fsd2018", f"--recipe {args.recipe}",
-                                     f"--epochs {args.epochs}" if args.epochs else "", f"--seed {args.seed}",
-                                     f"--threshold {args.threshold}",
-                                     f"--classes {args.classes}" if args.classes else ""]))
-    write_section("cleaning-label-noise-fsd2018", [
-        "## Label noise with FSDKaggle2018's shape: every strategy (`benchmarks/label_noise.py --shape fsd2018`)", "",
-        f"- Date: {dt.date.today()}; machine: {device_line()}",
-        f"- Command: `{command}`",
-        f"- ESC-50 ({r['clips']} clips): in folds 2-5, {r['unverified']} clips marked unverified and {r['flipped']} "
-        f"of those given a wrong label (seed {args.seed}; `flipped.csv` and `unverified.csv` in `{Path(r['out']).name}/`); "
-        f"fold 1 untouched and scored. Recipe {recipe.name}, {recipe.training.epochs} epochs, the last epoch's "
-        "weights where the recipe says so. Removed: clips a strategy took out of their given label (blacklisted, "
-        "dropped or relabelled); precision and recall against the flipped list.",
-        "- Goals: the best strategy within 1 point of clean labels; a fully automatic one within 2.",
-        f"- Wall time: training of the fold-1 model; in all: with the trainings the strategy needed first (the "
-        f"4-fold cross-validation on the noisy labels it ranks or verifies from, {r['cv_minutes']:.1f} min, and "
-        "each self-verification round's own cross-validation).", "",
-        "| training set | clips trained on | fold-1 top-1 | vs clean | MAP@3 | wall time | in all | removed | "
-        "precision | recall |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-        f"Best: {best['name']} ({100 * (best['top1'] - clean):+.2f} points: "
-        f"{'met' if clean - best['top1'] <= 0.01 + 1e-9 else 'not met'}); best automatic: {best_auto['name']} "
-        f"({100 * (best_auto['top1'] - clean):+.2f}: {'met' if clean - best_auto['top1'] <= 0.02 + 1e-9 else 'not met'}).",
-        "", "Self-verification per round (unverified clips; correct against the clean labels):", "",
-        "| round | threshold | kept | relabelled | dropped | kept with their true label | dropped that were flipped |",
-        "|---|---|---|---|---|---|---|", *rounds, "",
-        f"CP-JKU's fixed threshold 0.95 on round 1's posteriors would have kept {fixed['kept']} of the "
-        f"{fixed['unverified']} unverified clips ({fixed['kept_correct']} of them with their true label).",
-    ])
+    command = " ".join(
+        filter(
+            None,
+            [
+                "python benchmarks/label_noise.py --shape fsd2018",
+                f"--recipe {args.recipe}",
+                f"--epochs {args.epochs}" if args.epochs else "",
+                f"--seed {args.seed}",
+                f"--threshold {args.threshold}",
+                f"--classes {args.classes}" if args.classes else "",
+            ],
+        )
+    )
+    write_section(
+        "cleaning-label-noise-fsd2018",
+        [
+            "## Label noise with FSDKaggle2018's shape: every strategy (`benchmarks/label_noise.py --shape fsd2018`)",
+            "",
+            f"- Date: {dt.date.today()}; machine: {device_line()}",
+            f"- Command: `{command}`",
+            f"- ESC-50 ({r['clips']} clips): in folds 2-5, {r['unverified']} clips marked unverified and {r['flipped']} "
+            f"of those given a wrong label (seed {args.seed}; `flipped.csv` and `unverified.csv` in `{Path(r['out']).name}/`); "
+            f"fold 1 untouched and scored. Recipe {recipe.name}, {recipe.training.epochs} epochs, the last epoch's "
+            "weights where the recipe says so. Removed: clips a strategy took out of their given label (blacklisted, "
+            "dropped or relabelled); precision and recall against the flipped list.",
+            "- Goals: the best strategy within 1 point of clean labels; a fully automatic one within 2.",
+            f"- Wall time: training of the fold-1 model; in all: with the trainings the strategy needed first (the "
+            f"4-fold cross-validation on the noisy labels it ranks or verifies from, {r['cv_minutes']:.1f} min, and "
+            "each self-verification round's own cross-validation).",
+            "",
+            "| training set | clips trained on | fold-1 top-1 | vs clean | MAP@3 | wall time | in all | removed | "
+            "precision | recall |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Best: {best['name']} ({100 * (best['top1'] - clean):+.2f} points: "
+            f"{'met' if clean - best['top1'] <= 0.01 + 1e-9 else 'not met'}); best automatic: {best_auto['name']} "
+            f"({100 * (best_auto['top1'] - clean):+.2f}: {'met' if clean - best_auto['top1'] <= 0.02 + 1e-9 else 'not met'}).",
+            "",
+            "Self-verification per round (unverified clips; correct against the clean labels):",
+            "",
+            "| round | threshold | kept | relabelled | dropped | kept with their true label | dropped that were flipped |",
+            "|---|---|---|---|---|---|---|",
+            *rounds,
+            "",
+            f"CP-JKU's fixed threshold 0.95 on round 1's posteriors would have kept {fixed['kept']} of the "
+            f"{fixed['unverified']} unverified clips ({fixed['kept_correct']} of them with their true label).",
+        ],
+    )
 
 
 def main() -> None:
@@ -295,25 +372,45 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.10, help="share of folds 2-5 flipped")
     parser.add_argument("--seed", type=int, default=0, help="seed of the flips")
     parser.add_argument("--classes", type=int, default=None, help="use only the first K classes (smoke runs)")
-    parser.add_argument("--max-fraction", type=float, default=None,
-                        help="clean --auto's limit (default 0.10; 0.25 with --shape fsd2018, room for the ~20%% of "
-                        "folds 2-5 that are wrong: a cap, cleanlab decides how many)")
+    parser.add_argument(
+        "--max-fraction",
+        type=float,
+        default=None,
+        help="clean --auto's limit (default 0.10; 0.25 with --shape fsd2018, room for the ~20%% of "
+        "folds 2-5 that are wrong: a cap, cleanlab decides how many)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "label-noise", help="working folder")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "soundtag" / "features")
-    parser.add_argument("--fold1-epochs", type=int, default=None,
-                        help="training.epochs of the fold-1 comparison models (default: as --epochs)")
-    parser.add_argument("--cases", default="clean,noisy,reviewed,auto",
-                        help="fold-1 trainings to run, comma-separated: clean, noisy, reviewed, auto")
+    parser.add_argument(
+        "--fold1-epochs",
+        type=int,
+        default=None,
+        help="training.epochs of the fold-1 comparison models (default: as --epochs)",
+    )
+    parser.add_argument(
+        "--cases",
+        default="clean,noisy,reviewed,auto",
+        help="fold-1 trainings to run, comma-separated: clean, noisy, reviewed, auto",
+    )
     parser.add_argument("--resume", type=Path, help="an earlier working folder: finished trainings are kept")
-    parser.add_argument("--doc", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the section of docs/benchmarks.md")
-    parser.add_argument("--shape", choices=["flips", "fsd2018"], default="flips",
-                        help="flips: --noise of folds 2-5 flipped (suspects benchmark); fsd2018: 60%% unverified, a "
-                        "third of those flipped, every noisy-label strategy compared")
+    parser.add_argument(
+        "--doc", action=argparse.BooleanOptionalAction, default=True, help="write the section of docs/benchmarks.md"
+    )
+    parser.add_argument(
+        "--shape",
+        choices=["flips", "fsd2018"],
+        default="flips",
+        help="flips: --noise of folds 2-5 flipped (suspects benchmark); fsd2018: 60%% unverified, a "
+        "third of those flipped, every noisy-label strategy compared",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="self-verification rounds (--shape fsd2018)")
-    parser.add_argument("--threshold", type=lambda v: v if v == "auto" else float(v), default="auto",
-                        help="self-verification threshold (--shape fsd2018): a number, or auto (default), the level "
-                        "80%% of the verified clips reach; the rows also count what CP-JKU's 0.95 would have kept")
+    parser.add_argument(
+        "--threshold",
+        type=lambda v: v if v == "auto" else float(v),
+        default="auto",
+        help="self-verification threshold (--shape fsd2018): a number, or auto (default), the level "
+        "80%% of the verified clips reach; the rows also count what CP-JKU's 0.95 would have kept",
+    )
     parser.add_argument("--per-class", type=int, default=None, help="self-verification cap (--shape fsd2018)")
     args = parser.parse_args()
 
@@ -335,25 +432,35 @@ def main() -> None:
 
     cv_run = out / "cv-noisy"
     cv = noisy.filter(lambda c: c.fold != VALIDATION_FOLD)
-    train(cv, recipe, cv_run, cache_dir=args.cache, progress=False, data_source="esc50 folds 2-5, flipped",
-          resume=resume)
+    train(
+        cv, recipe, cv_run, cache_dir=args.cache, progress=False, data_source="esc50 folds 2-5, flipped", resume=resume
+    )
     cv_minutes = sum(json.loads(d.read_text())["seconds"] for d in cv_run.glob("fold-*/done.json")) / 60
     suspects = find_suspects(cv_run)
     write_suspects(suspects, cv_run / "suspects.csv")
     ranked = suspects["clip_id"].tolist()
     found_n = len(set(ranked[:n]) & set(flips))
-    found_2n = len(set(ranked[:2 * n]) & set(flips))
+    found_2n = len(set(ranked[: 2 * n]) & set(flips))
     print(f"flipped among the top {n}: {found_n}; top {2 * n}: {found_2n} ({len(ranked)} suspects)", flush=True)
 
     reviewed = simulated_review(cv_run, out / "lists-reviewed", ranked, flips, 2 * n)
     # A fresh folder each time: a second call would (rightly) decide the next clips, not the same.
     shutil.rmtree(out / "lists-auto", ignore_errors=True)
-    auto = [d.clip_id for d in auto_clean(cv_run, out / "lists-auto", max_fraction=args.max_fraction)
-            if d.decision == "blacklist"]
-    cases = {"clean": ("clean labels", clean, None), "noisy": ("noisy labels", noisy, None),
-             "reviewed": ("noisy, reviewed top 2N blacklisted", noisy, out / "lists-reviewed" / "blacklist.csv"),
-             "auto": (f"noisy, clean --auto --max-fraction {args.max_fraction:g}", noisy,
-                      out / "lists-auto" / "blacklist.csv")}
+    auto = [
+        d.clip_id
+        for d in auto_clean(cv_run, out / "lists-auto", max_fraction=args.max_fraction)
+        if d.decision == "blacklist"
+    ]
+    cases = {
+        "clean": ("clean labels", clean, None),
+        "noisy": ("noisy labels", noisy, None),
+        "reviewed": ("noisy, reviewed top 2N blacklisted", noisy, out / "lists-reviewed" / "blacklist.csv"),
+        "auto": (
+            f"noisy, clean --auto --max-fraction {args.max_fraction:g}",
+            noisy,
+            out / "lists-auto" / "blacklist.csv",
+        ),
+    }
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     if unknown := sorted(set(wanted) - set(cases)):
         raise SystemExit(f"--cases: unknown {unknown}; choose from {', '.join(cases)}")
@@ -368,9 +475,19 @@ def main() -> None:
         print(name, json.dumps(scores[name]), flush=True)
 
     flipped_auto = len(set(auto) & set(flips))
-    result = {"clips": len(clean), "flipped": n, "suspects": len(ranked), "top_n": found_n, "top_2n": found_2n,
-              "reviewed_blacklist": len(reviewed), "auto_blacklist": len(auto), "auto_flipped": flipped_auto,
-              "cv_minutes": cv_minutes, "scores": scores, "out": str(out)}
+    result = {
+        "clips": len(clean),
+        "flipped": n,
+        "suspects": len(ranked),
+        "top_n": found_n,
+        "top_2n": found_2n,
+        "reviewed_blacklist": len(reviewed),
+        "auto_blacklist": len(auto),
+        "auto_flipped": flipped_auto,
+        "cv_minutes": cv_minutes,
+        "scores": scores,
+        "out": str(out),
+    }
     print(json.dumps(result, indent=2))
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.doc:
@@ -379,37 +496,57 @@ def main() -> None:
 
 def write_doc(args, recipe, r: dict) -> None:
     over = " ".join(f"-o {o}" for o in args.overrides)
-    command = " ".join(filter(None, ["python benchmarks/label_noise.py", f"--recipe {args.recipe}",
-                                     f"--epochs {args.epochs}" if args.epochs else "",
-                                     f"--fold1-epochs {args.fold1_epochs}" if args.fold1_epochs else "",
-                                     f"--cases {args.cases}" if args.cases != "clean,noisy,reviewed,auto" else "",
-                                     over,
-                                     f"--noise {args.noise:g} --seed {args.seed}",
-                                     f"--classes {args.classes}" if args.classes else ""]))
+    command = " ".join(
+        filter(
+            None,
+            [
+                "python benchmarks/label_noise.py",
+                f"--recipe {args.recipe}",
+                f"--epochs {args.epochs}" if args.epochs else "",
+                f"--fold1-epochs {args.fold1_epochs}" if args.fold1_epochs else "",
+                f"--cases {args.cases}" if args.cases != "clean,noisy,reviewed,auto" else "",
+                over,
+                f"--noise {args.noise:g} --seed {args.seed}",
+                f"--classes {args.classes}" if args.classes else "",
+            ],
+        )
+    )
     clean = r["scores"].get("clean labels", {}).get("top1", float("nan"))
-    rows = [f"| {name} | {s['train_clips']} | {100 * s['top1']:.1f}% | {100 * (s['top1'] - clean):+.1f} | "
-            f"{s['map3']:.4f} | {s['minutes']:.1f} min |" for name, s in r["scores"].items()]
+    rows = [
+        f"| {name} | {s['train_clips']} | {100 * s['top1']:.1f}% | {100 * (s['top1'] - clean):+.1f} | "
+        f"{s['map3']:.4f} | {s['minutes']:.1f} min |"
+        for name, s in r["scores"].items()
+    ]
     n = r["flipped"]
-    write_section("cleaning-label-noise", [
-        "## Label noise: finding flipped labels (`benchmarks/label_noise.py`)", "",
-        f"- Date: {dt.date.today()}; machine: {device_line()}",
-        f"- Command: `{command}`",
-        f"- ESC-50: {r['clips']} clips; {n} labels of folds 2-5 flipped to a random other class (seed "
-        f"{args.seed}, list in `{Path(r['out']).name}/flipped.csv`); recipe {recipe.name}, "
-        f"{recipe.training.epochs} epochs. Suspects from 4-fold cross-validation over folds 2-5 "
-        f"({r['cv_minutes']:.1f} min of training); every model below is trained on folds 2-5 "
-        f"({args.fold1_epochs or recipe.training.epochs} epochs) and scored on the untouched fold 1.",
-        "- Goals: >= 80% of the flipped clips among the top 2N suspects; the reviewed retraining within "
-        "1 point of the clean one.", "",
-        "| flipped clips (N) | suspects | among the top N | among the top 2N |", "|---|---|---|---|",
-        f"| {n} | {r['suspects']} | {r['top_n']} ({100 * r['top_n'] / n:.1f}%) | "
-        f"{r['top_2n']} ({100 * r['top_2n'] / n:.1f}%) |", "",
-        "| training set | clips trained on | fold-1 top-1 | vs clean | MAP@3 | wall time |", "|---|---|---|---|---|---|",
-        *rows, "",
-        f"Reviewed: a simulated reviewer listens to the top 2N suspects and blacklists the flipped ones "
-        f"({r['reviewed_blacklist']} clips). clean --auto blacklisted {r['auto_blacklist']} clips, "
-        f"{r['auto_flipped']} of them flipped.",
-    ])
+    write_section(
+        "cleaning-label-noise",
+        [
+            "## Label noise: finding flipped labels (`benchmarks/label_noise.py`)",
+            "",
+            f"- Date: {dt.date.today()}; machine: {device_line()}",
+            f"- Command: `{command}`",
+            f"- ESC-50: {r['clips']} clips; {n} labels of folds 2-5 flipped to a random other class (seed "
+            f"{args.seed}, list in `{Path(r['out']).name}/flipped.csv`); recipe {recipe.name}, "
+            f"{recipe.training.epochs} epochs. Suspects from 4-fold cross-validation over folds 2-5 "
+            f"({r['cv_minutes']:.1f} min of training); every model below is trained on folds 2-5 "
+            f"({args.fold1_epochs or recipe.training.epochs} epochs) and scored on the untouched fold 1.",
+            "- Goals: >= 80% of the flipped clips among the top 2N suspects; the reviewed retraining within "
+            "1 point of the clean one.",
+            "",
+            "| flipped clips (N) | suspects | among the top N | among the top 2N |",
+            "|---|---|---|---|",
+            f"| {n} | {r['suspects']} | {r['top_n']} ({100 * r['top_n'] / n:.1f}%) | "
+            f"{r['top_2n']} ({100 * r['top_2n'] / n:.1f}%) |",
+            "",
+            "| training set | clips trained on | fold-1 top-1 | vs clean | MAP@3 | wall time |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Reviewed: a simulated reviewer listens to the top 2N suspects and blacklists the flipped ones "
+            f"({r['reviewed_blacklist']} clips). clean --auto blacklisted {r['auto_blacklist']} clips, "
+            f"{r['auto_flipped']} of them flipped.",
+        ],
+    )
 
 
 if __name__ == "__main__":

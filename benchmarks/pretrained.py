@@ -54,7 +54,7 @@ def make_clips(folder: Path, n: int) -> list[Path]:
     clips = list(read_manifest(DATA / "esc50"))[: 2 * n]
     out = []
     for i in range(n):
-        parts = [audio.load(c.path, sample_rate=32000, trim_db=None).samples for c in clips[2 * i: 2 * i + 2]]
+        parts = [audio.load(c.path, sample_rate=32000, trim_db=None).samples for c in clips[2 * i : 2 * i + 2]]
         path = folder / f"clip{i:03d}.wav"
         sf.write(path, np.concatenate(parts)[:320000], 32000, subtype="PCM_16")
         out.append(path)
@@ -134,26 +134,43 @@ def finetune(argv: list[str]) -> None:
             result = train(manifest, recipe, tmp / f"run-{arch}", cache_dir=args.cache, folds=[0], progress=False)
             wall = time.perf_counter() - start
             done = json.loads((result.run_dir / "fold-0" / "done.json").read_text())
-            rows.append({"arch": arch, "recipe": name, "train_clips": done["train_clips"], "wall_s": wall,
-                         "features_s": features_s, "device": device})
+            rows.append(
+                {
+                    "arch": arch,
+                    "recipe": name,
+                    "train_clips": done["train_clips"],
+                    "wall_s": wall,
+                    "features_s": features_s,
+                    "device": device,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     if args.smoke or not args.doc:
         return
-    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    write_section("pretrained-finetuning", [
-        f"Machine: {machine()}; device {device}, {torch.get_num_threads()} threads. Date: {dt.date.today()}. Code: {code}.",
-        "Command: `python benchmarks/pretrained.py finetune`.",
-        "",
-        "One fine-tuning epoch on ESC-50's folds 2-5 from a random-weight checkpoint in the publisher's layout (speed "
-        "does not depend on the weights; no accuracy is measured): `train()` with `training.epochs=1` and fold 1 held "
-        "out, that is the epoch, validation on fold 1 and its out-of-fold prediction. Features (LH 5 s at 32 kHz) are "
-        "extracted first and timed apart (cached: near zero on a second run).",
-        "",
-        "| model | recipe | training clips | epoch + validation + out-of-fold | clips per second | features |",
-        "|---|---|---|---|---|---|",
-        *[f"| {r['arch']} | {r['recipe']} | {r['train_clips']} | {r['wall_s'] / 60:.1f} min | "
-          f"{r['train_clips'] / r['wall_s']:.1f} | {r['features_s']:.0f} s |" for r in rows],
-    ], Path(args.doc))
+    code = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    write_section(
+        "pretrained-finetuning",
+        [
+            f"Machine: {machine()}; device {device}, {torch.get_num_threads()} threads. Date: {dt.date.today()}. Code: {code}.",
+            "Command: `python benchmarks/pretrained.py finetune`.",
+            "",
+            "One fine-tuning epoch on ESC-50's folds 2-5 from a random-weight checkpoint in the publisher's layout (speed "
+            "does not depend on the weights; no accuracy is measured): `train()` with `training.epochs=1` and fold 1 held "
+            "out, that is the epoch, validation on fold 1 and its out-of-fold prediction. Features (LH 5 s at 32 kHz) are "
+            "extracted first and timed apart (cached: near zero on a second run).",
+            "",
+            "| model | recipe | training clips | epoch + validation + out-of-fold | clips per second | features |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {r['arch']} | {r['recipe']} | {r['train_clips']} | {r['wall_s'] / 60:.1f} min | "
+                f"{r['train_clips'] / r['wall_s']:.1f} | {r['features_s']:.0f} s |"
+                for r in rows
+            ],
+        ],
+        Path(args.doc),
+    )
     print(f"table: {args.doc}")
 
 
@@ -186,11 +203,16 @@ def main() -> None:
             row = {"arch": arch, "torch_ms": 1000 * statistics.median(eager), "onnx_ms": 1000 * statistics.median(ort)}
             row["ratio"] = row["torch_ms"] / row["onnx_ms"]
             rows.append(row)
-            print(f"{arch}: PyTorch {row['torch_ms']:.1f} ms, ONNX Runtime {row['onnx_ms']:.1f} ms per 10 s clip "
-                  f"({row['ratio']:.2f}x)", flush=True)
+            print(
+                f"{arch}: PyTorch {row['torch_ms']:.1f} ms, ONNX Runtime {row['onnx_ms']:.1f} ms per 10 s clip "
+                f"({row['ratio']:.2f}x)",
+                flush=True,
+            )
     if args.smoke or not args.doc:
         return
-    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    code = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     lines = [
         f"Machine: {machine()}; {cores} core(s) allowed to the process, one thread. Date: {dt.date.today()}. "
         f"Code: {code}.",

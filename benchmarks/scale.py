@@ -41,9 +41,22 @@ DATA = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
 SOUNDTAG = [sys.executable, "-m", "soundtag.cli"]
 # The streaming, memory-mapped path is what must stay flat (50,000 X clips of 48 mels would fit
 # the device path's 2 GiB CPU budget, whose memory grows with the data by design).
-MODEL = ["-o", "training.model=vgg", "-o", "training.model_args={widths: [16, 32]}", "-o", "training.epochs=1",
-         "-o", "training.batch_size=64", "-o", "training.folds=5", "-o", "training.fold_strategy=stratified",
-         "-o", "training.device_data=off"]
+MODEL = [
+    "-o",
+    "training.model=vgg",
+    "-o",
+    "training.model_args={widths: [16, 32]}",
+    "-o",
+    "training.epochs=1",
+    "-o",
+    "training.batch_size=64",
+    "-o",
+    "training.folds=5",
+    "-o",
+    "training.fold_strategy=stratified",
+    "-o",
+    "training.device_data=off",
+]
 
 
 def make_dataset(n: int, folder: Path) -> Path:
@@ -130,12 +143,45 @@ def run_size(n: int, work: Path) -> dict:
     folder = work / f"n{n}"
     data = make_dataset(n, folder)
     cache = folder / "cache"
-    feats = measured(SOUNDTAG + ["features", "--data", str(data), "--layout", "csv", "--recipe", "esc50-x",
-                                 "--cache", str(cache), "--no-progress"], folder)
+    feats = measured(
+        SOUNDTAG
+        + [
+            "features",
+            "--data",
+            str(data),
+            "--layout",
+            "csv",
+            "--recipe",
+            "esc50-x",
+            "--cache",
+            str(cache),
+            "--no-progress",
+        ],
+        folder,
+    )
     # The extraction's own time, without the interpreter's start-up (about 5 s of imports).
     feats["work_seconds"] = json.loads(next(cache.glob("x-*/extraction.json")).read_text())["wall_seconds"]
-    train = measured(SOUNDTAG + ["train", "--data", str(data), "--layout", "csv", "--recipe", "esc50-x", *MODEL, "--fold", "0",
-                                 "--out", str(folder / "run"), "--cache", str(cache), "--no-progress"], folder)
+    train = measured(
+        SOUNDTAG
+        + [
+            "train",
+            "--data",
+            str(data),
+            "--layout",
+            "csv",
+            "--recipe",
+            "esc50-x",
+            *MODEL,
+            "--fold",
+            "0",
+            "--out",
+            str(folder / "run"),
+            "--cache",
+            str(cache),
+            "--no-progress",
+        ],
+        folder,
+    )
     done = json.loads((folder / "run" / "fold-0" / "done.json").read_text())
     train["train_clips"], train["fold_seconds"] = done["train_clips"], done["seconds"]
     train["eval_clips"] = len(done["clips"]) + done["val_clips"]
@@ -173,9 +219,11 @@ def main() -> None:
     ]
     for r in results:
         f, t = r["features"], r["train"]
-        lines.append(f"| {r['clips']:,} | {f['work_seconds']:.0f} | {r['clips'] / f['work_seconds']:.0f} | "
-                     f"{f['peak_anon'] / gb:.2f} GB | {f['peak_rss'] / gb:.2f} GB | {t['fold_seconds']:.0f} | "
-                     f"{t['train_clips'] / t['fold_seconds']:.0f} | {t['peak_anon'] / gb:.2f} GB | {t['peak_rss'] / gb:.2f} GB |")
+        lines.append(
+            f"| {r['clips']:,} | {f['work_seconds']:.0f} | {r['clips'] / f['work_seconds']:.0f} | "
+            f"{f['peak_anon'] / gb:.2f} GB | {f['peak_rss'] / gb:.2f} GB | {t['fold_seconds']:.0f} | "
+            f"{t['train_clips'] / t['fold_seconds']:.0f} | {t['peak_anon'] / gb:.2f} GB | {t['peak_rss'] / gb:.2f} GB |"
+        )
     small, big = results[0], results[-1]
     growth = big["clips"] / small["clips"]
 
@@ -183,8 +231,9 @@ def main() -> None:
         return big[stage][key] / small[stage][key]
 
     feat_speed = (big["clips"] / big["features"]["work_seconds"]) / (small["clips"] / small["features"]["work_seconds"])
-    train_speed = ((big["train"]["train_clips"] / big["train"]["fold_seconds"])
-                   / (small["train"]["train_clips"] / small["train"]["fold_seconds"]))
+    train_speed = (big["train"]["train_clips"] / big["train"]["fold_seconds"]) / (
+        small["train"]["train_clips"] / small["train"]["fold_seconds"]
+    )
     lines += [
         "",
         f"From {small['clips']:,} to {big['clips']:,} clips ({growth:.0f}x): peak heap x{ratio('features', 'peak_anon'):.2f} "

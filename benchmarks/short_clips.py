@@ -37,13 +37,16 @@ class Case:
     description: str = ""
 
 
-CASES = {c.name: c for c in (
-    Case("esc50-0.5s", "esc50", 0.5, None, "ESC-50, each clip cut to its loudest 0.5 s, 16 kHz"),
-    Case("esc50-1s", "esc50", 1.0, None, "ESC-50, each clip cut to its loudest 1 s, 16 kHz"),
-    Case("esc50-0.5s-8k", "esc50", 0.5, 8000, "ESC-50, loudest 0.5 s resampled to 8 kHz"),
-    Case("esc10-0.5s", "esc10", 0.5, None, "ESC-10 (original 44.1 kHz Ogg), loudest 0.5 s, 44.1 kHz"),
-    Case("full", "esc50", None, None, "ESC-50 as it is: 5 s clips, 16 kHz"),
-)}
+CASES = {
+    c.name: c
+    for c in (
+        Case("esc50-0.5s", "esc50", 0.5, None, "ESC-50, each clip cut to its loudest 0.5 s, 16 kHz"),
+        Case("esc50-1s", "esc50", 1.0, None, "ESC-50, each clip cut to its loudest 1 s, 16 kHz"),
+        Case("esc50-0.5s-8k", "esc50", 0.5, 8000, "ESC-50, loudest 0.5 s resampled to 8 kHz"),
+        Case("esc10-0.5s", "esc10", 0.5, None, "ESC-10 (original 44.1 kHz Ogg), loudest 0.5 s, 44.1 kHz"),
+        Case("full", "esc50", None, None, "ESC-50 as it is: 5 s clips, 16 kHz"),
+    )
+}
 
 
 def loudest_window(samples: np.ndarray, window: int) -> tuple[int, int]:
@@ -111,8 +114,9 @@ def pick_subset(manifest: Manifest, *, classes: int | None, per_class_per_fold: 
     return manifest.filter(lambda c: c.id in keep)
 
 
-def build_case(case: Case, manifest: Manifest, folder: Path, *,
-               manifest_name: str = "manifest.csv") -> tuple[Path, dict]:
+def build_case(
+    case: Case, manifest: Manifest, folder: Path, *, manifest_name: str = "manifest.csv"
+) -> tuple[Path, dict]:
     """Write ``case``'s clips cut from ``manifest`` into ``folder`` and its CSV manifest.
 
     Returns the manifest's path and counts ``{"written": ..., "kept": ...}`` (clips already

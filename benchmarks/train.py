@@ -71,8 +71,8 @@ def overhead(recipe_name: str, steps: int) -> None:
     import lightning as L
 
     from soundtag.features import extract_features
-    from soundtag.recipe import load_recipe
     from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
     from soundtag.training.module import TaggerModule
     from soundtag.training.run import FoldSet
 
@@ -92,10 +92,19 @@ def overhead(recipe_name: str, steps: int) -> None:
             def on_train_batch_end(self, *args):
                 ends.append(time.perf_counter())
 
-        trainer = L.Trainer(max_epochs=1, limit_train_batches=steps, limit_val_batches=0, accelerator="auto",
-                            devices=1, logger=L.pytorch.loggers.CSVLogger(tmp), enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()],
-                            log_every_n_steps=1)
+        trainer = L.Trainer(
+            max_epochs=1,
+            limit_train_batches=steps,
+            limit_val_batches=0,
+            accelerator="auto",
+            devices=1,
+            logger=L.pytorch.loggers.CSVLogger(tmp),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[Clock()],
+            log_every_n_steps=1,
+        )
         trainer.fit(module, train_loader)
         full = np.diff(ends[2:])  # skip warm-up steps
 
@@ -115,33 +124,49 @@ def overhead(recipe_name: str, steps: int) -> None:
     full_ms, bare_ms = 1000 * float(np.median(full)), 1000 * float(np.median(times))
     ratio = full_ms / bare_ms
     print(json.dumps({"full_ms": full_ms, "bare_ms": bare_ms, "ratio": ratio}))
-    write_section("train-overhead", [
-        "## Training step overhead (`benchmarks/train.py overhead`)", "",
-        f"- Date: {dt.date.today()}; machine: {device_line()}",
-        f"- Command: `python benchmarks/train.py overhead --recipe {recipe_name} --steps {steps}`",
-        f"- Recipe {recipe_name} ({recipe.training.model}, batch {recipe.training.batch_size}), ESC-10 fold 0. "
-        "Full step: Lightning's loop with sampling from the memory-mapped store, oversampling, augmentation "
-        "(shift, erasing, mixup), forward, backward, optimiser step and logging, timed between consecutive "
-        "batch ends. Bare: the same model's forward + loss + backward on one fixed batch. Medians.", "",
-        "| full step ms | bare forward+backward ms | ratio (goal <= 1.10) |", "|---|---|---|",
-        f"| {full_ms:.1f} | {bare_ms:.1f} | {ratio:.3f} |",
-    ])
+    write_section(
+        "train-overhead",
+        [
+            "## Training step overhead (`benchmarks/train.py overhead`)",
+            "",
+            f"- Date: {dt.date.today()}; machine: {device_line()}",
+            f"- Command: `python benchmarks/train.py overhead --recipe {recipe_name} --steps {steps}`",
+            f"- Recipe {recipe_name} ({recipe.training.model}, batch {recipe.training.batch_size}), ESC-10 fold 0. "
+            "Full step: Lightning's loop with sampling from the memory-mapped store, oversampling, augmentation "
+            "(shift, erasing, mixup), forward, backward, optimiser step and logging, timed between consecutive "
+            "batch ends. Bare: the same model's forward + loss + backward on one fixed batch. Medians.",
+            "",
+            "| full step ms | bare forward+backward ms | ratio (goal <= 1.10) |",
+            "|---|---|---|",
+            f"| {full_ms:.1f} | {bare_ms:.1f} | {ratio:.3f} |",
+        ],
+    )
 
 
-GOALS = {"esc10": "top-1 >= 90% within 20 min (2-core CPU)",
-         "esc50-fold1": "top-1 >= 82% within 30 min (2-core CPU)",
-         "esc50": "esc50-gpu-lh >= 90.0% top-1 out of fold; LH + X ensemble >= 91.0%; both 5-fold runs within "
-                  "9 min together on one H200"}
+GOALS = {
+    "esc10": "top-1 >= 90% within 20 min (2-core CPU)",
+    "esc50-fold1": "top-1 >= 82% within 30 min (2-core CPU)",
+    "esc50": "esc50-gpu-lh >= 90.0% top-1 out of fold; LH + X ensemble >= 91.0%; both 5-fold runs within "
+    "9 min together on one H200",
+}
 
 
-def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | None, *, smoke: bool = False,
-             out_json: Path | None = None, doc: Path | None = DOC) -> dict:
+def accuracy(
+    case: str,
+    recipe_name: str,
+    overrides: list[str],
+    keep: Path | None,
+    *,
+    smoke: bool = False,
+    out_json: Path | None = None,
+    doc: Path | None = DOC,
+) -> dict:
     """Train and report out-of-fold accuracy and MAP@3 (the recipe's own kept weights, and the
     best epoch beside them) with the wall time."""
-    from soundtag.recipe import load_recipe
-    from soundtag.manifest import read_manifest
-    from soundtag.training import train
     from soundtag._io import atomic_write_json
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.training import train
 
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     folder, folds = {"esc10": ("esc10", None), "esc50-fold1": ("esc50", [0]), "esc50": ("esc50", None)}[case]
@@ -150,8 +175,13 @@ def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | Non
         from short_clips import pick_subset
 
         manifest = pick_subset(manifest, **SMOKE_SUBSET)
-        overrides = [*overrides, "training.epochs=1", "training.model_args={widths: [8, 16]}", "training.model=vgg",
-                     "features.n_mels=32"]
+        overrides = [
+            *overrides,
+            "training.epochs=1",
+            "training.model_args={widths: [8, 16]}",
+            "training.model=vgg",
+            "features.n_mels=32",
+        ]
     recipe = load_recipe(recipe_name, overrides)
     run_dir = keep or Path(tempfile.mkdtemp()) / "run"
     if run_dir.exists():
@@ -162,28 +192,48 @@ def accuracy(case: str, recipe_name: str, overrides: list[str], keep: Path | Non
     wall = time.perf_counter() - start
     m = result.metrics["all"]
     record = json.loads((run_dir / "fold-0" / "done.json").read_text())
-    row = {"case": case, "recipe": recipe_name, "overrides": overrides, "clips": m["clips"], "top1": m["top1"],
-           "map3": m["map@3"], "wall_s": wall, "epochs": recipe.training.epochs, "kept": recipe.training.keep,
-           "ema": recipe.training.ema.enabled, "model": recipe.training.model, "smoke": smoke,
-           "best_checkpoint": record.get("best_checkpoint"), "run_dir": str(run_dir), "date": str(dt.date.today()),
-           "machine": device_line()}
+    row = {
+        "case": case,
+        "recipe": recipe_name,
+        "overrides": overrides,
+        "clips": m["clips"],
+        "top1": m["top1"],
+        "map3": m["map@3"],
+        "wall_s": wall,
+        "epochs": recipe.training.epochs,
+        "kept": recipe.training.keep,
+        "ema": recipe.training.ema.enabled,
+        "model": recipe.training.model,
+        "smoke": smoke,
+        "best_checkpoint": record.get("best_checkpoint"),
+        "run_dir": str(run_dir),
+        "date": str(dt.date.today()),
+        "machine": device_line(),
+    }
     print(json.dumps(row))
     if out_json:
         atomic_write_json(out_json, row)
     over = " ".join(f"-o {o}" for o in overrides if not smoke)
     if doc is not None:
-        write_section(f"train-{case}-{recipe_name}" if case == "esc50" else f"train-{case}", [
-            f"## Accuracy: {case}, {recipe_name} (`benchmarks/train.py {case}`)", "",
-            f"- Date: {row['date']}; machine: {row['machine']}",
-            f"- Command: `{f'python benchmarks/train.py {case} --recipe {recipe_name} {over}'.rstrip()}`"
-            + (" --smoke (a handful of clips, one epoch: its numbers mean nothing)" if smoke else ""),
-            f"- Goal: {GOALS[case]}",
-            f"- Scored with the weights the recipe names before training: {recipe.training.keep} epoch"
-            + (" (EMA weights)" if recipe.training.ema.enabled else ""), "",
-            "| clips scored out of fold | model | epochs | top-1 | MAP@3 | wall time |", "|---|---|---|---|---|---|",
-            f"| {m['clips']} | {recipe.training.model} | {recipe.training.epochs} | {100 * m['top1']:.1f}% | "
-            f"{m['map@3']:.4f} | {wall / 60:.1f} min |",
-        ], doc=doc)
+        write_section(
+            f"train-{case}-{recipe_name}" if case == "esc50" else f"train-{case}",
+            [
+                f"## Accuracy: {case}, {recipe_name} (`benchmarks/train.py {case}`)",
+                "",
+                f"- Date: {row['date']}; machine: {row['machine']}",
+                f"- Command: `{f'python benchmarks/train.py {case} --recipe {recipe_name} {over}'.rstrip()}`"
+                + (" --smoke (a handful of clips, one epoch: its numbers mean nothing)" if smoke else ""),
+                f"- Goal: {GOALS[case]}",
+                f"- Scored with the weights the recipe names before training: {recipe.training.keep} epoch"
+                + (" (EMA weights)" if recipe.training.ema.enabled else ""),
+                "",
+                "| clips scored out of fold | model | epochs | top-1 | MAP@3 | wall time |",
+                "|---|---|---|---|---|---|",
+                f"| {m['clips']} | {recipe.training.model} | {recipe.training.epochs} | {100 * m['top1']:.1f}% | "
+                f"{m['map@3']:.4f} | {wall / 60:.1f} min |",
+            ],
+            doc=doc,
+        )
     return row
 
 
@@ -196,9 +246,13 @@ def ensemble(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks/train.py ensemble", description=ensemble.__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, help="ensemble directory (not for esc50-fold1)")
-    parser.add_argument("--case", choices=["esc50", "esc10", "esc50-fold1"], default="esc50",
-                        help="the data the runs were trained on; esc50-fold1: runs of fold 1 only, blended with "
-                        "equal weights (as `soundtag ensemble --partial` does), printed and written to --json only")
+    parser.add_argument(
+        "--case",
+        choices=["esc50", "esc10", "esc50-fold1"],
+        default="esc50",
+        help="the data the runs were trained on; esc50-fold1: runs of fold 1 only, blended with "
+        "equal weights (as `soundtag ensemble --partial` does), printed and written to --json only",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
     args = parser.parse_args(argv)
@@ -215,30 +269,48 @@ def ensemble(argv: list[str]) -> None:
     # they are scored on, which flatters the blend a little.
     equal = result.equal_weight_metrics
     recipes = [RunDir(r).recipe().name for r in args.runs]
-    row = {"case": args.case, "runs": [str(r) for r in args.runs], "recipes": recipes,
-           "weights": result.weights.tolist(), "run_top1": [m["top1"] for m in result.run_metrics],
-           "top1": result.blend_metrics["top1"], "map3": result.blend_metrics["map@3"],
-           "clips": result.blend_metrics["clips"], "equal_weights_top1": equal["top1"],
-           "equal_weights_map3": equal["map@3"], "date": str(dt.date.today()), "machine": device_line()}
+    row = {
+        "case": args.case,
+        "runs": [str(r) for r in args.runs],
+        "recipes": recipes,
+        "weights": result.weights.tolist(),
+        "run_top1": [m["top1"] for m in result.run_metrics],
+        "top1": result.blend_metrics["top1"],
+        "map3": result.blend_metrics["map@3"],
+        "clips": result.blend_metrics["clips"],
+        "equal_weights_top1": equal["top1"],
+        "equal_weights_map3": equal["map@3"],
+        "date": str(dt.date.today()),
+        "machine": device_line(),
+    }
     print(json.dumps(row))
     if args.json:
         atomic_write_json(args.json, row)
     if args.doc:
         folds = "ESC-50 5-fold" if args.case == "esc50" else "ESC-10 5-fold"
-        write_section(f"train-{args.case}-ensemble", [
-            f"## Accuracy: {folds}, LH + X ensemble (`benchmarks/train.py ensemble`)", "",
-            f"- Date: {row['date']}; machine: {row['machine']}",
-            f"- Command: `python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}"
-            + (f" --case {args.case}`" if args.case != "esc50" else "`"),
-            f"- Goal: {GOALS[args.case]}",
-            "- Blend: `soundtag ensemble` (weighted geometric mean, the weights fitted on the same out-of-fold "
-            "predictions it is scored on); the equal-weight geometric mean beside it fits nothing", "",
-            "| run | recipe | weight | top-1 |", "|---|---|---|---|",
-            *[f"| `{r}` | {name} | {w:.2f} | {100 * t:.2f}% |" for r, name, w, t in
-              zip(row["runs"], recipes, row["weights"], row["run_top1"])],
-            f"| **blend** ({row['clips']} clips) | | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
-            f"| blend | | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
-        ], doc=Path(args.doc))
+        write_section(
+            f"train-{args.case}-ensemble",
+            [
+                f"## Accuracy: {folds}, LH + X ensemble (`benchmarks/train.py ensemble`)",
+                "",
+                f"- Date: {row['date']}; machine: {row['machine']}",
+                f"- Command: `python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}"
+                + (f" --case {args.case}`" if args.case != "esc50" else "`"),
+                f"- Goal: {GOALS[args.case]}",
+                "- Blend: `soundtag ensemble` (weighted geometric mean, the weights fitted on the same out-of-fold "
+                "predictions it is scored on); the equal-weight geometric mean beside it fits nothing",
+                "",
+                "| run | recipe | weight | top-1 |",
+                "|---|---|---|---|",
+                *[
+                    f"| `{r}` | {name} | {w:.2f} | {100 * t:.2f}% |"
+                    for r, name, w, t in zip(row["runs"], recipes, row["weights"], row["run_top1"])
+                ],
+                f"| **blend** ({row['clips']} clips) | | fitted | **{100 * row['top1']:.2f}%** (MAP@3 {row['map3']:.4f}) |",
+                f"| blend | | equal | {100 * row['equal_weights_top1']:.2f}% (MAP@3 {row['equal_weights_map3']:.4f}) |",
+            ],
+            doc=Path(args.doc),
+        )
 
 
 def _fold1_blend(runs: list[Path]) -> dict:
@@ -250,10 +322,17 @@ def _fold1_blend(runs: list[Path]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = ensemble_runs(runs, Path(tmp) / "ensemble", partial=True)
     blend = result.equal_weight_metrics
-    return {"case": "esc50-fold1", "runs": [str(r) for r in runs], "recipes": [RunDir(r).recipe().name for r in runs],
-            "clips": blend["clips"], "run_top1": [m["top1"] for m in result.run_metrics],
-            "equal_weights_top1": blend["top1"], "equal_weights_map3": blend["map@3"],
-            "date": str(dt.date.today()), "machine": device_line()}
+    return {
+        "case": "esc50-fold1",
+        "runs": [str(r) for r in runs],
+        "recipes": [RunDir(r).recipe().name for r in runs],
+        "clips": blend["clips"],
+        "run_top1": [m["top1"] for m in result.run_metrics],
+        "equal_weights_top1": blend["top1"],
+        "equal_weights_map3": blend["map@3"],
+        "date": str(dt.date.today()),
+        "machine": device_line(),
+    }
 
 
 def tta_scores(argv: list[str]) -> None:
@@ -268,9 +347,12 @@ def tta_scores(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py tta", description=tta_scores.__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--tta", nargs="+", type=int, default=[0, 2, 4, 8], help="copies to score (default: %(default)s)")
-    parser.add_argument("--case", choices=["esc50", "esc10", "esc50-fold1"], default="esc10",
-                        help="the data the runs were trained on")
+    parser.add_argument(
+        "--tta", nargs="+", type=int, default=[0, 2, 4, 8], help="copies to score (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--case", choices=["esc50", "esc10", "esc50-fold1"], default="esc10", help="the data the runs were trained on"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--doc", default=str(DOC), help="markdown file ('' for none)")
     args = parser.parse_args(argv)
@@ -293,8 +375,16 @@ def tta_scores(argv: list[str]) -> None:
         rows.append(row)
         print(json.dumps(row))
     recipes = [run.recipe().name for run in runs]
-    report = {"case": args.case, "runs": [str(r) for r in args.runs], "recipes": recipes, "rows": rows,
-              "clips": len(ids), "date": str(dt.date.today()), "machine": device_line(), "code": code_version()}
+    report = {
+        "case": args.case,
+        "runs": [str(r) for r in args.runs],
+        "recipes": recipes,
+        "rows": rows,
+        "clips": len(ids),
+        "date": str(dt.date.today()),
+        "machine": device_line(),
+        "code": code_version(),
+    }
     if args.json:
         atomic_write_json(args.json, report)
     if not args.doc:
@@ -303,15 +393,20 @@ def tta_scores(argv: list[str]) -> None:
     head = "| test-time copies | " + " | ".join(f"{name} top-1 (MAP@3)" for name in recipes)
     head += " | equal-weight blend top-1 (MAP@3) |" if len(runs) > 1 else " |"
     cells = len(runs) + (len(runs) > 1)
-    lines = [f"## Test-time shifted copies, out of fold: {folds} (`benchmarks/train.py tta`)", "",
-             f"- Date: {report['date']}; machine: {report['machine']}; code {report['code']}",
-             f"- Command: `python benchmarks/train.py tta {' '.join(map(str, args.runs))} --tta "
-             f"{' '.join(map(str, args.tta))} --case {args.case}`",
-             f"- {len(ids)} clips scored, each by the model of the fold it was held out in",
-             "- Each fold model predicts its own held-out clips again with N copies of every chunk rolled in time "
-             "(`soundtag evaluate RUN --tta N`); N = 0 is the run as trained. The runs were trained with the "
-             "recipes named, unchanged; nothing is fitted on these scores.", "",
-             head, "|---|" + "---|" * cells]
+    lines = [
+        f"## Test-time shifted copies, out of fold: {folds} (`benchmarks/train.py tta`)",
+        "",
+        f"- Date: {report['date']}; machine: {report['machine']}; code {report['code']}",
+        f"- Command: `python benchmarks/train.py tta {' '.join(map(str, args.runs))} --tta "
+        f"{' '.join(map(str, args.tta))} --case {args.case}`",
+        f"- {len(ids)} clips scored, each by the model of the fold it was held out in",
+        "- Each fold model predicts its own held-out clips again with N copies of every chunk rolled in time "
+        "(`soundtag evaluate RUN --tta N`); N = 0 is the run as trained. The runs were trained with the "
+        "recipes named, unchanged; nothing is fitted on these scores.",
+        "",
+        head,
+        "|---|" + "---|" * cells,
+    ]
     for row in rows:
         parts = [f"{100 * t:.2f}% ({m:.4f})" for t, m in zip(row["top1"], row["map3"])]
         if len(runs) > 1:
@@ -324,13 +419,19 @@ def tta_scores(argv: list[str]) -> None:
 
 THROUGHPUT_MODELS = ["alexnet-kernel", "seresnet-kernel", "timm:resnet18", "plain-cnn"]
 #: Toggles measured on and off against each model's default device-path step.
-THROUGHPUT_VARIANTS = {"channels_last off": ["training.channels_last=off"],
-                       "fp32": ["training.precision=32"],
-                       "bf16 autocast": ["training.precision=bf16-mixed"],
-                       "torch.compile": ["training.compile=true"]}
+THROUGHPUT_VARIANTS = {
+    "channels_last off": ["training.channels_last=off"],
+    "fp32": ["training.precision=32"],
+    "bf16 autocast": ["training.precision=bf16-mixed"],
+    "torch.compile": ["training.compile=true"],
+}
 #: Toggles of one model's own arguments (merged into the recipe's model_args for that model).
-MODEL_VARIANTS = {"plain-cnn": {"max-pool after BN + ReLU": {"pool_before_norm": False},
-                                "max-pool before BN + ReLU": {"pool_before_norm": True}}}
+MODEL_VARIANTS = {
+    "plain-cnn": {
+        "max-pool after BN + ReLU": {"pool_before_norm": False},
+        "max-pool before BN + ReLU": {"pool_before_norm": True},
+    }
+}
 
 
 def _bf16_note() -> str:
@@ -361,15 +462,23 @@ def _lightning_steps(module, loader, steps: int, warmup: int) -> list[float]:
     device, precision = accelerator()
     t = module.recipe.training
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(max_steps=warmup + steps, limit_val_batches=0, accelerator=device, devices=1,
-                            precision=precision if t.precision == "auto" else t.precision,
-                            logger=L.pytorch.loggers.CSVLogger(tmp), enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()],
-                            log_every_n_steps=50)
+        trainer = L.Trainer(
+            max_steps=warmup + steps,
+            limit_val_batches=0,
+            accelerator=device,
+            devices=1,
+            precision=precision if t.precision == "auto" else t.precision,
+            logger=L.pytorch.loggers.CSVLogger(tmp),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[Clock()],
+            log_every_n_steps=50,
+        )
         if hasattr(loader, "place"):
             loader.place(trainer.strategy.root_device)
         trainer.fit(module, loader)
-    return np.diff(ends[warmup - 1:]).tolist()
+    return np.diff(ends[warmup - 1 :]).tolist()
 
 
 def _bare_steps(module, batch, steps: int, warmup: int) -> list[float]:
@@ -428,44 +537,61 @@ def throughput(argv: list[str]) -> None:
     bare forward+backward (the ceiling), on ESC-50's LH view."""
     import shlex
 
-    from soundtag.features import extract_features
-    from soundtag.manifest import read_manifest
-    from soundtag.recipe import load_recipe
-    from soundtag.training.module import TaggerModule
-    from soundtag.hardware import accelerator
-    from soundtag.training.run import FoldSet
     from short_clips import pick_subset
 
     from soundtag._io import atomic_write_json
+    from soundtag.features import extract_features
+    from soundtag.hardware import accelerator
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.training.module import TaggerModule
+    from soundtag.training.run import FoldSet
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py throughput", description=throughput.__doc__)
     parser.add_argument("--recipe", default="esc50-cpu-lh", help="features, view, batch and augmentations")
     parser.add_argument("--models", nargs="+", default=THROUGHPUT_MODELS)
-    parser.add_argument("--variants-for", nargs="*", default=None,
-                        help="models whose channels_last / bf16 / compile toggles are measured (default: the first "
-                        "model on a CPU, every model on a GPU)")
+    parser.add_argument(
+        "--variants-for",
+        nargs="*",
+        default=None,
+        help="models whose channels_last / bf16 / compile toggles are measured (default: the first "
+        "model on a CPU, every model on a GPU)",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="a few clips, 2 steps, the tiny VGG: checks it runs")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmarks" / "throughput.json")
-    parser.add_argument("--doc", help="markdown file whose throughput section is replaced (default docs/benchmarks.md, "
-                        "none with --smoke; '' for none)")
+    parser.add_argument(
+        "--doc",
+        help="markdown file whose throughput section is replaced (default docs/benchmarks.md, "
+        "none with --smoke; '' for none)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.steps, args.warmup = ["vgg"], 2, 1
     doc = Path(args.doc) if args.doc else (None if args.smoke or args.doc == "" else DOC)
-    variants_for = args.variants_for if args.variants_for is not None else (
-        args.models if torch.cuda.is_available() else args.models[:1])
+    variants_for = (
+        args.variants_for
+        if args.variants_for is not None
+        else (args.models if torch.cuda.is_available() else args.models[:1])
+    )
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     manifest = read_manifest(data / "esc50")
     if args.smoke:
         manifest = pick_subset(manifest, classes=10, per_class_per_fold=2)
     extra = ["training.model_args={widths: [8, 16]}", "features.n_mels=32"] if args.smoke else []
     cache = REPO / ".cache" / "benchmarks" / "throughput-features"
-    report = {"date": str(dt.date.today()), "machine": device_line(), "torch": torch.__version__,
-              "command": " ".join(["python benchmarks/train.py throughput", *map(shlex.quote, argv)]),
-              "recipe": args.recipe, "steps": args.steps, "bf16": _bf16_note(),
-              "auto_precision": {"32-true": "fp32"}.get(accelerator()[1], accelerator()[1]), "rows": []}
+    report = {
+        "date": str(dt.date.today()),
+        "machine": device_line(),
+        "torch": torch.__version__,
+        "command": " ".join(["python benchmarks/train.py throughput", *map(shlex.quote, argv)]),
+        "recipe": args.recipe,
+        "steps": args.steps,
+        "bf16": _bf16_note(),
+        "auto_precision": {"32-true": "fp32"}.get(accelerator()[1], accelerator()[1]),
+        "rows": [],
+    }
 
     own = load_recipe(args.recipe).training
     own_model, own_model_args = own.model, own.model_args
@@ -476,8 +602,9 @@ def throughput(argv: list[str]) -> None:
         recipe = load_recipe(args.recipe, [f"training.model={model}", *own_args, *extra, *overrides])
         store, _ = extract_features(manifest, recipe, cache_dir=cache, progress=False, shard="all")
         data = FoldSet.build(manifest, recipe, store).loaders(0)
-        module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel,
-                              data.normalizer.to_dict())
+        module = TaggerModule(
+            recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict()
+        )
         return recipe, data, module
 
     def rate(times: list[float], batch: int) -> float:
@@ -486,9 +613,12 @@ def throughput(argv: list[str]) -> None:
     for model in args.models:
         recipe, streaming, module = setup(model, ["training.device_data=off"])
         batch = recipe.training.batch_size
-        row = {"model": model, "batch": batch,
-               "params": sum(p.numel() for p in module.net.parameters()),
-               "loader": rate(_lightning_steps(module, streaming.train, args.steps, args.warmup), batch)}
+        row = {
+            "model": model,
+            "batch": batch,
+            "params": sum(p.numel() for p in module.net.parameters()),
+            "loader": rate(_lightning_steps(module, streaming.train, args.steps, args.warmup), batch),
+        }
         _, resident, module = setup(model, ["training.device_data=on"])
         row["device"] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
         row["sync_free"] = _sync_free(setup(model, ["training.device_data=on"])[2], resident.train)
@@ -504,8 +634,9 @@ def throughput(argv: list[str]) -> None:
                 row["variants"][name] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
             for name, changed in MODEL_VARIANTS.get(model, {}).items():
                 model_args = {**(own_model_args if model == own_model else {}), **changed}
-                _, resident, module = setup(model, ["training.device_data=on",
-                                                    f"training.model_args={json.dumps(model_args)}"])
+                _, resident, module = setup(
+                    model, ["training.device_data=on", f"training.model_args={json.dumps(model_args)}"]
+                )
                 row["variants"][name] = rate(_lightning_steps(module, resident.train, args.steps, args.warmup), batch)
         print(json.dumps(row), flush=True)
         report["rows"].append(row)
@@ -519,7 +650,8 @@ def throughput(argv: list[str]) -> None:
 
 def _throughput_doc(report: dict) -> list[str]:
     lines = [
-        "## Training throughput (`benchmarks/train.py throughput`)", "",
+        "## Training throughput (`benchmarks/train.py throughput`)",
+        "",
         f"- Date: {report['date']}; machine: {report['machine']}; torch {report['torch']}",
         f"- Command: `{report['command']}`",
         f"- Recipe {report['recipe']} on ESC-50's LH view, fold 1's training clips; samples/s of a training step "
@@ -527,25 +659,35 @@ def _throughput_doc(report: dict) -> list[str]:
         "DataLoader, NumPy normalisation). Device: the fold's features held on the device, batches drawn and "
         "augmented there. Both are timed between consecutive batch ends of Lightning's own loop. Bare: forward + "
         "loss + backward + AdamW step on one fixed batch already on the device (the ceiling). bf16 on this "
-        f"machine: {report['bf16']}.", "",
+        f"machine: {report['bf16']}.",
+        "",
         "| model | parameters | batch | loader samples/s | device samples/s | bare samples/s | device / bare | "
         "device / loader | batches drawn without a host sync |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['loader']:.0f} | {r['device']:.0f} | "
-                     f"{r['bare']:.0f} | {r['device'] / r['bare']:.2f}x | {r['device'] / r['loader']:.2f}x | "
-                     f"{r['sync_free']} |")
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} | {r['loader']:.0f} | {r['device']:.0f} | "
+            f"{r['bare']:.0f} | {r['device'] / r['bare']:.2f}x | {r['device'] / r['loader']:.2f}x | "
+            f"{r['sync_free']} |"
+        )
     varied = [r for r in report["rows"] if r["variants"]]
     if varied:
         names = [*THROUGHPUT_VARIANTS, *dict.fromkeys(n for r in varied for n in MODEL_VARIANTS.get(r["model"], {}))]
-        lines += ["", "Toggles on the device path, samples/s against the model's default step (channels_last on, "
-                  f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile, the recipe's "
-                  "model_args):", "", "| model | default | " + " | ".join(names) + " |",
-                  "|---|---|" + "---|" * len(names)]
+        lines += [
+            "",
+            "Toggles on the device path, samples/s against the model's default step (channels_last on, "
+            f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile, the recipe's "
+            "model_args):",
+            "",
+            "| model | default | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
         for r in varied:
-            cells = [f"{r['variants'][n]:.0f} ({r['variants'][n] / r['device']:.2f}x)" if n in r["variants"] else
-                     "not run" for n in names]
+            cells = [
+                f"{r['variants'][n]:.0f} ({r['variants'][n] / r['device']:.2f}x)" if n in r["variants"] else "not run"
+                for n in names
+            ]
             lines.append(f"| {r['model']} | {r['device']:.0f} | " + " | ".join(cells) + " |")
     return lines
 
@@ -638,16 +780,31 @@ def _train_fold1(case: str, label: str, recipe, manifest, out: Path) -> dict:
     last = _last_epoch_scores(manifest, recipe, cache, run_dir)
     t, f, v = recipe.training, recipe.features, recipe.view
     return {
-        "case": case, "recipe": label, "recipe_name": recipe.name, "model": t.model, "epochs": t.epochs,
-        "epochs_run": record.get("epochs"), "sample_rate": recipe.audio.sample_rate, "n_mels": f.n_mels,
-        "hop_length": f.hop_length, "view": f"{v.kind} {v.duration:g} s", "clips": len(manifest),
-        "clips_scored": m["all"]["clips"], "train_clips": record.get("train_clips"),
-        "top1": m["all"]["top1"], "map3": m["all"]["map@3"],
-        "top1_last_epoch": last["top1"], "map3_last_epoch": last["map@3"],
+        "case": case,
+        "recipe": label,
+        "recipe_name": recipe.name,
+        "model": t.model,
+        "epochs": t.epochs,
+        "epochs_run": record.get("epochs"),
+        "sample_rate": recipe.audio.sample_rate,
+        "n_mels": f.n_mels,
+        "hop_length": f.hop_length,
+        "view": f"{v.kind} {v.duration:g} s",
+        "clips": len(manifest),
+        "clips_scored": m["all"]["clips"],
+        "train_clips": record.get("train_clips"),
+        "top1": m["all"]["top1"],
+        "map3": m["all"]["map@3"],
+        "top1_last_epoch": last["top1"],
+        "map3_last_epoch": last["map@3"],
         "best_checkpoint": record.get("best_checkpoint"),
-        "train_s": train_s, "fit_s": record.get("seconds"), "features_s": features_s,
-        "features_computed": summary.computed, "features_cached": summary.cached,
-        "feature_failures": len(summary.failures), "run_dir": str(run_dir),
+        "train_s": train_s,
+        "fit_s": record.get("seconds"),
+        "features_s": features_s,
+        "features_computed": summary.computed,
+        "features_cached": summary.cached,
+        "feature_failures": len(summary.failures),
+        "run_dir": str(run_dir),
     }
 
 
@@ -674,8 +831,10 @@ def _with_earlier(report: dict, earlier: dict) -> dict:
     redone = {_row_key(r) for r in report["rows"]}
     kept = [r for r in earlier["rows"] if _row_key(r) not in redone]
     order = {name: i for i, name in enumerate(report["cases"])}
-    rows = sorted(kept + [r for r in report["rows"] if r not in kept],
-                  key=lambda r: (order.get(r["case"], len(order)), r.get("epochs_scale", 1.0) != 1.0))
+    rows = sorted(
+        kept + [r for r in report["rows"] if r not in kept],
+        key=lambda r: (order.get(r["case"], len(order)), r.get("epochs_scale", 1.0) != 1.0),
+    )
     commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
     return {**report, "rows": rows, "commands": commands or [report["command"]]}
 
@@ -689,7 +848,8 @@ def _robustness_doc(report: dict) -> list[str]:
     machines = sorted({r.get("machine", report["machine"]) for r in rows} or {report["machine"]})
     commands = report.get("commands") or [report["command"]]
     lines = [
-        "## Robustness: short clips cut from real audio (`benchmarks/train.py robustness`)", "",
+        "## Robustness: short clips cut from real audio (`benchmarks/train.py robustness`)",
+        "",
         f"- Date: {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; machine: {'; '.join(machines)}",
         ("- Command: " if len(commands) == 1 else "- Commands (the table gathers their rows): ")
         + ", ".join(f"`{c}`" for c in commands),
@@ -708,19 +868,26 @@ def _robustness_doc(report: dict) -> list[str]:
         "count marked like `15 (0.5x)` is a shortened run (`--epochs-scale`), not the recipe as it ships.",
     ]
     if report["smoke"]:
-        lines.append("- **Smoke run** (a handful of clips, one epoch): checks that the benchmark runs, "
-                     "its numbers mean nothing.")
-    lines += ["", "| case | recipe | features | model | epochs | top-1 | vs baseline | top-1 last epoch | MAP@3 | "
-              "training wall | features wall | code |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            "- **Smoke run** (a handful of clips, one epoch): checks that the benchmark runs, its numbers mean nothing."
+        )
+    lines += [
+        "",
+        "| case | recipe | features | model | epochs | top-1 | vs baseline | top-1 last epoch | MAP@3 | "
+        "training wall | features wall | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         b = base.get((r["case"], scale_of(r)))
         gap = f"{100 * (r['top1'] - b['top1']):+.1f} pts" if b and r["recipe"] != BASELINE else ""
         epochs = f"{r['epochs']}" + (f" ({scale_of(r):g}x)" if scale_of(r) != 1 else "")
-        lines.append(f"| {r['case']} | {r['recipe']} | {r['sample_rate'] / 1000:g} kHz, {r['n_mels']} mels, hop "
-                     f"{r['hop_length']}, {r['view']} | {r['model']} | {epochs} | {100 * r['top1']:.1f}% | "
-                     f"{gap} | "
-                     f"{100 * r['top1_last_epoch']:.1f}% | {r['map3']:.4f} | {r['train_s'] / 60:.1f} min | "
-                     f"{r['features_s']:.0f} s | {r.get('code', '')} |")
+        lines.append(
+            f"| {r['case']} | {r['recipe']} | {r['sample_rate'] / 1000:g} kHz, {r['n_mels']} mels, hop "
+            f"{r['hop_length']}, {r['view']} | {r['model']} | {epochs} | {100 * r['top1']:.1f}% | "
+            f"{gap} | "
+            f"{100 * r['top1_last_epoch']:.1f}% | {r['map3']:.4f} | {r['train_s'] / 60:.1f} min | "
+            f"{r['features_s']:.0f} s | {r.get('code', '')} |"
+        )
     skipped: dict[tuple[str, str], list[str]] = {}
     for skip in report["skipped"]:
         skipped.setdefault((skip["recipe"], skip["why"]), []).append(skip["case"])
@@ -736,18 +903,22 @@ def _robustness_doc(report: dict) -> list[str]:
             if c == "full" or b is None:
                 continue
             met = a["top1"] >= b["top1"] and a["train_s"] <= b["train_s"]
-            lines.append(f"- {c}{'' if scale == 1 else f' (at {scale:g}x epochs)'}: `auto` at or above the "
-                         f"baseline in no more wall time: {100 * a['top1']:.1f}% vs {100 * b['top1']:.1f}%, "
-                         f"{a['train_s'] / 60:.1f} vs {b['train_s'] / 60:.1f} min: {'met' if met else 'not met'}")
+            lines.append(
+                f"- {c}{'' if scale == 1 else f' (at {scale:g}x epochs)'}: `auto` at or above the "
+                f"baseline in no more wall time: {100 * a['top1']:.1f}% vs {100 * b['top1']:.1f}%, "
+                f"{a['train_s'] / 60:.1f} vs {b['train_s'] / 60:.1f} min: {'met' if met else 'not met'}"
+            )
         for scale in sorted({s for _, s in auto}):
             full, short = auto.get(("full", scale)), auto.get(("esc50-1s", scale))
             if full and short:
                 # Rounded to the table's precision: 75.0% - 72.0% is 3.0000000000000027 in floats.
                 drop = round(100 * (full["top1"] - short["top1"]), 1)
-                lines.append(f"- esc50-1s{'' if scale == 1 else f' (at {scale:g}x epochs)'}: `auto` within 3 "
-                             f"points of its own full-length score: {100 * short['top1']:.1f}% vs "
-                             f"{100 * full['top1']:.1f}% on `full` ({abs(drop):.1f} points "
-                             f"{'below' if drop >= 0 else 'above'}): {'met' if drop <= 3 else 'not met'}")
+                lines.append(
+                    f"- esc50-1s{'' if scale == 1 else f' (at {scale:g}x epochs)'}: `auto` within 3 "
+                    f"points of its own full-length score: {100 * short['top1']:.1f}% vs "
+                    f"{100 * full['top1']:.1f}% on `full` ({abs(drop):.1f} points "
+                    f"{'below' if drop >= 0 else 'above'}): {'met' if drop <= 3 else 'not met'}"
+                )
     return lines
 
 
@@ -761,22 +932,47 @@ def robustness(argv: list[str]) -> None:
     from soundtag.manifest import read_manifest
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py robustness", description=robustness.__doc__)
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
-                        help="default: all (" + ", ".join(f"{n}: {c.description}" for n, c in CASES.items()) + ")")
-    parser.add_argument("--recipes", nargs="+", default=ROBUSTNESS_RECIPES,
-                        help="recipe names or YAML files, and `auto` (default: %(default)s)")
-    parser.add_argument("--full-recipes", nargs="*", default=["auto"],
-                        help="those of --recipes also trained on the full-length case `full` (default: %(default)s, "
-                        "whose full-length score is the 1 s goal's reference)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=list(CASES),
+        default=list(CASES),
+        help="default: all (" + ", ".join(f"{n}: {c.description}" for n, c in CASES.items()) + ")",
+    )
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=ROBUSTNESS_RECIPES,
+        help="recipe names or YAML files, and `auto` (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--full-recipes",
+        nargs="*",
+        default=["auto"],
+        help="those of --recipes also trained on the full-length case `full` (default: %(default)s, "
+        "whose full-length score is the 1 s goal's reference)",
+    )
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every recipe's epochs")
-    parser.add_argument("--smoke", action="store_true",
-                        help="10 classes x 2 clips per fold and 1 epoch: checks it runs end to end (~2 min)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="forget the rows of earlier runs into --out (kept by default: a run in parts)")
-    parser.add_argument("--out", type=Path, help="results, clip cache, feature cache and runs "
-                        "(default .cache/benchmarks/robustness[-smoke])")
-    parser.add_argument("--doc", help="markdown file whose robustness section is replaced (default "
-                        "docs/benchmarks.md, or none with --smoke; '' for none)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="10 classes x 2 clips per fold and 1 epoch: checks it runs end to end (~2 min)",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget the rows of earlier runs into --out (kept by default: a run in parts)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results, clip cache, feature cache and runs (default .cache/benchmarks/robustness[-smoke])",
+    )
+    parser.add_argument(
+        "--doc",
+        help="markdown file whose robustness section is replaced (default "
+        "docs/benchmarks.md, or none with --smoke; '' for none)",
+    )
     args = parser.parse_args(argv)
     if args.epochs_scale <= 0:
         parser.error(f"--epochs-scale={args.epochs_scale} must be positive")
@@ -787,9 +983,18 @@ def robustness(argv: list[str]) -> None:
     if auto_missing:
         print(f"skipping recipe auto: {auto_missing}", file=sys.stderr)
     command = " ".join(["python benchmarks/train.py robustness", *map(shlex.quote, argv)])
-    report = {"date": str(dt.date.today()), "machine": device_line(), "torch_threads": torch.get_num_threads(),
-              "code": code_version(), "command": command, "smoke": args.smoke, "epochs_scale": args.epochs_scale, "cases": {},
-              "rows": [], "skipped": []}
+    report = {
+        "date": str(dt.date.today()),
+        "machine": device_line(),
+        "torch_threads": torch.get_num_threads(),
+        "code": code_version(),
+        "command": command,
+        "smoke": args.smoke,
+        "epochs_scale": args.epochs_scale,
+        "cases": {},
+        "rows": [],
+        "skipped": [],
+    }
     results = out / "robustness.json"
     # A full run takes hours on 2 cores, so it is made in parts: the rows of earlier runs into
     # the same folder stay unless this run trains the same case, recipe and epoch scale again.
@@ -808,21 +1013,35 @@ def robustness(argv: list[str]) -> None:
         if case.seconds is None:
             manifest, counts = source, {}
         else:
-            path, counts = build_case(case, source, out / "clips" / case.name,
-                                      manifest_name="manifest-smoke.csv" if args.smoke else "manifest.csv")
+            path, counts = build_case(
+                case,
+                source,
+                out / "clips" / case.name,
+                manifest_name="manifest-smoke.csv" if args.smoke else "manifest.csv",
+            )
             manifest = read_case(path, source)
-        report["cases"][name] = {"description": case.description, "clips": len(manifest),
-                                 "build_s": time.perf_counter() - start, **counts}
+        report["cases"][name] = {
+            "description": case.description,
+            "clips": len(manifest),
+            "build_s": time.perf_counter() - start,
+            **counts,
+        }
         for recipe_name in recipes:
             if recipe_name == "auto" and auto_missing:
                 report["skipped"].append({"case": name, "recipe": "auto", "why": auto_missing})
                 continue
-            recipe, reasons = _robustness_recipe(recipe_name, manifest, epochs_scale=args.epochs_scale,
-                                                 smoke=args.smoke)
+            recipe, reasons = _robustness_recipe(
+                recipe_name, manifest, epochs_scale=args.epochs_scale, smoke=args.smoke
+            )
             label = recipe_name if recipe_name == "auto" or "/" not in recipe_name else recipe.name
             row = _train_fold1(name, label, recipe, manifest, out) | {
-                "reasons": reasons, "epochs_scale": args.epochs_scale, "command": command,
-                "date": report["date"], "machine": report["machine"], "code": report["code"]}
+                "reasons": reasons,
+                "epochs_scale": args.epochs_scale,
+                "command": command,
+                "date": report["date"],
+                "machine": report["machine"],
+                "code": report["code"],
+            }
             print(json.dumps({k: v for k, v in row.items() if k != "reasons"}), flush=True)
             report["rows"].append(row)
             # After every run: an interrupted benchmark keeps its rows.
@@ -856,7 +1075,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the run directory here (its features beside it)")
     parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips per fold, one epoch, a tiny VGG")
     parser.add_argument("--json", type=Path, help="write the result row here too")
-    parser.add_argument("--doc", help="markdown file whose section is replaced (default docs/benchmarks.md; '' for none)")
+    parser.add_argument(
+        "--doc", help="markdown file whose section is replaced (default docs/benchmarks.md; '' for none)"
+    )
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.recipe, args.steps)

@@ -21,8 +21,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 #: Recipe overrides for tiny real runs: two epochs of a two-layer VGG on 32 mel bins.
-FAST = ["training.epochs=2", "training.batch_size=8", "training.model_args={widths: [8, 16]}",
-        "training.model=vgg", "features.n_mels=32"]
+FAST = [
+    "training.epochs=2",
+    "training.batch_size=8",
+    "training.model_args={widths: [8, 16]}",
+    "training.model=vgg",
+    "features.n_mels=32",
+]
 
 
 #: Session fixtures that train: a test using one, directly or through another fixture, is slow
@@ -47,8 +52,10 @@ def _data_root() -> Path | None:
 def data_root() -> Path:
     root = _data_root()
     if root is None:
-        pytest.skip("real audio data not found: set SOUNDTAG_DATA to the folder holding esc50/, "
-                    "esc10/ and fsdkaggle2018/ (in CI: ../shared/data)")
+        pytest.skip(
+            "real audio data not found: set SOUNDTAG_DATA to the folder holding esc50/, "
+            "esc10/ and fsdkaggle2018/ (in CI: ../shared/data)"
+        )
     return root
 
 
@@ -69,12 +76,25 @@ def fsd2018_root(data_root: Path) -> Path:
 
 # --- helpers, as fixtures ---------------------------------------------------------------------
 
+
 def _soundtag(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
     """Run ``soundtag ARGS`` the way the console script does (``soundtag.cli:main``)."""
-    env = dict(os.environ, COLUMNS="250", PYTHONIOENCODING="utf-8", NO_COLOR="1", TERM="dumb",
-               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "soundtag.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        COLUMNS="250",
+        PYTHONIOENCODING="utf-8",
+        NO_COLOR="1",
+        TERM="dumb",
+        PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "soundtag.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +205,7 @@ def snapshot():
 
 # --- tiny real data and runs shared by several modules ------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def subset_csv(esc10_root, tmp_path_factory) -> Path:
     """The default subset (4 ESC-10 classes x 5 clips x 2 folds = 40 real clips), written once."""
@@ -200,8 +221,12 @@ def feature_cache(tmp_path_factory) -> Path:
 
 
 #: The clips of the dirty dataset made from real ones, and the check each must trip.
-DIRTY = {"audio/quiet.wav": "near_silent", "audio/clipped.wav": "clipped", "audio/short.wav": "short",
-         "audio/silent.wav": "silent"}
+DIRTY = {
+    "audio/quiet.wav": "near_silent",
+    "audio/clipped.wav": "clipped",
+    "audio/short.wav": "short",
+    "audio/silent.wav": "silent",
+}
 
 
 def _make_dirty_dataset(esc10_root: Path, folder: Path) -> Path:
@@ -270,6 +295,12 @@ def dirty_run(esc10_root, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("dirty")
     csv_path = _make_dirty_dataset(esc10_root, folder)
-    train(read_manifest(csv_path), load_recipe("esc50-lh", FAST), folder / "run", cache_dir=folder / "cache",
-          progress=False, data_source=str(csv_path))
+    train(
+        read_manifest(csv_path),
+        load_recipe("esc50-lh", FAST),
+        folder / "run",
+        cache_dir=folder / "cache",
+        progress=False,
+        data_source=str(csv_path),
+    )
     return folder / "run"

@@ -39,6 +39,7 @@ def _sine(freq: float, sr: int, n: int, amp: float = 0.5, phase: float = 0.0) ->
 
 # --- real clips -----------------------------------------------------------------------------
 
+
 def test_real_ogg_at_native_rate_equals_soundfile(ogg_clips):
     for path in ogg_clips[::100]:
         ref, sr = sf.read(path, dtype="float32")
@@ -85,7 +86,8 @@ def test_real_flac_upsampled_to_44100(flac_clips):
     # resampling must keep the signal: its energy per second matches the source's
     ref, _ = sf.read(path, dtype="float32")
     assert np.sum(wav.samples.astype(np.float64) ** 2) / 44100 == pytest.approx(
-        np.sum(ref.astype(np.float64) ** 2) / 16000, rel=0.02)
+        np.sum(ref.astype(np.float64) ** 2) / 16000, rel=0.02
+    )
 
 
 def test_load_with_trim_db_equals_trim_of_the_decode(ogg_clips):
@@ -97,6 +99,7 @@ def test_load_with_trim_db_equals_trim_of_the_decode(ogg_clips):
 
 
 # --- trim -----------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_trim_equals_librosa_on_real_clips(ogg_clips, flac_clips):
@@ -134,7 +137,7 @@ def test_trim_of_a_tone_between_silences():
 
     # librosa's geometry: frame k is centred on sample k*hop and spans [k*hop - half, k*hop + half);
     # every frame touching the tone is far above -60 dB, every other frame is digital silence.
-    first = (a - half) // hop + 1           # first frame with k*hop + half > a
+    first = (a - half) // hop + 1  # first frame with k*hop + half > a
     last = math.ceil((b + half) / hop) - 1  # last frame with k*hop - half < b
     start, end = first * hop, min(n, (last + 1) * hop)
     assert len(out) == end - start
@@ -151,6 +154,7 @@ def test_trim_keeps_everything_when_nothing_is_quiet():
 
 
 # --- bad files ------------------------------------------------------------------------------
+
 
 def _raises(path, reason: str, **kw) -> AudioError:
     with pytest.raises(AudioError) as err:
@@ -281,6 +285,7 @@ def test_mp3(tmp_path):
 
 # --- padding and parameters --------------------------------------------------------------
 
+
 def test_pad_center_offset():
     out = pad_center(np.ones(3, dtype=np.float32), 6)
     assert out.shape == (6,)
@@ -300,8 +305,8 @@ def test_head_crops_and_pads():
     short = head(x[:3], 8)
     left = (8 - 3) // 2
     assert short.shape == (8,)
-    assert np.array_equal(short[left:left + 3], x[:3])
-    assert not short[:left].any() and not short[left + 3:].any()
+    assert np.array_equal(short[left : left + 3], x[:3])
+    assert not short[:left].any() and not short[left + 3 :].any()
 
 
 @pytest.mark.parametrize("rate", [0, -16000])
@@ -315,6 +320,7 @@ def test_non_positive_sample_rate(tmp_path, rate):
 
 
 # --- decode: the one reader of files ------------------------------------------------------
+
 
 def test_decode_keeps_every_channel_at_the_native_rate(tmp_path, ogg_clips):
     ref, sr = sf.read(ogg_clips[5], dtype="float32", always_2d=True)
@@ -350,8 +356,13 @@ def test_decode_errors_name_the_file(tmp_path):
     sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
     zero_bytes = tmp_path / "zero.wav"
     zero_bytes.write_bytes(b"")
-    for path, reason in [(tmp_path / "nowhere.flac", "missing"), (junk, "corrupt"), (empty, "empty"),
-                         (zero_bytes, "corrupt"), (tmp_path, "missing")]:
+    for path, reason in [
+        (tmp_path / "nowhere.flac", "missing"),
+        (junk, "corrupt"),
+        (empty, "empty"),
+        (zero_bytes, "corrupt"),
+        (tmp_path, "missing"),
+    ]:
         with pytest.raises(AudioError) as err:
             decode(path)
         assert err.value.reason == reason, path

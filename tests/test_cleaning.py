@@ -36,15 +36,16 @@ def run_manifest(run_dir) -> Manifest:
 
 # --- ranking with known answers ------------------------------------------------------------
 
+
 def test_rank_suspects_orders_known_cases():
     labels = ["a", "b", "c"]
     given = [[labels[i % 3]] for i in range(30)]
     probs = np.full((30, 3), 0.1)
     for i in range(30):
         probs[i, i % 3] = 0.8
-    probs[5] = [0.05, 0.9, 0.05]    # labelled c, confidently predicted b
-    probs[12] = [0.55, 0.4, 0.05]   # labelled a, right but unsure: no reason to list it
-    probs[13] = [0.1, 0.35, 0.55]   # labelled b, mildly predicted c
+    probs[5] = [0.05, 0.9, 0.05]  # labelled c, confidently predicted b
+    probs[12] = [0.55, 0.4, 0.05]  # labelled a, right but unsure: no reason to list it
+    probs[13] = [0.1, 0.35, 0.55]  # labelled b, mildly predicted c
     ids = [f"clip{i}" for i in range(30)]
     df = rank_suspects(ids, given, labels, probs)
     assert df["clip_id"].tolist()[:2] == ["clip5", "clip13"]
@@ -60,9 +61,16 @@ def test_rank_suspects_orders_known_cases():
     quality = dict(zip(everything["clip_id"], everything["label_quality"]))
     assert quality["clip5"] == pytest.approx(0.05) and quality["clip0"] == pytest.approx(0.8)
 
-    audio = pd.DataFrame({"clip_id": ids, "peak_db": -3.0, "sound_s": 5.0, "duplicate_of": "",
-                          "reasons": [["silent"] if i == 0 else [] for i in range(30)],
-                          "weight": [1.0 if i == 0 else 0.0 for i in range(30)]})
+    audio = pd.DataFrame(
+        {
+            "clip_id": ids,
+            "peak_db": -3.0,
+            "sound_s": 5.0,
+            "duplicate_of": "",
+            "reasons": [["silent"] if i == 0 else [] for i in range(30)],
+            "weight": [1.0 if i == 0 else 0.0 for i in range(30)],
+        }
+    )
     with_audio = rank_suspects(ids, given, labels, probs, audio=audio)
     assert with_audio.iloc[0]["clip_id"] == "clip0" and with_audio.iloc[0]["reasons"] == "silent"
     assert with_audio.iloc[0]["score"] == pytest.approx(1 - 0.8 + 1.0)
@@ -89,6 +97,7 @@ def test_multilabel_ranking_and_the_per_class_summary():
 
 
 # --- suspects of a real run ----------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_find_suspects_on_a_real_run(run_dir, run_manifest, tmp_path, read_csv_rows, dirty_clips):
@@ -154,6 +163,7 @@ def test_suspects_refuses_a_run_that_is_not_finished(run_dir, tmp_path, soundtag
 
 # --- the decision book ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tmp_path, read_csv_rows, snapshot):
     folder = tmp_path / "lists"
@@ -165,8 +175,9 @@ def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tm
     book.decide(b, "relabel", label=new_label, reason="it is another sound")
     book.decide(c, "keep")
     header, rows = read_csv_rows(folder / "blacklist.csv")
-    assert header == BLACKLIST_COLUMNS and [(r["clip_id"], r["decision"], r["reason"], r["round"]) for r in rows] \
-        == [(a, "blacklist", "silent", "1")]
+    assert header == BLACKLIST_COLUMNS and [(r["clip_id"], r["decision"], r["reason"], r["round"]) for r in rows] == [
+        (a, "blacklist", "silent", "1")
+    ]
     header, rows = read_csv_rows(folder / "relabel.csv")
     assert header == RELABEL_COLUMNS and [(r["clip_id"], r["label"]) for r in rows] == [(b, new_label)]
     header, rows = read_csv_rows(folder / "decisions.csv")
@@ -179,12 +190,14 @@ def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tm
     assert _apply_relabel(run_manifest, relabels, "relabel.csv")[1].labels == (new_label,)
 
     before = snapshot(folder)
-    for args, kwargs, match in [((a + ".missing", "blacklist"), {}, "not in the run"),
-                                (("/etc/passwd", "keep"), {}, "not in the run"),
-                                ((b, "relabel"), {"label": "Cat"}, "unknown label"),
-                                ((b, "relabel"), {}, "needs a label"),
-                                ((b, "keep"), {"label": new_label}, "takes no label"),
-                                ((b, "delete"), {}, "not one of")]:
+    for args, kwargs, match in [
+        ((a + ".missing", "blacklist"), {}, "not in the run"),
+        (("/etc/passwd", "keep"), {}, "not in the run"),
+        ((b, "relabel"), {"label": "Cat"}, "unknown label"),
+        ((b, "relabel"), {}, "needs a label"),
+        ((b, "keep"), {"label": new_label}, "takes no label"),
+        ((b, "delete"), {}, "not one of"),
+    ]:
         with pytest.raises(ParameterError, match=match):
             book.decide(*args, **kwargs)
     assert snapshot(folder) == before, "a refused decision writes nothing"
@@ -253,7 +266,7 @@ def test_auto_clean_applies_cleanlab_within_the_limit(run_dir, run_manifest, tmp
 
     limit = math.floor(0.1 * len(manifest))
     taken = auto_clean(run_dir, folder, max_fraction=0.1)
-    assert [d.clip_id for d in taken] == flagged[1:1 + limit], "worst label quality first, the person's clip left"
+    assert [d.clip_id for d in taken] == flagged[1 : 1 + limit], "worst label quality first, the person's clip left"
     assert all(d.decision == "blacklist" and d.round == 1 and "cleanlab" in d.reason for d in taken)
     assert [r["clip_id"] for r in read_csv_rows(folder / "blacklist.csv")[1]] == [d.clip_id for d in taken]
     more = auto_clean(run_dir, folder, max_fraction=0.1)
@@ -265,14 +278,16 @@ def test_auto_clean_applies_cleanlab_within_the_limit(run_dir, run_manifest, tmp
     assert any(d.decision == "relabel" for d in relabelled)
     for d in relabelled:  # relabel to the top prediction, unless that is the clip's own label
         given = manifest[row[d.clip_id]].labels
-        assert (d.decision, d.label) == (("relabel", top[d.clip_id]) if top[d.clip_id] not in given
-                                         else ("blacklist", ""))
+        assert (d.decision, d.label) == (
+            ("relabel", top[d.clip_id]) if top[d.clip_id] not in given else ("blacklist", "")
+        )
     for bad in (0, 1.5):
         with pytest.raises(ParameterError, match="max_fraction"):
             auto_clean(run_dir, folder, max_fraction=bad)
 
 
 # --- the loop from the command line ----------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_the_loop_from_the_command_line(run_dir, run_manifest, tmp_path, soundtag, read_csv_rows, fast):
@@ -298,9 +313,26 @@ def test_the_loop_from_the_command_line(run_dir, run_manifest, tmp_path, soundta
     data = json.loads((run / "run.json").read_text())["data"]
     retrain = tmp_path / "retrain"
     overrides = sum((["-o", o] for o in fast if not o.startswith("training.epochs")), [])
-    out = soundtag("train", "--data", data, "-r", "esc50-lh", "--out", retrain, "--cache", run_dir.parent / "cache",
-                   "--blacklist", default / "blacklist.csv", "--relabel", default / "relabel.csv", "--no-progress",
-                   "-o", "training.epochs=1", *overrides, timeout=300)
+    out = soundtag(
+        "train",
+        "--data",
+        data,
+        "-r",
+        "esc50-lh",
+        "--out",
+        retrain,
+        "--cache",
+        run_dir.parent / "cache",
+        "--blacklist",
+        default / "blacklist.csv",
+        "--relabel",
+        default / "relabel.csv",
+        "--no-progress",
+        "-o",
+        "training.epochs=1",
+        *overrides,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     folds = {r["clip_id"]: r["in_training"] for r in read_csv_rows(retrain / "folds.csv")[1]}
     assert {c for c, t in folds.items() if t == "False"} == set(blacklisted)

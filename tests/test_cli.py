@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _all_commands() -> list[list[str]]:
     """Every command of the app, read from it, so that a new command is held to the same rules."""
     import typer.main
@@ -44,9 +46,14 @@ def _flat(text: str) -> str:
 def clips_csv(esc10_root, tmp_path_factory) -> tuple[Path, list[Path]]:
     """A generic CSV (path,label) listing 6 real ESC-10 clips, some not 5 s long."""
     audio = esc10_root / "audio"
-    paths = [audio / "010 - Fire crackling/4-164661-B.ogg", audio / "007 - Helicopter/1-172649-F.ogg",
-             audio / "001 - Dog bark/1-100032-A.ogg", audio / "002 - Rain/1-17367-A.ogg",
-             audio / "004 - Baby cry/1-187207-A.ogg", audio / "009 - Rooster/1-26806-A.ogg"]
+    paths = [
+        audio / "010 - Fire crackling/4-164661-B.ogg",
+        audio / "007 - Helicopter/1-172649-F.ogg",
+        audio / "001 - Dog bark/1-100032-A.ogg",
+        audio / "002 - Rain/1-17367-A.ogg",
+        audio / "004 - Baby cry/1-187207-A.ogg",
+        audio / "009 - Rooster/1-26806-A.ogg",
+    ]
     assert all(p.is_file() for p in paths)
     folder = tmp_path_factory.mktemp("cli-data")
     out = folder / "six.csv"
@@ -67,6 +74,7 @@ def _summary_row(stdout: str, recipe: str) -> list[str]:
 
 
 # --- help ------------------------------------------------------------------------------------
+
 
 def test_help_lists_commands(soundtag):
     res = soundtag("--help")
@@ -89,9 +97,16 @@ def _example_recipes(help_text: str) -> set[str]:
     return {m.group(1) for ln in lines for m in re.finditer(r"(?:--recipe|-r)\s+([\w.-]+)", ln)}
 
 
-@pytest.mark.parametrize("command", [
-    ["features"], ["show"], ["recipes"], ["train"],
-], ids=" ".join)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["features"],
+        ["show"],
+        ["recipes"],
+        ["train"],
+    ],
+    ids=" ".join,
+)
 @pytest.mark.slow
 def test_help_examples_name_existing_recipes(command, soundtag):
     from soundtag.recipe import list_recipes
@@ -104,6 +119,7 @@ def test_help_examples_name_existing_recipes(command, soundtag):
 
 
 # --- features -----------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_features_computes_then_caches(clips_csv, tmp_path, soundtag):
@@ -134,8 +150,18 @@ def test_features_computes_then_caches(clips_csv, tmp_path, soundtag):
 @pytest.mark.slow
 def test_features_override_typo_exits_2(clips_csv, tmp_path, soundtag):
     csv_path, _ = clips_csv
-    res = soundtag("features", "--data", csv_path, "-r", "esc50-x", "--cache", tmp_path / "c", "--no-progress",
-                   "-o", "view.overlpa=0.3")
+    res = soundtag(
+        "features",
+        "--data",
+        csv_path,
+        "-r",
+        "esc50-x",
+        "--cache",
+        tmp_path / "c",
+        "--no-progress",
+        "-o",
+        "view.overlpa=0.3",
+    )
     assert res.returncode == 2
     assert "view.overlap" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
@@ -162,8 +188,20 @@ def mixed_csv(clips_csv, tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_features_counts_each_undecodable_clip_once_over_recipes(mixed_csv, tmp_path, soundtag):
-    res = soundtag("features", "--data", mixed_csv, "-r", "esc50-lh", "-r", "esc50-x", "--cache", tmp_path / "c",
-                   "--no-progress", "--workers", "0")
+    res = soundtag(
+        "features",
+        "--data",
+        mixed_csv,
+        "-r",
+        "esc50-lh",
+        "-r",
+        "esc50-x",
+        "--cache",
+        tmp_path / "c",
+        "--no-progress",
+        "--workers",
+        "0",
+    )
     assert res.returncode == 0, res.stderr
     for recipe in ("esc50-lh", "esc50-x"):
         # recipe, clips, computed, cached, failed
@@ -174,8 +212,7 @@ def test_features_counts_each_undecodable_clip_once_over_recipes(mixed_csv, tmp_
 
 
 @pytest.mark.slow
-def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixed_csv, tmp_path, soundtag,
-                                                                            monkeypatch):
+def test_features_shard_defaults_to_the_launchers_rank_and_all_overrides_it(mixed_csv, tmp_path, soundtag, monkeypatch):
     monkeypatch.setenv("RANK", "0")  # as torchrun sets them for the first of two processes
     monkeypatch.setenv("WORLD_SIZE", "2")
     args = ["features", "--data", mixed_csv, "-r", "esc50-x", "--no-progress", "--workers", "0"]
@@ -234,13 +271,13 @@ def test_console_script_entry_point(tmp_path):
     env = dict(os.environ, COLUMNS="250")
     ok = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0 and "features" in ok.stdout
-    bad = subprocess.run([str(script), "recipes", "fsd2018-lhh"], capture_output=True, text=True, env=env,
-                         timeout=60)
+    bad = subprocess.run([str(script), "recipes", "fsd2018-lhh"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2
     assert "fsd2018-lh" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # --- show ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_show_writes_a_png(clips_csv, tmp_path, soundtag):

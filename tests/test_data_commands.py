@@ -59,12 +59,14 @@ def test_data_check_of_a_registered_name_counts_what_its_csv_holds(offline, soun
     folds = sorted({int(r["fold"]) for r in rows})
     status, out, err = soundtag_main("data", "check", "esc10")
     assert status == 0, err
-    assert _flat(out) == (f"esc10: {len(rows)} clips, {len({r['category'] for r in rows})} labels, single-label, "
-                          f"folds {folds}")
+    assert _flat(out) == (
+        f"esc10: {len(rows)} clips, {len({r['category'] for r in rows})} labels, single-label, folds {folds}"
+    )
 
 
-def test_data_check_probe_save_writes_the_manifest_with_every_clips_header(offline, soundtag_main, esc10_root,
-                                                                           tmp_path):
+def test_data_check_probe_save_writes_the_manifest_with_every_clips_header(
+    offline, soundtag_main, esc10_root, tmp_path
+):
     saved = tmp_path / "out" / "esc10.jsonl"
     saved.parent.mkdir()
     status, out, err = soundtag_main("data", "check", esc10_root, "--probe", "--save", saved)

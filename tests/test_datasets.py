@@ -124,19 +124,36 @@ def archive(tmp_path) -> bytes:
 
 
 def _spec(name: str, *files: RemoteFile, local_subdir: str = "nowhere", copies=()) -> DatasetSpec:
-    return DatasetSpec(name, "test data", files, layout="esc50", local_subdir=local_subdir,
-                       license="CC0", homepage="http://127.0.0.1/", copies=copies)
+    return DatasetSpec(
+        name,
+        "test data",
+        files,
+        layout="esc50",
+        local_subdir=local_subdir,
+        license="CC0",
+        homepage="http://127.0.0.1/",
+        copies=copies,
+    )
 
 
 def test_get_downloads_verifies_extracts_and_writes_marker(tmp_path, server, register, archive):
     notes = b"id,text\n1,hello\n"
     server.files = {"/pack.zip": archive, "/notes.csv": notes}
-    register(_spec("t-full",
-                   RemoteFile(server.url("/pack.zip"), "pack.zip", size=len(archive),
-                              md5=_md5(archive), extract=True, strip_components=1),
-                   RemoteFile(server.url("/notes.csv"), "notes.csv",
-                              sha256=hashlib.sha256(notes).hexdigest(), subdir="extra"),
-                   copies=(("meta/labels.csv", "train.csv"),)))
+    register(
+        _spec(
+            "t-full",
+            RemoteFile(
+                server.url("/pack.zip"),
+                "pack.zip",
+                size=len(archive),
+                md5=_md5(archive),
+                extract=True,
+                strip_components=1,
+            ),
+            RemoteFile(server.url("/notes.csv"), "notes.csv", sha256=hashlib.sha256(notes).hexdigest(), subdir="extra"),
+            copies=(("meta/labels.csv", "train.csv"),),
+        )
+    )
     folder = datasets.get("t-full", to=tmp_path / "data", progress=True)
 
     assert folder == tmp_path / "data" / "t-full"
@@ -146,8 +163,7 @@ def test_get_downloads_verifies_extracts_and_writes_marker(tmp_path, server, reg
     assert (folder / "train.csv").read_text() == LABELS  # spec.copies fit the folder to its layout
     marker = json.loads((folder / MARKER).read_text())
     assert marker["dataset"] == "t-full"
-    assert [(f["filename"], f["verified"]) for f in marker["files"]] == [
-        ("pack.zip", "md5"), ("notes.csv", "sha256")]
+    assert [(f["filename"], f["verified"]) for f in marker["files"]] == [("pack.zip", "md5"), ("notes.csv", "sha256")]
     assert marker["files"][0]["md5"] == _md5(archive)
     assert not (folder / ".downloads").exists()  # archives are removed once unpacked
     assert not list(folder.rglob("*.part"))
@@ -159,8 +175,12 @@ def test_get_downloads_verifies_extracts_and_writes_marker(tmp_path, server, reg
 
 def test_interrupted_get_keeps_part_and_resumes_with_range(tmp_path, server, register, archive):
     server.files = {"/pack.zip": archive}
-    register(_spec("t-resume", RemoteFile(server.url("/pack.zip"), "pack.zip", md5=_md5(archive),
-                                          extract=True, strip_components=1)))
+    register(
+        _spec(
+            "t-resume",
+            RemoteFile(server.url("/pack.zip"), "pack.zip", md5=_md5(archive), extract=True, strip_components=1),
+        )
+    )
     cut = len(archive) * 3 // 4
     server.drop_after = cut
     with pytest.raises(DataError, match=re.escape(server.url("/pack.zip"))):
@@ -206,8 +226,7 @@ def test_bad_checksum_raises_and_leaves_no_file(tmp_path, server, algo):
     server.files = {"/f.bin": PAYLOAD}
     dest, wrong = tmp_path / "f.bin", "0" * (32 if algo == "md5" else 64)
     with pytest.raises(DataError) as err:
-        datasets.download(server.url("/f.bin"), dest, progress=False,
-                          **{f"expected_{algo}": wrong})
+        datasets.download(server.url("/f.bin"), dest, progress=False, **{f"expected_{algo}": wrong})
     actual = hashlib.new(algo, PAYLOAD).hexdigest()
     assert server.url("/f.bin") in str(err.value)
     assert wrong in str(err.value) and actual in str(err.value)
@@ -218,11 +237,9 @@ def test_bad_checksum_raises_and_leaves_no_file(tmp_path, server, algo):
 def test_wrong_size_is_refused_and_missing_checksum_warns(tmp_path, server):
     server.files = {"/f.bin": PAYLOAD}
     with pytest.raises(DataError, match=f"expected {len(PAYLOAD) + 1} bytes"):
-        datasets.download(server.url("/f.bin"), tmp_path / "a", expected_size=len(PAYLOAD) + 1,
-                          progress=False)
+        datasets.download(server.url("/f.bin"), tmp_path / "a", expected_size=len(PAYLOAD) + 1, progress=False)
     with pytest.warns(UnverifiedDownloadWarning, match="no published checksum: verified by size"):
-        datasets.download(server.url("/f.bin"), tmp_path / "b", expected_size=len(PAYLOAD),
-                          progress=False)
+        datasets.download(server.url("/f.bin"), tmp_path / "b", expected_size=len(PAYLOAD), progress=False)
     with pytest.warns(UnverifiedDownloadWarning, match="no published checksum: not verified"):
         datasets.download(server.url("/f.bin"), tmp_path / "c", progress=False)
     assert (tmp_path / "c").read_bytes() == PAYLOAD
@@ -242,8 +259,11 @@ def test_network_errors_name_the_url(tmp_path, server):
 def test_zip_member_escaping_the_folder_is_refused(tmp_path, server, register):
     evil = _zip({"pack/ok.csv": b"a,b\n", "pack/../../evil.txt": b"owned"})
     server.files = {"/evil.zip": evil}
-    register(_spec("t-evil", RemoteFile(server.url("/evil.zip"), "evil.zip", md5=_md5(evil),
-                                        extract=True, strip_components=1)))
+    register(
+        _spec(
+            "t-evil", RemoteFile(server.url("/evil.zip"), "evil.zip", md5=_md5(evil), extract=True, strip_components=1)
+        )
+    )
     with pytest.raises(DataError, match=r"evil\.txt.*unsafe"):
         datasets.get("t-evil", to=tmp_path / "data", progress=False)
     assert not list(tmp_path.rglob("evil.txt")) and not list(tmp_path.rglob("ok.csv"))
@@ -306,16 +326,18 @@ def test_local_copy_is_used_without_network(data_root, tmp_path, monkeypatch):
 
 def test_missing_local_copy_falls_back_to_download(tmp_path, server, register, archive):
     server.files = {"/pack.zip": archive}
-    register(_spec("t-fallback", RemoteFile(server.url("/pack.zip"), "pack.zip",
-                                            md5=_md5(archive), extract=True, strip_components=1),
-                   local_subdir="t-fallback"))
+    register(
+        _spec(
+            "t-fallback",
+            RemoteFile(server.url("/pack.zip"), "pack.zip", md5=_md5(archive), extract=True, strip_components=1),
+            local_subdir="t-fallback",
+        )
+    )
     (tmp_path / "copies").mkdir()
-    folder = datasets.get("t-fallback", to=tmp_path / "dl", local_copy=tmp_path / "copies",
-                          progress=False)
+    folder = datasets.get("t-fallback", to=tmp_path / "dl", local_copy=tmp_path / "copies", progress=False)
     assert folder == tmp_path / "dl" / "t-fallback" and len(server.log) == 1
     (tmp_path / "copies" / "t-fallback").mkdir()
-    assert datasets.get("t-fallback", local_copy=tmp_path / "copies") == (
-        tmp_path / "copies" / "t-fallback")
+    assert datasets.get("t-fallback", local_copy=tmp_path / "copies") == (tmp_path / "copies" / "t-fallback")
 
 
 def test_builtin_specs_have_https_urls_and_well_formed_checksums():
@@ -330,10 +352,10 @@ def test_builtin_specs_have_https_urls_and_well_formed_checksums():
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256), f.sha256
     fsd = datasets.get_spec("fsdkaggle2018")
     assert {f.filename for f in fsd.files} == {
-        f"FSDKaggle2018.{p}.zip" for p in ("audio_train", "audio_test", "meta", "doc")}
+        f"FSDKaggle2018.{p}.zip" for p in ("audio_train", "audio_test", "meta", "doc")
+    }
     assert fsd.copies == (("train_post_competition.csv", "train.csv"),)
-    assert all(f.md5 and f.url.startswith("https://zenodo.org/records/2552860/")
-               for f in fsd.files)
+    assert all(f.md5 and f.url.startswith("https://zenodo.org/records/2552860/") for f in fsd.files)
     for name in ("esc50", "esc10"):  # no checksum is published for GitHub branch archives
         (f,) = datasets.get_spec(name).files
         assert "github.com/karolpiczak/" in f.url
@@ -341,6 +363,7 @@ def test_builtin_specs_have_https_urls_and_well_formed_checksums():
 
 
 # --- progress bar and tarfile's data filter -------------------------------------------------
+
 
 def test_download_progress_counts_the_resumed_bytes_and_is_silent_when_off(tmp_path, server, capsys):
     server.files = {"/f.bin": PAYLOAD}

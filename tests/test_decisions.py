@@ -20,8 +20,7 @@ from soundtag.training.run import read_clip_list
 # Ids and labels that a spreadsheet would take for formulas: they must still be written as they are.
 IDS = ["=cmd.wav", "-1.wav", "@a.wav", "+b.wav", "plain.wav", "'q.wav"]
 LABELS = ["dog", "-hat", "=sum"]
-FORMULAS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1:A9)", "\t=1", "\r=1", "'=already quoted",
-            "\n@x"]
+FORMULAS = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1:A9)", "\t=1", "\r=1", "'=already quoted", "\n@x"]
 
 
 def _cells(path: Path) -> list[dict]:
@@ -43,16 +42,22 @@ def test_quote_text_round_trips_and_never_starts_a_formula(text):
 def test_reasons_are_neutralised_in_every_list_while_ids_and_labels_round_trip(tmp_path):
     folder = tmp_path / "lists"
     book = DecisionBook(folder, clip_ids=IDS, labels=LABELS)
-    taken = [book.decide(IDS[0], "blacklist", reason=FORMULAS[0]),
-             book.decide(IDS[1], "relabel", label="-hat", reason=FORMULAS[1]),
-             book.decide(IDS[2], "relabel", label=["=sum", "-hat"], reason=FORMULAS[2]),
-             book.decide(IDS[3], "blacklist", reason=FORMULAS[3])]
+    taken = [
+        book.decide(IDS[0], "blacklist", reason=FORMULAS[0]),
+        book.decide(IDS[1], "relabel", label="-hat", reason=FORMULAS[1]),
+        book.decide(IDS[2], "relabel", label=["=sum", "-hat"], reason=FORMULAS[2]),
+        book.decide(IDS[3], "blacklist", reason=FORMULAS[3]),
+    ]
     # As from `soundtag clean --auto`: a reason is folded onto one line there too, so a tab or a
     # line break can neither start a cell nor split a row (a lone \r is not quoted by csv).
-    taken += book.decide_many([Decision(IDS[4], "keep", reason=FORMULAS[4]),
-                               Decision(IDS[5], "keep", reason=FORMULAS[5]),
-                               Decision(IDS[5], "blacklist", reason=FORMULAS[6]),
-                               Decision(IDS[4], "blacklist", reason=FORMULAS[7] + "\r\nsecond line")])
+    taken += book.decide_many(
+        [
+            Decision(IDS[4], "keep", reason=FORMULAS[4]),
+            Decision(IDS[5], "keep", reason=FORMULAS[5]),
+            Decision(IDS[5], "blacklist", reason=FORMULAS[6]),
+            Decision(IDS[4], "blacklist", reason=FORMULAS[7] + "\r\nsecond line"),
+        ]
+    )
     assert [d.reason for d in taken[4:]] == ["=1", "=1", "'=already quoted", "@x second line"]
 
     log = _cells(folder / "decisions.csv")
@@ -69,8 +74,7 @@ def test_reasons_are_neutralised_in_every_list_while_ids_and_labels_round_trip(t
 
     # Training reads the ids and labels exactly as the page named them.
     manifest = Manifest.build([Clip(id=i, path=f"/x/{i}", labels=("dog",)) for i in IDS], labels=LABELS)
-    assert set(read_clip_list(folder / "blacklist.csv", manifest, what="blacklist")) == {
-        IDS[0], IDS[3], IDS[4], IDS[5]}
+    assert set(read_clip_list(folder / "blacklist.csv", manifest, what="blacklist")) == {IDS[0], IDS[3], IDS[4], IDS[5]}
     assert read_clip_list(folder / "relabel.csv", manifest, what="relabel") == {IDS[1]: "-hat", IDS[2]: "=sum,-hat"}
 
     # A book opened again reads every reason back as it was given.
@@ -104,8 +108,12 @@ def test_processes_deciding_at_once_lose_no_decision(tmp_path):
     folder, go = tmp_path / "lists", tmp_path / "go"
     DecisionBook(folder)
     names, n = [f"p{k}" for k in range(4)], 25
-    procs = [subprocess.Popen([sys.executable, "-c", _DECIDER, str(folder), str(go), name, str(n)],
-                              stdout=subprocess.PIPE, text=True) for name in names]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DECIDER, str(folder), str(go), name, str(n)], stdout=subprocess.PIPE, text=True
+        )
+        for name in names
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     go.touch()
@@ -119,10 +127,17 @@ def test_a_lock_held_by_another_process_is_waited_for_then_reported(tmp_path, mo
     folder = tmp_path / "lists"
     book = DecisionBook(folder, clip_ids=["a.wav"])
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, filelock\n"
-         f"lock = filelock.FileLock({str(folder / '.lock')!r}); lock.acquire()\n"
-         "print('held', flush=True); sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, filelock\n"
+            f"lock = filelock.FileLock({str(folder / '.lock')!r}); lock.acquire()\n"
+            "print('held', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(book._file_lock, "timeout", 0.3)

@@ -21,9 +21,16 @@ from soundtag.manifest import read_manifest
 from soundtag.recipe import load_recipe
 from soundtag.runs import RunDir
 from soundtag.training import train
-from soundtag.training.device_data import (CPU_BUDGET_BYTES, DeviceClips, DeviceEvalBatches, DeviceTrainBatches,
-                                           batch_sound_extents, features_bytes, normalize_batch, wants_device_data)
 from soundtag.training.data import Normalizer
+from soundtag.training.device_data import (
+    CPU_BUDGET_BYTES,
+    DeviceClips,
+    DeviceTrainBatches,
+    batch_sound_extents,
+    features_bytes,
+    normalize_batch,
+    wants_device_data,
+)
 from soundtag.training.run import FoldSet
 
 
@@ -31,8 +38,9 @@ from soundtag.training.run import FoldSet
 def clips(esc10_root, tmp_path_factory, write_subset_csv):
     """3 ESC-10 classes with 6 / 4 / 2 clips in fold 2 (uneven, so oversampling has work) and
     4 each in fold 1."""
-    path = write_subset_csv(esc10_root, tmp_path_factory.mktemp("device") / "clips.csv", classes=3,
-                            per_class_per_fold=6)
+    path = write_subset_csv(
+        esc10_root, tmp_path_factory.mktemp("device") / "clips.csv", classes=3, per_class_per_fold=6
+    )
     m = read_manifest(path)
     keep, seen = [], Counter()
     for c in m:
@@ -44,19 +52,28 @@ def clips(esc10_root, tmp_path_factory, write_subset_csv):
 
 
 def _plan(manifest, cache, overrides, device_data):
-    recipe = load_recipe("esc50-lh" if "view.kind=x" not in overrides else "esc50-x",
-                         ["features.n_mels=32", "training.batch_size=4", f"training.device_data={device_data}",
-                          *[o for o in overrides if o != "view.kind=x"]])
+    recipe = load_recipe(
+        "esc50-lh" if "view.kind=x" not in overrides else "esc50-x",
+        [
+            "features.n_mels=32",
+            "training.batch_size=4",
+            f"training.device_data={device_data}",
+            *[o for o in overrides if o != "view.kind=x"],
+        ],
+    )
     store, _ = extract_features(manifest, recipe, cache_dir=cache, progress=False, shard="all")
     return FoldSet.build(manifest, recipe, store).loaders(0), recipe, store
 
 
-@pytest.mark.parametrize("overrides", [
-    [],                                                              # per sample over the window
-    ["view.normalize_over=sound"],
-    ["view.normalization=global", "view.normalize_over=sound"],
-    ["view.normalization=per_feature"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # per sample over the window
+        ["view.normalize_over=sound"],
+        ["view.normalization=global", "view.normalize_over=sound"],
+        ["view.normalization=per_feature"],
+    ],
+)
 def test_lh_batches_on_the_device_are_the_streaming_batches(clips, tmp_path, overrides):
     streaming, _, _ = _plan(clips, tmp_path, overrides, "off")
     device, _, _ = _plan(clips, tmp_path, overrides, "on")
@@ -114,7 +131,7 @@ def test_x_crops_on_the_device_lie_inside_their_clip_with_its_values(clips, tmp_
         spec = np.asarray(store.get(keys[i]), dtype=np.float32)
         if spec.shape[1] >= chunk:
             local = start - offset
-            np.testing.assert_array_equal(window.numpy(), spec[:, local:local + chunk])
+            np.testing.assert_array_equal(window.numpy(), spec[:, local : local + chunk])
     # the crops move: clips with room for 20 or more starts give more than 5 distinct ones in 50 draws
     roomy = [i for i in range(len(keys)) if int(host.lengths[i]) - chunk >= 20]
     assert roomy and all(len(set(starts[index == i].tolist())) > 5 for i in roomy)
@@ -142,15 +159,16 @@ def test_x_batches_on_the_device_match_the_streaming_statistics_and_chunks(clips
 def test_batched_extents_and_normalisation_match_the_per_view_functions(clips, tmp_path):
     _, recipe, store = _plan(clips, tmp_path, ["view.normalize_over=sound"], "on")
     specs = [np.asarray(store.get(k), dtype=np.float32) for k in list(store.entries)[:6]]
-    specs[0][:, :100] = specs[0].min()   # padding-like floors on both sides
+    specs[0][:, :100] = specs[0].min()  # padding-like floors on both sides
     specs[0][:, 200:] = specs[0].min()
     batch = torch.from_numpy(np.stack(specs))
     extents = batch_sound_extents(batch)
     assert extents.tolist() == [list(sound_extent(s)) for s in specs] and extents[0].tolist()[0] >= 100
     for over in ("window", "sound"):
         norm = Normalizer("per_sample", over=over)
-        torch.testing.assert_close(normalize_batch(batch, norm), torch.from_numpy(np.stack([norm(s) for s in specs])),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            normalize_batch(batch, norm), torch.from_numpy(np.stack([norm(s) for s in specs])), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_device_data_auto_follows_the_memory_budget_and_on_off_are_obeyed():
@@ -177,11 +195,18 @@ def test_training_on_the_device_gives_the_streaming_runs_predictions(clips, tmp_
     each epoch's worker seed from torch's global stream, which dropout also draws from.)"""
     probs = {}
     for setting in ("off", "on"):
-        recipe = load_recipe("esc50-lh", [*fast, "training.model_args={widths: [8, 16], drop_rate: 0.0}",
-                                          "training.augment.specaugment.enabled=true",
-                                          # fp32: bf16 autocast (auto on CPUs with native bf16)
-                                          # rounds the two paths' last-bit differences apart.
-                                          "training.precision=32", f"training.device_data={setting}"])
+        recipe = load_recipe(
+            "esc50-lh",
+            [
+                *fast,
+                "training.model_args={widths: [8, 16], drop_rate: 0.0}",
+                "training.augment.specaugment.enabled=true",
+                # fp32: bf16 autocast (auto on CPUs with native bf16)
+                # rounds the two paths' last-bit differences apart.
+                "training.precision=32",
+                f"training.device_data={setting}",
+            ],
+        )
         run = tmp_path / setting
         train(clips, recipe, run, cache_dir=tmp_path / "cache", folds=[0], progress=False)
         probs[setting] = RunDir(run).out_of_fold(partial=True).probs

@@ -16,12 +16,13 @@ import pytest
 from soundtag import evaluation
 from soundtag.errors import DataError, ParameterError
 from soundtag.features import FeatureStore, clip_key, extract_features
-from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest, read_manifest
+from soundtag.recipe import load_recipe
 from soundtag.training.data import EpochSampler, ShardSampler
 from soundtag.training.merge import merge_folds
 from soundtag.training.run import train
 from soundtag.training.splits import label_matrix
+
 
 @pytest.fixture(scope="module")
 def subset(subset_csv) -> Path:
@@ -60,8 +61,7 @@ def _fold_loss(run: Path, k: int) -> tuple[float, list[str]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device_data", ["on", "off"])
-def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path, one_epoch,
-                                                                              device_data):
+def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(subset, tmp_path, one_epoch, device_data):
     # fp32: the gathered metric is compared with the out-of-fold predictions to 1e-4, closer than
     # bf16 autocast (auto on CPUs with native bf16) rounds; the other DDP tests run as auto says
     # (the device path, for data this small). Both paths are run here: features held on the
@@ -73,9 +73,26 @@ def test_two_process_ddp_fold_predicts_every_clip_once_and_gathers_the_metric(su
     extract_features(manifest, recipe, cache_dir=cache, workers=0, progress=False)
 
     run = tmp_path / "ddp"
-    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--out", str(run),
-                "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp", "--no-progress",
-                launcher=_torchrun(2))
+    proc = _cli(
+        "train",
+        "--data",
+        str(subset),
+        "--recipe",
+        "esc50-lh",
+        *_recipe_args(one_epoch),
+        "--out",
+        str(run),
+        "--cache",
+        str(cache),
+        "--fold",
+        "0",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress",
+        launcher=_torchrun(2),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
@@ -151,15 +168,29 @@ def _torchrun(n: int) -> list[str]:
 def test_sharded_extraction_in_two_processes_fills_one_store(subset, tmp_path, one_epoch):
     # Two processes started by torchrun: each takes the shard of its rank, at the same time.
     cache = tmp_path / "cache"
-    proc = _cli("features", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--cache", str(cache),
-                "--workers", "0", "--no-progress", launcher=_torchrun(2))
+    proc = _cli(
+        "features",
+        "--data",
+        str(subset),
+        "--recipe",
+        "esc50-lh",
+        *_recipe_args(one_epoch),
+        "--cache",
+        str(cache),
+        "--workers",
+        "0",
+        "--no-progress",
+        launcher=_torchrun(2),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     recipe = load_recipe("esc50-lh", one_epoch)
     manifest = read_manifest(subset)
     store = FeatureStore.open(cache, recipe)
     assert set(store.entries) == {clip_key(c.path) for c in manifest}
-    assert sorted(p.name for p in store.path.glob("failures*.csv")) == ["failures-shard-0-of-2.csv",
-                                                                        "failures-shard-1-of-2.csv"]
+    assert sorted(p.name for p in store.path.glob("failures*.csv")) == [
+        "failures-shard-0-of-2.csv",
+        "failures-shard-1-of-2.csv",
+    ]
     # The same arrays as one unsharded extraction.
     whole, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "whole", workers=0, progress=False)
     assert summary.computed == len(manifest)
@@ -183,8 +214,21 @@ def test_processes_started_together_need_the_features_first(subset, tmp_path, mo
 def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path, one_epoch):
     cache = tmp_path / "cache"
     for k in (0, 1):
-        proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--cache", str(cache),
-                    "--fold", str(k), "--out", str(tmp_path / f"job-{k}"), "--no-progress")
+        proc = _cli(
+            "train",
+            "--data",
+            str(subset),
+            "--recipe",
+            "esc50-lh",
+            *_recipe_args(one_epoch),
+            "--cache",
+            str(cache),
+            "--fold",
+            str(k),
+            "--out",
+            str(tmp_path / f"job-{k}"),
+            "--no-progress",
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         job = json.loads((tmp_path / f"job-{k}" / "metrics.json").read_text())
         assert job["folds"] == [k] and job["complete"] is False  # scored on its own fold, and says so
@@ -199,8 +243,23 @@ def test_folds_trained_as_jobs_merge_into_one_run(subset, tmp_path, one_epoch):
 
     # a job of another run (other recipe) is refused
     other = tmp_path / "other"
-    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "-o", "training.seed=7",
-                "--cache", str(cache), "--fold", "1", "--out", str(other), "--no-progress")
+    proc = _cli(
+        "train",
+        "--data",
+        str(subset),
+        "--recipe",
+        "esc50-lh",
+        *_recipe_args(one_epoch),
+        "-o",
+        "training.seed=7",
+        "--cache",
+        str(cache),
+        "--fold",
+        "1",
+        "--out",
+        str(other),
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with pytest.raises(DataError, match="not folds of one run"):
         merge_folds([tmp_path / "job-0", other], tmp_path / "bad")
@@ -214,8 +273,23 @@ def test_lightning_starts_the_second_process_itself_for_every_fold(subset, tmp_p
     # finds its rank in the environment and must neither refuse the existing run directory
     # nor write files; both folds train in two processes and rank 0 evaluates.
     run = tmp_path / "run"
-    proc = _cli("train", "--data", str(subset), "--recipe", "esc50-lh", *_recipe_args(one_epoch), "--out", str(run),
-                "--cache", str(tmp_path / "cache"), "--devices", "2", "--strategy", "ddp", "--no-progress")
+    proc = _cli(
+        "train",
+        "--data",
+        str(subset),
+        "--recipe",
+        "esc50-lh",
+        *_recipe_args(one_epoch),
+        "--out",
+        str(run),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [json.loads((run / f"fold-{k}" / "done.json").read_text())["processes"] for k in (0, 1)] == [2, 2]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -224,6 +298,7 @@ def test_lightning_starts_the_second_process_itself_for_every_fold(subset, tmp_p
 
 
 # --- the shard policy of the library ----------------------------------------------------------
+
 
 def test_parse_shard_reads_i_of_n_and_names_a_bad_value():
     from soundtag.distributed import parse_shard
@@ -265,8 +340,9 @@ def test_extract_features_takes_its_shard_from_the_launcher_unless_told_all(subs
     assert (summary.clips, summary.computed) == (2, 2)
     assert set(store.entries) == {clip_key(c.path) for c in list(manifest)[1::2]}
     assert summary.failures_csv.name == "failures-shard-1-of-2.csv"
-    store, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False,
-                                      shard="all")
+    store, summary = extract_features(
+        manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False, shard="all"
+    )
     assert (summary.clips, summary.computed, summary.cached) == (5, 3, 2)
     assert set(store.entries) == {clip_key(c.path) for c in manifest}
     assert summary.failures_csv.name == "failures.csv"
@@ -274,8 +350,7 @@ def test_extract_features_takes_its_shard_from_the_launcher_unless_told_all(subs
     monkeypatch.delenv("WORLD_SIZE")
     _, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False)
     assert (summary.clips, summary.cached) == (5, 5) and summary.failures_csv.name == "failures.csv"
-    _, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False,
-                                  shard=(0, 3))
+    _, summary = extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False, shard=(0, 3))
     assert (summary.clips, summary.cached) == (2, 2) and summary.failures_csv.name == "failures-shard-0-of-3.csv"
     with pytest.raises(ParameterError, match="3/3"):
         extract_features(manifest, recipe, cache_dir=tmp_path / "c", workers=0, progress=False, shard="3/3")
@@ -297,24 +372,47 @@ def test_loss_masking_under_ddp_reaches_each_processs_loss_and_spares_verified_c
     cache = tmp_path / "cache"  # processes started together need the features first
     extract_features(read_manifest(subset), load_recipe("esc50-lh", base), cache_dir=cache, workers=0, progress=False)
     weights = {}
-    for name, strategy, verified in (("plain", "none", lambda i: 1), ("verified", "mask", lambda i: 1),
-                                     ("half", "mask", lambda i: i % 2)):
+    for name, strategy, verified in (
+        ("plain", "none", lambda i: 1),
+        ("verified", "mask", lambda i: 1),
+        ("half", "mask", lambda i: i % 2),
+    ):
         data = tmp_path / f"{name}.csv"
         with open(data, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=[*rows[0], "manually_verified"])
             writer.writeheader()
             writer.writerows({**row, "manually_verified": verified(i)} for i, row in enumerate(rows))
         run = tmp_path / name
-        proc = _cli("train", "--data", str(data), "--recipe", "esc50-lh",
-                    *_recipe_args([*base, f"training.noise.strategy={strategy}"]), "--out", str(run),
-                    "--cache", str(cache), "--fold", "0", "--devices", "2", "--strategy", "ddp",
-                    "--no-progress", launcher=_torchrun(2))
+        proc = _cli(
+            "train",
+            "--data",
+            str(data),
+            "--recipe",
+            "esc50-lh",
+            *_recipe_args([*base, f"training.noise.strategy={strategy}"]),
+            "--out",
+            str(run),
+            "--cache",
+            str(cache),
+            "--fold",
+            "0",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--no-progress",
+            launcher=_torchrun(2),
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         done = json.loads((run / "fold-0" / "done.json").read_text())
         assert done["processes"] == 2
         assert sorted(done["clips"]) == sorted(c.id for c in read_manifest(data) if c.fold == 1)
         weights[name] = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert all(torch.equal(w, weights["verified"][k]) for k, w in weights["plain"].items()), \
+    assert all(torch.equal(w, weights["verified"][k]) for k, w in weights["plain"].items()), (
         "a fully verified run must not be touched by masking"
-    assert any(not torch.equal(weights["verified"][k], weights["half"][k]) for k in weights["verified"]
-               if weights["verified"][k].is_floating_point())
+    )
+    assert any(
+        not torch.equal(weights["verified"][k], weights["half"][k])
+        for k in weights["verified"]
+        if weights["verified"][k].is_floating_point()
+    )

@@ -48,23 +48,31 @@ def _random(rng, n: int, c: int, *, decimals: int | None = None) -> tuple[np.nda
 
 # --- lwlrap --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("targets, probs, expected", [
-    ([[1, 0, 1]], [[0.9, 0.8, 0.1]], (1 + 2 / 3) / 2),                # ranks 1 and 3
-    ([[1, 0, 1]], [[0.2, 0.9, 0.1]], (1 / 2 + 2 / 3) / 2),            # ranks 2 and 3
-    # Ties count against: label 0 tied with a wrong label has rank 2, whatever the class order.
-    ([[1, 0, 1]], [[0.5, 0.5, 0.1]], (1 / 2 + 2 / 3) / 2),
-    ([[0, 1, 1]], [[0.5, 0.5, 0.1]], (1 / 2 + 2 / 3) / 2),
-    # Two true labels tied at the top: both rank 2 with 2 hits.
-    ([[1, 1, 0]], [[0.7, 0.7, 0.1]], 1.0),
-    # All four tied: each true label has rank 4 with 2 hits above or level.
-    ([[1, 0, 0, 1]], [[0.25, 0.25, 0.25, 0.25]], 0.5),
-    # A true label tied with a wrong one below two true ones: ranks 1, 2 and then 4 with 3 hits.
-    ([[1, 1, 1, 0]], [[0.9, 0.8, 0.3, 0.3]], (1 + 1 + 3 / 4) / 3),
-    # Label-weighted, not clip-weighted (that would be (1 + (1/2 + 2/3) / 2) / 2): the 3 true
-    # labels count once each, and the clip without a label is left out.
-    ([[1, 0, 0], [0, 1, 1], [0, 0, 0]], [[0.9, 0.1, 0.0], [0.9, 0.5, 0.1], [0.3, 0.3, 0.3]], (1 + 1 / 2 + 2 / 3) / 3),
-    ([[0, 1, 0], [1, 0, 1]], [[0.9, 0.1, 0.0], [0.1, 0.5, 0.9]], (1 / 2 + 1 + 2 / 3) / 3),
-])
+
+@pytest.mark.parametrize(
+    "targets, probs, expected",
+    [
+        ([[1, 0, 1]], [[0.9, 0.8, 0.1]], (1 + 2 / 3) / 2),  # ranks 1 and 3
+        ([[1, 0, 1]], [[0.2, 0.9, 0.1]], (1 / 2 + 2 / 3) / 2),  # ranks 2 and 3
+        # Ties count against: label 0 tied with a wrong label has rank 2, whatever the class order.
+        ([[1, 0, 1]], [[0.5, 0.5, 0.1]], (1 / 2 + 2 / 3) / 2),
+        ([[0, 1, 1]], [[0.5, 0.5, 0.1]], (1 / 2 + 2 / 3) / 2),
+        # Two true labels tied at the top: both rank 2 with 2 hits.
+        ([[1, 1, 0]], [[0.7, 0.7, 0.1]], 1.0),
+        # All four tied: each true label has rank 4 with 2 hits above or level.
+        ([[1, 0, 0, 1]], [[0.25, 0.25, 0.25, 0.25]], 0.5),
+        # A true label tied with a wrong one below two true ones: ranks 1, 2 and then 4 with 3 hits.
+        ([[1, 1, 1, 0]], [[0.9, 0.8, 0.3, 0.3]], (1 + 1 + 3 / 4) / 3),
+        # Label-weighted, not clip-weighted (that would be (1 + (1/2 + 2/3) / 2) / 2): the 3 true
+        # labels count once each, and the clip without a label is left out.
+        (
+            [[1, 0, 0], [0, 1, 1], [0, 0, 0]],
+            [[0.9, 0.1, 0.0], [0.9, 0.5, 0.1], [0.3, 0.3, 0.3]],
+            (1 + 1 / 2 + 2 / 3) / 3,
+        ),
+        ([[0, 1, 0], [1, 0, 1]], [[0.9, 0.1, 0.0], [0.1, 0.5, 0.9]], (1 / 2 + 1 + 2 / 3) / 3),
+    ],
+)
 def test_lwlrap_known_answers(targets, probs, expected):
     assert ev.lwlrap(np.array(targets), np.array(probs)) == pytest.approx(expected, abs=1e-12)
 
@@ -90,13 +98,18 @@ def test_lwlrap_is_the_fsdkaggle2019_class_weighted_lwlrap_and_sklearns_lrap(see
     per_class, weight = _fsdkaggle2019_per_class(targets, probs)
     assert got == pytest.approx(float((per_class * weight).sum()), abs=1e-12)
     labelled = targets.sum(axis=1) > 0
-    assert got == pytest.approx(label_ranking_average_precision_score(
-        targets[labelled], probs[labelled], sample_weight=targets[labelled].sum(axis=1)), abs=1e-12)
+    assert got == pytest.approx(
+        label_ranking_average_precision_score(
+            targets[labelled], probs[labelled], sample_weight=targets[labelled].sum(axis=1)
+        ),
+        abs=1e-12,
+    )
     # Not the order of the classes: the same data with the columns reversed scores the same.
     assert ev.lwlrap(targets[:, ::-1], probs[:, ::-1]) == pytest.approx(got, abs=1e-12)
 
 
 # --- per-class precision and recall, map@k --------------------------------------------------
+
 
 def test_per_class_precision_and_recall_by_hand():
     t = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]])
@@ -108,8 +121,9 @@ def test_per_class_precision_and_recall_by_hand():
     np.testing.assert_array_equal(ev.per_class_precision(t[:3], p[:3]), [1.0, 0.5, np.nan])
     # Multi-label: a top-1 hit for any of the clip's labels.
     ml = np.array([[1, 1, 0], [0, 1, 1]])
-    np.testing.assert_array_equal(ev.per_class_recall(ml, np.array([[0.1, 0.9, 0.0], [0.1, 0.2, 0.7]])),
-                                  [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(
+        ev.per_class_recall(ml, np.array([[0.1, 0.9, 0.0], [0.1, 0.2, 0.7]])), [0.0, 0.5, 1.0]
+    )
     assert np.isnan(ev.per_class_recall(np.zeros((0, 3)), np.zeros((0, 3)))).all()
 
 

@@ -30,21 +30,21 @@ from soundtag.features import (
 )
 from soundtag.features.melspec import recipe_log_mel
 from soundtag.features.numpy_melspec import NumpyLogMel, mel_filterbank
-from soundtag.recipe import list_recipes, load_recipe
 from soundtag.manifest import read_manifest
+from soundtag.recipe import list_recipes, load_recipe
 
 librosa = pytest.importorskip("librosa")
 
 # ESC-10 clips whose decoded length is not 5.0 s (3.6 s to 7.2 s), plus a few ordinary ones.
 UNEVEN = [
-    "010 - Fire crackling/4-164661-B.ogg",   # 3.64 s
-    "007 - Helicopter/1-172649-F.ogg",       # 7.00 s
-    "010 - Fire crackling/1-17808-B.ogg",    # 7.24 s
-    "007 - Helicopter/5-177957-A.ogg",       # 5.14 s
-    "002 - Rain/4-163264-A.ogg",             # 5.10 s
-    "005 - Clock tick/4-175945-A.ogg",       # 5.08 s
-    "004 - Baby cry/2-107351-A.ogg",         # 4.96 s
-    "010 - Fire crackling/3-104632-A.ogg",   # 4.96 s
+    "010 - Fire crackling/4-164661-B.ogg",  # 3.64 s
+    "007 - Helicopter/1-172649-F.ogg",  # 7.00 s
+    "010 - Fire crackling/1-17808-B.ogg",  # 7.24 s
+    "007 - Helicopter/5-177957-A.ogg",  # 5.14 s
+    "002 - Rain/4-163264-A.ogg",  # 5.10 s
+    "005 - Clock tick/4-175945-A.ogg",  # 5.08 s
+    "004 - Baby cry/2-107351-A.ogg",  # 4.96 s
+    "010 - Fire crackling/3-104632-A.ogg",  # 4.96 s
 ]
 ORDINARY = [
     "001 - Dog bark/1-100032-A.ogg",
@@ -84,12 +84,21 @@ def native_audio(esc10_root):
 
 
 def _librosa_db(y):
-    return librosa.power_to_db(librosa.feature.melspectrogram(
-        y=y, sr=SR, n_fft=REF["n_fft"], hop_length=REF["hop_length"], n_mels=REF["n_mels"],
-        fmin=REF["fmin"], fmax=SR / 2))
+    return librosa.power_to_db(
+        librosa.feature.melspectrogram(
+            y=y,
+            sr=SR,
+            n_fft=REF["n_fft"],
+            hop_length=REF["hop_length"],
+            n_mels=REF["n_mels"],
+            fmin=REF["fmin"],
+            fmax=SR / 2,
+        )
+    )
 
 
 # --- log-mel against librosa --------------------------------------------------------------
+
 
 def test_log_mel_matches_librosa_on_real_clips(native_audio):
     lengths = {len(y) for y in native_audio.values()}
@@ -128,8 +137,17 @@ def test_batched_logmel_with_lengths_equals_each_clip_alone(native_audio):
         assert out[i].min() >= floor - 2e-3
 
 
-@pytest.mark.parametrize("sr,n_fft,n_mels,fmin", [(16000, 1024, 128, 20), (16000, 1024, 64, 20), (32000, 1024, 128, 50),
-                                                  (44100, 2560, 128, 0), (8000, 256, 40, 0), (16000, 512, 3, 0)])
+@pytest.mark.parametrize(
+    "sr,n_fft,n_mels,fmin",
+    [
+        (16000, 1024, 128, 20),
+        (16000, 1024, 64, 20),
+        (32000, 1024, 128, 50),
+        (44100, 2560, 128, 0),
+        (8000, 256, 40, 0),
+        (16000, 512, 3, 0),
+    ],
+)
 def test_banded_mel_projection_equals_the_dense_basis(sr, n_fft, n_mels, fmin):
     # The CPU product runs band by band; it must be the dense basis' product, whatever the
     # filters' widths (narrow low filters, all-zero rows at a small n_fft, very few mels).
@@ -146,12 +164,20 @@ def test_banded_mel_projection_equals_the_dense_basis(sr, n_fft, n_mels, fmin):
 def test_n_frames_is_centred_stft_count():
     assert n_frames(176400, 882) == 201
     for n, hop in [(1024, 512), (1535, 512), (1536, 512), (4000, 320), (176400, 882), (156000, 520)]:
-        frames = torch.stft(torch.zeros(n), 1024, hop, window=torch.hann_window(1024), center=True,
-                            pad_mode="constant", return_complex=True).shape[-1]
+        frames = torch.stft(
+            torch.zeros(n),
+            1024,
+            hop,
+            window=torch.hann_window(1024),
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        ).shape[-1]
         assert n_frames(n, hop) == frames == 1 + n // hop
 
 
 # --- known answers -----------------------------------------------------------------------
+
 
 def test_pure_tone_lands_in_nearest_mel_bin():
     sr, n_mels, n_fft, hop = 22050, 96, 2048, 512
@@ -171,8 +197,9 @@ def test_pure_tone_lands_in_nearest_mel_bin():
 
 @pytest.mark.parametrize("top_db", [80.0, None])
 def test_silence_is_finite_floor(top_db):
-    spec = log_mel(np.zeros(16000, dtype=np.float32), sample_rate=16000, n_fft=1024, hop_length=256,
-                   n_mels=64, top_db=top_db)
+    spec = log_mel(
+        np.zeros(16000, dtype=np.float32), sample_rate=16000, n_fft=1024, hop_length=256, n_mels=64, top_db=top_db
+    )
     assert spec.shape == (64, 1 + 16000 // 256)
     assert np.isfinite(spec).all()
     np.testing.assert_allclose(spec, 10 * np.log10(1e-10))  # -100 dB
@@ -190,11 +217,19 @@ def test_logmel_parameter_errors():
 
 # --- the log-mel of a recipe ---------------------------------------------------------------
 
+
 def _hand_built(recipe) -> dict:
     """The recipe's log-mel parameters, spelt out as the call sites used to."""
     f = recipe.features
-    return dict(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+    return dict(
+        sample_rate=recipe.audio.sample_rate,
+        n_fft=f.n_fft,
+        hop_length=f.hop_length,
+        n_mels=f.n_mels,
+        fmin=f.fmin,
+        fmax=f.fmax,
+        top_db=f.top_db,
+    )
 
 
 def test_logmel_from_the_kernel_recipe_matches_librosa_on_real_clips(native_audio):
@@ -227,8 +262,9 @@ def test_from_recipe_equals_the_hand_built_log_mel_on_a_real_clip(esc10_root, na
     # The NumPy twin (the ONNX engine's) with its own filterbank: the same spectrogram to float32
     # rounding, and identical to the hand-built NumpyLogMel.
     f = recipe.features
-    basis = mel_filterbank(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels,
-                           fmin=f.fmin, fmax=f.fmax)
+    basis = mel_filterbank(
+        sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax
+    )
     hand = NumpyLogMel(basis, n_fft=f.n_fft, hop_length=f.hop_length, top_db=f.top_db)(wav.samples)
     twin = NumpyLogMel.from_recipe(recipe)(wav.samples)
     np.testing.assert_array_equal(twin, hand)
@@ -250,15 +286,18 @@ def test_numpy_logmel_from_recipe_uses_the_basis_it_is_given(esc10_root):
 
 @pytest.mark.slow
 def test_numpy_melspec_does_not_import_torch():
-    code = ("import sys; from soundtag.recipe import load_recipe; "
-            "from soundtag.features.numpy_melspec import NumpyLogMel; "
-            "NumpyLogMel.from_recipe(load_recipe('esc50-x')); print('torch' in sys.modules)")
+    code = (
+        "import sys; from soundtag.recipe import load_recipe; "
+        "from soundtag.features.numpy_melspec import NumpyLogMel; "
+        "NumpyLogMel.from_recipe(load_recipe('esc50-x')); print('torch' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
 
 
 # --- recipes -----------------------------------------------------------------------------
+
 
 def test_builtin_recipes_load():
     names = list_recipes()
@@ -338,9 +377,9 @@ def test_unknown_recipe_suggests_nearest():
 
 # --- views: properties ---------------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(1, 3000), chunk=st.integers(1, 400), step_frac=st.floats(0.05, 1.0),
-       min_tail=st.floats(0.0, 1.0))
+@given(n=st.integers(1, 3000), chunk=st.integers(1, 400), step_frac=st.floats(0.05, 1.0), min_tail=st.floats(0.0, 1.0))
 def test_chunk_starts_properties(n, chunk, step_frac, min_tail):
     step = max(1, int(chunk * step_frac))
     starts = chunk_starts(n, chunk=chunk, step=step, min_tail=min_tail)
@@ -381,8 +420,7 @@ def test_tta_copies_are_the_chunks_rolled_the_same_in_numpy_and_torch(n):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 800), chunk=st.integers(2, 200), step_frac=st.floats(0.1, 1.0),
-       min_tail=st.floats(0.0, 1.0))
+@given(n=st.integers(1, 800), chunk=st.integers(2, 200), step_frac=st.floats(0.1, 1.0), min_tail=st.floats(0.0, 1.0))
 def test_x_chunks_properties(n, chunk, step_frac, min_tail):
     step = max(1, int(chunk * step_frac))
     spec = np.arange(3 * n, dtype=np.float32).reshape(3, n) - 100.0
@@ -391,20 +429,20 @@ def test_x_chunks_properties(n, chunk, step_frac, min_tail):
     if n < chunk:
         assert chunks.shape[0] == 1
         left = (chunk - n) // 2
-        np.testing.assert_array_equal(chunks[0, :, left:left + n], spec)
-        pad = np.concatenate([chunks[0, :, :left], chunks[0, :, left + n:]], axis=1)
+        np.testing.assert_array_equal(chunks[0, :, left : left + n], spec)
+        pad = np.concatenate([chunks[0, :, :left], chunks[0, :, left + n :]], axis=1)
         assert (pad == spec.min()).all()
         return
     starts = chunk_starts(n, chunk=chunk, step=step, min_tail=min_tail)
     assert chunks.shape[0] == len(starts)
     for c, s in zip(chunks, starts):
-        np.testing.assert_array_equal(c, spec[:, s:s + chunk])
+        np.testing.assert_array_equal(c, spec[:, s : s + chunk])
 
 
 def test_chunk_starts_docstring_numbers():
     # hand-worked: 251 frames, chunk 100, step 90 -> 0, 90; tail 251-190=61 >= 20 -> end-aligned 151
     assert chunk_starts(251, chunk=100, step=90) == [0, 90, 151]
-    assert chunk_starts(200, chunk=100, step=90) == [0, 90]   # tail 10 < 20: dropped
+    assert chunk_starts(200, chunk=100, step=90) == [0, 90]  # tail 10 < 20: dropped
     assert chunk_starts(40, chunk=100, step=90) == [0]
     assert chunk_starts(100, chunk=100, step=90) == [0]
     # the tail rule at its boundary: 20 frames == 0.2 * 100 is kept, 19 is dropped
@@ -431,8 +469,9 @@ def test_normalize_per_sample_formula():
 
 def test_feature_stats_equals_concatenation():
     rng = np.random.default_rng(1)
-    arrays = [rng.normal(-50 + 3 * i, 5 + i, size=(48, n)).astype(np.float16)
-              for i, n in enumerate([301, 17, 363, 1, 120])]
+    arrays = [
+        rng.normal(-50 + 3 * i, 5 + i, size=(48, n)).astype(np.float16) for i, n in enumerate([301, 17, 363, 1, 120])
+    ]
     arrays.append(np.full((48, 40), -100.0, dtype=np.float16))
     mean, std = feature_stats(iter(arrays))
     cat = np.concatenate([a.astype(np.float64) for a in arrays], axis=1)
@@ -444,6 +483,7 @@ def test_feature_stats_equals_concatenation():
 
 
 # --- views on real uneven clips ----------------------------------------------------------
+
 
 def test_lh_view_is_201_frames_for_every_clip(esc10_root):
     r = load_recipe("fsd2018-lh")
@@ -462,11 +502,18 @@ def test_lh_view_is_201_frames_for_every_clip(esc10_root):
         else:  # centre-padded with zeros, left pad (head - n) // 2
             padded += 1
             left = (head - len(trimmed)) // 2
-            np.testing.assert_allclose(wav.samples[left:left + len(trimmed)], trimmed, atol=1e-6)
-            assert not wav.samples[:left].any() and not wav.samples[left + len(trimmed):].any()
+            np.testing.assert_allclose(wav.samples[left : left + len(trimmed)], trimmed, atol=1e-6)
+            assert not wav.samples[:left].any() and not wav.samples[left + len(trimmed) :].any()
         f = r.features
-        spec = log_mel(wav.samples, sample_rate=r.audio.sample_rate, n_fft=f.n_fft,
-                       hop_length=f.hop_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax)
+        spec = log_mel(
+            wav.samples,
+            sample_rate=r.audio.sample_rate,
+            n_fft=f.n_fft,
+            hop_length=f.hop_length,
+            n_mels=f.n_mels,
+            fmin=f.fmin,
+            fmax=f.fmax,
+        )
         assert spec.shape == expected, rel
         assert np.isfinite(spec).all()
     assert padded >= 1  # the 3.6 s clip, at least, is shorter than the head
@@ -499,8 +546,9 @@ def test_x_and_lh_views_from_the_store_on_uneven_clips(esc10_root, esc10_subset,
         spec = store_x.get_clip(clip.path)
         assert spec.shape[0] == 48
         assert abs(spec.shape[1] - frames) <= 2, clip.id
-        chunks = x_chunks(np.asarray(spec, dtype=np.float32), chunk=rx.chunk_frames, step=rx.chunk_step,
-                          min_tail=rx.view.min_tail)
+        chunks = x_chunks(
+            np.asarray(spec, dtype=np.float32), chunk=rx.chunk_frames, step=rx.chunk_step, min_tail=rx.view.min_tail
+        )
         assert chunks.shape[1:] == (48, 300)
         near = {_hand_chunk_count(len(trimmed) + d)[1] for d in range(-tolerance, tolerance + 1, 10)}
         if len(near) == 1:

@@ -17,8 +17,10 @@ NORMALIZER = {"kind": "per_sample", "mean": None, "std": None}
 
 
 def _module(overrides, labels=("a", "b", "c")):
-    recipe = load_recipe("esc50-lh", ["training.model=vgg", "training.model_args={widths: [4, 8]}",
-                                      "training.scheduler=none", *overrides])
+    recipe = load_recipe(
+        "esc50-lh",
+        ["training.model=vgg", "training.model_args={widths: [4, 8]}", "training.scheduler=none", *overrides],
+    )
     return TaggerModule(recipe.model_dump(), list(labels), False, NORMALIZER)
 
 
@@ -46,8 +48,9 @@ def test_frozen_epochs_train_the_classifier_alone_then_everything():
 
     step(0)
     after = module.net.state_dict()
-    moved = {k for k in before if not torch.equal(before[k], after[k]) and "running" not in k
-             and "num_batches" not in k}
+    moved = {
+        k for k in before if not torch.equal(before[k], after[k]) and "running" not in k and "num_batches" not in k
+    }
     assert moved == {"classifier.weight", "classifier.bias"}
     step(1)
     assert not torch.equal(before["features.0.weight"], module.net.state_dict()["features.0.weight"])
@@ -55,12 +58,17 @@ def test_frozen_epochs_train_the_classifier_alone_then_everything():
 
 def test_events_merge_neighbouring_windows_of_a_label_above_the_threshold():
     p = lambda a, b: np.array([a, b])  # noqa: E731
-    clip = ClipTags("park.wav", p(0.5, 0.5), timeline=[
-        (0.0, 1.0, p(0.9, 0.1)), (0.9, 2.0, p(0.7, 0.6)), (1.8, 3.0, p(0.2, 0.4)), (2.7, 4.0, p(0.8, 0.4))])
+    clip = ClipTags(
+        "park.wav",
+        p(0.5, 0.5),
+        timeline=[(0.0, 1.0, p(0.9, 0.1)), (0.9, 2.0, p(0.7, 0.6)), (1.8, 3.0, p(0.2, 0.4)), (2.7, 4.0, p(0.8, 0.4))],
+    )
     rows = to_events_csv([clip], ["bird", "car"], 0.5, timeline=True).strip().splitlines()
-    assert rows == ["file,start,end,label,probability",
-                    "park.wav,0.00,2.00,bird,0.900000",
-                    "park.wav,0.90,2.00,car,0.600000",
-                    "park.wav,2.70,4.00,bird,0.800000"]
+    assert rows == [
+        "file,start,end,label,probability",
+        "park.wav,0.00,2.00,bird,0.900000",
+        "park.wav,0.90,2.00,car,0.600000",
+        "park.wav,2.70,4.00,bird,0.800000",
+    ]
     whole = to_events_csv([clip], ["bird", "car"], 0.5, timeline=False).strip().splitlines()
     assert whole == ["file,start,end,label,probability", "park.wav,,,bird,0.500000", "park.wav,,,car,0.500000"]

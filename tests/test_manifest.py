@@ -45,6 +45,7 @@ def _tiny_wav(path: Path, sr: int = 8000) -> Path:
 
 # --- ESC-50 -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def esc50(esc50_root):
     return read_manifest(esc50_root)
@@ -110,12 +111,10 @@ def test_esc50_source_groups_do_not_leak_across_folds(esc50, esc50_rows):
     per_class: dict[tuple, set] = defaultdict(set)
     for c in esc50:
         per_class[(c.group, c.labels)].add(c.fold)
-    assert all(len(f) == 1 for f in per_class.values()), {
-        k: v for k, v in per_class.items() if len(v) > 1}
+    assert all(len(f) == 1 for f in per_class.values()), {k: v for k, v in per_class.items() if len(v) > 1}
     for group, folds in got.items():
         if len(folds) > 1:  # a cross-fold src_file only joins clips of different classes
-            labels_by_fold = {f: {c.labels for c in esc50 if c.group == group and c.fold == f}
-                              for f in folds}
+            labels_by_fold = {f: {c.labels for c in esc50 if c.group == group and c.fold == f} for f in folds}
             seen = [lab for labs in labels_by_fold.values() for lab in labs]
             assert len(seen) == len(set(seen)), (group, labels_by_fold)
 
@@ -132,9 +131,11 @@ def _write_esc50_like(root: Path, rows: list[tuple], present: set[str]) -> Path:
 
 
 def test_esc50_esc10_only_reports_the_csv_row_of_a_missing_file(tmp_path):
-    rows = [("1-1-A-0.wav", 1, 0, "dog", "False", "1", "A"),   # CSV row 2, skipped
-            ("1-2-A-1.wav", 1, 1, "rooster", "True", "2", "A"),  # row 3
-            ("1-3-A-1.wav", 1, 1, "rooster", "True", "3", "A")]  # row 4, file missing
+    rows = [
+        ("1-1-A-0.wav", 1, 0, "dog", "False", "1", "A"),  # CSV row 2, skipped
+        ("1-2-A-1.wav", 1, 1, "rooster", "True", "2", "A"),  # row 3
+        ("1-3-A-1.wav", 1, 1, "rooster", "True", "3", "A"),
+    ]  # row 4, file missing
     root = _write_esc50_like(tmp_path / "esc", rows, {"1-1-A-0.wav", "1-2-A-1.wav"})
     with pytest.raises(ManifestError) as err:
         read_manifest(root, esc10_only=True)
@@ -144,6 +145,7 @@ def test_esc50_esc10_only_reports_the_csv_row_of_a_missing_file(tmp_path):
 
 
 # --- ESC-10, original release layout ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def esc10(esc10_root):
@@ -181,6 +183,7 @@ def test_esc10_folds_groups_and_labels_match_its_csv(esc10, esc10_root):
 
 # --- FSDKaggle2018 ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fsd_rows(fsd2018_root):
     return _rows(fsd2018_root / "train.csv")
@@ -210,8 +213,7 @@ def test_fsdkaggle2018_reports_every_missing_file_at_once(fsd2018_root, fsd_rows
     problems = err.value.problems
     assert len(problems) == len(fsd_rows) == 9473
     assert all("missing file" in p.message for p in problems)
-    assert [p.where for p in problems] == [f"row {i} ({r['fname']})"
-                                           for i, r in enumerate(fsd_rows, start=2)]
+    assert [p.where for p in problems] == [f"row {i} ({r['fname']})" for i, r in enumerate(fsd_rows, start=2)]
     assert f"{len(fsd_rows)} problem(s)" in str(err.value)
     assert isinstance(err.value, DataError)
 
@@ -257,16 +259,14 @@ def test_fsdkaggle2018_small_copy_lists_every_problem_with_its_row(tmp_path, fsd
 
 # --- generic CSV ----------------------------------------------------------------------------
 
+
 def test_generic_csv_resolves_paths_and_splits_labels(tmp_path, monkeypatch):
     data = tmp_path / "data"
     _tiny_wav(data / "a.wav")
     _tiny_wav(data / "sub" / "b.wav")
     elsewhere = _tiny_wav(tmp_path / "other" / "c.wav")
     csv_path = data / "list.csv"
-    csv_path.write_text("path,labels,fold\n"
-                        "a.wav,dog,1\n"
-                        'sub/b.wav,"dog, bark",2\n'
-                        f"{elsewhere},cat,3\n")
+    csv_path.write_text(f'path,labels,fold\na.wav,dog,1\nsub/b.wav,"dog, bark",2\n{elsewhere},cat,3\n')
     monkeypatch.chdir(tmp_path / "other")  # relative paths are the CSV's, not the cwd's
     assert detect_layout(csv_path) == "csv"
     m = read_manifest(csv_path)
@@ -331,6 +331,7 @@ def test_generic_csv_short_row_is_a_reported_problem(tmp_path):
 
 # --- folders, multi-label CSV, jsonl --------------------------------------------------------
 
+
 def test_folder_per_class_tree(tmp_path):
     root = tmp_path / "tree"
     for rel in ["dog/d1.wav", "dog/d2.flac", "cat/deep/c1.wav", ".hidden/h.wav"]:
@@ -356,10 +357,12 @@ def test_multilabel_csv_fsd50k_style(tmp_path):
     _tiny_wav(root / "102.wav")
     _tiny_wav(root / "103.flac")
     csv_path = root / "dev.csv"
-    csv_path.write_text("fname,labels,mids,split\n"
-                        '101,"Bark,Dog","/m/05tny_,/m/0bt9lr",train\n'
-                        "102,Meow,/m/07qrkrw,val\n"
-                        "103.flac,Dog,/m/0bt9lr,val\n")
+    csv_path.write_text(
+        "fname,labels,mids,split\n"
+        '101,"Bark,Dog","/m/05tny_,/m/0bt9lr",train\n'
+        "102,Meow,/m/07qrkrw,val\n"
+        "103.flac,Dog,/m/0bt9lr,val\n"
+    )
     assert detect_layout(csv_path) == "multilabel-csv"
     m = read_manifest(csv_path)
     assert m.ids == ["101.wav", "102.wav", "103.flac"]
@@ -392,15 +395,26 @@ def test_jsonl_round_trip(tmp_path, esc10):
 
 
 def test_jsonl_round_trip_multilabel(tmp_path):
-    clips = [Clip(id="a", path=str(_tiny_wav(tmp_path / "a.wav")), labels=("x", "y"), fold=3,
-                  manually_verified=True, group="g1", duration=0.01, sample_rate=8000),
-             Clip(id="b", path=str(_tiny_wav(tmp_path / "b.wav")), labels=("y",))]
+    clips = [
+        Clip(
+            id="a",
+            path=str(_tiny_wav(tmp_path / "a.wav")),
+            labels=("x", "y"),
+            fold=3,
+            manually_verified=True,
+            group="g1",
+            duration=0.01,
+            sample_rate=8000,
+        ),
+        Clip(id="b", path=str(_tiny_wav(tmp_path / "b.wav")), labels=("y",)),
+    ]
     m = Manifest.build(clips, labels=["y", "x"], name="tiny")
     back = read_manifest(m.to_jsonl(tmp_path / "tiny.jsonl"))
     assert back.clips == m.clips and back.labels == ("y", "x") and back.multilabel
 
 
 # --- layouts ----------------------------------------------------------------------------------
+
 
 def test_detect_layout_of_a_missing_path(tmp_path):
     missing = tmp_path / "no" / "such"
@@ -418,6 +432,7 @@ def test_get_layout_suggests_the_nearest_name():
 
 
 # --- Manifest bookkeeping -------------------------------------------------------------------
+
 
 def test_filter_returns_a_new_manifest(esc50):
     ids_before, len_before = list(esc50.ids), len(esc50)
@@ -470,9 +485,11 @@ def test_problems_report_unknown_and_empty_labels(rows):
 
 
 def test_filter_keeps_source_rows_for_later_problems(tmp_path):
-    rows = [("1-1-A-0.wav", 1, 0, "dog", "True", "1", "A"),      # row 2
-            ("2-2-A-0.wav", 2, 0, "dog", "True", "2", "A"),      # row 3
-            ("2-3-A-1.wav", 2, 1, "rooster", "True", "3", "A")]  # row 4, file missing
+    rows = [
+        ("1-1-A-0.wav", 1, 0, "dog", "True", "1", "A"),  # row 2
+        ("2-2-A-0.wav", 2, 0, "dog", "True", "2", "A"),  # row 3
+        ("2-3-A-1.wav", 2, 1, "rooster", "True", "3", "A"),
+    ]  # row 4, file missing
     root = _write_esc50_like(tmp_path / "esc", rows, {"1-1-A-0.wav", "2-2-A-0.wav"})
     fold2 = read_manifest(root, check_files=False).filter(lambda c: c.fold == 2)
     (problem,) = fold2.problems()
@@ -481,17 +498,13 @@ def test_filter_keeps_source_rows_for_later_problems(tmp_path):
 
 # --- every problem at once, parse errors included ---------------------------------------------
 
+
 def _four_problem_csv(tmp_path: Path) -> Path:
     """A CSV with a duplicated id (row 3), a missing file (4), an empty label (5), fold=x (6)."""
     for name in ("a.wav", "b.wav", "c.wav"):
         _tiny_wav(tmp_path / name)
     csv_path = tmp_path / "clips.csv"
-    csv_path.write_text("path,labels,fold\n"
-                        "a.wav,dog,1\n"
-                        "a.wav,dog,2\n"
-                        "gone.wav,cat,1\n"
-                        "b.wav,,1\n"
-                        "c.wav,cat,x\n")
+    csv_path.write_text("path,labels,fold\na.wav,dog,1\na.wav,dog,2\ngone.wav,cat,1\nb.wav,,1\nc.wav,cat,x\n")
     return csv_path
 
 
@@ -501,8 +514,11 @@ def test_a_bad_fold_is_reported_with_every_other_problem_in_row_order(tmp_path):
         read_manifest(csv_path)
     problems = err.value.problems
     assert [(p.where, p.message.split(" ")[0]) for p in problems] == [
-        ("row 3 (a.wav)", "duplicated"), ("row 4 (gone.wav)", "missing"),
-        ("row 5 (b.wav)", "empty"), ("row 6 (c.wav)", "fold='x'")]
+        ("row 3 (a.wav)", "duplicated"),
+        ("row 4 (gone.wav)", "missing"),
+        ("row 5 (b.wav)", "empty"),
+        ("row 6 (c.wav)", "fold='x'"),
+    ]
     assert str(tmp_path / "gone.wav") in problems[1].message
     assert "4 problem(s)" in str(err.value) and str(csv_path) in str(err.value)
     # Without the file check the three others remain.
@@ -526,30 +542,37 @@ def test_data_check_reports_all_four_problems_and_exits_non_zero(tmp_path, sound
 def test_rows_after_a_skipped_row_keep_their_numbers(tmp_path):
     _tiny_wav(tmp_path / "a.wav")
     csv_path = tmp_path / "clips.csv"
-    csv_path.write_text("path,labels,fold,manually_verified\n"
-                        "a.wav,dog,1,1\n"
-                        ",dog,y,maybe\n"       # row 3: no path, and two bad cells
-                        "gone.wav,dog,2,0\n")  # row 4: the clip after the skipped row
+    csv_path.write_text(
+        "path,labels,fold,manually_verified\n"
+        "a.wav,dog,1,1\n"
+        ",dog,y,maybe\n"  # row 3: no path, and two bad cells
+        "gone.wav,dog,2,0\n"
+    )  # row 4: the clip after the skipped row
     with pytest.raises(ManifestError) as err:
         read_manifest(csv_path)
     assert [(p.where, p.message) for p in err.value.problems] == [
         ("row 3", "fold='y' is not an integer"),
         ("row 3", "manually_verified='maybe' is not 0/1/true/false"),
         ("row 3", "empty path"),
-        ("row 4 (gone.wav)", f"missing file {tmp_path / 'gone.wav'}")]
+        ("row 4 (gone.wav)", f"missing file {tmp_path / 'gone.wav'}"),
+    ]
 
 
 def test_esc50_short_row_and_bad_fold_are_problems_not_a_crash(tmp_path):
-    rows = [("1-1-A-0.wav", 1, 0, "dog", "True", "1", "A"),       # row 2
-            ("1-2-A-0.wav", "one", 0, "dog", "True", "2", "A"),   # row 3: fold
-            ("1-3-A-0.wav", 1),                                   # row 4: no target, no category
-            ("1-4-A-0.wav", 1, 0, "dog", "True", "4", "A")]       # row 5: file missing
+    rows = [
+        ("1-1-A-0.wav", 1, 0, "dog", "True", "1", "A"),  # row 2
+        ("1-2-A-0.wav", "one", 0, "dog", "True", "2", "A"),  # row 3: fold
+        ("1-3-A-0.wav", 1),  # row 4: no target, no category
+        ("1-4-A-0.wav", 1, 0, "dog", "True", "4", "A"),
+    ]  # row 5: file missing
     root = _write_esc50_like(tmp_path / "esc", rows, {"1-1-A-0.wav", "1-2-A-0.wav", "1-3-A-0.wav"})
     with pytest.raises(ManifestError) as err:
         read_manifest(root)
     assert [(p.where, p.message.split(" is ")[0]) for p in err.value.problems] == [
-        ("row 3 (1-2-A-0.wav)", "fold='one'"), ("row 4 (1-3-A-0.wav)", "target=None"),
-        ("row 5 (1-4-A-0.wav)", f"missing file {root / 'audio' / '1-4-A-0.wav'}")]
+        ("row 3 (1-2-A-0.wav)", "fold='one'"),
+        ("row 4 (1-3-A-0.wav)", "target=None"),
+        ("row 5 (1-4-A-0.wav)", f"missing file {root / 'audio' / '1-4-A-0.wav'}"),
+    ]
 
 
 def test_multilabel_csv_unknown_split_is_reported_with_the_rest(tmp_path):
@@ -559,10 +582,13 @@ def test_multilabel_csv_unknown_split_is_reported_with_the_rest(tmp_path):
     with pytest.raises(ManifestError) as err:
         read_manifest(csv_path)
     assert [(p.where, p.message.split(" ")[0]) for p in err.value.problems] == [
-        ("row 3 (b.wav)", "split='valid'"), ("row 3 (b.wav)", "missing")]
+        ("row 3 (b.wav)", "split='valid'"),
+        ("row 3 (b.wav)", "missing"),
+    ]
 
 
 # --- decoding every file (data check --decode) -----------------------------------------------
+
 
 @pytest.fixture
 def broken_clips(esc10_root, tmp_path) -> tuple[Path, dict[str, str]]:
@@ -570,22 +596,29 @@ def broken_clips(esc10_root, tmp_path) -> tuple[Path, dict[str, str]]:
 
     Returns the CSV and, per broken file, the words its problem must hold.
     """
-    dog, rain = esc10_root / "audio" / "001 - Dog bark" / "1-100032-A.ogg", esc10_root / "audio" / "002 - Rain" / "1-17367-A.ogg"
+    dog, rain = (
+        esc10_root / "audio" / "001 - Dog bark" / "1-100032-A.ogg",
+        esc10_root / "audio" / "002 - Rain" / "1-17367-A.ogg",
+    )
     folder = tmp_path / "clips"
     folder.mkdir()
     (folder / "dog.ogg").write_bytes(dog.read_bytes())
     samples, rate = sf.read(rain, dtype="float32")
     sf.write(folder / "rain.flac", samples, rate)
     flac = (folder / "rain.flac").read_bytes()
-    (folder / "cut.flac").write_bytes(flac[: len(flac) // 2])   # its header promises all 5 s
+    (folder / "cut.flac").write_bytes(flac[: len(flac) // 2])  # its header promises all 5 s
     (folder / "empty.wav").write_bytes(b"")
     (folder / "notes.wav").write_text("this is not audio\n" * 20)
     sf.write(folder / "nothing.wav", np.zeros((0, 1), dtype=np.float32), 8000)  # a header, no samples
     names = ["dog.ogg", "rain.flac", "cut.flac", "empty.wav", "notes.wav", "nothing.wav"]
     csv_path = folder / "clips.csv"
     csv_path.write_text("path,labels\n" + "".join(f"{n},{'dog' if n == 'dog.ogg' else 'rain'}\n" for n in names))
-    expected = {"cut.flac": "cannot decode", "empty.wav": "the file is empty (0 bytes)",
-                "notes.wav": "Format not recognised", "nothing.wav": "holds no audio samples"}
+    expected = {
+        "cut.flac": "cannot decode",
+        "empty.wav": "the file is empty (0 bytes)",
+        "notes.wav": "Format not recognised",
+        "nothing.wav": "holds no audio samples",
+    }
     return csv_path, expected
 
 
@@ -601,8 +634,12 @@ def test_header_probe_passes_files_that_do_not_decode(broken_clips):
 def test_decode_problems_name_every_broken_file_and_only_those(broken_clips):
     csv_path, expected = broken_clips
     problems = read_manifest(csv_path).decode_problems(workers=2)
-    assert [p.where for p in problems] == ["row 4 (cut.flac)", "row 5 (empty.wav)", "row 6 (notes.wav)",
-                                           "row 7 (nothing.wav)"]
+    assert [p.where for p in problems] == [
+        "row 4 (cut.flac)",
+        "row 5 (empty.wav)",
+        "row 6 (notes.wav)",
+        "row 7 (nothing.wav)",
+    ]
     for p, (name, words) in zip(problems, expected.items()):
         assert str(csv_path.parent / name) in p.message and words in p.message, p
 

@@ -22,14 +22,14 @@ def _batch(n=12, classes=5, seed=0):
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 1.0])
 def test_masking_leaves_out_exactly_the_fraction_of_untrusted_samples_with_the_largest_loss(fraction):
     logits, y = _batch(16)
-    trusted = torch.tensor([i % 4 == 0 for i in range(16)])          # 4 verified, 12 not
+    trusted = torch.tensor([i % 4 == 0 for i in range(16)])  # 4 verified, 12 not
     losses = noise.plain_loss(logits, y, False)
     keep = noise.loss_mask(losses, trusted, fraction)
     assert keep[trusted].all(), "a verified sample is never masked"
     dropped = torch.nonzero(~keep).flatten()
     assert len(dropped) == round(fraction * 12)
     kept_untrusted = losses[~trusted & keep]
-    if len(dropped) and len(kept_untrusted):   # the dropped are the largest untrusted losses
+    if len(dropped) and len(kept_untrusted):  # the dropped are the largest untrusted losses
         assert losses[dropped].min() >= kept_untrusted.max()
 
 
@@ -58,7 +58,7 @@ def test_masking_waits_for_its_warm_up():
 def test_multilabel_masking_ranks_each_label_apart():
     losses = torch.tensor([[9.0, 0.1], [0.2, 8.0], [0.3, 0.4], [7.0, 7.0]])
     trusted = torch.tensor([False, False, False, True])
-    keep = noise.loss_mask(losses, trusted, 1 / 3)                    # 1 of 3 untrusted rows per label
+    keep = noise.loss_mask(losses, trusted, 1 / 3)  # 1 of 3 untrusted rows per label
     assert keep.tolist() == [[False, True], [True, False], [True, True], [True, True]]
 
 
@@ -68,9 +68,9 @@ def test_robust_losses_match_their_definitions_and_limits():
     torch.testing.assert_close(ce, F.cross_entropy(logits, y, reduction="none"))
     p = torch.softmax(logits, 1)
     p_y = (p * y).sum(1)
-    torch.testing.assert_close(noise.gce_loss(logits, y, False, q=1.0), 1 - p_y)          # q = 1: MAE
+    torch.testing.assert_close(noise.gce_loss(logits, y, False, q=1.0), 1 - p_y)  # q = 1: MAE
     torch.testing.assert_close(noise.gce_loss(logits, y, False, q=1e-4), ce, rtol=1e-3, atol=1e-3)  # q -> 0: CE
-    rce = -np.log(1e-4) * (1 - p_y)                                   # one-hot: -sum_{c != y} p_c log 1e-4
+    rce = -np.log(1e-4) * (1 - p_y)  # one-hot: -sum_{c != y} p_c log 1e-4
     torch.testing.assert_close(noise.sce_loss(logits, y, False, alpha=0.1, beta=1.0), 0.1 * ce + rce)
     boot = noise.bootstrap_loss(logits, y, False, beta=0.8)
     torch.testing.assert_close(boot, -((0.8 * y + 0.2 * p.detach()) * F.log_softmax(logits, 1)).sum(1))
@@ -82,8 +82,9 @@ def test_multilabel_robust_losses_reduce_to_their_binary_forms():
     y = torch.tensor([[1.0, 0.0]])
     s = torch.sigmoid(logits)
     torch.testing.assert_close(noise.gce_loss(logits, y, True, q=1.0), torch.stack([1 - s[0, 0], s[0, 1]])[None])
-    torch.testing.assert_close(noise.plain_loss(logits, y, True),
-                               F.binary_cross_entropy_with_logits(logits, y, reduction="none"))
+    torch.testing.assert_close(
+        noise.plain_loss(logits, y, True), F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    )
 
 
 @pytest.mark.parametrize("strategy", ["gce", "sce", "bootstrap"])
@@ -93,9 +94,11 @@ def test_robust_losses_spare_trusted_samples(strategy):
     cfg = NoiseConfig(strategy=strategy)
     loss = noise.noisy_label_loss(logits, y, trusted, cfg, multilabel=False)
     ce = noise.plain_loss(logits, y, False)
-    robust = {"gce": lambda: noise.gce_loss(logits, y, False, q=cfg.gce_q),
-              "sce": lambda: noise.sce_loss(logits, y, False, alpha=cfg.sce_alpha, beta=cfg.sce_beta),
-              "bootstrap": lambda: noise.bootstrap_loss(logits, y, False, beta=cfg.bootstrap_beta)}[strategy]()
+    robust = {
+        "gce": lambda: noise.gce_loss(logits, y, False, q=cfg.gce_q),
+        "sce": lambda: noise.sce_loss(logits, y, False, alpha=cfg.sce_alpha, beta=cfg.sce_beta),
+        "bootstrap": lambda: noise.bootstrap_loss(logits, y, False, beta=cfg.bootstrap_beta),
+    }[strategy]()
     expected = torch.where(trusted, ce, robust).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     all_trusted = noise.noisy_label_loss(logits, y, torch.ones(6, dtype=torch.bool), cfg, multilabel=False)
@@ -146,11 +149,21 @@ def test_the_trust_flag_follows_the_manifest(tmp_path):
 def test_the_training_module_carries_trust_through_mixup_into_the_loss():
     from soundtag.training.module import TaggerModule
 
-    recipe = load_recipe("esc50-cpu-lh", overrides=["training.noise.strategy=mask", "training.noise.mask_fraction=0.5",
-                                                    "training.augment.erasing.enabled=false",
-                                                    "training.augment.shift.enabled=false"])
-    module = TaggerModule(recipe.model_dump(), labels=list("abcde"), multilabel=False,
-                          normalizer={"kind": "none", "mean": None, "std": None})
+    recipe = load_recipe(
+        "esc50-cpu-lh",
+        overrides=[
+            "training.noise.strategy=mask",
+            "training.noise.mask_fraction=0.5",
+            "training.augment.erasing.enabled=false",
+            "training.augment.shift.enabled=false",
+        ],
+    )
+    module = TaggerModule(
+        recipe.model_dump(),
+        labels=list("abcde"),
+        multilabel=False,
+        normalizer={"kind": "none", "mean": None, "std": None},
+    )
     x = torch.randn(8, 1, 16, 20)
     _, y = _batch(8)
     trusted = torch.tensor([True, False] * 4)

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --- the model ------------------------------------------------------------------------------
 
+
 def test_plain_cnn_is_registered_with_about_055m_parameters():
     assert "plain-cnn" in list_models()
     model = create_model("plain-cnn", num_classes=50)
@@ -88,7 +89,11 @@ def test_plain_cnn_pooling_before_norm_is_the_same_map_where_the_norm_scales_are
     after = create_model("plain-cnn", num_classes=5, channels=[8, 16, 24]).eval()
     first = create_model("plain-cnn", num_classes=5, channels=[8, 16, 24], pool_before_norm=True).eval()
     kinds = [type(m).__name__ for m in first.features]
-    assert kinds[:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] and kinds[-3:] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert kinds[:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] and kinds[-3:] == [
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+    ]
     x = torch.randn(3, 1, 32, 40)
     _same_weights(first, after)
     torch.testing.assert_close(first(x), after(x))
@@ -100,6 +105,7 @@ def test_plain_cnn_pooling_before_norm_is_the_same_map_where_the_norm_scales_are
 
 
 # --- the recipe -----------------------------------------------------------------------------
+
 
 def test_plain_cnn_recipe_is_the_reference_baseline():
     r = load_recipe("plain-cnn-lh")
@@ -126,13 +132,14 @@ def test_plain_cnn_recipe_is_the_reference_baseline():
 
 # --- the short clips of the robustness benchmark --------------------------------------------
 
+
 def test_loudest_window_matches_brute_force_and_takes_the_earliest_tie(benchmark_module):
     loudest_window = benchmark_module("short_clips").loudest_window
     rng = np.random.default_rng(0)
     for _ in range(20):
         x = rng.normal(size=int(rng.integers(20, 200))) * rng.uniform(0, 3, size=1)
         w = int(rng.integers(1, 30))
-        energies = [np.sum(x[s:s + w] ** 2) for s in range(len(x) - w + 1)]
+        energies = [np.sum(x[s : s + w] ** 2) for s in range(len(x) - w + 1)]
         start, stop = loudest_window(x, w)
         assert stop - start == w and np.isclose(energies[start], max(energies))
     burst = np.r_[np.zeros(100), 0.5 * np.ones(20), np.zeros(50), np.ones(10), np.zeros(30)]
@@ -150,9 +157,9 @@ def test_cut_clip_picks_the_event_then_resamples(benchmark_module):
     rate = 16000
     x = np.zeros(5 * rate, np.float32)
     t = np.arange(rate // 4) / rate
-    x[3 * rate:3 * rate + len(t)] = np.sin(2 * np.pi * 440 * t)  # 0.25 s tone at 3 s
+    x[3 * rate : 3 * rate + len(t)] = np.sin(2 * np.pi * 440 * t)  # 0.25 s tone at 3 s
     cut = cut_clip(x, rate, seconds=0.5)
-    assert cut.shape == (8000,) and np.isclose(np.sum(cut ** 2), np.sum(x ** 2))
+    assert cut.shape == (8000,) and np.isclose(np.sum(cut**2), np.sum(x**2))
     low = cut_clip(x, rate, seconds=0.5, sample_rate=8000)
     assert low.shape == (4000,) and low.dtype == np.float32
 
@@ -191,8 +198,9 @@ def test_build_case_writes_flac_once_atomically_and_keeps_folds(tmp_path, benchm
 def test_smoke_subset_takes_a_handful_of_each_class_in_every_fold(esc50_root, benchmark_module):
     m = benchmark_module("short_clips").pick_subset(read_manifest(esc50_root), classes=10, per_class_per_fold=2)
     assert len(m) == 100
-    assert {(c.labels[0], c.fold) for c in m} == {(lab, f) for lab in read_manifest(esc50_root).labels[:10]
-                                                 for f in range(1, 6)}
+    assert {(c.labels[0], c.fold) for c in m} == {
+        (lab, f) for lab in read_manifest(esc50_root).labels[:10] for f in range(1, 6)
+    }
 
 
 @pytest.mark.slow
@@ -201,9 +209,23 @@ def test_robustness_benchmark_smoke_runs_end_to_end(data_root, tmp_path):
     before = doc.read_bytes() if doc.is_file() else None
     out, own_doc = tmp_path / "out", tmp_path / "bench.md"
     env = os.environ | {"SOUNDTAG_DATA": str(data_root)}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train.py"), "robustness", "--smoke",
-                           "--out", str(out), "--doc", str(own_doc)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train.py"),
+            "robustness",
+            "--smoke",
+            "--out",
+            str(out),
+            "--doc",
+            str(own_doc),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "robustness.json").read_text())
     assert report["smoke"] and "--smoke" in report["command"] and report["machine"]
@@ -233,30 +255,69 @@ def test_robustness_runs_in_parts_keep_earlier_rows_and_compare_only_equal_epoch
     bench = benchmark_module("train")
 
     def row(case, recipe, top1, minutes, scale, command):
-        return {"case": case, "recipe": recipe, "top1": top1, "top1_last_epoch": top1, "map3": top1,
-                "train_s": 60 * minutes, "features_s": 1, "epochs": 30, "sample_rate": 16000, "n_mels": 64,
-                "hop_length": 320, "view": "lh 5 s", "model": "plain-cnn", "epochs_scale": scale,
-                "command": command, "date": "2026-12-01", "machine": "m"}
+        return {
+            "case": case,
+            "recipe": recipe,
+            "top1": top1,
+            "top1_last_epoch": top1,
+            "map3": top1,
+            "train_s": 60 * minutes,
+            "features_s": 1,
+            "epochs": 30,
+            "sample_rate": 16000,
+            "n_mels": 64,
+            "hop_length": 320,
+            "view": "lh 5 s",
+            "model": "plain-cnn",
+            "epochs_scale": scale,
+            "command": command,
+            "date": "2026-12-01",
+            "machine": "m",
+        }
 
-    first = {"date": "2026-12-01", "machine": "m", "command": "c1", "smoke": False, "epochs_scale": 0.5,
-             "cases": {"a": {"description": "A", "clips": 10}}, "skipped": [],
-             "rows": [row("a", "plain-cnn-lh", 0.3, 10, 0.5, "c1"), row("a", "auto", 0.6, 4, 0.5, "c1")]}
+    first = {
+        "date": "2026-12-01",
+        "machine": "m",
+        "command": "c1",
+        "smoke": False,
+        "epochs_scale": 0.5,
+        "cases": {"a": {"description": "A", "clips": 10}},
+        "skipped": [],
+        "rows": [row("a", "plain-cnn-lh", 0.3, 10, 0.5, "c1"), row("a", "auto", 0.6, 4, 0.5, "c1")],
+    }
     results = tmp_path / "robustness.json"
     results.write_text(json.dumps(first))
-    report = {"date": "2026-12-02", "machine": "m", "command": "c2", "smoke": False, "epochs_scale": 1.0,
-              "cases": {}, "skipped": [], "rows": []}
+    report = {
+        "date": "2026-12-02",
+        "machine": "m",
+        "command": "c2",
+        "smoke": False,
+        "epochs_scale": 1.0,
+        "cases": {},
+        "skipped": [],
+        "rows": [],
+    }
     earlier = bench._earlier_rows(results, report)
     report["cases"] = dict(earlier["cases"]) | {"b": {"description": "B", "clips": 10}}
-    report["rows"] = [row("a", "auto", 0.7, 5, 1.0, "c2"), row("b", "plain-cnn-lh", 0.5, 20, 1.0, "c2"),
-                      row("b", "auto", 0.4, 10, 1.0, "c2")]
+    report["rows"] = [
+        row("a", "auto", 0.7, 5, 1.0, "c2"),
+        row("b", "plain-cnn-lh", 0.5, 20, 1.0, "c2"),
+        row("b", "auto", 0.4, 10, 1.0, "c2"),
+    ]
     merged = bench._with_earlier(report, earlier)
     assert [(r["case"], r["recipe"], r["epochs_scale"]) for r in merged["rows"]] == [
-        ("a", "auto", 1.0), ("a", "plain-cnn-lh", 0.5), ("a", "auto", 0.5), ("b", "plain-cnn-lh", 1.0),
-        ("b", "auto", 1.0)]
+        ("a", "auto", 1.0),
+        ("a", "plain-cnn-lh", 0.5),
+        ("a", "auto", 0.5),
+        ("b", "plain-cnn-lh", 1.0),
+        ("b", "auto", 1.0),
+    ]
     assert merged["commands"] == ["c2", "c1"]
     text = "\n".join(bench._robustness_doc(merged))
     assert "- a (at 0.5x epochs): `auto` at or above the baseline in no more wall time: 60.0% vs 30.0%" in text
-    assert "- b: `auto` at or above the baseline in no more wall time: 40.0% vs 50.0%, 10.0 vs 20.0 min: not met" in text
+    assert (
+        "- b: `auto` at or above the baseline in no more wall time: 40.0% vs 50.0%, 10.0 vs 20.0 min: not met" in text
+    )
     assert "- a: `auto`" not in text, "a full-scale auto row has no full-scale baseline to be judged against"
     assert "| a | auto | 16 kHz, 64 mels, hop 320, lh 5 s | plain-cnn | 30 (0.5x) |" in text
     # the same case, recipe and scale trained again replaces its row

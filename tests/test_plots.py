@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -43,19 +42,23 @@ print(json.dumps({"pyplot": "matplotlib.pyplot" in sys.modules,
 def test_plots_write_pngs_without_pyplot_or_a_backend_switch(esc10_root, tmp_path):
     clip = esc10_root / "audio" / CLIP
     assert clip.is_file(), f"test data missing: {clip}"
-    res = subprocess.run([sys.executable, "-c", SCRIPT, str(clip), str(tmp_path)], capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(clip), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     state = json.loads(res.stdout.strip().splitlines()[-1])
-    assert state == {"pyplot": False, "backend_before": state["backend_before"],
-                     "backend_after": state["backend_before"]}
+    assert state == {
+        "pyplot": False,
+        "backend_before": state["backend_before"],
+        "backend_after": state["backend_before"],
+    }
     for name in ("clip.png", "confusion.png", "curves.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
 
 
 def test_subplots_are_on_a_private_agg_canvas():
-    from soundtag.plots import save_png, subplots
+    from soundtag.plots import subplots
 
     fig, axes = subplots(2, 1, figsize=(3, 2), gridspec_kw={"height_ratios": [1, 2]})
     assert type(fig.canvas).__name__ == "FigureCanvasAgg" and len(axes) == 2

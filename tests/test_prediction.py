@@ -29,7 +29,6 @@ import soxr
 from soundtag import evaluation
 from soundtag.errors import DataError, ParameterError
 from soundtag.features import clip_key, eval_chunks, extract_features
-from soundtag.recipe import load_recipe
 from soundtag.manifest import read_manifest
 from soundtag.manifest.readers import FSDKAGGLE2018_LABELS
 from soundtag.prediction import (
@@ -48,8 +47,9 @@ from soundtag.prediction import (
 )
 from soundtag.prediction.combine import EPS, blend_loss, clip_means
 from soundtag.prediction.ensemble import load_oof_predictions
-from soundtag.prediction.tagger import read_onnx_metadata
 from soundtag.prediction.predict import predict_out_of_fold
+from soundtag.prediction.tagger import read_onnx_metadata
+from soundtag.recipe import load_recipe
 from soundtag.runs import RunDir
 from soundtag.training import train
 
@@ -71,6 +71,7 @@ def _copy_run(run: Path, dest: Path) -> Path:
 
 
 # --- fixtures: two real runs, their ONNX exports, odd files -----------------------------------
+
 
 @pytest.fixture(scope="module")
 def runs(esc10_root, tmp_path_factory, write_subset_csv, fast) -> SimpleNamespace:
@@ -100,14 +101,14 @@ def odd(esc10_root, tmp_path_factory) -> SimpleNamespace:
     assert x.ndim == 1 and sr == 44100
     f = SimpleNamespace(folder=folder, source=source)
 
-    f.stereo = folder / "stereo.wav"        # two identical channels, float: down-mixes to x exactly
+    f.stereo = folder / "stereo.wav"  # two identical channels, float: down-mixes to x exactly
     sf.write(f.stereo, np.stack([x, x], axis=1), sr, subtype="FLOAT")
     f.flac8k = folder / "low.flac"
     sf.write(f.flac8k, soxr.resample(x, sr, 8000), 8000, subtype="PCM_16")
-    f.short = folder / "short.wav"          # 0.1 s around the loudest sample
+    f.short = folder / "short.wav"  # 0.1 s around the loudest sample
     peak = int(np.argmax(np.abs(x)))
     start = max(0, min(peak - sr // 20, len(x) - sr // 10))
-    sf.write(f.short, x[start:start + sr // 10], sr)
+    sf.write(f.short, x[start : start + sr // 10], sr)
     pieces, total = [], 0
     for p in sorted(audio.glob("*/*.ogg"))[::37]:  # real clips of several classes, 40 s in all
         y, r = sf.read(p, dtype="float32")
@@ -117,7 +118,7 @@ def odd(esc10_root, tmp_path_factory) -> SimpleNamespace:
         if total >= 40 * sr:
             break
     f.long = folder / "long.wav"
-    sf.write(f.long, np.concatenate(pieces)[:40 * sr], sr)
+    sf.write(f.long, np.concatenate(pieces)[: 40 * sr], sr)
     f.silent = folder / "silent.wav"
     sf.write(f.silent, np.zeros(2 * 16000, dtype=np.float32), 16000)
     f.corrupt = folder / "corrupt.wav"
@@ -125,7 +126,7 @@ def odd(esc10_root, tmp_path_factory) -> SimpleNamespace:
     f.empty = folder / "empty.wav"
     f.empty.write_bytes(b"")
     f.missing = folder / "not-there.wav"
-    f.batch = folder / "batch"                 # a folder: two good files, a bad one, a text file
+    f.batch = folder / "batch"  # a folder: two good files, a bad one, a text file
     (f.batch / "sub").mkdir(parents=True)
     shutil.copy(f.short, f.batch / "a_short.wav")
     shutil.copy(f.flac8k, f.batch / "sub" / "b_low.flac")
@@ -135,6 +136,7 @@ def odd(esc10_root, tmp_path_factory) -> SimpleNamespace:
 
 
 # --- geometric mean and fold combination ------------------------------------------------------
+
 
 def test_geometric_mean_is_the_renormalised_exp_of_weighted_mean_logs():
     p1, p2 = [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]
@@ -159,7 +161,7 @@ def test_identical_models_leave_a_distribution_unchanged_unlike_the_old_product(
     p = np.array([[0.6, 0.3, 0.1], [0.25, 0.25, 0.5]])
     stack = np.stack([p, p, p])
     assert np.allclose(geometric_mean(stack), p, atol=1e-12)
-    old = stack.prod(axis=0)                 # the kernel's product without the root
+    old = stack.prod(axis=0)  # the kernel's product without the root
     old = old / old.sum(axis=1, keepdims=True)
     assert not np.allclose(old, p, atol=1e-2)
     assert (old.max(axis=1) > p.max(axis=1) + 0.1).all(), "the product sharpens; the root does not"
@@ -185,16 +187,22 @@ def test_multilabel_keeps_each_class_unnormalised():
 def test_combine_folds_means_chunks_per_clip_then_takes_the_geometric_mean_of_folds():
     # 6 chunks of 3 clips, in mixed order: clip 0 has 3 chunks, clip 1 one, clip 2 two.
     owner = np.array([0, 1, 0, 2, 0, 2])
-    fold_a = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1],
-                       [0.2, 0.2, 0.6], [0.6, 0.2, 0.2], [0.4, 0.2, 0.4]])
-    fold_b = np.array([[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.7, 0.1, 0.2],
-                       [0.1, 0.1, 0.8], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]])
-    means_a = [[(0.7 + 0.5 + 0.6) / 3, (0.2 + 0.4 + 0.2) / 3, (0.1 + 0.1 + 0.2) / 3],
-               [0.1, 0.8, 0.1],
-               [(0.2 + 0.4) / 2, (0.2 + 0.2) / 2, (0.6 + 0.4) / 2]]
-    means_b = [[(0.5 + 0.7 + 0.3) / 3, (0.4 + 0.1 + 0.6) / 3, (0.1 + 0.2 + 0.1) / 3],
-               [0.3, 0.3, 0.4],
-               [(0.1 + 0.2) / 2, (0.1 + 0.3) / 2, (0.8 + 0.5) / 2]]
+    fold_a = np.array(
+        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6], [0.6, 0.2, 0.2], [0.4, 0.2, 0.4]]
+    )
+    fold_b = np.array(
+        [[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.7, 0.1, 0.2], [0.1, 0.1, 0.8], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]]
+    )
+    means_a = [
+        [(0.7 + 0.5 + 0.6) / 3, (0.2 + 0.4 + 0.2) / 3, (0.1 + 0.1 + 0.2) / 3],
+        [0.1, 0.8, 0.1],
+        [(0.2 + 0.4) / 2, (0.2 + 0.2) / 2, (0.6 + 0.4) / 2],
+    ]
+    means_b = [
+        [(0.5 + 0.7 + 0.3) / 3, (0.4 + 0.1 + 0.6) / 3, (0.1 + 0.2 + 0.1) / 3],
+        [0.3, 0.3, 0.4],
+        [(0.1 + 0.2) / 2, (0.1 + 0.3) / 2, (0.8 + 0.5) / 2],
+    ]
     expected = []
     for ra, rb in zip(means_a, means_b):
         raw = [math.sqrt(x * y) for x, y in zip(ra, rb)]
@@ -208,6 +216,7 @@ def test_combine_folds_means_chunks_per_clip_then_takes_the_geometric_mean_of_fo
 
 
 # --- blend weights ----------------------------------------------------------------------------
+
 
 def _softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -245,8 +254,9 @@ def test_fit_blend_weights_gives_a_calibrated_run_the_weight_over_random_ones():
         fit_blend_weights(targets[:10], np.stack([good, random]))
 
 
-def _garbage_test_predictions(run: Path, labels: list[str], ids: list[str], given: list[str],
-                              right: bool, seed: int) -> np.ndarray:
+def _garbage_test_predictions(
+    run: Path, labels: list[str], ids: list[str], given: list[str], right: bool, seed: int
+) -> np.ndarray:
     """Write ``run/predictions/test.csv``: confidently right (or wrong) about ``given``;
     columns in reversed label order and rows shuffled, so the blend must align them."""
     rng = np.random.default_rng(seed)
@@ -256,8 +266,9 @@ def _garbage_test_predictions(run: Path, labels: list[str], ids: list[str], give
     probs = _softmax(5 * hit + rng.normal(size=(len(ids), k)))
     order = rng.permutation(len(ids))
     cols = list(reversed(range(k)))
-    Predictions([ids[i] for i in order], [labels[c] for c in cols], probs[order][:, cols],
-                [(given[i],) for i in order]).write_csv(run / "predictions" / "test.csv")
+    Predictions(
+        [ids[i] for i in order], [labels[c] for c in cols], probs[order][:, cols], [(given[i],) for i in order]
+    ).write_csv(run / "predictions" / "test.csv")
     return probs  # in ``ids`` order, ``labels`` columns
 
 
@@ -377,6 +388,7 @@ def test_ensemble_leaves_blacklisted_clips_out_of_the_fit(runs, tmp_path):
 
 # --- submissions against the real FSDKaggle2018 labels ----------------------------------------
 
+
 @pytest.fixture(scope="module")
 def fsd_train(fsd2018_root) -> list[dict]:
     path = fsd2018_root / "train.csv"
@@ -402,8 +414,15 @@ def fsd_test(fsd_train, tmp_path) -> SimpleNamespace:
         w = csv.writer(fh)
         w.writerow(["fname", "label"])
         w.writerows([f, "Laughter Hi-hat Flute"] for f in order)
-    return SimpleNamespace(rows=rows, labels=labels, probs=probs, preds=preds, order=order, sample=sample,
-                           truth={r["fname"]: r["label"] for r in rows})
+    return SimpleNamespace(
+        rows=rows,
+        labels=labels,
+        probs=probs,
+        preds=preds,
+        order=order,
+        sample=sample,
+        truth={r["fname"]: r["label"] for r in rows},
+    )
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -436,7 +455,9 @@ def test_kaggle_submission_follows_the_sample_and_names_the_three_best_labels(fs
 def test_a_clip_without_prediction_is_an_error_and_nothing_is_written(fsd_test, tmp_path):
     dropped = fsd_test.order[17]
     keep = [i for i, c in enumerate(fsd_test.preds.ids) if c != dropped]
-    partial = Predictions([fsd_test.preds.ids[i] for i in keep], fsd_test.labels, fsd_test.probs[keep], [()] * len(keep))
+    partial = Predictions(
+        [fsd_test.preds.ids[i] for i in keep], fsd_test.labels, fsd_test.probs[keep], [()] * len(keep)
+    )
     out = tmp_path / "sub.csv"
     with pytest.raises(DataError, match=dropped):
         write_submission(partial, out, fmt="kaggle", sample_submission=fsd_test.sample)
@@ -447,8 +468,9 @@ def test_a_clip_without_prediction_is_an_error_and_nothing_is_written(fsd_test, 
 
 
 def test_multilabel_submission_has_a_probability_column_per_label(fsd_test, tmp_path):
-    out = write_submission(fsd_test.preds, tmp_path / "ml.csv", fmt="kaggle-multilabel",
-                           sample_submission=fsd_test.sample)
+    out = write_submission(
+        fsd_test.preds, tmp_path / "ml.csv", fmt="kaggle-multilabel", sample_submission=fsd_test.sample
+    )
     header, rows = _read_rows(out)
     assert header == ["fname", *fsd_test.labels] and len(header) == 42
     assert [r[0] for r in rows] == fsd_test.order
@@ -469,8 +491,7 @@ def test_labels_with_spaces_become_one_word_in_the_kaggle_format(tmp_path):
 
 def test_submit_cli_round_trip(fsd_test, tmp_path, soundtag_main):
     pred_csv = fsd_test.preds.write_csv(tmp_path / "test-predictions.csv")
-    direct = write_submission(fsd_test.preds, tmp_path / "direct.csv", fmt="kaggle",
-                              sample_submission=fsd_test.sample)
+    direct = write_submission(fsd_test.preds, tmp_path / "direct.csv", fmt="kaggle", sample_submission=fsd_test.sample)
     out = tmp_path / "cli.csv"
     code, stdout, stderr = soundtag_main("submit", pred_csv, "--sample-submission", fsd_test.sample, "--out", out)
     assert code == 0, stdout + stderr
@@ -480,14 +501,16 @@ def test_submit_cli_round_trip(fsd_test, tmp_path, soundtag_main):
     partial = Predictions(fsd_test.preds.ids[1:], fsd_test.labels, fsd_test.probs[1:], [()] * 299)
     partial_csv = partial.write_csv(tmp_path / "partial.csv")
     bad_out = tmp_path / "bad.csv"
-    code, stdout, stderr = soundtag_main("submit", partial_csv, "--sample-submission", fsd_test.sample,
-                                         "--out", bad_out)
+    code, stdout, stderr = soundtag_main(
+        "submit", partial_csv, "--sample-submission", fsd_test.sample, "--out", bad_out
+    )
     assert code == 2 and "Traceback" not in stderr  # a message naming the clip, not an exception
     assert fsd_test.preds.ids[0] in _flat(stderr)
     assert not bad_out.exists()
 
 
 # --- odd input files --------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_odd_files_are_tagged_and_bad_ones_reported_one_by_one(runs, odd):
@@ -500,8 +523,18 @@ def test_odd_files_are_tagged_and_bad_ones_reported_one_by_one(runs, odd):
     bad = [odd.corrupt, odd.empty, odd.missing, odd.batch / "c_bad.wav"]
     assert [r.path for r in results] == [str(p) for p in good]
     assert [f.path for f in failures] == [str(p) for p in bad]
-    expected_order = [odd.stereo, odd.corrupt, odd.flac8k, odd.empty, odd.short, odd.missing, odd.silent,
-                      odd.batch / "a_short.wav", odd.batch / "c_bad.wav", odd.batch / "sub" / "b_low.flac"]
+    expected_order = [
+        odd.stereo,
+        odd.corrupt,
+        odd.flac8k,
+        odd.empty,
+        odd.short,
+        odd.missing,
+        odd.silent,
+        odd.batch / "a_short.wav",
+        odd.batch / "c_bad.wav",
+        odd.batch / "sub" / "b_low.flac",
+    ]
     assert [item.path for item in seen] == [str(p) for p in expected_order], "notes.txt is not audio"
     for r in results:
         assert r.probs.shape == (len(tagger.labels),) and np.isfinite(r.probs).all()
@@ -551,8 +584,18 @@ def test_timeline_windows_cover_a_long_file(runs, odd, kind):
 
 @pytest.mark.slow
 def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd, soundtag_main):
-    args = ["tag", str(runs.lh), str(odd.stereo), str(odd.corrupt), str(odd.short), str(odd.missing),
-            "--format", "json", "--top", "4"]
+    args = [
+        "tag",
+        str(runs.lh),
+        str(odd.stereo),
+        str(odd.corrupt),
+        str(odd.short),
+        str(odd.missing),
+        "--format",
+        "json",
+        "--top",
+        "4",
+    ]
     code, stdout, stderr = soundtag_main(*args)
     assert code == 1, stdout + stderr
     out = json.loads(stdout)
@@ -570,8 +613,9 @@ def test_tag_cli_prints_the_good_files_and_exits_1_for_the_bad(runs, odd, soundt
 
     # CSV timeline to a file
     out_csv = odd.folder / "timeline.csv"
-    code, stdout, stderr = soundtag_main("tag", runs.x, odd.long, "--timeline", "--format", "csv", "--top", "2",
-                                         "--out", out_csv)
+    code, stdout, stderr = soundtag_main(
+        "tag", runs.x, odd.long, "--timeline", "--format", "csv", "--top", "2", "--out", out_csv
+    )
     assert code == 0, stdout + stderr
     header, rows = _read_rows(out_csv)
     assert header == ["file", "start", "end", "rank", "label", "score"]
@@ -606,6 +650,7 @@ def test_tagger_threads_apply_while_tagging_and_leave_the_process_as_it_was(runs
 
 
 # --- ONNX export and parity -------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lh", "x"])
@@ -648,7 +693,7 @@ def test_exported_model_is_self_contained(runs, tmp_path, esc10_root, soundtag_m
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(tmp_path / "exp" / "m.onnx", elsewhere / "m.onnx")
-    shutil.rmtree(private)              # our own copy of the run, and the export folder: gone
+    shutil.rmtree(private)  # our own copy of the run, and the export folder: gone
     shutil.rmtree(tmp_path / "exp")
     model = elsewhere / "m.onnx"
     meta = read_onnx_metadata(model)
@@ -663,18 +708,32 @@ def test_exported_model_is_self_contained(runs, tmp_path, esc10_root, soundtag_m
         load_tagger(elsewhere / "junk.onnx")
 
 
-_NO_TORCH = ("import sys\n"
-             "sys.modules['torch'] = None  # any import of torch now fails\n"
-             "sys.argv = ['soundtag'] + sys.argv[1:]\n"
-             "from soundtag.cli import main\n"
-             "main()\n")
+_NO_TORCH = (
+    "import sys\n"
+    "sys.modules['torch'] = None  # any import of torch now fails\n"
+    "sys.argv = ['soundtag'] + sys.argv[1:]\n"
+    "from soundtag.cli import main\n"
+    "main()\n"
+)
 
 
 def _without_torch(*args, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="300", NO_COLOR="1", TERM="dumb", PYTHONIOENCODING="utf-8",
-               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", _NO_TORCH, *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        COLUMNS="300",
+        NO_COLOR="1",
+        TERM="dumb",
+        PYTHONIOENCODING="utf-8",
+        PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -699,6 +758,7 @@ def test_onnx_engine_tags_without_pytorch(runs, onnx_models, tmp_path, kind):
 
 # --- predicting a dataset ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemble(runs, tmp_path, soundtag_main):
     import torch
@@ -721,7 +781,7 @@ def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemb
         n_chunks.append(len(chunks))
         with torch.inference_mode():
             fold_probs = loaded.ensemble(torch.from_numpy(chunks)).numpy().astype(np.float64)
-        per_fold = fold_probs.mean(axis=1)                     # (folds, classes): chunk mean
+        per_fold = fold_probs.mean(axis=1)  # (folds, classes): chunk mean
         g = np.exp(np.log(np.clip(per_fold, EPS, 1)).mean(axis=0))
         manual.append(g / g.sum())
         arithmetic.append(per_fold.mean(axis=0))
@@ -746,18 +806,17 @@ def test_predict_dataset_covers_every_clip_once_and_matches_a_manual_fold_ensemb
 
 
 @pytest.mark.slow
-def test_out_of_fold_tta_in_training_matches_predicting_again_from_the_fold_models(runs, tmp_path, fast,
-                                                                                   soundtag_main):
+def test_out_of_fold_tta_in_training_matches_predicting_again_from_the_fold_models(runs, tmp_path, fast, soundtag_main):
     # Training rolls its out-of-fold chunks on the device with torch; predict_out_of_fold rolls
     # them in NumPy and runs the exported-model path (FoldEnsemble): two ways to the same numbers.
     recipe = load_recipe("esc50-x", fast + LEARN + ["training.tta=2"])
     run = train(runs.data, recipe, tmp_path / "x-tta", cache_dir=runs.cache, progress=False).run_dir
     stored = RunDir(run).out_of_fold()
-    again = predict_out_of_fold(run, progress=False)                     # the recipe's tta, 2
+    again = predict_out_of_fold(run, progress=False)  # the recipe's tta, 2
     assert again.manifest.ids == stored.manifest.ids
     assert np.abs(again.probs - stored.probs).max() <= 1e-4
     plain = predict_out_of_fold(run, tta=0, progress=False)
-    assert np.abs(plain.probs - stored.probs).max() > 1e-3                 # the copies changed them
+    assert np.abs(plain.probs - stored.probs).max() > 1e-3  # the copies changed them
     assert np.allclose(plain.probs.sum(axis=1), 1.0, atol=1e-5)
 
     # predict and tag default to the recipe's copies too

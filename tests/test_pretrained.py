@@ -20,13 +20,14 @@ from soundtag import audio
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.melspec import LogMel
 from soundtag.features.numpy_melspec import NumpyLogMel
-from soundtag.resolve import resolve_recipe
 from soundtag.prediction.fold_models import audioset_labels, load_pretrained
 from soundtag.prediction.tagger import load_tagger
+from soundtag.resolve import resolve_recipe
 
-PANNS_ARGS = {"panns-cnn14": dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000),
-              "panns-cnn14-16k": dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50,
-                                      fmax=8000)}
+PANNS_ARGS = {
+    "panns-cnn14": dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000),
+    "panns-cnn14-16k": dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,8 @@ def panns_models(tmp_path_factory):
     from importlib import resources
 
     (home / "panns_data" / "class_labels_indices.csv").write_bytes(
-        (resources.files("soundtag") / "data" / "audioset_labels.csv").read_bytes())
+        (resources.files("soundtag") / "data" / "audioset_labels.csv").read_bytes()
+    )
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
     try:
@@ -112,6 +114,7 @@ def _reference(ref, path, key="clipwise_output"):
 
 # --- PANNs ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("clip", ["ten", "three"])
 def test_cnn14_tags_as_the_reference_does_on_real_clips(panns_models, clips_32k, tmp_path, clip):
     ref, ckpt = _reference_checkpoint(panns_models, tmp_path)
@@ -147,7 +150,7 @@ def test_cnn14_dlm_clip_and_framewise_outputs_equal_the_reference(panns_models, 
         assert len(tags.timeline) == 1001 // 32, tagger.engine
         assert tags.timeline[0][0] == 0.0 and abs(tags.timeline[1][0] - 0.32) < 1e-9
         segments = np.stack([p for _, _, p in tags.timeline])
-        assert np.abs(segments - expected_frames[: 31 * 32: 32]).max() < 1e-4, tagger.engine
+        assert np.abs(segments - expected_frames[: 31 * 32 : 32]).max() < 1e-4, tagger.engine
         assert np.abs(tags.probs - expected_clip).max() < 1e-4, tagger.engine
 
 
@@ -174,8 +177,9 @@ def test_cnn14_through_the_command_line(panns_models, clips_32k, tmp_path, sound
     assert max(abs(t["score"] - expected[t["label"]]) for t in tags) < 1e-4
 
     # events above a threshold over time: file,start,end,label,probability
-    code, out, err = soundtag_main("tag", ckpt, "--arch", "panns-cnn14", path, "--timeline", "--format", "csv",
-                                   "--threshold", "0.5")
+    code, out, err = soundtag_main(
+        "tag", ckpt, "--arch", "panns-cnn14", path, "--timeline", "--format", "csv", "--threshold", "0.5"
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == "file,start,end,label,probability"
@@ -220,6 +224,7 @@ def test_audioset_labels_ship_with_the_package():
 
 # --- EfficientAT's front-end ------------------------------------------------------------------
 
+
 def _efficientat_reference(x: np.ndarray) -> np.ndarray:
     """EfficientAT's AugmentMelSTFT at evaluation, transcribed loop by loop in float64: the
     pre-emphasis conv1d [-0.97, 1], torch.stft (centre, reflect, symmetric Hann 800 centred in
@@ -230,9 +235,9 @@ def _efficientat_reference(x: np.ndarray) -> np.ndarray:
     padded = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect")
     window = np.zeros(n_fft)
     left = (n_fft - win) // 2
-    window[left:left + win] = [0.5 - 0.5 * np.cos(2 * np.pi * n / (win - 1)) for n in range(win)]
+    window[left : left + win] = [0.5 - 0.5 * np.cos(2 * np.pi * n / (win - 1)) for n in range(win)]
     frames = 1 + (len(padded) - n_fft) // hop
-    power = np.stack([np.abs(np.fft.rfft(padded[t * hop: t * hop + n_fft] * window)) ** 2 for t in range(frames)], 1)
+    power = np.stack([np.abs(np.fft.rfft(padded[t * hop : t * hop + n_fft] * window)) ** 2 for t in range(frames)], 1)
 
     def mel(f):
         return 1127.0 * np.log(1.0 + f / 700.0)
@@ -280,10 +285,14 @@ def test_reflect_padding_of_a_batch_equals_each_clip_alone(clips_32k):
 
 # --- fine-tuning from a released checkpoint, end to end ---------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,recipe_name", [("panns-cnn14", "panns-cnn14-ft"), ("efficientat-mn10", "efficientat-mn10-ft")])
-def test_fine_tuning_a_pretrained_checkpoint_runs_end_to_end(arch, recipe_name, subset_csv, feature_cache, tmp_path,
-                                                             soundtag_main):
+@pytest.mark.parametrize(
+    "arch,recipe_name", [("panns-cnn14", "panns-cnn14-ft"), ("efficientat-mn10", "efficientat-mn10-ft")]
+)
+def test_fine_tuning_a_pretrained_checkpoint_runs_end_to_end(
+    arch, recipe_name, subset_csv, feature_cache, tmp_path, soundtag_main
+):
     """ESC-10 clips from a random-weight checkpoint in the released layout: the head is replaced,
     the backbone starts from the file, and the run has out-of-fold metrics, an ONNX export and tags."""
     from soundtag.manifest import read_manifest
@@ -295,8 +304,9 @@ def test_fine_tuning_a_pretrained_checkpoint_runs_end_to_end(arch, recipe_name, 
     released = create_model(arch, num_classes=527)
     ckpt = tmp_path / "released.pt"
     torch.save({"model": released.state_dict()} if arch.startswith("panns") else released.state_dict(), ckpt)
-    recipe = load_recipe(recipe_name, ["training.epochs=2", "training.batch_size=8", "view.duration=1.0",
-                                       f"training.checkpoint={ckpt}"])
+    recipe = load_recipe(
+        recipe_name, ["training.epochs=2", "training.batch_size=8", "view.duration=1.0", f"training.checkpoint={ckpt}"]
+    )
     result = train(read_manifest(subset_csv), recipe, tmp_path / "run", cache_dir=feature_cache, progress=False)
     assert result.folds_trained == [0, 1]
     assert result.metrics["complete"] and result.metrics["all"]["clips"] == 40
@@ -337,8 +347,9 @@ def test_embed_writes_pre_logit_embeddings_with_the_clip_ids(clips_32k, tmp_path
     net = create_model("efficientat-mn10", num_classes=527).eval()
     torch.save(net.state_dict(), tmp_path / "mn10.pt")
     folder = clips_32k["ten"].parent
-    code, out, err = soundtag_main("embed", tmp_path / "mn10.pt", folder, "--arch", "efficientat-mn10",
-                                   "--out", tmp_path / "emb.npy")
+    code, out, err = soundtag_main(
+        "embed", tmp_path / "mn10.pt", folder, "--arch", "efficientat-mn10", "--out", tmp_path / "emb.npy"
+    )
     assert code == 0, err
     vectors = np.load(tmp_path / "emb.npy")
     rows = (tmp_path / "emb.csv").read_text().splitlines()

@@ -19,10 +19,10 @@ import soundfile as sf
 import yaml
 
 from soundtag.errors import ParameterError
-from soundtag.models import create_model
 from soundtag.manifest import read_manifest
-from soundtag.recipe import Recipe, load_recipe
 from soundtag.manifest.durations import duration_histogram, duration_summary, window_mismatch
+from soundtag.models import create_model
+from soundtag.recipe import Recipe, load_recipe
 from soundtag.recipe_auto import auto_recipe, choose_epochs, choose_model, choose_sample_rate
 from soundtag.resolve import resolve_recipe
 
@@ -86,17 +86,18 @@ def _mentions(reasons: list[str], *words: str) -> bool:
 
 # --- what auto picks, dataset by dataset ------------------------------------------------------
 
+
 def test_short_clips_at_8k(short8k):
     r, reasons = _auto(short8k)
     assert r.name == "auto" and r.view.kind == "lh"
     assert r.audio.sample_rate == 8000
-    assert r.view.duration == pytest.approx(0.9)           # p90 0.93 s to the nearest 0.1 s
+    assert r.view.duration == pytest.approx(0.9)  # p90 0.93 s to the nearest 0.1 s
     assert (r.features.n_fft, r.features.hop_length, r.features.n_mels) == (512, 80, 64)  # 40 ms -> 512; 10 ms
-    assert r.features.fmax is None                          # the Nyquist rate, 4 kHz
+    assert r.features.fmax is None  # the Nyquist rate, 4 kHz
     assert r.training.model == "vgg" and r.training.model_args == {"widths": [16, 32, 64, 128]}
     # 32 training clips x 64 mels x (7200 // 80 = 90 frames): 7.68e8 / 184320 = 4167 -> capped at 75
     assert r.training.epochs == 75
-    assert r.view.padding == "center"                       # median 0.65 s >= half of 0.9 s
+    assert r.view.padding == "center"  # median 0.65 s >= half of 0.9 s
     assert r.view.normalization == "global" and r.view.normalize_over == "sound"
     aug = r.training.augment
     assert not aug.erasing.enabled and aug.mixup.enabled
@@ -119,11 +120,11 @@ def test_short_clips_at_8k(short8k):
 
 def test_long_clips_at_44k(long44k):
     r, reasons = _auto(long44k)
-    assert r.audio.sample_rate == 32000                     # 44.1 kHz snapped down, at most 32 kHz
-    assert r.view.duration == 10.0                          # p90 30 s, capped at 10 s
+    assert r.audio.sample_rate == 32000  # 44.1 kHz snapped down, at most 32 kHz
+    assert r.view.duration == 10.0  # p90 30 s, capped at 10 s
     assert (r.features.n_fft, r.features.hop_length, r.features.n_mels) == (2048, 640, 128)
     assert r.view.padding == "center"
-    assert r.training.epochs == 75                          # 16 clips x 128 x 500 cells: 750 -> 75
+    assert r.training.epochs == 75  # 16 clips x 128 x 500 cells: 750 -> 75
     assert _mentions(reasons, "LH window 10 s", "kept within 0.5-10 s")
     assert _mentions(reasons, "sample rate 32000 Hz", "100% of clips are 44100 Hz natively")
     assert _mentions(reasons, "20 ms", "128 mels")
@@ -132,20 +133,20 @@ def test_long_clips_at_44k(long44k):
 def test_x_chunk_of_long_clips(long44k):
     r, reasons = _auto(long44k, view="x")
     assert r.name == "auto-x" and r.view.kind == "x"
-    assert r.view.duration == 4.0                           # half the median (15 s), capped at 4 s
+    assert r.view.duration == 4.0  # half the median (15 s), capped at 4 s
     assert r.view.normalization == "per_feature"
-    assert r.features.hop_length == 640                     # the LH window (10 s) sets the hop
+    assert r.features.hop_length == 640  # the LH window (10 s) sets the hop
     assert _mentions(reasons, "X chunk 4 s", "half the median")
 
 
 def test_x_chunk_never_longer_than_the_window(short8k):
     r, _ = _auto(short8k, view="x")
-    assert r.view.duration == 0.5                           # half of 0.65 s -> 0.3, floored at 0.5 s
+    assert r.view.duration == 0.5  # half of 0.65 s -> 0.3, floored at 0.5 s
 
 
 def test_mixed_rates_take_the_lower_median(mixed_rates):
     r, reasons = _auto(mixed_rates)
-    assert r.audio.sample_rate == 16000                     # 11th of 21 sorted rates
+    assert r.audio.sample_rate == 16000  # 11th of 21 sorted rates
     assert r.view.duration == 2.0
     assert (r.features.n_fft, r.features.hop_length, r.features.n_mels) == (1024, 160, 64)  # window <= 2 s: 10 ms
     assert _mentions(reasons, "sample rate 16000 Hz", "48% of clips are below it natively and are upsampled")
@@ -154,8 +155,8 @@ def test_mixed_rates_take_the_lower_median(mixed_rates):
 def test_mostly_short_clips_are_repeated(mostly_short):
     r, reasons = _auto(mostly_short)
     assert r.view.duration == 4.0
-    assert r.view.padding == "repeat"                       # median 0.5 s < half of 4 s
-    assert r.features.hop_length == 320                     # a 4 s window: 20 ms
+    assert r.view.padding == "repeat"  # median 0.5 s < half of 4 s
+    assert r.features.hop_length == 320  # a 4 s window: 20 ms
     assert _mentions(reasons, "padding repeat", "0.50 s", "repeated")
 
 
@@ -171,7 +172,7 @@ def test_plain_cnn_is_preferred_on_cpu_when_registered(short8k):
 def test_gpu_gets_a_wider_model_and_a_larger_budget(short8k):
     r, reasons = _auto(short8k, device="cuda", models=[*VGG_ONLY, "plain-cnn"])
     assert r.training.model == "vgg" and r.training.model_args == {"widths": [32, 64, 128, 256]}
-    assert r.training.epochs == 150                         # the GPU budget, capped at 150
+    assert r.training.epochs == 150  # the GPU budget, capped at 150
     assert _mentions(reasons, "GPU")
 
 
@@ -192,6 +193,7 @@ def test_unverified_clips_make_validation_verified_only(tmp_path):
 
 
 # --- overrides, validation, YAML --------------------------------------------------------------
+
 
 def test_overrides_win(short8k):
     r, reasons = _auto(short8k, overrides=["training.epochs=3", "view.duration=2.5", "audio.sample_rate=16000"])
@@ -218,7 +220,7 @@ def test_the_resolver_dispatches_auto(short8k):
     r = resolve_recipe("auto", ["training.epochs=4"], manifest=m).recipe
     assert r.name == "auto" and r.audio.sample_rate == 8000 and r.training.epochs == 4
     assert resolve_recipe("auto-x", manifest=m).recipe.view.kind == "x"
-    again = load_recipe(r, ["training.seed=7"])          # a Recipe object takes overrides too
+    again = load_recipe(r, ["training.seed=7"])  # a Recipe object takes overrides too
     assert again.training.seed == 7 and again.training.epochs == 4 and r.training.seed == 0
 
 
@@ -231,9 +233,14 @@ def test_auto_without_a_dataset_is_a_clear_error():
         load_recipe("autoo")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"view": "y"}, "view='y'"), ({"device": "tpu"}, "device='tpu'"), ({"cpu_count": 0}, "cpu_count=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"view": "y"}, "view='y'"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"cpu_count": 0}, "cpu_count=0"),
+    ],
+)
 def test_bad_arguments_name_the_value(short8k, kwargs, match):
     with pytest.raises(ParameterError, match=match):
         _auto(short8k, **kwargs)
@@ -252,19 +259,20 @@ def test_a_dataset_without_readable_headers_is_a_data_error(tmp_path):
 
 # --- the rules as pure functions ------------------------------------------------------------------
 
+
 def test_sample_rate_rule():
     assert choose_sample_rate([8000] * 19 + [44100])[0] == 8000
     assert choose_sample_rate([22050] * 3)[0] == 22050
     assert choose_sample_rate([48000])[0] == 32000
-    assert choose_sample_rate([11025])[0] == 8000           # snapped down, never up
-    assert choose_sample_rate([6000])[0] == 6000            # below every standard rate: kept
+    assert choose_sample_rate([11025])[0] == 8000  # snapped down, never up
+    assert choose_sample_rate([6000])[0] == 6000  # below every standard rate: kept
     with pytest.raises(ParameterError, match="empty"):
         choose_sample_rate([])
 
 
 def test_epoch_and_model_rules():
-    assert choose_epochs(1600, 64 * 250, "cpu", 2)[0] == 30     # the baseline's own budget
-    assert choose_epochs(1600, 64 * 250, "cpu", 4)[0] == 60     # twice the cores, twice the epochs
+    assert choose_epochs(1600, 64 * 250, "cpu", 2)[0] == 30  # the baseline's own budget
+    assert choose_epochs(1600, 64 * 250, "cpu", 4)[0] == 60  # twice the cores, twice the epochs
     assert choose_epochs(100_000, 128 * 500, "cpu", 2)[0] == 15  # many clips: the floor
     assert choose_model(9000, "gpu", VGG_ONLY)[:2] == ("vgg", {})
     assert choose_model(9000, "cpu", VGG_ONLY)[:2] == ("vgg", {"widths": [16, 32, 64, 128]})
@@ -279,17 +287,18 @@ def test_duration_distribution_helpers():
     assert sum(rows.values()) == 5
     assert "shorter than half" in window_mismatch([0.5] * 6 + [5.0] * 4, 5.0)
     assert "longer than twice" in window_mismatch([30.0] * 3, 5.0)
-    assert window_mismatch([30.0] * 3, 5.0, kind="x") is None    # X chunks cover long clips
+    assert window_mismatch([30.0] * 3, 5.0, kind="x") is None  # X chunks cover long clips
     assert window_mismatch([4.0, 5.0, 6.0], 5.0) is None
 
 
 # --- the command line ---------------------------------------------------------------------------
 
+
 def test_cli_recipes_auto_prints_reasons_and_yaml(short8k, soundtag_main):
     code, out, err = soundtag_main("recipes", "auto", "--data", short8k, "-o", "training.epochs=7")
     assert code == 0, err
     assert "# sample rate 8000 Hz" in out and "# LH window 0.9 s" in out
-    data = yaml.safe_load(out)                              # the reasons are YAML comments
+    data = yaml.safe_load(out)  # the reasons are YAML comments
     assert data["name"] == "auto" and data["audio"]["sample_rate"] == 8000
     assert data["training"]["epochs"] == 7
 
@@ -338,9 +347,26 @@ def test_cli_data_check_with_a_recipe(short8k, long44k, soundtag_main):
 @pytest.mark.slow
 def test_cli_train_auto_prints_reasons_and_saves_the_resolved_recipe(short8k, tmp_path, soundtag_main):
     run = tmp_path / "run"
-    code, out, err = soundtag_main("train", "--data", short8k, "--recipe", "auto", "--out", run, "--fold", "0",
-                                   "--cache", tmp_path / "cache", "--no-progress", "-o", "training.epochs=1",
-                                   "-o", "training.model=vgg", "-o", "training.model_args={widths: [8, 16]}")
+    code, out, err = soundtag_main(
+        "train",
+        "--data",
+        short8k,
+        "--recipe",
+        "auto",
+        "--out",
+        run,
+        "--fold",
+        "0",
+        "--cache",
+        tmp_path / "cache",
+        "--no-progress",
+        "-o",
+        "training.epochs=1",
+        "-o",
+        "training.model=vgg",
+        "-o",
+        "training.model_args={widths: [8, 16]}",
+    )
     assert code == 0, err
     assert "auto recipe: sample rate 8000 Hz" in out and "auto recipe: overrides applied last" in out
     saved = load_recipe(run / "recipe.yaml")
@@ -351,10 +377,18 @@ def test_cli_train_auto_prints_reasons_and_saves_the_resolved_recipe(short8k, tm
 def test_the_data_line_names_channels_where_the_manifest_has_them():
     from soundtag.recipe_auto import DataProfile, _data_line
 
-    p = DataProfile(name="d", clips=4, labels=2, multilabel=False, folds=None, durations=(1.0, 1.0, 2.0),
-                    rates=(16000, 16000, 8000), channels=(1, 1, 2))
+    p = DataProfile(
+        name="d",
+        clips=4,
+        labels=2,
+        multilabel=False,
+        folds=None,
+        durations=(1.0, 1.0, 2.0),
+        rates=(16000, 16000, 8000),
+        channels=(1, 1, 2),
+    )
     line = _data_line(p)
     assert "channels 1 (67%), 2 (33%)" in line
     assert "native rates 16000 Hz (67%), 8000 Hz (33%)" in line
     assert "1 file(s) without a readable header" in line
-    assert p.train_clips == 3                               # 5 folds when the data gives none: 4 * 4/5
+    assert p.train_clips == 3  # 5 folds when the data gives none: 4 * 4/5

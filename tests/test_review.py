@@ -22,12 +22,20 @@ import soundfile as sf
 from soundtag.cleaning import review
 from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_COLUMNS
 from soundtag.cleaning.review import create_app, running
-from soundtag.recipe import load_recipe
 from soundtag.manifest import Manifest
+from soundtag.recipe import load_recipe
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +77,7 @@ def raw_get(url: str, target: str) -> int:
 
 
 # --- serving clips ---------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_audio_is_the_clip_decoded_to_wav(server, manifest):
@@ -120,6 +129,7 @@ def test_state_and_clip_info(server, run_dir):
 
 # --- paths outside the manifest --------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_paths_outside_the_manifest_are_404_and_read_nothing(server, run_dir, manifest, monkeypatch):
     _, url = server
@@ -145,16 +155,25 @@ def test_paths_outside_the_manifest_are_404_and_read_nothing(server, run_dir, ma
         "/api/clips/%252e%252e%252fetc%252fpasswd/audio",
         "/api/clips//etc/passwd/audio",
         "/api/clips/%2Fetc%2Fpasswd/audio",
-        f"/api/clips/{quote(real.path, safe='')}/audio",                      # a real clip's absolute path
+        f"/api/clips/{quote(real.path, safe='')}/audio",  # a real clip's absolute path
         f"/api/clips/{quote(real.path)}/spectrogram.png",
         f"/api/clips/{quote(str(run_dir / 'manifest.jsonl'), safe='')}/audio",
-        f"/api/clips/{quote('audio/../' + real.id, safe='')}/audio",         # resolves to a real clip
+        f"/api/clips/{quote('audio/../' + real.id, safe='')}/audio",  # resolves to a real clip
         f"/api/clips/{quote(real.id.upper(), safe='')}/audio",
-        "/api/clips/dirty.csv/audio",                                         # a real file beside the audio
+        "/api/clips/dirty.csv/audio",  # a real file beside the audio
         f"/api/clips/{quote(str(data_dir / 'dirty.csv'), safe='')}/info",
-        "/static/../../../pyproject.toml", "/static/%2e%2e/%2e%2e/pyproject.toml", "/static/review.py",
-        "/static/", "/../../etc/passwd", "/etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/docs", "/redoc",
-        "/openapi.json", "/api/clips/", "/api/clips/audio",
+        "/static/../../../pyproject.toml",
+        "/static/%2e%2e/%2e%2e/pyproject.toml",
+        "/static/review.py",
+        "/static/",
+        "/../../etc/passwd",
+        "/etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/api/clips/",
+        "/api/clips/audio",
     ]
     watching.set()
     try:
@@ -170,6 +189,7 @@ def test_paths_outside_the_manifest_are_404_and_read_nothing(server, run_dir, ma
 
 
 # --- decisions -------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_bad_decisions_are_422_and_change_nothing(server, lists, manifest, read_csv_rows, snapshot):
@@ -191,8 +211,11 @@ def test_bad_decisions_are_422_and_change_nothing(server, lists, manifest, read_
     for body in bodies:
         r = httpx.post(f"{url}api/decisions", json=body)
         assert r.status_code == 422, (body, r.text)
-    r = httpx.post(f"{url}api/decisions", content=f"clip_id={clip}&decision=blacklist",
-                   headers={"content-type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        f"{url}api/decisions",
+        content=f"clip_id={clip}&decision=blacklist",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 422
     assert snapshot(lists) == before, "a refused decision writes nothing"
     assert httpx.post(f"{url}api/decisions", json={"clip_id": clip, "decision": "blacklist"}).status_code == 200
@@ -264,12 +287,14 @@ def test_concurrent_decisions_each_land_once_in_valid_csv(server, lists, manifes
     assert sorted(r["clip_id"] for r in rows) == sorted(c for c, (k, _) in wanted.items() if k == "blacklist")
     header, rows = read_csv_rows(lists / "relabel.csv")
     assert header == RELABEL_COLUMNS
-    assert sorted((r["clip_id"], r["label"]) for r in rows) == sorted((c, lab) for c, (k, lab) in wanted.items()
-                                                                     if k == "relabel")
+    assert sorted((r["clip_id"], r["label"]) for r in rows) == sorted(
+        (c, lab) for c, (k, lab) in wanted.items() if k == "relabel"
+    )
     assert not [p for p in lists.iterdir() if p.name.endswith(".tmp")]
 
 
 # --- a real browser --------------------------------------------------------------------------
+
 
 def chromium_or_skip() -> str:
     if not Path(CHROMIUM).is_file():
@@ -312,12 +337,17 @@ def test_review_in_a_real_browser(server, lists, read_csv_rows):
             assert page.inner_text("#progress") == f"0 of {len(suspects)} reviewed"
             # The audio element has loaded its clip: 5 s of metadata from this clip's URL.
             until(page, "document.getElementById('audio').readyState >= 1")
-            audio = page.evaluate("(() => { const a = document.getElementById('audio'); "
-                                  "return {src: a.currentSrc, duration: a.duration, error: a.error}; })()")
+            audio = page.evaluate(
+                "(() => { const a = document.getElementById('audio'); "
+                "return {src: a.currentSrc, duration: a.duration, error: a.error}; })()"
+            )
             assert audio["src"] == clip_url(url, first, "audio") and audio["error"] is None
             assert audio["duration"] == pytest.approx(5.0, abs=0.01)
-            size = until(page, "(() => { const i = document.getElementById('spectrogram'); "
-                               "return i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight]; })()")
+            size = until(
+                page,
+                "(() => { const i = document.getElementById('spectrogram'); "
+                "return i.complete && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight]; })()",
+            )
             assert size[1] == 32 and size[0] > 200  # n_mels x frames of a 5 s clip
             assert page.evaluate("document.getElementById('spectrogram').getBoundingClientRect().height") > 100
 
@@ -349,6 +379,7 @@ def test_review_in_a_real_browser(server, lists, read_csv_rows):
 
 # --- request size ----------------------------------------------------------------------------
 
+
 def _padded(body: dict, size: int) -> bytes:
     """``body`` as JSON padded with trailing spaces (still valid JSON) to exactly ``size`` bytes."""
     text = json.dumps(body).encode()
@@ -369,7 +400,7 @@ def test_request_bodies_over_the_limit_are_413_and_write_nothing(server, lists, 
 
     def chunks(data: bytes, size: int = 4096):  # no Content-Length: sent chunked
         for i in range(0, len(data), size):
-            yield data[i:i + size]
+            yield data[i : i + size]
 
     over = _padded(decision, limit + 1)
     r = httpx.post(f"{url}api/decisions", content=over, headers=json_type)
@@ -378,8 +409,9 @@ def test_request_bodies_over_the_limit_are_413_and_write_nothing(server, lists, 
     r = httpx.post(f"{url}api/decisions", content=chunks(over), headers=json_type)
     assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
     assert r.status_code == 413 and "over the limit" in r.json()["detail"], r.text
-    big = httpx.post(f"{url}api/decisions", content=chunks(b"x" * (20 * 1024 * 1024), 65536), headers=json_type,
-                     timeout=60)
+    big = httpx.post(
+        f"{url}api/decisions", content=chunks(b"x" * (20 * 1024 * 1024), 65536), headers=json_type, timeout=60
+    )
     assert big.status_code == 413  # 20 MiB refused after 64 KiB, not read into memory
     with TestClient(app, base_url="http://127.0.0.1") as client:  # in process, the same answer
         assert client.post("/api/decisions", content=over, headers=json_type).status_code == 413
@@ -388,8 +420,9 @@ def test_request_bodies_over_the_limit_are_413_and_write_nothing(server, lists, 
     # Exactly the limit is accepted, with a Content-Length and chunked alike; the app gets it whole.
     r = httpx.post(f"{url}api/decisions", content=_padded(decision, limit), headers=json_type)
     assert r.status_code == 200 and r.json()["decision"]["reason"] == "too big", r.text
-    r = httpx.post(f"{url}api/decisions", content=chunks(_padded(dict(decision, decision="keep"), limit), 1000),
-                   headers=json_type)
+    r = httpx.post(
+        f"{url}api/decisions", content=chunks(_padded(dict(decision, decision="keep"), limit), 1000), headers=json_type
+    )
     assert r.status_code == 200 and r.json()["decision"]["decision"] == "keep", r.text
     with open(lists / "decisions.csv", newline="") as fh:
         assert [row["decision"] for row in csv.DictReader(fh)] == ["blacklist", "keep"]
@@ -403,8 +436,12 @@ def test_ctrl_c_ends_a_review_with_every_decision_saved_and_the_retrain_command(
     import subprocess
 
     env = dict(os.environ, COLUMNS="400", NO_COLOR="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "soundtag.cli", "review", str(run_dir), "--port", "0",
-                             "--lists", str(lists)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "soundtag.cli", "review", str(run_dir), "--port", "0", "--lists", str(lists)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line.decode())

@@ -15,9 +15,23 @@ from soundtag.errors import DataError, ParameterError
 from soundtag.runs import EnsembleDir, RunDir
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "soundtag"
-RUN_FILES = ("run.json", "recipe.yaml", "manifest.jsonl", "folds.csv", "done.json", "oof.npy", "best.ckpt",
-             "last.ckpt", "oof.csv", "metrics.json", "suspects.csv", "ensemble.json", "model.onnx",
-             "confusion.png", "learning_curves.png")
+RUN_FILES = (
+    "run.json",
+    "recipe.yaml",
+    "manifest.jsonl",
+    "folds.csv",
+    "done.json",
+    "oof.npy",
+    "best.ckpt",
+    "last.ckpt",
+    "oof.csv",
+    "metrics.json",
+    "suspects.csv",
+    "ensemble.json",
+    "model.onnx",
+    "confusion.png",
+    "learning_curves.png",
+)
 
 
 def test_no_module_but_runs_spells_a_run_file_name():
@@ -46,8 +60,7 @@ def _fake_run(path: Path, folds: dict[str, int], finished: dict[int, dict[str, l
     from soundtag.manifest import Clip, Manifest
     from soundtag.recipe import load_recipe
 
-    clips = [Clip(id=c, path=f"/nowhere/{c}", labels=("a",) if i % 2 == 0 else ("b",))
-             for i, c in enumerate(folds)]
+    clips = [Clip(id=c, path=f"/nowhere/{c}", labels=("a",) if i % 2 == 0 else ("b",)) for i, c in enumerate(folds)]
     manifest = Manifest(tuple(clips), labels=("a", "b"), name="fake")
     run = RunDir(path)
     run.start(load_recipe("esc50-lh"), manifest, {"cache_dir": str(path / "cache"), "data": "fake.csv"})
@@ -59,8 +72,7 @@ def _fake_run(path: Path, folds: dict[str, int], finished: dict[int, dict[str, l
 
 
 def test_out_of_fold_in_manifest_order_and_partial_runs(tmp_path):
-    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1},
-                    {0: {"c3": [0.2, 0.8], "c1": [0.9, 0.1]}})
+    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1}, {0: {"c3": [0.2, 0.8], "c1": [0.9, 0.1]}})
     (run.path / "fold-notes").mkdir()  # not a fold: ignored, not parsed
     assert run.finished_folds() == [0] and run.unfinished_folds() == [1] and run.n_folds() == 2
     with pytest.raises(DataError, match=r"fold\(s\) \[1\] are not finished.*--resume"):
@@ -79,8 +91,7 @@ def test_out_of_fold_in_manifest_order_and_partial_runs(tmp_path):
 def test_oof_predictions_of_a_partial_run_only_when_asked(tmp_path):
     from soundtag.prediction.ensemble import load_oof_predictions
 
-    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1},
-                    {0: {"c3": [0.2, 0.8], "c1": [0.9, 0.1]}})
+    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1}, {0: {"c3": [0.2, 0.8], "c1": [0.9, 0.1]}})
     with pytest.raises(DataError, match=r"not finished"):
         load_oof_predictions(run.path)
     pred, in_training = load_oof_predictions(run.path, partial=True)
@@ -110,7 +121,9 @@ def test_ensemble_of_partial_runs_blends_their_finished_folds_only_when_asked(tm
 
     # Runs that finished different folds have different clips: refused, naming the cause.
     c = _fake_run(tmp_path / "c", folds, {1: {"c2": [0.1, 0.9], "c4": [0.2, 0.8]}})
-    with pytest.raises(DataError, match=r"--partial blends runs that have finished the same folds; finished: .*a: \[0\], .*c: \[1\]"):
+    with pytest.raises(
+        DataError, match=r"--partial blends runs that have finished the same folds; finished: .*a: \[0\], .*c: \[1\]"
+    ):
         ensemble_runs([a.path, c.path], tmp_path / "e2", partial=True)
 
 
@@ -127,8 +140,7 @@ def test_not_a_run_is_a_clear_error(tmp_path):
 def test_partial_evaluation_names_its_folds_and_writes_no_oof_csv(tmp_path):
     from soundtag.training import evaluate_run
 
-    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1},
-                    {0: {"c1": [0.9, 0.1], "c3": [0.2, 0.8]}})
+    run = _fake_run(tmp_path / "run", {"c1": 0, "c2": 1, "c3": 0, "c4": 1}, {0: {"c1": [0.9, 0.1], "c3": [0.2, 0.8]}})
     metrics = evaluate_run(run, plots=True)
     assert metrics["folds"] == [0] and metrics["complete"] is False
     assert metrics["all"]["clips"] == 2 and metrics["all"]["top1"] == 0.5  # c1 (a) right, c3 (a) taken for b
@@ -149,8 +161,13 @@ def test_bad_devices_is_a_message_not_a_traceback(soundtag_main):
 
 # --- a real run trained on one fold --------------------------------------------------------
 
-FAST = ["training.epochs=1", "training.batch_size=8", "training.model_args={widths: [8, 16]}",
-        "training.model=vgg", "features.n_mels=32"]
+FAST = [
+    "training.epochs=1",
+    "training.batch_size=8",
+    "training.model_args={widths: [8, 16]}",
+    "training.model=vgg",
+    "features.n_mels=32",
+]
 
 
 @pytest.mark.slow
@@ -170,8 +187,21 @@ def test_one_fold_run_is_scored_on_its_fold_then_evaluate_agrees(esc10_root, tmp
         w.writeheader()
         w.writerows(rows)
     run = tmp_path / "run"
-    code, out, err = soundtag_main("train", "--data", data, "-r", "esc50-lh", "--fold", "0", "--out", run,
-                                   "--cache", tmp_path / "cache", "--no-progress", *sum((["-o", o] for o in FAST), []))
+    code, out, err = soundtag_main(
+        "train",
+        "--data",
+        data,
+        "-r",
+        "esc50-lh",
+        "--fold",
+        "0",
+        "--out",
+        run,
+        "--cache",
+        tmp_path / "cache",
+        "--no-progress",
+        *sum((["-o", o] for o in FAST), []),
+    )
     assert code == 0, out + err
     assert "metrics of fold(s) [0] only" in out and "--resume" in out
     metrics = json.loads((run / "metrics.json").read_text())
@@ -193,8 +223,9 @@ def test_map_at_3_with_fewer_labels_than_3():
 
 
 @pytest.mark.slow
-def test_last_checkpoint_is_the_last_epoch_even_when_the_monitor_did_not_improve(esc10_root, tmp_path,
-                                                                                  write_subset_csv, fast):
+def test_last_checkpoint_is_the_last_epoch_even_when_the_monitor_did_not_improve(
+    esc10_root, tmp_path, write_subset_csv, fast
+):
     """Resume continues from the last epoch trained, not from the last that improved
     (Lightning's own save_last skips epochs that saved no best checkpoint)."""
     import torch
@@ -206,12 +237,19 @@ def test_last_checkpoint_is_the_last_epoch_even_when_the_monitor_did_not_improve
     data = read_manifest(write_subset_csv(esc10_root, tmp_path / "tiny.csv", classes=2, per_class_per_fold=4))
     # a learning rate this small (and no augmentation) leaves MAP@3 where it was after the
     # first epochs: the later epochs save no best checkpoint
-    recipe = load_recipe("esc50-lh", fast + ["training.epochs=4", "training.lr=1e-12", "training.monitor=val_map3",
-                                             "training.augment.mixup.enabled=false",
-                                             "training.augment.erasing.enabled=false",
-                                             "training.augment.shift.enabled=false"])
-    run = RunDir(train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", folds=[0],
-                       progress=False).run_dir)
+    recipe = load_recipe(
+        "esc50-lh",
+        fast
+        + [
+            "training.epochs=4",
+            "training.lr=1e-12",
+            "training.monitor=val_map3",
+            "training.augment.mixup.enabled=false",
+            "training.augment.erasing.enabled=false",
+            "training.augment.shift.enabled=false",
+        ],
+    )
+    run = RunDir(train(data, recipe, tmp_path / "run", cache_dir=tmp_path / "cache", folds=[0], progress=False).run_dir)
     best = torch.load(run.checkpoint(0, "best"), map_location="cpu", weights_only=True)
     last = torch.load(run.checkpoint(0, "last"), map_location="cpu", weights_only=True)
     assert best["epoch"] < 3, "the monitor stopped improving before the last epoch"

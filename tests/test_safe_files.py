@@ -74,9 +74,12 @@ def test_the_payload_runs_when_unpickled_as_torch_allows_so_the_tests_below_mean
 
 # --- checkpoints ----------------------------------------------------------------------------
 
+
 def test_the_reader_refuses_objects_and_names_them(tmp_path, canary):
     torch.save({"state_dict": {}, "hyper_parameters": Payload(canary)}, tmp_path / "model.ckpt")
-    with pytest.raises(UnsafeFileError, match=r"model\.ckpt was not loaded.*posix\.system|model\.ckpt was not loaded.*os\.system"):
+    with pytest.raises(
+        UnsafeFileError, match=r"model\.ckpt was not loaded.*posix\.system|model\.ckpt was not loaded.*os\.system"
+    ):
         read_checkpoint(tmp_path / "model.ckpt")
     # the pre-zip layout of torch.save is refused the same way
     torch.save({"x": Payload(canary)}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
@@ -113,11 +116,14 @@ def test_every_command_refuses_a_payload_in_a_fold_checkpoint(own_run, tmp_path,
 
     best = poison_checkpoint(RunDir(own_run).best_checkpoints()[0], canary)
     clip = a_clip(own_run)
-    args = {"tag-ckpt": ["tag", best, clip], "tag": ["tag", own_run, clip],
-            "export": ["export", own_run, "--format", "onnx", "--out", tmp_path / "m.onnx"],
-            "embed": ["embed", own_run, RunDir(own_run).data_source(), "--out", tmp_path / "e.npy"],
-            "predict": ["predict", own_run, "--data", RunDir(own_run).data_source(), "--no-progress"],
-            "evaluate-tta": ["evaluate", own_run, "--tta", "1"]}[command]
+    args = {
+        "tag-ckpt": ["tag", best, clip],
+        "tag": ["tag", own_run, clip],
+        "export": ["export", own_run, "--format", "onnx", "--out", tmp_path / "m.onnx"],
+        "embed": ["embed", own_run, RunDir(own_run).data_source(), "--out", tmp_path / "e.npy"],
+        "predict": ["predict", own_run, "--data", RunDir(own_run).data_source(), "--no-progress"],
+        "evaluate-tta": ["evaluate", own_run, "--tta", "1"],
+    }[command]
     code, out, err = soundtag_main(*args)
     assert code != 0
     assert f"{best} was not loaded" in said(err), err
@@ -143,9 +149,21 @@ def test_starting_weights_with_a_payload_are_refused(own_run, tmp_path, canary, 
     weights = tmp_path / "weights.ckpt"
     torch.save({"state_dict": {"model.w": torch.zeros(1)}, "extra": Payload(canary)}, weights)
     given = ["--init", weights] if how == "--init" else ["-o", f"training.checkpoint={weights}"]
-    code, out, err = soundtag_main("train", "--data", RunDir(own_run).data_source(), "-r", "esc50-lh",
-                                   "--out", tmp_path / "new", "--cache", tmp_path / "cache", "--no-progress",
-                                   "-o", "training.epochs=1", *given)
+    code, out, err = soundtag_main(
+        "train",
+        "--data",
+        RunDir(own_run).data_source(),
+        "-r",
+        "esc50-lh",
+        "--out",
+        tmp_path / "new",
+        "--cache",
+        tmp_path / "cache",
+        "--no-progress",
+        "-o",
+        "training.epochs=1",
+        *given,
+    )
     assert code == 2 and f"{weights} was not loaded" in said(err), err
 
 
@@ -163,6 +181,7 @@ def test_an_ensemble_refuses_a_member_run_with_a_payload(dirty_run, tmp_path, ca
 
 # --- arrays, recipes, ONNX models -----------------------------------------------------------
 
+
 def test_an_array_of_pickled_objects_in_a_run_is_refused(own_run, canary, soundtag_main):
     oof = own_run / "fold-0" / "oof.npy"
     np.save(oof, np.array([Payload(canary)], dtype=object), allow_pickle=True)
@@ -176,7 +195,9 @@ def test_a_recipe_with_a_python_tag_is_an_error_not_a_call(tmp_path, canary, sou
     for args in (["recipes", evil], ["train", "--data", "esc10", "-r", evil, "--out", tmp_path / "run"]):
         code, out, err = soundtag_main(*args)
         assert code == 2 and f"{evil} (line 2)" in said(err) and "python/object/apply:os.system" in err, err
-    code, out, err = soundtag_main("recipes", "esc50-lh", "-o", f"training.lr=!!python/object/apply:os.system ['touch {canary}']")
+    code, out, err = soundtag_main(
+        "recipes", "esc50-lh", "-o", f"training.lr=!!python/object/apply:os.system ['touch {canary}']"
+    )
     assert code == 2 and "not a plain YAML value" in err, err
 
 
@@ -191,9 +212,13 @@ def _onnx_with_external_data(path: Path, location: str) -> Path:
     for key, value in {"location": location, "offset": "0", "length": "16"}.items():
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("Add", ["chunks", "W"], ["fold_probs"])], "g",
-                              [helper.make_tensor_value_info("chunks", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("fold_probs", TensorProto.FLOAT, [4])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["chunks", "W"], ["fold_probs"])],
+        "g",
+        [helper.make_tensor_value_info("chunks", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("fold_probs", TensorProto.FLOAT, [4])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,8 +244,10 @@ def test_an_onnx_model_reading_data_outside_its_folder_is_refused(tmp_path, soun
 def test_nothing_in_the_package_can_open_a_file_the_unsafe_way():
     """One reader per format: ``torch.load`` only in checkpoints.py, ONNX Runtime sessions only
     behind the external-data check, and none of the calls that unpickle or build objects."""
-    forbidden = re.compile(r"weights_only\s*=\s*False|allow_pickle\s*=\s*True|yaml\.load\(|yaml\.unsafe_load|"
-                           r"load_from_checkpoint\(|pickle\.loads?\(|\bjoblib\b")
+    forbidden = re.compile(
+        r"weights_only\s*=\s*False|allow_pickle\s*=\s*True|yaml\.load\(|yaml\.unsafe_load|"
+        r"load_from_checkpoint\(|pickle\.loads?\(|\bjoblib\b"
+    )
     for path in SRC.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         rel = path.relative_to(SRC).as_posix()

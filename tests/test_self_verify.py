@@ -42,8 +42,14 @@ def noisy_run(esc10_root, tmp_path, write_subset_csv, fast, feature_cache):
 
     manifest = read_manifest(_half_verified_csv(esc10_root, tmp_path / "subset.csv", write_subset_csv))
     run = tmp_path / "round-0"
-    train(manifest, load_recipe("esc50-lh", fast), run, cache_dir=feature_cache, progress=False,
-          data_source=str(tmp_path / "subset.csv"))
+    train(
+        manifest,
+        load_recipe("esc50-lh", fast),
+        run,
+        cache_dir=feature_cache,
+        progress=False,
+        data_source=str(tmp_path / "subset.csv"),
+    )
     return run
 
 
@@ -61,8 +67,14 @@ def test_rounds_decide_from_the_previous_run_and_train_without_the_dropped(noisy
     probs0 = _oof(noisy_run)
     own = sorted(probs0[c.id][labels.index(c.labels[0])] for c in manifest if not c.manually_verified)
     threshold = float(own[len(own) // 2])
-    reports = self_verify(noisy_run, tmp_path / "sv", rounds=2, threshold=threshold, progress=False,
-                          truth={c.id: c.labels[0] for c in manifest})
+    reports = self_verify(
+        noisy_run,
+        tmp_path / "sv",
+        rounds=2,
+        threshold=threshold,
+        progress=False,
+        truth={c.id: c.labels[0] for c in manifest},
+    )
     assert [r.round for r in reports] == [1, 2]
     previous = noisy_run
     for r in reports:
@@ -97,8 +109,20 @@ def test_rounds_decide_from_the_previous_run_and_train_without_the_dropped(noisy
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_self_verify_resumes_without_redoing_finished_rounds(noisy_run, tmp_path, stop):
     out = tmp_path / "sv"
-    args = [sys.executable, "-m", "soundtag.cli", "self-verify", str(noisy_run), "--rounds", "2",
-            "--threshold", "0.3", "--out", str(out), "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "soundtag.cli",
+        "self-verify",
+        str(noisy_run),
+        "--rounds",
+        "2",
+        "--threshold",
+        "0.3",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.time() + 300
@@ -121,8 +145,9 @@ def test_a_killed_self_verify_resumes_without_redoing_finished_rounds(noisy_run,
 
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert {p: p.stat().st_mtime_ns for p in (out / "round-1").rglob("*") if p.is_file()} == round1, \
+    assert {p: p.stat().st_mtime_ns for p in (out / "round-1").rglob("*") if p.is_file()} == round1, (
         "round 1 was redone"
+    )
     assert (out / "round-2" / "run" / "metrics.json").is_file()
     assert "kept" in done.stdout and "round" in done.stdout
     report = json.loads((out / "report.json").read_text())

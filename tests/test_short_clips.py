@@ -18,7 +18,7 @@ from soundtag.training.data import Normalizer
 def _loudest(samples: np.ndarray, n: int) -> np.ndarray:
     energy = np.convolve(samples.astype(np.float64) ** 2, np.ones(n), mode="valid")
     start = int(np.argmax(energy))
-    return samples[start:start + n]
+    return samples[start : start + n]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,10 @@ def test_the_extent_of_a_short_real_sound_centred_in_a_5_s_view(short_clips):
         # 6400 samples centred in 80000: samples 36800..43200, frames 115..135 at hop 320,
         # give or take the STFT window (1024 samples, 3 frames) reaching into the padding.
         assert 112 <= start <= 116 and 134 <= end <= 139, (start, end)
-    full = _views(sorted(short_clips[0].parent.glob("*.wav"))[:1], load_recipe("esc50-lh", ["view.padding=repeat",
-                                                                                          "audio.trim_db=null"]))[0]
+    full = _views(
+        sorted(short_clips[0].parent.glob("*.wav"))[:1],
+        load_recipe("esc50-lh", ["view.padding=repeat", "audio.trim_db=null"]),
+    )[0]
     start, end = sound_extent(full)
     assert start <= 2 and end >= full.shape[1] - 2, "a repeated clip fills the view: no padding"
 
@@ -63,8 +65,9 @@ def test_repeat_padding_fills_the_view_with_the_clip_and_has_its_own_store(short
     clip, _ = sf.read(short_clips[0], dtype="float32")
     assert len(wav) == 80000 and np.array_equal(wav[:6400], clip) and np.array_equal(wav[6400:12800], clip)
     assert center.feature_hash() != repeat.feature_hash()
-    assert load_recipe("esc50-lh").feature_key()["crop"] == {"kind": "lh", "samples": 80000}, \
+    assert load_recipe("esc50-lh").feature_key()["crop"] == {"kind": "lh", "samples": 80000}, (
         "the stores of existing recipes keep their keys"
+    )
 
 
 def _batch(specs):
@@ -88,8 +91,9 @@ def test_erasing_and_masks_relative_to_the_sound_stay_inside_it(short_clips):
                 # the sound keeps most of itself: at most 40% of its area erased
                 assert changed[i, start:end].sum() <= end - start
         lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
-        assert ((erased.amin(dim=(1, 2, 3)) >= lo) & (erased.amax(dim=(1, 2, 3)) <= hi)).all(), \
+        assert ((erased.amin(dim=(1, 2, 3)) >= lo) & (erased.amax(dim=(1, 2, 3)) <= hi)).all(), (
             "the fill comes from the sample's own range: no louder fake sound"
+        )
     # the kernel's window-sized erasing does wipe the short sound (or paint beside it) often
     window = augment.random_erasing(x.repeat(20, 1, 1, 1), p=1.0, area=(0.02, 0.4), generator=rng)
     changed = (window != x.repeat(20, 1, 1, 1)).any(dim=2)[:, 0]
@@ -124,10 +128,10 @@ def test_normalising_over_the_sound_ignores_how_much_padding_there_is(short_clip
         la, lb = normalize_per_sample(long_spec, over="sound"), normalize_per_sample(short_spec, over="sound")
         n = min(a[1] - a[0], b[1] - b[0])
         # the same sound, normalised the same way whatever the window around it
-        np.testing.assert_allclose(la[:, a[0] + 2:a[0] + n - 2], lb[:, b[0] + 2:b[0] + n - 2], atol=0.05)
+        np.testing.assert_allclose(la[:, a[0] + 2 : a[0] + n - 2], lb[:, b[0] + 2 : b[0] + n - 2], atol=0.05)
         # whereas the window's statistics depend on the padding
         wa, wb = normalize_per_sample(long_spec), normalize_per_sample(short_spec)
-        assert np.abs(wa[:, a[0] + 2:a[0] + n - 2] - wb[:, b[0] + 2:b[0] + n - 2]).mean() > 0.2
+        assert np.abs(wa[:, a[0] + 2 : a[0] + n - 2] - wb[:, b[0] + 2 : b[0] + n - 2]).mean() > 0.2
 
 
 def test_the_fold_ensemble_normalises_over_the_sound_as_training_does(short_clips):
@@ -159,13 +163,14 @@ def test_global_normalisation_uses_one_mean_and_std_of_the_sounds(short_clips, t
     norm = Normalizer("global", np.array([mean], np.float32), np.array([std], np.float32), "sound")
     out = norm(specs[0])
     np.testing.assert_allclose(out, (specs[0] - mean) / (std + 1e-6), rtol=1e-5, atol=1e-5)
-    assert Normalizer.from_dict(norm.to_dict()) .over == "sound"
+    assert Normalizer.from_dict(norm.to_dict()).over == "sound"
     assert Normalizer.from_dict({"kind": "per_sample", "mean": None, "std": None}).over == "window"
 
 
 @pytest.mark.slow
-def test_a_short_clip_run_with_every_sound_relative_setting_trains_tags_and_exports(short_clips, esc10_root, tmp_path,
-                                                                                    fast):
+def test_a_short_clip_run_with_every_sound_relative_setting_trains_tags_and_exports(
+    short_clips, esc10_root, tmp_path, fast
+):
     """Train, tag and export with padding, normalisation and augmentations all relative to
     the sound: the ONNX model agrees with PyTorch on the short clips."""
     import csv
@@ -176,7 +181,7 @@ def test_a_short_clip_run_with_every_sound_relative_setting_trains_tags_and_expo
 
     rows = [{"path": str(p), "labels": "ab"[i % 2], "fold": 1 + i % 2} for i, p in enumerate(short_clips * 2)]
     # each clip twice would repeat ids: copy the files
-    for i, row in enumerate(rows[len(short_clips):], start=len(short_clips)):
+    for i, row in enumerate(rows[len(short_clips) :], start=len(short_clips)):
         copy = tmp_path / f"copy-{i}.wav"
         copy.write_bytes(open(row["path"], "rb").read())
         row["path"] = str(copy)
@@ -185,10 +190,18 @@ def test_a_short_clip_run_with_every_sound_relative_setting_trains_tags_and_expo
         w = csv.DictWriter(fh, fieldnames=["path", "labels", "fold"])
         w.writeheader()
         w.writerows(rows)
-    recipe = load_recipe("esc50-lh", fast + [
-        "view.normalize_over=sound", "view.normalization=global", "training.augment.erasing.relative_to=sound",
-        "training.augment.shift.relative_to=sound", "training.augment.specaugment.enabled=true",
-        "training.augment.specaugment.relative_to=sound"])
+    recipe = load_recipe(
+        "esc50-lh",
+        fast
+        + [
+            "view.normalize_over=sound",
+            "view.normalization=global",
+            "training.augment.erasing.relative_to=sound",
+            "training.augment.shift.relative_to=sound",
+            "training.augment.specaugment.enabled=true",
+            "training.augment.specaugment.relative_to=sound",
+        ],
+    )
     result = train(read_manifest(data), recipe, tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
     assert result.metrics["complete"] and result.metrics["all"]["clips"] == len(rows)
     model = export_onnx(result.run_dir)
@@ -200,8 +213,15 @@ def test_a_short_clip_run_with_every_sound_relative_setting_trains_tags_and_expo
 def _module(overrides):
     from soundtag.training.module import TaggerModule
 
-    recipe = load_recipe("esc50-lh", ["training.model=vgg", "training.model_args={widths: [4, 8]}",
-                                      "training.augment.specaugment.enabled=true", *overrides])
+    recipe = load_recipe(
+        "esc50-lh",
+        [
+            "training.model=vgg",
+            "training.model_args={widths: [4, 8]}",
+            "training.augment.specaugment.enabled=true",
+            *overrides,
+        ],
+    )
     return TaggerModule(recipe.model_dump(), ["a", "b"], False, {"kind": "per_sample", "mean": None, "std": None})
 
 
@@ -213,11 +233,19 @@ def test_window_recipes_keep_the_kernels_order_and_sound_ones_mask_first(short_c
     def by_hand(order, sound):
         rng = torch.Generator().manual_seed(7)
         ext = extents if sound else None
-        steps = {"shift": lambda v: augment.time_shift(v, max_fraction=0.4, generator=rng, extents=ext),
-                 "mask": lambda v: augment.random_erasing(
-                     augment.spec_augment(v, time_masks=2, time_width=0.1, freq_masks=2, freq_width=0.15, generator=rng,
-                                          extents=ext), p=0.5, area=(0.02, 0.4), aspect=(0.3, 3.33), generator=rng,
-                     extents=ext)}
+        steps = {
+            "shift": lambda v: augment.time_shift(v, max_fraction=0.4, generator=rng, extents=ext),
+            "mask": lambda v: augment.random_erasing(
+                augment.spec_augment(
+                    v, time_masks=2, time_width=0.1, freq_masks=2, freq_width=0.15, generator=rng, extents=ext
+                ),
+                p=0.5,
+                area=(0.02, 0.4),
+                aspect=(0.3, 3.33),
+                generator=rng,
+                extents=ext,
+            ),
+        }
         out = x
         for name in order:
             out = steps[name](out)
@@ -226,7 +254,12 @@ def test_window_recipes_keep_the_kernels_order_and_sound_ones_mask_first(short_c
     window = _module([])
     window.generator = torch.Generator().manual_seed(7)
     torch.testing.assert_close(window.augment(x, y, extents)[0], by_hand(["shift", "mask"], sound=False))
-    sound = _module(["training.augment.erasing.relative_to=sound", "training.augment.shift.relative_to=sound",
-                     "training.augment.specaugment.relative_to=sound"])
+    sound = _module(
+        [
+            "training.augment.erasing.relative_to=sound",
+            "training.augment.shift.relative_to=sound",
+            "training.augment.specaugment.relative_to=sound",
+        ]
+    )
     sound.generator = torch.Generator().manual_seed(7)
     torch.testing.assert_close(sound.augment(x, y, extents)[0], by_hand(["mask", "shift"], sound=True))

@@ -58,8 +58,23 @@ def test_a_forked_worker_dies_of_the_signal_instead_of_unwinding_the_parents_cod
 @pytest.mark.slow
 def test_stopped_feature_extraction_exits_143_and_keeps_what_it_computed(esc10_root, tmp_path):
     cache = tmp_path / "cache"
-    args = [sys.executable, "-m", "soundtag.cli", "features", "--data", str(esc10_root), "-r", "fsd2018-lh",
-            "--cache", str(cache), "--workers", "1", "--batch-size", "8", "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "soundtag.cli",
+        "features",
+        "--data",
+        str(esc10_root),
+        "-r",
+        "fsd2018-lh",
+        "--cache",
+        str(cache),
+        "--workers",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     env = dict(os.environ, COLUMNS="250", NO_COLOR="1")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 120

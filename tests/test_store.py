@@ -26,8 +26,8 @@ from soundtag.features import (
     extract_features,
     log_mel,
 )
-from soundtag.recipe import load_recipe
 from soundtag.manifest import Clip, Manifest
+from soundtag.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 def _real_clips(esc10_root: Path, n: int) -> list[Path]:
     """n real ESC-10 clips across classes, always including the uneven-length ones."""
     audio = esc10_root / "audio"
-    uneven = [audio / "010 - Fire crackling/4-164661-B.ogg", audio / "010 - Fire crackling/1-17808-B.ogg",
-              audio / "007 - Helicopter/1-172649-F.ogg", audio / "007 - Helicopter/5-177957-A.ogg"]
+    uneven = [
+        audio / "010 - Fire crackling/4-164661-B.ogg",
+        audio / "010 - Fire crackling/1-17808-B.ogg",
+        audio / "007 - Helicopter/1-172649-F.ogg",
+        audio / "007 - Helicopter/5-177957-A.ogg",
+    ]
     others = [p for d in sorted(audio.iterdir()) for p in sorted(d.glob("1-*-A.ogg"))[:2]]
     paths = uneven + [p for p in others if p not in uneven]
     assert all(p.is_file() for p in paths)
@@ -58,8 +62,16 @@ def _copy_clips(src: list[Path], dest: Path) -> Manifest:
 def _expected(path, recipe) -> np.ndarray:
     wav = decode_for_recipe(path, recipe)
     f = recipe.features
-    return log_mel(wav.samples, sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                   n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db)
+    return log_mel(
+        wav.samples,
+        sample_rate=recipe.audio.sample_rate,
+        n_fft=f.n_fft,
+        hop_length=f.hop_length,
+        n_mels=f.n_mels,
+        fmin=f.fmin,
+        fmax=f.fmax,
+        top_db=f.top_db,
+    )
 
 
 def _all_parts_finite(store: FeatureStore) -> None:
@@ -88,6 +100,7 @@ def lh():
 
 
 # --- caching and incremental runs --------------------------------------------------------
+
 
 def test_extract_cache_incremental_and_reopen(esc10_root, tmp_path, lh):
     sources = _real_clips(esc10_root, 21)
@@ -119,8 +132,7 @@ def test_extract_cache_incremental_and_reopen(esc10_root, tmp_path, lh):
     os.utime(touched.path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     store3, s3 = extract_features(manifest, lh, cache_dir=cache, workers=0, progress=False)
     assert (s3.computed, s3.cached) == (1, n - 1)
-    np.testing.assert_allclose(store3.get_clip(touched.path).astype(np.float32),
-                               _expected(touched.path, lh), atol=0.05)
+    np.testing.assert_allclose(store3.get_clip(touched.path).astype(np.float32), _expected(touched.path, lh), atol=0.05)
 
     # a new clip copied in is the only one computed
     bigger = Manifest.build(list(manifest) + list(_copy_clips(sources[20:21], tmp_path / "audio")))
@@ -176,8 +188,12 @@ def test_killed_run_leaves_a_readable_store_and_rerun_completes(esc10_root, tmp_
     parts = store_path / "parts"
 
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(cache), *[c.path for c in manifest]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER_SCRIPT, str(cache), *[c.path for c in manifest]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(parts.glob("part-*.json")):
@@ -206,7 +222,7 @@ def test_killed_run_leaves_a_readable_store_and_rerun_completes(esc10_root, tmp_
     done = len(store)
     assert 3 <= done < n, f"the kill should land mid-run ({done} of {n} stored)"
     by_key = {clip_key(c.path): c for c in manifest}
-    for key, entry in store.entries.items():
+    for key in store.entries:
         assert key in by_key
         arr = store.get(key)
         assert arr.shape == (128, 201) and np.isfinite(arr).all()
@@ -252,6 +268,7 @@ def test_orphan_part_without_index_is_ignored_and_removed(esc10_root, tmp_path, 
 
 # --- bad inputs ---------------------------------------------------------------------------
 
+
 def test_bad_inputs_are_reported_and_the_run_goes_on(esc10_root, tmp_path, lh):
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -264,17 +281,27 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(esc10_root, tmp_path, lh):
     sf.write(silent, np.zeros(2 * 44100, dtype=np.float32), 44100)
     stereo = folder / "stereo48k.wav"
     t = np.arange(int(1.5 * 48000)) / 48000
-    sf.write(stereo, np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 660 * t)], axis=1),
-             48000, subtype="PCM_16")
+    sf.write(
+        stereo,
+        np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 660 * t)], axis=1),
+        48000,
+        subtype="PCM_16",
+    )
     real = _real_clips(esc10_root, 2)
 
-    clips = [Clip("corrupt", str(corrupt), ("a",)), Clip("real0", str(real[0]), ("b",)),
-             Clip("empty", str(empty), ("a",)), Clip("missing", str(missing), ("a",)),
-             Clip("silent", str(silent), ("a",)), Clip("stereo", str(stereo), ("b",)),
-             Clip("real1", str(real[1]), ("b",))]
+    clips = [
+        Clip("corrupt", str(corrupt), ("a",)),
+        Clip("real0", str(real[0]), ("b",)),
+        Clip("empty", str(empty), ("a",)),
+        Clip("missing", str(missing), ("a",)),
+        Clip("silent", str(silent), ("a",)),
+        Clip("stereo", str(stereo), ("b",)),
+        Clip("real1", str(real[1]), ("b",)),
+    ]
     manifest = Manifest.build(clips)
-    store, summary = extract_features(manifest, lh, cache_dir=tmp_path / "cache", workers=1, batch_size=2,
-                                      progress=False)
+    store, summary = extract_features(
+        manifest, lh, cache_dir=tmp_path / "cache", workers=1, batch_size=2, progress=False
+    )
 
     reasons = {f.clip_id: f.reason for f in summary.failures}
     assert reasons == {"corrupt": "corrupt", "empty": "empty", "missing": "missing"}
@@ -308,6 +335,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(esc10_root, tmp_path, lh):
 
 
 # --- feature configs and store folders -----------------------------------------------------
+
 
 def test_changed_feature_config_uses_another_store(esc10_root, tmp_path, lh):
     cache = tmp_path / "cache"

@@ -10,16 +10,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from soundtag.errors import DataError, ParameterError
-from soundtag.recipe import load_recipe
 from soundtag.manifest import Clip, Manifest, read_manifest
 from soundtag.models import create_model, list_models, register_model
+from soundtag.recipe import load_recipe
 from soundtag.training import augment, make_folds, train, validation_mask
 from soundtag.training.sampling import epoch_indices, oversample_indices
 from soundtag.training.splits import label_matrix
@@ -32,12 +31,20 @@ def synthetic_manifest(n_groups=60, per_group=3, classes=("a", "b", "c"), multil
         label = classes[g % len(classes)]
         for j in range(per_group):
             labels = (label,) if not multilabel else tuple(sorted({label, classes[rng.integers(len(classes))]}))
-            clips.append(Clip(id=f"g{g}-{j}", path=f"/nowhere/g{g}-{j}.wav", labels=labels, group=f"g{g}",
-                              manually_verified=bool(j % 2)))
+            clips.append(
+                Clip(
+                    id=f"g{g}-{j}",
+                    path=f"/nowhere/g{g}-{j}.wav",
+                    labels=labels,
+                    group=f"g{g}",
+                    manually_verified=bool(j % 2),
+                )
+            )
     return Manifest.build(clips, labels=list(classes), multilabel=multilabel)
 
 
 # --- splits ---------------------------------------------------------------------------------
+
 
 def test_given_folds_are_used_as_they_are(esc50_root):
     m = read_manifest(esc50_root)
@@ -84,6 +91,7 @@ def test_fold_strategy_given_requires_folds():
 
 # --- balance --------------------------------------------------------------------------------
 
+
 def test_oversampling_brings_every_class_to_the_largest_and_keeps_every_clip():
     classes = np.array([0] * 10 + [1] * 3 + [2] * 6)
     idx = oversample_indices(classes, np.random.default_rng(1))
@@ -103,6 +111,7 @@ def test_balanced_and_none_epochs():
 
 # --- augmentations --------------------------------------------------------------------------
 
+
 def test_mixup_is_a_convex_combination_of_two_samples_and_their_targets():
     x = torch.arange(6 * 2 * 3, dtype=torch.float32).reshape(6, 1, 2, 3)
     y = torch.eye(6)
@@ -119,14 +128,16 @@ def test_mixup_is_a_convex_combination_of_two_samples_and_their_targets():
 
 def test_random_erasing_fills_one_rectangle_of_the_right_area_with_one_value():
     x = torch.randn(8, 1, 40, 60)
-    out = augment.random_erasing(x, p=1.0, area=(0.02, 0.4), aspect=(0.3, 3.33), generator=torch.Generator().manual_seed(0))
+    out = augment.random_erasing(
+        x, p=1.0, area=(0.02, 0.4), aspect=(0.3, 3.33), generator=torch.Generator().manual_seed(0)
+    )
     assert not torch.equal(out, x)
     for i in range(8):
         changed = (out[i] != x[i])[0]
         rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
         h, w = len(rows), len(cols)
         assert 0.02 * 0.5 <= h * w / (40 * 60) <= 0.4 + 0.05
-        patch = out[i, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        patch = out[i, 0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert torch.all(patch == patch.flatten()[0])
         assert x.min() <= patch.flatten()[0] <= x.max()
     assert torch.equal(augment.random_erasing(x, p=0.0, generator=torch.Generator().manual_seed(0)), x)
@@ -145,8 +156,9 @@ def test_time_shift_rolls_within_limit_and_reverse_flips():
 
 def test_spec_augment_masks_bands_with_the_mean():
     x = torch.randn(2, 1, 32, 50)
-    out = augment.spec_augment(x, time_masks=1, time_width=0.2, freq_masks=1, freq_width=0.2,
-                               generator=torch.Generator().manual_seed(5))
+    out = augment.spec_augment(
+        x, time_masks=1, time_width=0.2, freq_masks=1, freq_width=0.2, generator=torch.Generator().manual_seed(5)
+    )
     changed = out != x
     assert changed.any()
     for i in range(2):
@@ -154,6 +166,7 @@ def test_spec_augment_masks_bands_with_the_mean():
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models() + ["timm:resnet18"])
@@ -189,8 +202,11 @@ def test_model_starts_from_a_local_checkpoint(tmp_path):
 
 # --- real runs on ESC-10 clips --------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_training_writes_oof_for_every_clip_and_leaves_blacklisted_clips_out(esc10_root, tmp_path, write_subset_csv, fast):
+def test_training_writes_oof_for_every_clip_and_leaves_blacklisted_clips_out(
+    esc10_root, tmp_path, write_subset_csv, fast
+):
     data = read_manifest(write_subset_csv(esc10_root, tmp_path / "subset.csv"))
     blacklisted = [data[0].id, data[len(data) // 2 + 1].id]
     (tmp_path / "blacklist.csv").write_text("clip_id,reason\n" + "".join(f"{b},noisy\n" for b in blacklisted))
@@ -235,9 +251,22 @@ def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_pat
 
     csv_path = write_subset_csv(esc10_root, tmp_path / "subset.csv")
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "soundtag.cli", "train", "--data", str(csv_path), "-r", "esc50-lh",
-            "--out", str(run), "--cache", str(tmp_path / "cache"), "--no-progress",
-            *sum((["-o", o] for o in fast[1:] + ["training.epochs=40"]), [])]
+    args = [
+        sys.executable,
+        "-m",
+        "soundtag.cli",
+        "train",
+        "--data",
+        str(csv_path),
+        "-r",
+        "esc50-lh",
+        "--out",
+        str(run),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        *sum((["-o", o] for o in fast[1:] + ["training.epochs=40"]), []),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
     while not (run / "fold-1" / "last.ckpt").exists():
@@ -258,8 +287,12 @@ def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_pat
         read_soundtag_checkpoint(ckpt)
     fold0_done = (run / "fold-0" / "done.json").stat().st_mtime_ns
 
-    out = subprocess.run([sys.executable, "-m", "soundtag.cli", "train", "--resume", str(run), "--no-progress"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "soundtag.cli", "train", "--resume", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "skipped finished fold(s) [0]" in out.stdout
     assert (run / "fold-0" / "done.json").stat().st_mtime_ns == fold0_done
@@ -275,14 +308,19 @@ def test_a_killed_run_resumes_without_redoing_finished_folds(esc10_root, tmp_pat
 
 # --- metrics --------------------------------------------------------------------------------
 
+
 def test_metrics_against_hand_computed_values():
     from soundtag import evaluation as ev
 
     t = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
-    p = np.array([[0.6, 0.3, 0.1],   # rank 1
-                  [0.5, 0.2, 0.3],   # rank 3
-                  [0.2, 0.5, 0.3],   # rank 2
-                  [0.1, 0.2, 0.7]])  # rank 3
+    p = np.array(
+        [
+            [0.6, 0.3, 0.1],  # rank 1
+            [0.5, 0.2, 0.3],  # rank 3
+            [0.2, 0.5, 0.3],  # rank 2
+            [0.1, 0.2, 0.7],
+        ]
+    )  # rank 3
     assert ev.map_at_k(t, p, 3) == pytest.approx((1 + 1 / 3 + 1 / 2 + 1 / 3) / 4)
     assert ev.map_at_k(t, p, 1) == pytest.approx(1 / 4)
     assert ev.top1_accuracy(t, p) == pytest.approx(0.25)
@@ -293,7 +331,8 @@ def test_metrics_against_hand_computed_values():
     assert ev.lwlrap(np.array([[1, 0, 1]]), np.array([[0.2, 0.9, 0.1]])) == pytest.approx((1 / 2 + 2 / 3) / 2)
     # binary log loss: mean over clips x classes of -log p(true) and -log(1 - p(false))
     assert ev.binary_log_loss(np.array([[1, 0]]), np.array([[0.8, 0.3]])) == pytest.approx(
-        -(np.log(0.8) + np.log(0.7)) / 2)
+        -(np.log(0.8) + np.log(0.7)) / 2
+    )
 
 
 @pytest.mark.slow

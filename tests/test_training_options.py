@@ -31,8 +31,7 @@ from soundtag.training.splits import label_matrix
 @pytest.fixture(scope="module")
 def tiny_csv(esc10_root, tmp_path_factory, write_subset_csv) -> Path:
     """2 classes x 4 clips x 2 folds of real ESC-10 clips (fold 0 trains on 8, validates on 8)."""
-    return write_subset_csv(esc10_root, tmp_path_factory.mktemp("tiny") / "tiny.csv", classes=2,
-                            per_class_per_fold=4)
+    return write_subset_csv(esc10_root, tmp_path_factory.mktemp("tiny") / "tiny.csv", classes=2, per_class_per_fold=4)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,7 @@ def _train_fold0(manifest: Manifest, overrides: list[str], out: Path, cache: Pat
 
 # --- optimiser and schedule, through TaggerModule.configure_optimizers -------------------------
 
+
 def _one_cycle(step: int, total: int, max_lr: float) -> float:
     """torch's OneCycleLR with its defaults (pct_start 0.3, cosine, div 25, final div 1e4),
     written out from its documentation rather than taken from torch."""
@@ -64,8 +64,9 @@ def _one_cycle(step: int, total: int, max_lr: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer,scheduler", [("adamw", "onecycle"), ("adam", "none"), ("adam", "cosine"),
-                                                 ("adamw", "warmup_cosine")])
+@pytest.mark.parametrize(
+    "optimizer,scheduler", [("adamw", "onecycle"), ("adam", "none"), ("adam", "cosine"), ("adamw", "warmup_cosine")]
+)
 def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_path, optimizer, scheduler):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
@@ -75,19 +76,35 @@ def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_p
     from soundtag.training.run import FoldSet
 
     lr, epochs = 0.004, 2
-    recipe = load_recipe("esc50-lh", fast + [f"training.optimizer={optimizer}", f"training.scheduler={scheduler}",
-                                             f"training.lr={lr}", "training.weight_decay=0.01",
-                                             f"training.epochs={epochs}", "training.batch_size=2",
-                                             "training.warmup_epochs=1"])
+    recipe = load_recipe(
+        "esc50-lh",
+        fast
+        + [
+            f"training.optimizer={optimizer}",
+            f"training.scheduler={scheduler}",
+            f"training.lr={lr}",
+            "training.weight_decay=0.01",
+            f"training.epochs={epochs}",
+            "training.batch_size=2",
+            "training.warmup_epochs=1",
+        ],
+    )
     store, _ = extract_features(tiny, recipe, cache_dir=feature_cache, workers=0, progress=False)
     data = FoldSet.build(tiny, recipe, store).loaders(0)
     steps_per_epoch = len(data.train)
     assert steps_per_epoch == 4  # 8 training clips, 4 per class (already balanced), batches of 2
     module = TaggerModule(recipe.model_dump(), list(tiny.labels), tiny.multilabel, data.normalizer.to_dict())
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=CSVLogger(tmp_path, name="", version=""),
-                        callbacks=[LearningRateMonitor(logging_interval="step")], log_every_n_steps=1,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=[LearningRateMonitor(logging_interval="step")],
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, data.train, data.val)
 
     (opt,) = trainer.optimizers
@@ -103,8 +120,7 @@ def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_p
         assert logged[0] == pytest.approx(lr / 25)
         assert 0 < int(np.argmax(logged)) < total - 1  # up, then down
     elif scheduler == "warmup_cosine":  # one epoch (4 steps) up to lr, then a cosine to 0 per step
-        expected = [lr * (s + 1) / 4 if s < 4 else lr * (1 + math.cos(math.pi * (s - 4) / 4)) / 2
-                    for s in range(total)]
+        expected = [lr * (s + 1) / 4 if s < 4 else lr * (1 + math.cos(math.pi * (s - 4) / 4)) / 2 for s in range(total)]
     elif scheduler == "cosine":  # stepped per epoch over `epochs`
         expected = [lr * (1 + math.cos(math.pi * (s // steps_per_epoch) / epochs)) / 2 for s in range(total)]
     else:
@@ -114,9 +130,19 @@ def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_p
 
 @pytest.mark.slow
 def test_a_run_with_adamw_and_onecycle_saves_their_state(tiny, feature_cache, fast, tmp_path):
-    run, done = _train_fold0(tiny, fast + ["training.optimizer=adamw", "training.scheduler=onecycle", "training.lr=0.003",
-                                           "training.weight_decay=0.05", "training.batch_size=4"],
-                             tmp_path / "run", feature_cache)
+    run, done = _train_fold0(
+        tiny,
+        fast
+        + [
+            "training.optimizer=adamw",
+            "training.scheduler=onecycle",
+            "training.lr=0.003",
+            "training.weight_decay=0.05",
+            "training.batch_size=4",
+        ],
+        tmp_path / "run",
+        feature_cache,
+    )
     last = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=True)
     (opt_state,) = last["optimizer_states"]
     assert opt_state["param_groups"][0]["weight_decay"] == 0.05
@@ -127,6 +153,7 @@ def test_a_run_with_adamw_and_onecycle_saves_their_state(tiny, feature_cache, fa
 
 
 # --- early stopping and the monitor -------------------------------------------------------------
+
 
 def _swap_labels_of_fold(csv_path: Path, fold: str, out: Path) -> Path:
     """The CSV with the two labels swapped in ``fold``: learning the other fold makes its loss worse."""
@@ -148,9 +175,19 @@ def _swap_labels_of_fold(csv_path: Path, fold: str, out: Path) -> Path:
 def test_early_stopping_stops_when_the_monitor_stops_improving(tiny_csv, feature_cache, fast, tmp_path):
     swapped = read_manifest(_swap_labels_of_fold(tiny_csv, "1", tmp_path / "swapped.csv"))
     patience, max_epochs = 2, 15
-    run, done = _train_fold0(swapped, fast + [f"training.epochs={max_epochs}", f"training.early_stopping={patience}",
-                                              "training.lr=0.01", "training.scheduler=none", "training.batch_size=4"],
-                             tmp_path / "run", feature_cache)
+    run, done = _train_fold0(
+        swapped,
+        fast
+        + [
+            f"training.epochs={max_epochs}",
+            f"training.early_stopping={patience}",
+            "training.lr=0.01",
+            "training.scheduler=none",
+            "training.batch_size=4",
+        ],
+        tmp_path / "run",
+        feature_cache,
+    )
     losses = _histories(run)["fold-0"]["val_loss"].tolist()
     assert done["epochs"] == len(losses) < max_epochs, losses
     best = int(np.argmin(losses))
@@ -158,7 +195,7 @@ def test_early_stopping_stops_when_the_monitor_stops_improving(tiny_csv, feature
     # `patience` epochs held a new best
     assert len(losses) == best + patience + 1, losses
     for e in range(patience, best + 1):
-        assert min(losses[e - patience + 1:e + 1]) < min(losses[:e - patience + 1]), (e, losses)
+        assert min(losses[e - patience + 1 : e + 1]) < min(losses[: e - patience + 1]), (e, losses)
     assert done["best_score"] == pytest.approx(losses[best], rel=1e-5)
 
 
@@ -167,9 +204,19 @@ def test_the_best_checkpoint_is_chosen_by_val_map3(tiny, feature_cache, fast, tm
     # The choice shows which metric was monitored only in a run where MAP@3 peaks at another epoch
     # than the loss's lowest: the first seed that gives one is used.
     for seed in range(8):
-        run, done = _train_fold0(tiny, fast + ["training.monitor=val_map3", "training.epochs=4", "training.lr=0.01",
-                                               "training.batch_size=4", f"training.seed={seed}"],
-                                 tmp_path / f"run-{seed}", feature_cache)
+        run, done = _train_fold0(
+            tiny,
+            fast
+            + [
+                "training.monitor=val_map3",
+                "training.epochs=4",
+                "training.lr=0.01",
+                "training.batch_size=4",
+                f"training.seed={seed}",
+            ],
+            tmp_path / f"run-{seed}",
+            feature_cache,
+        )
         history = _histories(run)["fold-0"]
         map3 = history["val_map3"].tolist()
         best_epoch = int(np.argmax(map3))  # the first of the highest (a tie is no improvement)
@@ -182,15 +229,19 @@ def test_the_best_checkpoint_is_chosen_by_val_map3(tiny, feature_cache, fast, tm
     assert best["epoch"] == best_epoch
     # two checkpoint callbacks: the best by the monitor, and the latest epoch (for resume)
     (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"]]
-    assert state["monitor"] == "val_map3" and float(state["best_model_score"]) == pytest.approx(map3[best_epoch], abs=1e-6)
+    assert state["monitor"] == "val_map3" and float(state["best_model_score"]) == pytest.approx(
+        map3[best_epoch], abs=1e-6
+    )
     # the out-of-fold predictions are the best checkpoint's: their MAP@3 is the best score
     row = {c.id: i for i, c in enumerate(tiny)}
     targets = label_matrix(tiny)[[row[c] for c in done["clips"]]]
-    assert evaluation.map_at_k(targets, np.load(run / "fold-0" / "oof.npy"), 3) == pytest.approx(map3[best_epoch],
-                                                                                                  abs=1e-5)
+    assert evaluation.map_at_k(targets, np.load(run / "fold-0" / "oof.npy"), 3) == pytest.approx(
+        map3[best_epoch], abs=1e-5
+    )
 
 
 # --- relabelling a multi-label manifest ---------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_multilabel_relabel_gives_clips_several_labels(tiny_csv, feature_cache, fast, tmp_path):
@@ -219,8 +270,12 @@ def test_multilabel_relabel_gives_clips_several_labels(tiny_csv, feature_cache, 
         w.writerow([to_one.id, other])
     assert f'"{b},{a}"' in relabel.read_text()
 
-    run, _ = _train_fold0(data, fast + [f"training.relabel={relabel}", "training.epochs=1", "training.batch_size=4"],
-                          tmp_path / "run", feature_cache)
+    run, _ = _train_fold0(
+        data,
+        fast + [f"training.relabel={relabel}", "training.epochs=1", "training.batch_size=4"],
+        tmp_path / "run",
+        feature_cache,
+    )
     trained = Manifest.from_jsonl(run / "manifest.jsonl")
     assert trained.multilabel
     by_id = {c.id: c for c in trained}
@@ -235,18 +290,26 @@ def test_multilabel_relabel_gives_clips_several_labels(tiny_csv, feature_cache, 
     bad = tmp_path / "bad.csv"
     bad.write_text(f'clip_id,label\n{to_both.id},"{a},Not a label"\n')
     with pytest.raises(DataError, match="Not a label"):
-        train(data, load_recipe("esc50-lh", fast + [f"training.relabel={bad}"]), tmp_path / "bad-run",
-              cache_dir=feature_cache, progress=False)
+        train(
+            data,
+            load_recipe("esc50-lh", fast + [f"training.relabel={bad}"]),
+            tmp_path / "bad-run",
+            cache_dir=feature_cache,
+            progress=False,
+        )
 
 
 # --- a checkpoint into a classifier of another size -----------------------------------------------
+
 
 @pytest.mark.slow
 def test_weights_load_into_a_classifier_of_another_size(tiny, feature_cache, fast, tmp_path):
     run, _ = _train_fold0(tiny, fast + ["training.epochs=1", "training.batch_size=4"], tmp_path / "run", feature_cache)
     ckpt = run / "fold-0" / "best.ckpt"
-    trained = {k.removeprefix("model."): v for k, v in
-               torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()}
+    trained = {
+        k.removeprefix("model."): v
+        for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"].items()
+    }
     assert trained["classifier.weight"].shape[0] == 2
 
     widths = {"widths": [8, 16]}
@@ -279,10 +342,16 @@ def test_weights_load_into_a_classifier_of_another_size(tiny, feature_cache, fas
 
     recipe = load_recipe("esc50-lh", fast + [f"training.checkpoint={ckpt}"])
     torch.manual_seed(3)
-    module = TaggerModule(recipe.model_dump(), ["x", "y", "z"], False, {"kind": "per_sample", "mean": None, "std": None})
+    module = TaggerModule(
+        recipe.model_dump(), ["x", "y", "z"], False, {"kind": "per_sample", "mean": None, "std": None}
+    )
     torch.manual_seed(3)
-    scratch = TaggerModule(load_recipe("esc50-lh", fast).model_dump(), ["x", "y", "z"], False,
-                           {"kind": "per_sample", "mean": None, "std": None})
+    scratch = TaggerModule(
+        load_recipe("esc50-lh", fast).model_dump(),
+        ["x", "y", "z"],
+        False,
+        {"kind": "per_sample", "mean": None, "std": None},
+    )
     started = module.model.state_dict()
     assert started["classifier.weight"].shape[0] == 3
     assert torch.equal(started["classifier.weight"], scratch.model.state_dict()["classifier.weight"])
@@ -297,11 +366,19 @@ def test_a_checkpoint_of_another_net_is_refused(tmp_path):
 
 # --- EMA of the weights, and the weights a fold keeps -----------------------------------------
 
+
 def test_ema_averages_the_trained_weights_into_the_model_that_predicts():
     from soundtag.training.module import TaggerModule
 
-    recipe = load_recipe("esc50-lh", ["training.model=vgg", "training.model_args={widths: [4, 8]}",
-                                      "training.ema.enabled=true", "training.ema.decay=0.5"])
+    recipe = load_recipe(
+        "esc50-lh",
+        [
+            "training.model=vgg",
+            "training.model_args={widths: [4, 8]}",
+            "training.ema.enabled=true",
+            "training.ema.decay=0.5",
+        ],
+    )
     module = TaggerModule(recipe.model_dump(), ["a", "b"], False, {"kind": "per_sample", "mean": None, "std": None})
     assert module.net is module.training_model and module.net is not module.model
     assert not any(p.requires_grad for p in module.model.parameters())
@@ -334,10 +411,19 @@ def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(ti
     from soundtag.prediction.fold_models import load_run
     from soundtag.runs import RunDir
 
-    run, done = _train_fold0(tiny, fast + ["training.ema.enabled=true", "training.ema.decay=0.9",
-                                           "training.keep=last", "training.epochs=3",
-                                           "training.augment.freq_shift.enabled=true"],
-                             tmp_path / "run", feature_cache)
+    run, done = _train_fold0(
+        tiny,
+        fast
+        + [
+            "training.ema.enabled=true",
+            "training.ema.decay=0.9",
+            "training.keep=last",
+            "training.epochs=3",
+            "training.augment.freq_shift.enabled=true",
+        ],
+        tmp_path / "run",
+        feature_cache,
+    )
     assert done["best_checkpoint"] == "last.ckpt" and done["epochs"] == 3
     state = torch.load(run / "fold-0" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     averaged = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}

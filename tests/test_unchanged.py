@@ -31,8 +31,16 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "fma")
 #: name: (recipe, overrides); every run trains fold 0 for two epochs in fp32.
 RUNS = {
     "cpu-lh": ("esc50-cpu-lh", ["features.n_mels=32"]),
-    "lh-streamed": ("esc50-lh", ["features.n_mels=32", "training.model=vgg", "training.model_args={widths: [8, 16]}",
-                                 "training.batch_size=8", "training.device_data=off"]),
+    "lh-streamed": (
+        "esc50-lh",
+        [
+            "features.n_mels=32",
+            "training.model=vgg",
+            "training.model_args={widths: [8, 16]}",
+            "training.batch_size=8",
+            "training.device_data=off",
+        ],
+    ),
     "cpu-x": ("esc50-cpu-x", ["features.n_mels=32"]),
 }
 
@@ -60,8 +68,14 @@ def outputs(subset_csv: Path, work: Path) -> dict[str, np.ndarray]:
     out = {}
     for name, (recipe, overrides) in RUNS.items():
         run = work / name
-        train(manifest, load_recipe(recipe, overrides + ["training.epochs=2", "training.precision=32"]), run,
-              cache_dir=work / "cache", progress=False, folds=[0])
+        train(
+            manifest,
+            load_recipe(recipe, overrides + ["training.epochs=2", "training.precision=32"]),
+            run,
+            cache_dir=work / "cache",
+            progress=False,
+            folds=[0],
+        )
         out[f"{name}/oof"] = np.load(run / "fold-0" / "oof.npy")
         out[f"{name}/tag"] = load_tagger(run).tag(clip).probs
     x = work / "cpu-x"
@@ -84,5 +98,10 @@ def test_a_users_numbers_are_those_of_the_record(subset_csv, tmp_path):
     tolerance = 1e-6 if same_machine else 1e-3
     assert sorted(got) == sorted(k for k in record.files if k != "machine")
     for key, value in got.items():
-        np.testing.assert_allclose(value, record[key], rtol=0, atol=tolerance,
-                                   err_msg=f"{key} changed (record made on {record['machine']}, this is {machine()})")
+        np.testing.assert_allclose(
+            value,
+            record[key],
+            rtol=0,
+            atol=tolerance,
+            err_msg=f"{key} changed (record made on {record['machine']}, this is {machine()})",
+        )

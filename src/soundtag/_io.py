@@ -61,7 +61,9 @@ def load_array(path: str | Path, *, mmap_mode: str | None = None) -> np.ndarray:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as exc:  # NumPy's "Object arrays cannot be loaded when allow_pickle=False"
         what = "Python objects, which soundtag never unpickles" if "allow_pickle" in str(exc) else str(exc)
-        raise DataError(f"{path} was not loaded: it holds {what}; soundtag writes numeric arrays only, so this "
-                        "file was made elsewhere or is damaged: delete it and compute it again") from None
+        raise DataError(
+            f"{path} was not loaded: it holds {what}; soundtag writes numeric arrays only, so this "
+            "file was made elsewhere or is damaged: delete it and compute it again"
+        ) from None
     except OSError as exc:
         raise DataError(f"{path} cannot be read as an array ({exc}); delete it and compute it again") from None

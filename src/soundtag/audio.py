@@ -176,8 +176,15 @@ def load(
     elif trim_db is not None:
         samples = trim(samples, top_db=trim_db)
     samples = np.ascontiguousarray(samples, dtype=np.float32)
-    return Waveform(samples, sample_rate, int(native_rate), int(channels),
-                    samples.shape[0] / sample_rate, data.shape[0] / native_rate, notes)
+    return Waveform(
+        samples,
+        sample_rate,
+        int(native_rate),
+        int(channels),
+        samples.shape[0] / sample_rate,
+        data.shape[0] / native_rate,
+        notes,
+    )
 
 
 def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -187,8 +194,7 @@ def resample(samples: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(samples, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def trim(samples: np.ndarray, *, top_db: float = 60.0, frame_length: int = 2048,
-         hop_length: int = 512) -> np.ndarray:
+def trim(samples: np.ndarray, *, top_db: float = 60.0, frame_length: int = 2048, hop_length: int = 512) -> np.ndarray:
     """Remove leading and trailing silence, as ``librosa.effects.trim(samples, top_db=...)[0]``.
 
     Frames are centred, zero-padded windows of ``frame_length`` every ``hop_length`` samples;
@@ -214,13 +220,13 @@ def trim(samples: np.ndarray, *, top_db: float = 60.0, frame_length: int = 2048,
         per_frame = frame_length // hop_length
         padded = np.zeros((n_frames - 1 + per_frame) * hop_length, dtype=np.float32)
         kept = min(n, padded.shape[0] - half)  # samples past the last frame's end matter to none
-        padded[half:half + kept] = samples[:kept]
+        padded[half : half + kept] = samples[:kept]
         hops = np.square(padded).reshape(-1, hop_length).sum(axis=1, dtype=np.float64)
         energy = np.concatenate(([0.0], np.cumsum(hops)))
-        power = (energy[per_frame:per_frame + n_frames] - energy[:n_frames]) / frame_length
+        power = (energy[per_frame : per_frame + n_frames] - energy[:n_frames]) / frame_length
     else:
         padded = np.zeros(n + 2 * half, dtype=np.float64)
-        padded[half:half + n] = samples
+        padded[half : half + n] = samples
         energy = np.concatenate(([0.0], np.cumsum(np.square(padded))))
         starts = np.arange(n_frames) * hop_length
         power = (energy[starts + frame_length] - energy[starts]) / frame_length
@@ -229,7 +235,7 @@ def trim(samples: np.ndarray, *, top_db: float = 60.0, frame_length: int = 2048,
     keep = np.flatnonzero(10.0 * np.log10(power / power.max()) > -top_db)
     if keep.size == 0:
         return samples[:0]
-    return samples[keep[0] * hop_length: min(n, (keep[-1] + 1) * hop_length)]
+    return samples[keep[0] * hop_length : min(n, (keep[-1] + 1) * hop_length)]
 
 
 def pad_center(samples: np.ndarray, length: int) -> np.ndarray:

@@ -66,18 +66,23 @@ def read_checkpoint(path: str | Path, *, what: str = "checkpoint") -> Any:
     except pickle.UnpicklingError as exc:
         found = unsafe_globals(path) or re.findall(r"GLOBAL (\S+)", str(exc))
         if not found:  # not a pickle of objects: bytes that are no pickle at all
-            raise DataError(f"{what} {path} cannot be read (it is not a PyTorch file, or it is damaged); give the "
-                            "file torch.save wrote") from None
+            raise DataError(
+                f"{what} {path} cannot be read (it is not a PyTorch file, or it is damaged); give the "
+                "file torch.save wrote"
+            ) from None
         raise UnsafeFileError(
             f"{what} {path} was not loaded: it holds Python objects that would run code when unpickled "
             f"({', '.join(found[:8])}). soundtag reads only "
             "tensors, numbers, strings, lists and dicts from a checkpoint. If you made this file, save "
             "`model.state_dict()` (or a dict of tensors and plain values) instead; if someone sent it to "
-            "you, do not unpickle it with other tools either") from None
+            "you, do not unpickle it with other tools either"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a truncated zip, a text file, another format
-        raise DataError(f"{what} {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it may be "
-                        "truncated (download it again and compare its size or checksum) or not a PyTorch "
-                        "file") from None
+        raise DataError(
+            f"{what} {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it may be "
+            "truncated (download it again and compare its size or checksum) or not a PyTorch "
+            "file"
+        ) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -93,9 +98,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"checkpoint {path} holds no state dict of tensors (top level: "
-                        f"{type(state).__name__}); soundtag reads flat state dicts, PANNs' {{'model': ...}} "
-                        "and Lightning checkpoints")
+        raise DataError(
+            f"checkpoint {path} holds no state dict of tensors (top level: "
+            f"{type(state).__name__}); soundtag reads flat state dicts, PANNs' {{'model': ...}} "
+            "and Lightning checkpoints"
+        )
     if any(k.startswith("model.") for k in state):  # a soundtag (Lightning) checkpoint
         state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("training_model.")}
     return state
@@ -159,7 +166,9 @@ def read_soundtag_checkpoint(path: str | Path) -> SoundtagCheckpoint:
     hp = state.get("hyper_parameters") if isinstance(state, dict) else None
     needed = ("recipe", "labels", "multilabel", "normalizer")
     if not isinstance(hp, dict) or any(k not in hp for k in needed) or not isinstance(state.get("state_dict"), dict):
-        raise DataError(f"{path} is not a soundtag checkpoint (it needs a state_dict and hyper-parameters "
-                        f"with {', '.join(needed)}); a released PANNs or EfficientAT file needs --arch, "
-                        "e.g. --arch panns-cnn14")
+        raise DataError(
+            f"{path} is not a soundtag checkpoint (it needs a state_dict and hyper-parameters "
+            f"with {', '.join(needed)}); a released PANNs or EfficientAT file needs --arch, "
+            "e.g. --arch panns-cnn14"
+        )
     return SoundtagCheckpoint(path, hp, state["state_dict"], int(state.get("epoch", -1)))

@@ -14,16 +14,29 @@ from typing import List, Optional
 
 import typer
 
-from soundtag.commands import (DEFAULT_CACHE, DataOpt, LayoutOpt, OverrideOpt, console, err_console, escape, load_recipes,
-                               rerun_note)
+from soundtag.commands import (
+    DEFAULT_CACHE,
+    DataOpt,
+    LayoutOpt,
+    OverrideOpt,
+    console,
+    err_console,
+    escape,
+    load_recipes,
+    rerun_note,
+)
 from soundtag.commands import cleaning as cleaning_commands
 from soundtag.commands import data as data_commands
 from soundtag.commands import prediction as prediction_commands
 from soundtag.errors import SoundtagError
 from soundtag.stopping import on_stop
 
-app = typer.Typer(help="Train, clean, evaluate and ensemble audio taggers.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Train, clean, evaluate and ensemble audio taggers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
 class Strategy(str, Enum):
@@ -34,16 +47,21 @@ class Strategy(str, Enum):
 @app.command()
 def features(
     data: str = DataOpt,
-    recipe: List[str] = typer.Option(["fsd2018-lh", "fsd2018-x"], "--recipe", "-r",
-                                     help="built-in recipe name or YAML file; repeatable"),
+    recipe: List[str] = typer.Option(
+        ["fsd2018-lh", "fsd2018-x"], "--recipe", "-r", help="built-in recipe name or YAML file; repeatable"
+    ),
     cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="folder of the feature stores"),
     layout: Optional[str] = LayoutOpt,
     workers: int = typer.Option(2, help="decoding processes"),
     batch_size: int = typer.Option(32, help="clips per log-mel batch"),
     device: str = typer.Option("cpu", help="where the log-mel runs: cpu or cuda"),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: compute only every n-th clip from the "
-                                        "i-th (0-based), so n jobs share the work; 'all': every clip (under "
-                                        "torchrun or srun the default is each process's rank/world size)"),
+    shard: Optional[str] = typer.Option(
+        None,
+        "--shard",
+        help="i/n: compute only every n-th clip from the "
+        "i-th (0-based), so n jobs share the work; 'all': every clip (under "
+        "torchrun or srun the default is each process's rank/world size)",
+    ),
     override: List[str] = OverrideOpt,
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
@@ -70,32 +88,52 @@ def features(
     manifest = open_dataset(data, layout)
     summaries = []
     for r in load_recipes(recipe, override):
-        with on_stop(rerun_note(lambda: f"the clips computed so far are kept in the feature store under {cache}, "
-                                        "and only the others are computed again")):
-            _, summary = extract_features(manifest, r, cache_dir=cache, workers=workers, batch_size=batch_size,
-                                          device=device, progress=progress, shard=shard_of)
+        with on_stop(
+            rerun_note(
+                lambda: (
+                    f"the clips computed so far are kept in the feature store under {cache}, "
+                    "and only the others are computed again"
+                )
+            )
+        ):
+            _, summary = extract_features(
+                manifest,
+                r,
+                cache_dir=cache,
+                workers=workers,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                shard=shard_of,
+            )
         summaries.append(summary)
         for f in summary.failures[:10]:
             console.print(f"[yellow]failed[/]: {escape(f.message)}")
         if len(summary.failures) > 10:
             console.print(f"[yellow]... {len(summary.failures) - 10} more in {summary.failures_csv}[/]")
         if summary.notes:
-            console.print(f"{r.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(summary.notes.items()))
-                          + f" (listed in {summary.notes_csv})")
+            console.print(
+                f"{r.name}: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(summary.notes.items()))
+                + f" (listed in {summary.notes_csv})"
+            )
     console.print(features_table(manifest.name, len(manifest), summaries))
     for summary in summaries:
         console.print(f"store: {summary.store}", soft_wrap=True)
     failed = {f.clip_id for summary in summaries for f in summary.failures}  # a bad file fails once per recipe
     if failed:
-        console.print(f"[yellow]{len(failed)} clip(s) could not be decoded; they are listed in each store's "
-                      f"{summaries[-1].failures_csv.name} and left out.[/]")
+        console.print(
+            f"[yellow]{len(failed)} clip(s) could not be decoded; they are listed in each store's "
+            f"{summaries[-1].failures_csv.name} and left out.[/]"
+        )
 
 
 @app.command()
 def show(
     clip: Path = typer.Argument(..., help="an audio file"),
-    recipe: List[str] = typer.Option(["fsd2018-lh"], "--recipe", "-r",
-                                     help="recipe(s); a built-in LH/X recipe brings its sibling view"),
+    recipe: List[str] = typer.Option(
+        ["fsd2018-lh"], "--recipe", "-r", help="recipe(s); a built-in LH/X recipe brings its sibling view"
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: CLIP name + .png)"),
     override: List[str] = OverrideOpt,
 ):
@@ -116,20 +154,38 @@ def show(
 @app.command()
 def train(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="dataset folder, CSV, manifest or registered name"),
-    recipe: str = typer.Option("esc50-lh", "--recipe", "-r", help="built-in recipe name, YAML file, or auto / "
-                               "auto-x: chosen from the data (see `soundtag recipes auto --data D`)"),
+    recipe: str = typer.Option(
+        "esc50-lh",
+        "--recipe",
+        "-r",
+        help="built-in recipe name, YAML file, or auto / "
+        "auto-x: chosen from the data (see `soundtag recipes auto --data D`)",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run: finished folds are skipped"),
-    folds: Optional[int] = typer.Option(None, "--folds", help="number of folds (datasets with their own folds keep them)"),
-    fold: List[int] = typer.Option([], "--fold", help="train only this fold, counted from 0 in the order of "
-                                   "the dataset's folds (ESC-50 fold 1 is 0); repeatable"),
-    model: Optional[str] = typer.Option(None, "--model", help="a registered model (alexnet-kernel, vgg, seresnet-kernel, plain-cnn, ...) or timm:<name>"),
-    init: Optional[Path] = typer.Option(None, "--init", help="start from these weights (training.checkpoint): a "
-                                        "soundtag checkpoint, or a released PANNs / EfficientAT file for the "
-                                        "panns-cnn14-ft / efficientat-mn10-ft recipes; a new head for the labels"),
+    folds: Optional[int] = typer.Option(
+        None, "--folds", help="number of folds (datasets with their own folds keep them)"
+    ),
+    fold: List[int] = typer.Option(
+        [],
+        "--fold",
+        help="train only this fold, counted from 0 in the order of "
+        "the dataset's folds (ESC-50 fold 1 is 0); repeatable",
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="a registered model (alexnet-kernel, vgg, seresnet-kernel, plain-cnn, ...) or timm:<name>"
+    ),
+    init: Optional[Path] = typer.Option(
+        None,
+        "--init",
+        help="start from these weights (training.checkpoint): a "
+        "soundtag checkpoint, or a released PANNs / EfficientAT file for the "
+        "panns-cnn14-ft / efficientat-mn10-ft recipes; a new head for the labels",
+    ),
     blacklist: Optional[Path] = typer.Option(None, "--blacklist", help="CSV of clips to leave out of training"),
-    relabel: Optional[Path] = typer.Option(None, "--relabel", help="CSV of clip_id,label corrections "
-                                           "(e.g. relabel.csv from `soundtag review`)"),
+    relabel: Optional[Path] = typer.Option(
+        None, "--relabel", help="CSV of clip_id,label corrections (e.g. relabel.csv from `soundtag review`)"
+    ),
     cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="folder of the feature stores"),
     layout: Optional[str] = LayoutOpt,
     override: List[str] = OverrideOpt,
@@ -169,12 +225,29 @@ def train(
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
         manifest = open_dataset(data, layout)
         # auto is chosen from the data; recipe.yaml of the run keeps the result
-        r = _resolve(recipe, override, manifest=manifest, quiet=not is_primary_process(), folds=folds, model=model,
-                     blacklist=blacklist, relabel=relabel, init=init)
+        r = _resolve(
+            recipe,
+            override,
+            manifest=manifest,
+            quiet=not is_primary_process(),
+            folds=folds,
+            model=model,
+            blacklist=blacklist,
+            relabel=relabel,
+            init=init,
+        )
         run_dir = out or default_run_dir(r)
         with on_stop(lambda: _train_stop_note(run_dir)):
-            result = train_run(manifest, r, run_dir, cache_dir=cache,
-                               folds=fold or None, progress=progress, data_source=data, hardware=hardware)
+            result = train_run(
+                manifest,
+                r,
+                run_dir,
+                cache_dir=cache,
+                folds=fold or None,
+                progress=progress,
+                data_source=data,
+                hardware=hardware,
+            )
     if not is_primary_process():
         return  # the first process reports
     if result.folds_skipped:
@@ -191,10 +264,15 @@ def _train_stop_note(run_dir: Path) -> str:
     if not run.is_run():
         return f"nothing was written to {run_dir} yet; run the same command again"
     done = run.finished_folds()
-    kept = f"fold(s) {', '.join(map(str, done))} of {run_dir} are finished and kept" if done else \
-        f"no fold of {run_dir} was finished"
-    return (f"{kept}, an unfinished fold goes on from its last saved epoch, the features computed so far are "
-            f"cached; resume with `soundtag train --resume {run_dir}`")
+    kept = (
+        f"fold(s) {', '.join(map(str, done))} of {run_dir} are finished and kept"
+        if done
+        else f"no fold of {run_dir} was finished"
+    )
+    return (
+        f"{kept}, an unfinished fold goes on from its last saved epoch, the features computed so far are "
+        f"cached; resume with `soundtag train --resume {run_dir}`"
+    )
 
 
 def _resolve(name, overrides: List[str], *, manifest=None, quiet: bool = False, comment: bool = False, **options):
@@ -204,8 +282,12 @@ def _resolve(name, overrides: List[str], *, manifest=None, quiet: bool = False, 
 
     resolved = resolve_recipe(name, overrides, manifest=manifest, **options)
     for line in resolved.reasons if not quiet else ():
-        console.print(f"# {line}" if comment else f"{name} recipe: {escape(line)}", markup=not comment,
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"# {line}" if comment else f"{name} recipe: {escape(line)}",
+            markup=not comment,
+            highlight=False,
+            soft_wrap=True,
+        )
     return resolved.recipe
 
 
@@ -214,8 +296,11 @@ def _print_metrics(run_dir: Path, metrics: dict, written: str = "the metrics and
 
     console.print(metrics_table(run_dir, metrics))
     if not metrics.get("complete", True):
-        console.print(f"[yellow]the other folds are not trained: these clips are {metrics['all']['clips']} of the "
-                      f"dataset; train the rest with `soundtag train --resume {escape(str(run_dir))}`[/]", soft_wrap=True)
+        console.print(
+            f"[yellow]the other folds are not trained: these clips are {metrics['all']['clips']} of the "
+            f"dataset; train the rest with `soundtag train --resume {escape(str(run_dir))}`[/]",
+            soft_wrap=True,
+        )
     console.print(f"wrote {written} to {escape(str(run_dir))}", soft_wrap=True)
 
 
@@ -247,9 +332,14 @@ def merge_folds_cmd(
 
 
 @app.command()
-def evaluate(run: Path = typer.Argument(..., help="a run directory"),
-             tta: Optional[int] = typer.Option(None, "--tta", help="predict out of fold again from the kept fold "
-                                               "models with this many shifted copies of every chunk")):
+def evaluate(
+    run: Path = typer.Argument(..., help="a run directory"),
+    tta: Optional[int] = typer.Option(
+        None,
+        "--tta",
+        help="predict out of fold again from the kept fold models with this many shifted copies of every chunk",
+    ),
+):
     """Evaluate a run's out-of-fold predictions: metrics, confusion matrix, learning curves.
 
     With --tta N the fold models predict their held-out clips again with N time-shifted copies
@@ -268,7 +358,9 @@ def evaluate(run: Path = typer.Argument(..., help="a run directory"),
     if tta is None:
         _print_metrics(run, metrics)
     else:
-        _print_metrics(run, metrics, written=f"metrics-tta{tta}.json (out of fold, {tta} shifted copies of every chunk)")
+        _print_metrics(
+            run, metrics, written=f"metrics-tta{tta}.json (out of fold, {tta} shifted copies of every chunk)"
+        )
 
 
 for command in prediction_commands.COMMANDS:
@@ -276,11 +368,12 @@ for command in prediction_commands.COMMANDS:
 
 
 @app.command("recipes")
-def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this recipe, resolved"),
-                override: List[str] = OverrideOpt,
-                data: Optional[str] = typer.Option(None, "--data", "-d", help="the dataset the auto recipe "
-                                                   "is chosen from"),
-                layout: Optional[str] = LayoutOpt):
+def recipes_cmd(
+    name: Optional[str] = typer.Argument(None, help="print this recipe, resolved"),
+    override: List[str] = OverrideOpt,
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="the dataset the auto recipe is chosen from"),
+    layout: Optional[str] = LayoutOpt,
+):
     """List the built-in recipes, or print one with overrides applied.
 
     The recipe auto (LH) or auto-x (X) is chosen from a dataset given with --data: it prints
@@ -299,8 +392,11 @@ def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this reci
 
     if name in AUTO_VIEWS:
         if data is None:
-            raise typer.BadParameter(f"the {name} recipe is chosen from a dataset: pass --data DATASET "
-                                     f"(a folder, CSV, manifest or registered name)", param_hint="--data")
+            raise typer.BadParameter(
+                f"the {name} recipe is chosen from a dataset: pass --data DATASET "
+                f"(a folder, CSV, manifest or registered name)",
+                param_hint="--data",
+            )
         from soundtag.manifest import open_dataset
 
         r = _resolve(name, override, manifest=open_dataset(data, layout), comment=True)
@@ -312,8 +408,10 @@ def recipes_cmd(name: Optional[str] = typer.Argument(None, help="print this reci
     for n in list_recipes():
         r = load_recipe(n)
         console.print(f"[bold]{n}[/]: {r.description}")
-    console.print("[bold]auto[/], [bold]auto-x[/]: chosen from the data and the machine "
-                  "(`soundtag recipes auto --data D` shows it and says why)")
+    console.print(
+        "[bold]auto[/], [bold]auto-x[/]: chosen from the data and the machine "
+        "(`soundtag recipes auto --data D` shows it and says why)"
+    )
 
 
 app.add_typer(data_commands.app, name="data")
@@ -327,12 +425,13 @@ def unwrap_prose(doc: str) -> str:
     Typer keeps the line breaks of every paragraph after the first, which suits the indented
     examples but cuts sentences short in a terminal of another width.
 
-    >>> unwrap_prose("Title.\\n\\n    Some prose\\n    on two lines.\\n\\n    Examples:\\n\\n      soundtag a\\n      soundtag b")
-    'Title.\\n\\nSome prose on two lines.\\n\\nExamples:\\n\\n  soundtag a\\n  soundtag b'
+    >>> unwrap_prose("Title.\\n\\n    Some prose\\n    on two lines.\\n\\n    Examples:\\n\\n      soundtag a")
+    'Title.\\n\\nSome prose on two lines.\\n\\nExamples:\\n\\n  soundtag a'
     """
     paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.splitlines())
-                       for p in paragraphs)
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.splitlines()) for p in paragraphs
+    )
 
 
 for _typer in (app, data_commands.app):

@@ -62,13 +62,17 @@ class RemoteFile:
     def __post_init__(self):
         for algo, value, length in (("md5", self.md5, 32), ("sha256", self.sha256, 64)):
             if value is not None and not re.fullmatch(f"[0-9a-f]{{{length}}}", value):
-                raise ParameterError(f"{self.filename}: {algo}={value!r} must be {length} "
-                                     "lowercase hex digits, or None where none is published")
+                raise ParameterError(
+                    f"{self.filename}: {algo}={value!r} must be {length} "
+                    "lowercase hex digits, or None where none is published"
+                )
         if not self.filename or "/" in self.filename or "\\" in self.filename:
             raise ParameterError(f"filename={self.filename!r} must be a bare file name")
         if self.strip_components < 0 or _unsafe(self.subdir):
-            raise ParameterError(f"{self.filename}: strip_components={self.strip_components} "
-                                 f"must be >= 0 and subdir={self.subdir!r} a relative folder")
+            raise ParameterError(
+                f"{self.filename}: strip_components={self.strip_components} "
+                f"must be >= 0 and subdir={self.subdir!r} a relative folder"
+            )
 
     @property
     def verification(self) -> str:
@@ -103,10 +107,16 @@ class DatasetSpec:
 
     def __post_init__(self):
         names = [f.filename for f in self.files]
-        if not self.name or not names or len(set(names)) != len(names) or any(
-                _unsafe(p) for pair in self.copies for p in pair):
-            raise ParameterError(f"dataset {self.name!r} needs a name, at least one file, unique "
-                                 f"file names (got {names}) and relative copies {self.copies}")
+        if (
+            not self.name
+            or not names
+            or len(set(names)) != len(names)
+            or any(_unsafe(p) for pair in self.copies for p in pair)
+        ):
+            raise ParameterError(
+                f"dataset {self.name!r} needs a name, at least one file, unique "
+                f"file names (got {names}) and relative copies {self.copies}"
+            )
 
 
 _REGISTRY: Registry[DatasetSpec] = Registry("dataset")
@@ -135,8 +145,7 @@ def get_spec(name: str) -> DatasetSpec:
     except ParameterError:
         near = nearest(str(name).strip().lower(), _REGISTRY, cutoff=0.5)
         hint = f" Did you mean {near!r}?" if near else ""
-        raise ParameterError(f"unknown dataset {name!r}.{hint} Known datasets: "
-                             f"{', '.join(list_datasets())}.") from None
+        raise ParameterError(f"unknown dataset {name!r}.{hint} Known datasets: {', '.join(list_datasets())}.") from None
 
 
 def default_data_root() -> Path:
@@ -166,9 +175,17 @@ def _mismatch(path: Path, md5: str | None, sha256: str | None, size: int | None)
     return None
 
 
-def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
-             expected_sha256: str | None = None, expected_size: int | None = None,
-             progress: bool = True, chunk_size: int = 1 << 20, timeout: float = 60) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    expected_md5: str | None = None,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    progress: bool = True,
+    chunk_size: int = 1 << 20,
+    timeout: float = 60,
+) -> Path:
     """Download ``url`` to ``dest``, resuming a partial download and verifying the result.
 
     Data goes to ``dest + ".part"``, resumed with ``Range: bytes=N-`` (a server answering 200
@@ -197,8 +214,7 @@ def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
         headers["Range"] = f"bytes={offset}-"
     try:
         try:
-            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                          timeout=timeout)
+            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as err:
             if not (err.code == 416 and offset):  # 416 with a part: the part is already whole
                 raise
@@ -207,14 +223,18 @@ def download(url: str, dest: str | Path, *, expected_md5: str | None = None,
             with resp:
                 _receive(resp, url, part, offset, expected_size, progress, chunk_size)
     except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
-        raise DataError(f"download of {url} failed: {err}. Check the network and run the same "
-                        f"command again: it resumes from {part} when that exists.") from err
+        raise DataError(
+            f"download of {url} failed: {err}. Check the network and run the same "
+            f"command again: it resumes from {part} when that exists."
+        ) from err
     problem = _mismatch(part, expected_md5, expected_sha256, expected_size)
     if problem:
         part.unlink()
-        raise DataError(f"download of {url} is corrupt: {problem}. The bad file was deleted; run "
-                        "the command again to fetch it afresh. If it fails again the file on the "
-                        "server changed: report it to the soundtag maintainers.")
+        raise DataError(
+            f"download of {url} is corrupt: {problem}. The bad file was deleted; run "
+            "the command again to fetch it afresh. If it fails again the file on the "
+            "server changed: report it to the soundtag maintainers."
+        )
     if not (expected_md5 or expected_sha256):
         how = "verified by size only" if expected_size is not None else "not verified"
         warnings.warn(f"{url}: no published checksum: {how}", UnverifiedDownloadWarning, 2)
@@ -236,8 +256,10 @@ def _receive(resp, url, part: Path, offset: int, expected_size, progress, chunk_
     length = int(length) if length.isdigit() else None
     total = offset + length if length is not None else expected_size
     received = 0
-    with progress_bar(progress, total, part.name[:-5], completed=offset, transfer=True) as advance, \
-            open(part, "ab" if offset else "wb") as fh:
+    with (
+        progress_bar(progress, total, part.name[:-5], completed=offset, transfer=True) as advance,
+        open(part, "ab" if offset else "wb") as fh,
+    ):
         while block := resp.read(chunk_size):
             fh.write(block)
             received += len(block)
@@ -270,8 +292,10 @@ def _extract(archive: Path, target: Path, strip_components: int = 0) -> None:
             out = root.joinpath(*parts[strip_components:]).resolve()
             if not plain or _unsafe(name) or not out.is_relative_to(root):
                 why = "is a link or special file" if not plain else f"would land outside {target}"
-                raise DataError(f"{archive}: member {name!r} {why}; the archive is unsafe and was "
-                                "not unpacked. Delete it and tell the dataset's maintainers.")
+                raise DataError(
+                    f"{archive}: member {name!r} {why}; the archive is unsafe and was "
+                    "not unpacked. Delete it and tell the dataset's maintainers."
+                )
             if len(parts) > strip_components:
                 plan.append((out, is_dir, member, "/".join(parts[strip_components:])))
         if isinstance(arc, tarfile.TarFile):
@@ -279,11 +303,11 @@ def _extract(archive: Path, target: Path, strip_components: int = 0) -> None:
             # here it fixes modes and guards against a mistake in those checks.
             root.mkdir(parents=True, exist_ok=True)
             try:
-                arc.extractall(root, members=[m.replace(name=rel, deep=False) for *_, m, rel in plan],
-                               filter="data")
+                arc.extractall(root, members=[m.replace(name=rel, deep=False) for *_, m, rel in plan], filter="data")
             except tarfile.FilterError as exc:
-                raise DataError(f"{archive}: {exc}; the archive is unsafe. Delete it and tell the "
-                                "dataset's maintainers.") from exc
+                raise DataError(
+                    f"{archive}: {exc}; the archive is unsafe. Delete it and tell the dataset's maintainers."
+                ) from exc
             return
         for out, is_dir, member, _ in plan:  # written only once every member has passed
             (out if is_dir else out.parent).mkdir(parents=True, exist_ok=True)
@@ -292,8 +316,9 @@ def _extract(archive: Path, target: Path, strip_components: int = 0) -> None:
                     shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def get(name: str, to: str | Path | None = None, *, local_copy: str | Path | None = None,
-        progress: bool = True) -> Path:
+def get(
+    name: str, to: str | Path | None = None, *, local_copy: str | Path | None = None, progress: bool = True
+) -> Path:
     """Make dataset ``name`` available on disk and return its folder.
 
     The marker ``.soundtag-complete.json`` is written last; a folder whose marker matches the
@@ -315,22 +340,33 @@ def get(name: str, to: str | Path | None = None, *, local_copy: str | Path | Non
             return candidate
     target = (Path(to).expanduser() if to is not None else default_data_root()) / spec.name
     marker = target / MARKER
-    record = {"dataset": spec.name, "layout": spec.layout,
-              "files": [{**asdict(f), "verified": f.verification} for f in spec.files]}
+    record = {
+        "dataset": spec.name,
+        "layout": spec.layout,
+        "files": [{**asdict(f), "verified": f.verification} for f in spec.files],
+    }
     with contextlib.suppress(OSError, ValueError):
         if json.loads(marker.read_text(encoding="utf-8")) == record:
             return target
     staging = target / ".downloads"
     for f in spec.files:
         where = staging if f.extract else target / f.subdir
-        path = download(f.url, where / f.filename, expected_md5=f.md5, expected_sha256=f.sha256,
-                        expected_size=f.size, progress=progress)
+        path = download(
+            f.url,
+            where / f.filename,
+            expected_md5=f.md5,
+            expected_sha256=f.sha256,
+            expected_size=f.size,
+            progress=progress,
+        )
         if f.extract:
             _extract(path, target / f.subdir, f.strip_components)
     for source, copy in spec.copies:
         if not (target / source).is_file():
-            raise DataError(f"{target / source} is missing after unpacking {spec.name}: the "
-                            "archives changed layout. Report it to the soundtag maintainers.")
+            raise DataError(
+                f"{target / source} is missing after unpacking {spec.name}: the "
+                "archives changed layout. Report it to the soundtag maintainers."
+            )
         shutil.copyfile(target / source, target / copy)
     atomic_write_json(marker, record)
     shutil.rmtree(staging, ignore_errors=True)
@@ -339,24 +375,57 @@ def get(name: str, to: str | Path | None = None, *, local_copy: str | Path | Non
 
 _GITHUB, _ZENODO = "https://github.com/karolpiczak/", "https://zenodo.org/records/2552860/files/"
 _FSD_MD5 = dict(  # published on Zenodo record 2552860, as hard-coded in mteb's FSDKaggle2018 script
-    meta="f16828ac8be0e5285b9175a12f90d784", doc="4f2d1ac88f33a62f9db3108b269ee1b7",
-    audio_test="f85c8665c3fc39311ea1b748e194a81d", audio_train="a8b47ff4b52022c178f88fa5c6f080d0")
+    meta="f16828ac8be0e5285b9175a12f90d784",
+    doc="4f2d1ac88f33a62f9db3108b269ee1b7",
+    audio_test="f85c8665c3fc39311ea1b748e194a81d",
+    audio_train="a8b47ff4b52022c178f88fa5c6f080d0",
+)
 for _spec in (
-    DatasetSpec("esc50", "ESC-50: 2000 environmental clips, 50 classes, 5 folds (Piczak 2015)",
-                (RemoteFile(f"{_GITHUB}ESC-50/archive/master.zip", "ESC-50-master.zip",
-                            extract=True, strip_components=1),),
-                "esc50", "esc50", "CC BY-NC 3.0", f"{_GITHUB}ESC-50"),
-    DatasetSpec("esc10", "ESC-10, original release: 400 Ogg clips, 10 classes, 5 folds",
-                (RemoteFile(f"{_GITHUB}ESC-10/archive/master.zip", "ESC-10-master.zip",
-                            extract=True, strip_components=1, subdir="audio"),),
-                "esc10", "esc10", "CC BY 3.0", f"{_GITHUB}ESC-10"),
-    DatasetSpec("fsdkaggle2018", "FSDKaggle2018: 11073 Freesound clips, 41 labels (DCASE 2018)",
-                tuple(RemoteFile(f"{_ZENODO}FSDKaggle2018.{p}.zip?download=1",
-                                 f"FSDKaggle2018.{p}.zip", md5=md5, extract=True,
-                                 strip_components=1, subdir="" if p == "meta" else p)
-                      for p, md5 in _FSD_MD5.items()),
-                "fsdkaggle2018", "fsdkaggle2018", "CC BY 4.0 (per-clip CC licences in meta)",
-                "https://zenodo.org/records/2552860",
-                copies=(("train_post_competition.csv", "train.csv"),)),
+    DatasetSpec(
+        "esc50",
+        "ESC-50: 2000 environmental clips, 50 classes, 5 folds (Piczak 2015)",
+        (RemoteFile(f"{_GITHUB}ESC-50/archive/master.zip", "ESC-50-master.zip", extract=True, strip_components=1),),
+        "esc50",
+        "esc50",
+        "CC BY-NC 3.0",
+        f"{_GITHUB}ESC-50",
+    ),
+    DatasetSpec(
+        "esc10",
+        "ESC-10, original release: 400 Ogg clips, 10 classes, 5 folds",
+        (
+            RemoteFile(
+                f"{_GITHUB}ESC-10/archive/master.zip",
+                "ESC-10-master.zip",
+                extract=True,
+                strip_components=1,
+                subdir="audio",
+            ),
+        ),
+        "esc10",
+        "esc10",
+        "CC BY 3.0",
+        f"{_GITHUB}ESC-10",
+    ),
+    DatasetSpec(
+        "fsdkaggle2018",
+        "FSDKaggle2018: 11073 Freesound clips, 41 labels (DCASE 2018)",
+        tuple(
+            RemoteFile(
+                f"{_ZENODO}FSDKaggle2018.{p}.zip?download=1",
+                f"FSDKaggle2018.{p}.zip",
+                md5=md5,
+                extract=True,
+                strip_components=1,
+                subdir="" if p == "meta" else p,
+            )
+            for p, md5 in _FSD_MD5.items()
+        ),
+        "fsdkaggle2018",
+        "fsdkaggle2018",
+        "CC BY 4.0 (per-clip CC licences in meta)",
+        "https://zenodo.org/records/2552860",
+        copies=(("train_post_competition.csv", "train.csv"),),
+    ),
 ):
     register_dataset(_spec)

@@ -103,8 +103,7 @@ def _top1_precision_recall(targets: np.ndarray, probs: np.ndarray) -> tuple[np.n
         return empty, empty.copy()
     top1 = np.zeros(probs.shape, dtype=bool)
     top1[np.arange(len(probs)), probs.argmax(axis=1)] = True
-    precision, recall, _, _ = precision_recall_fscore_support(targets > 0, top1, average=None,
-                                                              zero_division=np.nan)
+    precision, recall, _, _ = precision_recall_fscore_support(targets > 0, top1, average=None, zero_division=np.nan)
     return precision.astype(np.float64), recall.astype(np.float64)
 
 
@@ -137,8 +136,10 @@ def lwlrap(targets: np.ndarray, probs: np.ndarray) -> float:
     count = int(truth.sum())
     if count == 0:
         return 0.0
-    total = sum(float(_label_precisions(truth[i:i + _BLOCK], probs[i:i + _BLOCK]).sum())
-                for i in range(0, len(probs), _BLOCK))
+    total = sum(
+        float(_label_precisions(truth[i : i + _BLOCK], probs[i : i + _BLOCK]).sum())
+        for i in range(0, len(probs), _BLOCK)
+    )
     return total / count
 
 
@@ -179,8 +180,7 @@ def summarize(targets: np.ndarray, probs: np.ndarray, *, multilabel: bool = Fals
     """The headline metrics of a set of predictions, as a plain dict."""
     if len(targets) == 0:
         return {"clips": 0}
-    out = {"clips": int(len(targets)), "map@3": map_at_k(targets, probs, 3),
-           "top1": top1_accuracy(targets, probs)}
+    out = {"clips": int(len(targets)), "map@3": map_at_k(targets, probs, 3), "top1": top1_accuracy(targets, probs)}
     if multilabel:
         out["lwlrap"] = lwlrap(targets, probs)
         out["log_loss"] = binary_log_loss(targets, probs)
@@ -189,8 +189,9 @@ def summarize(targets: np.ndarray, probs: np.ndarray, *, multilabel: bool = Fals
     return out
 
 
-def plot_confusion(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], out: str | Path,
-                   title: str = "") -> Path:
+def plot_confusion(
+    targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], out: str | Path, title: str = ""
+) -> Path:
     """Write a confusion-matrix PNG, rows normalised to recall."""
     from soundtag.plots import save_png, subplots
 
@@ -206,8 +207,15 @@ def plot_confusion(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str]
         for i in range(len(labels)):
             for j in range(len(labels)):
                 if m[i, j] > 0:
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{m[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_png(fig, out)
 

@@ -15,10 +15,9 @@ import numpy as np
 
 from soundtag import audio
 from soundtag._io import atomic_path
-from soundtag.features.views import decode_for_recipe
 from soundtag.features.melspec import recipe_log_mel
+from soundtag.features.views import chunk_starts, decode_for_recipe
 from soundtag.recipe import Recipe
-from soundtag.features.views import chunk_starts
 
 
 def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
@@ -38,8 +37,7 @@ def subplots(nrows: int = 1, ncols: int = 1, **kwargs):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    layout = {k: kwargs.pop(k) for k in ("sharex", "sharey", "squeeze", "gridspec_kw", "subplot_kw")
-              if k in kwargs}
+    layout = {k: kwargs.pop(k) for k in ("sharex", "sharey", "squeeze", "gridspec_kw", "subplot_kw") if k in kwargs}
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, **layout)
@@ -65,22 +63,32 @@ def show_clip(path: str | Path, recipes: Sequence[Recipe], out: str | Path) -> P
     dropped tail are visible.
     """
     native = audio.load(path, sample_rate=recipes[0].audio.sample_rate)
-    fig, axes = subplots(1 + len(recipes), 1, figsize=(10, 2.2 + 2.6 * len(recipes)),
-                         gridspec_kw={"height_ratios": [0.7] + [1.0] * len(recipes)})
+    fig, axes = subplots(
+        1 + len(recipes),
+        1,
+        figsize=(10, 2.2 + 2.6 * len(recipes)),
+        gridspec_kw={"height_ratios": [0.7] + [1.0] * len(recipes)},
+    )
     t = np.arange(native.samples.shape[0]) / native.sample_rate
     axes[0].plot(t, native.samples, linewidth=0.5, color="tab:blue")
-    axes[0].set(title=f"{Path(path).name}: {native.source_duration:.2f} s, {native.native_rate} Hz, "
-                f"{native.channels} ch" + (f" ({'; '.join(native.notes)})" if native.notes else ""),
-                xlabel="seconds", ylabel="amplitude", xlim=(0, max(t[-1], 1e-3)))
+    axes[0].set(
+        title=f"{Path(path).name}: {native.source_duration:.2f} s, {native.native_rate} Hz, "
+        f"{native.channels} ch" + (f" ({'; '.join(native.notes)})" if native.notes else ""),
+        xlabel="seconds",
+        ylabel="amplitude",
+        xlim=(0, max(t[-1], 1e-3)),
+    )
     for ax, recipe in zip(axes[1:], recipes):
         spec = _view_spectrogram(path, recipe)
         seconds = spec.shape[1] * recipe.features.hop_length / recipe.audio.sample_rate
-        im = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma",
-                       extent=(0, seconds, 0, recipe.features.n_mels))
+        im = ax.imshow(
+            spec, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, recipe.features.n_mels)
+        )
         title = f"{recipe.name} ({recipe.view.kind.upper()} view): {spec.shape[0]} mels x {spec.shape[1]} frames"
         if recipe.view.kind == "x":
-            starts = chunk_starts(spec.shape[1], chunk=recipe.chunk_frames, step=recipe.chunk_step,
-                                  min_tail=recipe.view.min_tail)
+            starts = chunk_starts(
+                spec.shape[1], chunk=recipe.chunk_frames, step=recipe.chunk_step, min_tail=recipe.view.min_tail
+            )
             frame_s = recipe.features.hop_length / recipe.audio.sample_rate
             for s in starts:
                 ax.axvline(s * frame_s, color="white", linewidth=0.8, linestyle="--")

@@ -7,8 +7,9 @@ from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total: int | None, label: str, *, completed: int = 0,
-                 transfer: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    enabled: bool, total: int | None, label: str, *, completed: int = 0, transfer: bool = False
+) -> Iterator[Callable[[int], None]]:
     """A rich progress bar over ``total`` steps; yields ``advance(n)``.
 
     Parameters
@@ -26,11 +27,19 @@ def progress_bar(enabled: bool, total: int | None, label: str, *, completed: int
     ...         advance(1)
     """
     # Imported here: decoding workers import the modules that use this without drawing a bar.
-    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     counts = (DownloadColumn(), TransferSpeedColumn()) if transfer else (MofNCompleteColumn(),)
-    with Progress(TextColumn("{task.description}"), BarColumn(), *counts, TimeRemainingColumn(),
-                  disable=not enabled or total == 0) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), *counts, TimeRemainingColumn(), disable=not enabled or total == 0
+    ) as bar:
         task = bar.add_task(label, total=total, completed=completed)
         yield lambda n: bar.advance(task, n)

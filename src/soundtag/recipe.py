@@ -43,14 +43,20 @@ class FeatureConfig(_Section):
     top_db: float | None = Field(80.0, gt=0)
     # The fields below reproduce pretrained models' own inputs (PANNs, EfficientAT); their
     # defaults are librosa's log-mel, which every recipe before them used.
-    window_length: int | None = Field(None, gt=0, description="samples of the Hann window, centred in each "
-                                      "n_fft frame (torch.stft); null: n_fft")
+    window_length: int | None = Field(
+        None, gt=0, description="samples of the Hann window, centred in each n_fft frame (torch.stft); null: n_fft"
+    )
     periodic_window: bool = Field(True, description="periodic Hann (librosa, torchlibrosa); false: symmetric")
     pad_mode: Literal["constant", "reflect"] = Field("constant", description="how the centred STFT pads the ends")
-    preemphasis: float = Field(0.0, ge=0, lt=1, description="y[n] = x[n+1] - c x[n] before the STFT (one "
-                               "sample shorter), as EfficientAT's conv1d")
-    mel_scale: Literal["slaney", "kaldi"] = Field("slaney", description="slaney: librosa's Slaney-normalised "
-                                                  "filters; kaldi: Kaldi's unnormalised mel banks")
+    preemphasis: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="y[n] = x[n+1] - c x[n] before the STFT (one sample shorter), as EfficientAT's conv1d",
+    )
+    mel_scale: Literal["slaney", "kaldi"] = Field(
+        "slaney", description="slaney: librosa's Slaney-normalised filters; kaldi: Kaldi's unnormalised mel banks"
+    )
     log: Literal["db", "ln"] = Field("db", description="db: 10 log10(max(mel, amin)); ln: ln(mel + log_offset)")
     amin: float = Field(1e-10, gt=0, description="db: the power floor before the logarithm")
     log_offset: float = Field(1e-5, gt=0, description="ln: added to the power before the logarithm")
@@ -60,9 +66,21 @@ class FeatureConfig(_Section):
 
 #: FeatureConfig fields added after stores existed: left out of a store's key at their defaults,
 #: so the stores of earlier recipes keep their names.
-FRONTEND_DEFAULTS = {name: FeatureConfig.model_fields[name].default for name in (
-    "window_length", "periodic_window", "pad_mode", "preemphasis", "mel_scale", "log", "amin", "log_offset",
-    "offset", "scale")}
+FRONTEND_DEFAULTS = {
+    name: FeatureConfig.model_fields[name].default
+    for name in (
+        "window_length",
+        "periodic_window",
+        "pad_mode",
+        "preemphasis",
+        "mel_scale",
+        "log",
+        "amin",
+        "log_offset",
+        "offset",
+        "scale",
+    )
+}
 
 
 class ViewConfig(_Section):
@@ -71,14 +89,19 @@ class ViewConfig(_Section):
     overlap: float = Field(0.1, ge=0, lt=1, description="X: fraction shared by neighbouring chunks")
     min_tail: float = Field(0.2, ge=0, le=1, description="X: a tail shorter than this fraction of a chunk is dropped")
     normalization: Literal["per_sample", "per_feature", "global", "none"] = Field(
-        "per_sample", description="per_sample: (x - mean) / (std + 1) of each view; per_feature: each mel bin by "
-        "the training clips' mean and std; global: one mean and std of the training clips")
+        "per_sample",
+        description="per_sample: (x - mean) / (std + 1) of each view; per_feature: each mel bin by "
+        "the training clips' mean and std; global: one mean and std of the training clips",
+    )
     normalize_over: Literal["window", "sound"] = Field(
-        "window", description="statistics over the whole view (the kernel's), or over the sound's frames only, "
-        "so the padding of a short clip does not drown them")
+        "window",
+        description="statistics over the whole view (the kernel's), or over the sound's frames only, "
+        "so the padding of a short clip does not drown them",
+    )
     padding: Literal["center", "repeat"] = Field(
-        "center", description="a clip shorter than the view: centred between zeros (the kernel's), or repeated "
-        "to fill it")
+        "center",
+        description="a clip shorter than the view: centred between zeros (the kernel's), or repeated to fill it",
+    )
 
 
 class MixupConfig(_Section):
@@ -138,8 +161,13 @@ class NoiseConfig(_Section):
     when the manifest says which were (``manually_verified``), to every clip otherwise."""
 
     strategy: Literal["none", "mask", "gce", "sce", "bootstrap"] = "none"
-    mask_fraction: float = Field(0.2, ge=0, le=1, description="mask: the share of a batch's untrusted samples "
-                                 "(per label, multi-label) with the largest loss left out of the gradient")
+    mask_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="mask: the share of a batch's untrusted samples "
+        "(per label, multi-label) with the largest loss left out of the gradient",
+    )
     warmup_epochs: int = Field(0, ge=0, description="mask: epochs of the plain loss before masking starts")
     gce_q: float = Field(0.7, gt=0, le=1, description="gce: q (toward 0 cross-entropy, 1 the mean absolute error)")
     sce_alpha: float = Field(0.1, ge=0, description="sce: weight of the cross-entropy")
@@ -155,11 +183,17 @@ class EmaConfig(_Section):
 class TrainingConfig(_Section):
     model: str = "alexnet-kernel"
     model_args: dict[str, Any] = {}
-    checkpoint: str | None = Field(None, description="local weights to start from (soundtag train --init): a "
-                                   "soundtag checkpoint or a released PANNs / EfficientAT file; a classifier of "
-                                   "another class count starts fresh")
-    backbone_lr: float = Field(1.0, gt=0, description="the learning rate of every layer but the classifier, as a "
-                               "multiple of lr (fine-tuning: e.g. 0.1)")
+    checkpoint: str | None = Field(
+        None,
+        description="local weights to start from (soundtag train --init): a "
+        "soundtag checkpoint or a released PANNs / EfficientAT file; a classifier of "
+        "another class count starts fresh",
+    )
+    backbone_lr: float = Field(
+        1.0,
+        gt=0,
+        description="the learning rate of every layer but the classifier, as a multiple of lr (fine-tuning: e.g. 0.1)",
+    )
     freeze_epochs: int = Field(0, ge=0, description="epochs at the start that train the classifier alone")
     folds: int = Field(5, ge=2)
     fold_strategy: Literal["auto", "given", "stratified"] = "auto"
@@ -173,12 +207,18 @@ class TrainingConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up of warmup_cosine, in epochs")
     ema: EmaConfig = EmaConfig()
     keep: Literal["best", "last"] = Field(
-        "best", description="the weights a fold predicts out of fold with: the best epoch by `monitor` on "
-        "the validation fold, or the last epoch (EMA weights when ema is on), named before training")
+        "best",
+        description="the weights a fold predicts out of fold with: the best epoch by `monitor` on "
+        "the validation fold, or the last epoch (EMA weights when ema is on), named before training",
+    )
     monitor: Literal["val_loss", "val_map3"] = "val_loss"
-    tta: int = Field(0, ge=0, description="test-time copies of every chunk, rolled in time by up to half the "
-                     "training shift, averaged into the out-of-fold predictions; predict and tag use as many "
-                     "unless given --tta")
+    tta: int = Field(
+        0,
+        ge=0,
+        description="test-time copies of every chunk, rolled in time by up to half the "
+        "training shift, averaged into the out-of-fold predictions; predict and tag use as many "
+        "unless given --tta",
+    )
     early_stopping: int | None = Field(None, gt=0, description="patience in epochs; null: off")
     balance: Literal["oversample", "balanced", "none"] = "oversample"
     augment: AugmentConfig = AugmentConfig()
@@ -186,14 +226,19 @@ class TrainingConfig(_Section):
     blacklist: str | None = Field(None, description="CSV of clips left out of training (column clip_id or fname)")
     relabel: str | None = Field(None, description="CSV of clip_id,label corrections")
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
-        "auto", description="auto: bf16-mixed on a GPU that has it (else 16-mixed), and on a CPU with native "
-        "bf16 (AVX512-BF16 or AMX); 32 elsewhere")
+        "auto",
+        description="auto: bf16-mixed on a GPU that has it (else 16-mixed), and on a CPU with native "
+        "bf16 (AVX512-BF16 or AMX); 32 elsewhere",
+    )
     workers: int = Field(0, ge=0, description="DataLoader workers (the streaming path only)")
     device_data: Literal["auto", "on", "off"] = Field(
-        "auto", description="hold a fold's features on the training device and draw batches there; auto: when "
-        "they take under half of the GPU's free memory, or under 2 GiB of RAM on a CPU")
+        "auto",
+        description="hold a fold's features on the training device and draw batches there; auto: when "
+        "they take under half of the GPU's free memory, or under 2 GiB of RAM on a CPU",
+    )
     channels_last: Literal["auto", "on", "off"] = Field(
-        "auto", description="NHWC memory layout for the model and its batches; auto: on")
+        "auto", description="NHWC memory layout for the model and its batches; auto: on"
+    )
     compile: bool = Field(False, description="torch.compile the model before training")
 
     @field_validator("precision", mode="before")
@@ -225,11 +270,14 @@ class Recipe(_Section):
         nyquist = self.audio.sample_rate / 2
         fmax = self.features.fmax if self.features.fmax is not None else nyquist
         if not self.features.fmin < fmax <= nyquist:
-            raise ValueError(f"features.fmin={self.features.fmin} and features.fmax={fmax} must "
-                             f"satisfy fmin < fmax <= sample_rate/2 = {nyquist}")
+            raise ValueError(
+                f"features.fmin={self.features.fmin} and features.fmax={fmax} must "
+                f"satisfy fmin < fmax <= sample_rate/2 = {nyquist}"
+            )
         if self.features.hop_length > self.features.n_fft:
-            raise ValueError(f"features.hop_length={self.features.hop_length} must not exceed "
-                             f"features.n_fft={self.features.n_fft}")
+            raise ValueError(
+                f"features.hop_length={self.features.hop_length} must not exceed features.n_fft={self.features.n_fft}"
+            )
         return self
 
     # --- derived quantities --------------------------------------------------------------
@@ -255,10 +303,16 @@ class Recipe(_Section):
         crop["samples"] = self.view_samples
         if self.view.padding != "center":  # only then: the stores of existing recipes keep their names
             crop["padding"] = self.view.padding
-        return {"version": FEATURE_VERSION, "audio": self.audio.model_dump(),
-                "features": {k: v for k, v in self.features.model_dump().items()
-                             if k not in FRONTEND_DEFAULTS or v != FRONTEND_DEFAULTS[k]},
-                "crop": crop}
+        return {
+            "version": FEATURE_VERSION,
+            "audio": self.audio.model_dump(),
+            "features": {
+                k: v
+                for k, v in self.features.model_dump().items()
+                if k not in FRONTEND_DEFAULTS or v != FRONTEND_DEFAULTS[k]
+            },
+            "crop": crop,
+        }
 
     def feature_hash(self) -> str:
         text = json.dumps(self.feature_key(), sort_keys=True)
@@ -305,8 +359,10 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
             apply_override(data, item)
         return recipe_from_dict(data, source=f"recipe {name_or_path.name}")
     if str(name_or_path) in AUTO_VIEWS:
-        raise ParameterError(f"recipe {str(name_or_path)!r} is chosen from a dataset: pass it (--data D on the "
-                             "command line, soundtag.resolve.resolve_recipe(name, manifest=...) from Python)")
+        raise ParameterError(
+            f"recipe {str(name_or_path)!r} is chosen from a dataset: pass it (--data D on the "
+            "command line, soundtag.resolve.resolve_recipe(name, manifest=...) from Python)"
+        )
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
@@ -315,8 +371,10 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
     else:
         names = list_recipes()
         if str(name_or_path) not in names:
-            hint = (did_you_mean(str(name_or_path), [*names, *AUTO_VIEWS])
-                    or f"built-in recipes: {', '.join(names)}, or auto (chosen from the data)")
+            hint = (
+                did_you_mean(str(name_or_path), [*names, *AUTO_VIEWS])
+                or f"built-in recipes: {', '.join(names)}, or auto (chosen from the data)"
+            )
             raise ParameterError(f"unknown recipe {str(name_or_path)!r}: {hint}")
         source = f"recipe {name_or_path}"
         text = (resources.files("soundtag") / "recipes" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
@@ -325,9 +383,11 @@ def load_recipe(name_or_path: str | Path | Recipe, overrides: Iterable[str] = ()
         data = yaml.safe_load(text) or {}
     except yaml.constructor.ConstructorError as exc:
         where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
-        raise ParameterError(f"{source}{where}: {exc.problem}; a recipe holds plain values only (mappings, lists, "
-                             "strings, numbers), and soundtag never builds Python objects from YAML: remove the "
-                             "tag") from None
+        raise ParameterError(
+            f"{source}{where}: {exc.problem}; a recipe holds plain values only (mappings, lists, "
+            "strings, numbers), and soundtag never builds Python objects from YAML: remove the "
+            "tag"
+        ) from None
     except yaml.YAMLError as exc:
         raise ParameterError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -367,8 +427,10 @@ def apply_override(data: dict, item: str) -> None:
     try:
         target[keys[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ParameterError(f"override {item!r}: the value is not a plain YAML value ({getattr(exc, 'problem', exc)}); "
-                             "quote it to pass a string") from None
+        raise ParameterError(
+            f"override {item!r}: the value is not a plain YAML value ({getattr(exc, 'problem', exc)}); "
+            "quote it to pass a string"
+        ) from None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

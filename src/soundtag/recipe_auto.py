@@ -34,8 +34,18 @@ from soundtag.errors import DataError, ParameterError
 from soundtag.manifest.durations import as_durations, duration_summary
 from soundtag.recipe import AUTO_VIEWS, apply_override, recipe_from_dict
 
-__all__ = ["AUTO_VIEWS", "DataProfile", "auto_recipe", "choose_chunk", "choose_epochs", "choose_model",
-           "choose_resolution", "choose_sample_rate", "choose_window", "profile_data"]
+__all__ = [
+    "AUTO_VIEWS",
+    "DataProfile",
+    "auto_recipe",
+    "choose_chunk",
+    "choose_epochs",
+    "choose_model",
+    "choose_resolution",
+    "choose_sample_rate",
+    "choose_window",
+    "profile_data",
+]
 
 
 STANDARD_RATES = (8000, 16000, 22050, 32000, 44100)
@@ -43,13 +53,13 @@ MAX_RATE = 32000
 WINDOW_QUANTILE = 90
 WINDOW_RANGE = (0.5, 10.0)
 CHUNK_RANGE = (0.5, 4.0)
-SHORT_WINDOW = 2.0          # a window up to this long gets the 10 ms hop
+SHORT_WINDOW = 2.0  # a window up to this long gets the 10 ms hop
 FFT_SECONDS = 0.040
-MEL_RATE = 16000            # up to this rate 64 mels, above it 128
+MEL_RATE = 16000  # up to this rate 64 mels, above it 128
 SMALL_VGG = [16, 32, 64, 128]
 MEDIUM_VGG = [32, 64, 128, 256]
-LARGE_DATA = 5000           # clips from which a GPU gets the full VGG
-CELL_BUDGET = {"cpu": 30 * 1600 * 64 * 250, "gpu": 2e11}   # mels x frames x clip passes per fold (CPU: per 2 cores)
+LARGE_DATA = 5000  # clips from which a GPU gets the full VGG
+CELL_BUDGET = {"cpu": 30 * 1600 * 64 * 250, "gpu": 2e11}  # mels x frames x clip passes per fold (CPU: per 2 cores)
 EPOCH_RANGE = {"cpu": (15, 75), "gpu": (30, 150)}
 
 
@@ -81,72 +91,105 @@ AUTO_RULES: dict[str, AutoRule] = {
     "sample_rate": AutoRule(
         "audio.sample_rate",
         f"the median native rate snapped down to {_RATES} Hz, at most {MAX_RATE}: the typical clip is never upsampled",
-        {"": "sample rate {rate} Hz: {share:.0%} of clips are {common} Hz natively; the rule takes the median native "
-             "rate ({median} Hz) snapped down to a standard rate (" + _RATES + "), at most {cap} Hz, so the typical "
-             "clip is never upsampled{upsampled}"}),
+        {
+            "": "sample rate {rate} Hz: {share:.0%} of clips are {common} Hz natively; the rule takes the median "
+            "native rate ({median} Hz) snapped down to a standard rate (" + _RATES + "), at most {cap} Hz, so the "
+            "typical clip is never upsampled{upsampled}"
+        },
+    ),
     "window": AutoRule(
         "view.duration (LH)",
-        f"the {WINDOW_QUANTILE}th percentile of the durations, to 0.1 s, within {WINDOW_RANGE[0]:g}-{WINDOW_RANGE[1]:g} s",
-        {"": "LH window {window:g} s: the {quantile:g}th percentile of the clip durations is {q:.2f} s, to the nearest "
-             "0.1 s{clipped}; {whole:.0%} of clips fit in it (to 0.05 s)"}),
+        f"the {WINDOW_QUANTILE}th percentile of the durations, to 0.1 s, "
+        f"within {WINDOW_RANGE[0]:g}-{WINDOW_RANGE[1]:g} s",
+        {
+            "": "LH window {window:g} s: the {quantile:g}th percentile of the clip durations is {q:.2f} s, to the "
+            "nearest 0.1 s{clipped}; {whole:.0%} of clips fit in it (to 0.05 s)"
+        },
+    ),
     "chunk": AutoRule(
         "view.duration (X chunk)",
         f"half the median duration, to 0.1 s, within {CHUNK_RANGE[0]:g}-{CHUNK_RANGE[1]:g} s and the LH window",
-        {"": "X chunk {chunk:g} s: half the median duration ({median:.2f} s), to the nearest 0.1 s, within "
-             "{lo:g}-{hi:g} s and at most the LH window ({window:g} s)"}),
+        {
+            "": "X chunk {chunk:g} s: half the median duration ({median:.2f} s), to the nearest 0.1 s, within "
+            "{lo:g}-{hi:g} s and at most the LH window ({window:g} s)"
+        },
+    ),
     "resolution": AutoRule(
         "features",
         f"n_fft the power of two above {FFT_SECONDS * 1000:g} ms; hop 10 ms for windows up to {SHORT_WINDOW:g} s, "
         f"else 20 ms; 64 mels up to {MEL_RATE // 1000} kHz, 128 above; 20 Hz to sr/2",
-        {"": "mel resolution: n_fft {n_fft} (the next power of two of {fft_ms:g} ms), hop {hop} ({hop_ms:g} ms: "
-             "{why_hop}), {n_mels} mels ({where} " + str(MEL_RATE) + " Hz), 20 Hz to {nyquist:g} Hz"}),
+        {
+            "": "mel resolution: n_fft {n_fft} (the next power of two of {fft_ms:g} ms), hop {hop} ({hop_ms:g} ms: "
+            "{why_hop}), {n_mels} mels ({where} " + str(MEL_RATE) + " Hz), 20 Hz to {nyquist:g} Hz"
+        },
+    ),
     "padding": AutoRule(
         "view.padding",
         "`repeat` when the median clip is under half the view, else `center`",
-        {"repeat": "padding repeat: the median clip ({median:.2f} s) is shorter than half the {duration:g} s view, "
-                   "so the clip is repeated to fill it",
-         "center": "padding center: the median clip ({median:.2f} s) is at least half the {duration:g} s view, "
-                   "so it is centred"}),
+        {
+            "repeat": "padding repeat: the median clip ({median:.2f} s) is shorter than half the {duration:g} s view, "
+            "so the clip is repeated to fill it",
+            "center": "padding center: the median clip ({median:.2f} s) is at least half the {duration:g} s view, "
+            "so it is centred",
+        },
+    ),
     "normalization": AutoRule(
         "view.normalization, view.normalize_over",
         "over the sound's frames only, never the padding: LH `global`, X `per_feature`",
-        {"global": "normalisation global over the sound's frames only, never the padding: one mean and std of the "
-                   "training clips, as the plain-CNN baseline",
-         "per_feature": "normalisation per_feature over the sound's frames only, never the padding: each mel bin "
-                        "by the training clips' mean and std, as the built-in X recipes"}),
+        {
+            "global": "normalisation global over the sound's frames only, never the padding: one mean and std of the "
+            "training clips, as the plain-CNN baseline",
+            "per_feature": "normalisation per_feature over the sound's frames only, never the padding: each mel bin "
+            "by the training clips' mean and std, as the built-in X recipes",
+        },
+    ),
     "augment": AutoRule(
         "training.augment",
         "mixup; no random erasing; a roll of up to half the view, one time mask (16%) and one mel mask (12.5%), "
         "all relative to the sound",
-        {"": "augmentation: mixup (alpha 1); no random erasing (sized for the window it wipes out short events: "
-             "on 1 s clips in 5 s views top-1 went from 34.8% to 80.2% without it); a time roll of up to half the "
-             "view, never pushing the sound out of it; one time mask (up to 16%) and one mel mask (up to 12.5%) "
-             "of the sound"}),
+        {
+            "": "augmentation: mixup (alpha 1); no random erasing (sized for the window it wipes out short events: "
+            "on 1 s clips in 5 s views top-1 went from 34.8% to 80.2% without it); a time roll of up to half the "
+            "view, never pushing the sound out of it; one time mask (up to 16%) and one mel mask (up to 12.5%) "
+            "of the sound"
+        },
+    ),
     "model": AutoRule(
         "training.model",
         f"CPU: `plain-cnn` with max-pooling ahead of each block's BatchNorm + ReLU (`pool_before_norm`, as in the CPU "
         f"recipes; else `vgg` {'-'.join(map(str, SMALL_VGG))}); GPU: `vgg` {'-'.join(map(str, MEDIUM_VGG))} below "
         f"{LARGE_DATA} clips, the full `vgg` from {LARGE_DATA}",
-        {"plain-cnn": "model plain-cnn (about 0.55M parameters, no large strides, max-pooling before each block's "
-                      "BatchNorm): the baseline's small CNN, sized for training on a CPU ({clips} clips)",
-         "vgg-cpu": "model vgg, widths " + str(SMALL_VGG) + " (about 0.3M parameters): a small CNN without large "
-                    "strides, sized for training on a CPU ({clips} clips)",
-         "vgg-gpu": "model vgg, widths " + str(MEDIUM_VGG) + " (about 1.2M parameters): {clips} clips, below "
-                    + str(LARGE_DATA) + ", on a GPU",
-         "vgg-gpu-full": "model vgg, full widths (about 4.7M parameters): {clips} clips, at least " + str(LARGE_DATA)
-                         + ", on a GPU"}),
+        {
+            "plain-cnn": "model plain-cnn (about 0.55M parameters, no large strides, max-pooling before each block's "
+            "BatchNorm): the baseline's small CNN, sized for training on a CPU ({clips} clips)",
+            "vgg-cpu": "model vgg, widths " + str(SMALL_VGG) + " (about 0.3M parameters): a small CNN without large "
+            "strides, sized for training on a CPU ({clips} clips)",
+            "vgg-gpu": "model vgg, widths "
+            + str(MEDIUM_VGG)
+            + " (about 1.2M parameters): {clips} clips, below "
+            + str(LARGE_DATA)
+            + ", on a GPU",
+            "vgg-gpu-full": "model vgg, full widths (about 4.7M parameters): {clips} clips, at least "
+            + str(LARGE_DATA)
+            + ", on a GPU",
+        },
+    ),
     "epochs": AutoRule(
         "training.epochs",
         f"a budget of mels x frames x clip passes per fold (on 2 CPU cores the plain-CNN baseline's: 30 epochs of "
         f"1600 clips x 64 x 250), over the training clips x the cells of one view; "
         f"{EPOCH_RANGE['cpu'][0]}-{EPOCH_RANGE['cpu'][1]} on a CPU (budget scaled by the cores), "
         f"{EPOCH_RANGE['gpu'][0]}-{EPOCH_RANGE['gpu'][1]} on a GPU",
-        {"": "epochs {epochs}: a budget of {budget:.2g} spectrogram cells per fold on {where}, over {train_clips} "
-             "training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}"}),
+        {
+            "": "epochs {epochs}: a budget of {budget:.2g} spectrogram cells per fold on {where}, over {train_clips} "
+            "training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}"
+        },
+    ),
     "validation": AutoRule(
         "validation",
         "`verified_only` when the data marks some clips unverified",
-        {"": "validation on verified clips only: {unverified} of {clips} clips are marked not manually verified"}),
+        {"": "validation on verified clips only: {unverified} of {clips} clips are marked not manually verified"},
+    ),
 }
 
 
@@ -161,8 +204,8 @@ def rules_markdown() -> str:
 
     Examples
     --------
-    >>> print(rules_markdown().splitlines()[2])
-    | `audio.sample_rate` | the median native rate snapped down to 8000/16000/22050/32000/44100 Hz, at most 32000: the typical clip is never upsampled |
+    >>> print(rules_markdown().splitlines()[3])
+    | `view.duration` (LH) | the 90th percentile of the durations, to 0.1 s, within 0.5-10 s |
     """
     rows = ["| field | rule (`soundtag.recipe_auto.AUTO_RULES`) |", "|---|---|"]
     for r in AUTO_RULES.values():
@@ -219,26 +262,35 @@ def profile_data(manifest) -> DataProfile:
     probed = manifest.with_probed_audio()
     known = [c for c in probed if c.duration is not None and c.sample_rate is not None]
     if not known:
-        raise DataError(f"{manifest.name}: none of its {len(manifest)} files has a readable header; "
-                        f"`soundtag data check --decode` names the broken ones")
+        raise DataError(
+            f"{manifest.name}: none of its {len(manifest)} files has a readable header; "
+            f"`soundtag data check --decode` names the broken ones"
+        )
     folds = {c.fold for c in probed if c.fold is not None}
     return DataProfile(
-        name=manifest.name, clips=len(manifest), labels=len(manifest.labels), multilabel=manifest.multilabel,
-        folds=len(folds) or None, durations=tuple(float(c.duration) for c in known),
+        name=manifest.name,
+        clips=len(manifest),
+        labels=len(manifest.labels),
+        multilabel=manifest.multilabel,
+        folds=len(folds) or None,
+        durations=tuple(float(c.duration) for c in known),
         rates=tuple(int(c.sample_rate) for c in known),
         channels=tuple(int(ch) for c in known if (ch := getattr(c, "channels", None)) is not None),
-        unverified=sum(c.manually_verified is False for c in probed))
+        unverified=sum(c.manually_verified is False for c in probed),
+    )
 
 
 # --- the rules, one pure function each ------------------------------------------------------
+
 
 def _to_step(seconds: float, step: float = 0.1) -> float:
     """``seconds`` to the nearest multiple of ``step`` (halves up)."""
     return round(math.floor(seconds / step + 0.5) * step, 6)
 
 
-def choose_sample_rate(rates: Sequence[int], *, standard: Sequence[int] = STANDARD_RATES,
-                       cap: int = MAX_RATE) -> tuple[int, str]:
+def choose_sample_rate(
+    rates: Sequence[int], *, standard: Sequence[int] = STANDARD_RATES, cap: int = MAX_RATE
+) -> tuple[int, str]:
     """The recipe's sample rate: the lower median native rate snapped down to a standard rate.
 
     Parameters
@@ -269,12 +321,14 @@ def choose_sample_rate(rates: Sequence[int], *, standard: Sequence[int] = STANDA
     up = sum(r < rate for r in ordered) / len(ordered)
     common, n = Counter(ordered).most_common(1)[0]
     upsampled = f"; {up:.0%} of clips are below it natively and are upsampled" if up else ""
-    return rate, AUTO_RULES["sample_rate"].explain(rate=rate, share=n / len(ordered), common=common, median=median,
-                                                   cap=cap, upsampled=upsampled)
+    return rate, AUTO_RULES["sample_rate"].explain(
+        rate=rate, share=n / len(ordered), common=common, median=median, cap=cap, upsampled=upsampled
+    )
 
 
-def choose_window(durations: Sequence[float], *, quantile: float = WINDOW_QUANTILE,
-                  limits: tuple[float, float] = WINDOW_RANGE) -> tuple[float, str]:
+def choose_window(
+    durations: Sequence[float], *, quantile: float = WINDOW_QUANTILE, limits: tuple[float, float] = WINDOW_RANGE
+) -> tuple[float, str]:
     """The LH window: the ``quantile``-th percentile of the durations to the nearest 0.1 s, clipped.
 
     Examples
@@ -292,8 +346,9 @@ def choose_window(durations: Sequence[float], *, quantile: float = WINDOW_QUANTI
     return window, AUTO_RULES["window"].explain(window=window, quantile=quantile, q=q, clipped=clipped, whole=whole)
 
 
-def choose_chunk(durations: Sequence[float], window: float, *,
-                 limits: tuple[float, float] = CHUNK_RANGE) -> tuple[float, str]:
+def choose_chunk(
+    durations: Sequence[float], window: float, *, limits: tuple[float, float] = CHUNK_RANGE
+) -> tuple[float, str]:
     """The X chunk: half the median duration to the nearest 0.1 s, within ``limits`` and the window.
 
     Half the median gives the typical clip at least two chunks to vote with.
@@ -333,12 +388,24 @@ def choose_resolution(sample_rate: int, window: float) -> tuple[dict[str, Any], 
     hop_s = 0.010 if window <= SHORT_WINDOW else 0.020
     hop = max(1, round(hop_s * sample_rate))
     n_mels = 64 if sample_rate <= MEL_RATE else 128
-    why_hop = (f"windows up to {SHORT_WINDOW:g} s keep 10 ms for short events" if hop_s == 0.010
-               else f"windows over {SHORT_WINDOW:g} s take 20 ms")
-    return ({"n_fft": n_fft, "hop_length": hop, "n_mels": n_mels, "fmin": 20.0, "fmax": None},
-            AUTO_RULES["resolution"].explain(n_fft=n_fft, fft_ms=FFT_SECONDS * 1000, hop=hop, hop_ms=hop_s * 1000,
-                                             why_hop=why_hop, n_mels=n_mels, nyquist=sample_rate / 2,
-                                             where="up to" if n_mels == 64 else "above"))
+    why_hop = (
+        f"windows up to {SHORT_WINDOW:g} s keep 10 ms for short events"
+        if hop_s == 0.010
+        else f"windows over {SHORT_WINDOW:g} s take 20 ms"
+    )
+    return (
+        {"n_fft": n_fft, "hop_length": hop, "n_mels": n_mels, "fmin": 20.0, "fmax": None},
+        AUTO_RULES["resolution"].explain(
+            n_fft=n_fft,
+            fft_ms=FFT_SECONDS * 1000,
+            hop=hop,
+            hop_ms=hop_s * 1000,
+            why_hop=why_hop,
+            n_mels=n_mels,
+            nyquist=sample_rate / 2,
+            where="up to" if n_mels == 64 else "above",
+        ),
+    )
 
 
 def choose_model(clips: int, device: str, available: Iterable[str]) -> tuple[str, dict[str, Any], str]:
@@ -399,11 +466,13 @@ def choose_epochs(train_clips: int, cells: int, device: str, cpu_count: int) -> 
     raw = budget / (train_clips * cells)
     epochs = int(min(max(round(raw), lo), hi))
     where = f"{cpu_count} CPU core(s)" if device == "cpu" else "a GPU"
-    return epochs, AUTO_RULES["epochs"].explain(epochs=epochs, budget=budget, where=where, train_clips=train_clips,
-                                                cells=cells, raw=raw, lo=lo, hi=hi)
+    return epochs, AUTO_RULES["epochs"].explain(
+        epochs=epochs, budget=budget, where=where, train_clips=train_clips, cells=cells, raw=raw, lo=lo, hi=hi
+    )
 
 
 # --- the recipe -------------------------------------------------------------------------------
+
 
 def _device(device: str) -> str:
     text = str(device).lower()
@@ -414,8 +483,15 @@ def _device(device: str) -> str:
     raise ParameterError(f"device={device!r} must be 'cpu', 'gpu' or 'cuda'")
 
 
-def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", device: str = "cpu",
-                cpu_count: int | None = None, models: Iterable[str] | None = None):
+def auto_recipe(
+    manifest,
+    *,
+    overrides: Iterable[str] = (),
+    view: str = "lh",
+    device: str = "cpu",
+    cpu_count: int | None = None,
+    models: Iterable[str] | None = None,
+):
     """Choose a recipe from a dataset, by the rules of this module's table, and say why.
 
     Parameters
@@ -470,9 +546,13 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
 
     median = float(np.median(d))
     short = median < duration / 2  # most clips much shorter than the view
-    view_cfg: dict[str, Any] = {"kind": view, "duration": duration, "normalize_over": "sound",
-                                "normalization": "global" if view == "lh" else "per_feature",
-                                "padding": "repeat" if short else "center"}
+    view_cfg: dict[str, Any] = {
+        "kind": view,
+        "duration": duration,
+        "normalize_over": "sound",
+        "normalization": "global" if view == "lh" else "per_feature",
+        "padding": "repeat" if short else "center",
+    }
     if view == "x":
         view_cfg |= {"overlap": 0.1, "min_tail": 0.2}
     reasons.append(AUTO_RULES["padding"].explain(view_cfg["padding"], median=median, duration=duration))
@@ -499,9 +579,19 @@ def auto_recipe(manifest, *, overrides: Iterable[str] = (), view: str = "lh", de
         "features": features,
         "view": view_cfg,
         "validation": validation,
-        "training": {"model": model, "model_args": model_args, "epochs": epochs, "batch_size": 32,
-                     "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-2, "scheduler": "onecycle",
-                     "monitor": "val_loss", "balance": "oversample", "augment": augment},
+        "training": {
+            "model": model,
+            "model_args": model_args,
+            "epochs": epochs,
+            "batch_size": 32,
+            "optimizer": "adamw",
+            "lr": 3e-3,
+            "weight_decay": 1e-2,
+            "scheduler": "onecycle",
+            "monitor": "val_loss",
+            "balance": "oversample",
+            "augment": augment,
+        },
     }
     overrides = list(overrides)
     for item in overrides:
@@ -522,8 +612,14 @@ def _augment() -> tuple[dict, str]:
         "erasing": {"enabled": False, "relative_to": "sound"},
         "shift": {"enabled": True, "max_fraction": 0.5, "relative_to": "sound"},
         "reverse": {"enabled": False},
-        "specaugment": {"enabled": True, "time_masks": 1, "time_width": 0.16, "freq_masks": 1, "freq_width": 0.125,
-                        "relative_to": "sound"},
+        "specaugment": {
+            "enabled": True,
+            "time_masks": 1,
+            "time_width": 0.16,
+            "freq_masks": 1,
+            "freq_width": 0.125,
+            "relative_to": "sound",
+        },
     }
     return augment, AUTO_RULES["augment"].explain()
 
@@ -532,9 +628,11 @@ def _data_line(p: DataProfile) -> str:
     s = duration_summary(p.durations)
     rates = Counter(p.rates).most_common(3)
     rate_text = ", ".join(f"{r} Hz ({n / len(p.rates):.0%})" for r, n in rates)
-    line = (f"data {p.name}: {p.clips} clips, {p.labels} labels, {'multi' if p.multilabel else 'single'}-label"
-            f"{f', {p.folds} folds' if p.folds else ''}; durations {s['min']:.2f}-{s['max']:.2f} s "
-            f"(median {s['p50']:.2f} s, from the file headers, before trimming); native rates {rate_text}")
+    line = (
+        f"data {p.name}: {p.clips} clips, {p.labels} labels, {'multi' if p.multilabel else 'single'}-label"
+        f"{f', {p.folds} folds' if p.folds else ''}; durations {s['min']:.2f}-{s['max']:.2f} s "
+        f"(median {s['p50']:.2f} s, from the file headers, before trimming); native rates {rate_text}"
+    )
     if p.channels:
         shares = Counter(p.channels).most_common()
         line += "; channels " + ", ".join(f"{c} ({n / len(p.channels):.0%})" for c, n in shares)
@@ -546,6 +644,8 @@ def _data_line(p: DataProfile) -> str:
 def _description(p: DataProfile, rate: int, duration: float, view: str, device: str, cpu_count: int) -> str:
     s = duration_summary(p.durations)
     where = f"{cpu_count} CPU core(s)" if device == "cpu" else "a GPU"
-    return (f"chosen from the data for {p.name} ({p.clips} clips, {p.labels} labels, {s['min']:.2f}-{s['max']:.2f} s, "
-            f"median {s['p50']:.2f} s, native {Counter(p.rates).most_common(1)[0][0]} Hz): "
-            f"{'LH window' if view == 'lh' else 'X chunks of'} {duration:g} s at {rate} Hz, for {where}")
+    return (
+        f"chosen from the data for {p.name} ({p.clips} clips, {p.labels} labels, {s['min']:.2f}-{s['max']:.2f} s, "
+        f"median {s['p50']:.2f} s, native {Counter(p.rates).most_common(1)[0][0]} Hz): "
+        f"{'LH window' if view == 'lh' else 'X chunks of'} {duration:g} s at {rate} Hz, for {where}"
+    )

@@ -92,8 +92,11 @@ class Registry(Generic[T]):
         folded = str(name).strip().lower()
         if folded in self._entries:
             return folded
-        hint = did_you_mean(folded, self._entries, cutoff=0.5) or self._hint or \
-            f"choose one of {', '.join(self.names()) or '(none registered)'}"
+        hint = (
+            did_you_mean(folded, self._entries, cutoff=0.5)
+            or self._hint
+            or f"choose one of {', '.join(self.names()) or '(none registered)'}"
+        )
         raise ParameterError(f"unknown {self.kind} {name!r}: {hint}")
 
     def get(self, name: str) -> T:

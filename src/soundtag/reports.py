@@ -16,8 +16,7 @@ from rich.text import Text
 SUBSETS = ("all", "verified", "not_blacklisted", "blacklisted")
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]], *,
-          left: Iterable[str] = ()) -> Table:
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]], *, left: Iterable[str] = ()) -> Table:
     """A table whose cells are ``str(value)``, never read as markup (clip ids and file names may
     hold ``[brackets]``); the ``left`` columns are left-aligned (text), the others right-aligned."""
     left = set(left)
@@ -45,8 +44,9 @@ def metrics_table(run_dir: str | Path, metrics: dict) -> Table:
             continue
         last = m.get("lwlrap", m.get("log_loss"))
         rows.append((name, m["clips"], f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{last:.4f}"))
-    return table(f"{scope}: {run_dir}", ("subset", "clips", "MAP@3", "top-1", "log loss / lwlrap"), rows,
-                 left=("subset",))
+    return table(
+        f"{scope}: {run_dir}", ("subset", "clips", "MAP@3", "top-1", "log loss / lwlrap"), rows, left=("subset",)
+    )
 
 
 def ensemble_table(result) -> Table:
@@ -60,35 +60,65 @@ def ensemble_table(result) -> Table:
     rows.append(("blend", "1.000", *cells(result.blend_metrics)))
     if result.equal_weight_metrics:  # nothing fitted on the clips it is scored on
         rows.append(("blend, equal weights", "", *cells(result.equal_weight_metrics)))
-    return table(f"ensemble: out-of-fold, weights fitted on {result.fitted_on} training clips",
-                 ("run", "weight", "MAP@3", "top-1", metric.replace("_", " ")), rows, left=("run",))
+    return table(
+        f"ensemble: out-of-fold, weights fitted on {result.fitted_on} training clips",
+        ("run", "weight", "MAP@3", "top-1", metric.replace("_", " ")),
+        rows,
+        left=("run",),
+    )
 
 
 def features_table(dataset: str, clips: int, summaries: Sequence) -> Table:
     """One row per recipe of an extraction (:class:`~soundtag.features.ExtractionSummary`)."""
-    rows = [(s.recipe, s.clips, s.computed, s.cached, len(s.failures), f"{s.hours:.2f}", f"{s.clips_per_second:.0f}")
-            for s in summaries]
-    return table(f"features: {dataset} ({clips} clips)",
-                 ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s"), rows, left=("recipe",))
+    rows = [
+        (s.recipe, s.clips, s.computed, s.cached, len(s.failures), f"{s.hours:.2f}", f"{s.clips_per_second:.0f}")
+        for s in summaries
+    ]
+    return table(
+        f"features: {dataset} ({clips} clips)",
+        ("recipe", "clips", "computed", "cached", "failed", "hours", "clips/s"),
+        rows,
+        left=("recipe",),
+    )
 
 
 def suspects_tables(run_dir: str | Path, suspects, per_class) -> tuple[Table, Table]:
     """The per-class summary (:func:`~soundtag.cleaning.summarize`) and the ten most suspect clips."""
-    by_class = table(f"suspects per class: {run_dir}",
-                     ("class", "clips", "suspects", "misclassified", "label issue", "audio", "decided",
-                      "most confused with"),
-                     ((r["class"], r["clips"], r["suspects"], r["misclassified"], r["label_issue"], r["audio"],
-                       r["decided"], r["confused_with"]) for r in per_class.to_dict("records")),
-                     left=("class", "most confused with"))
-    head = table("most suspect", ("rank", "clip", "label", "predicted", "score", "reasons"),
-                 ((r.rank, r.clip_id, r.label, f"{r.pred1} {r.prob1:.2f}", f"{r.score:.3f}", r.reasons)
-                  for r in suspects.head(10).itertuples(index=False)),
-                 left=("clip", "label", "predicted", "reasons"))
+    by_class = table(
+        f"suspects per class: {run_dir}",
+        ("class", "clips", "suspects", "misclassified", "label issue", "audio", "decided", "most confused with"),
+        (
+            (
+                r["class"],
+                r["clips"],
+                r["suspects"],
+                r["misclassified"],
+                r["label_issue"],
+                r["audio"],
+                r["decided"],
+                r["confused_with"],
+            )
+            for r in per_class.to_dict("records")
+        ),
+        left=("class", "most confused with"),
+    )
+    head = table(
+        "most suspect",
+        ("rank", "clip", "label", "predicted", "score", "reasons"),
+        (
+            (r.rank, r.clip_id, r.label, f"{r.pred1} {r.prob1:.2f}", f"{r.score:.3f}", r.reasons)
+            for r in suspects.head(10).itertuples(index=False)
+        ),
+        left=("clip", "label", "predicted", "reasons"),
+    )
     return by_class, head
 
 
 def decisions_table(title: str, decisions: Sequence) -> Table:
     """Decisions (:class:`~soundtag.cleaning.Decision`) with their reasons."""
-    return table(title, ("clip", "decision", "reason"),
-                 ((d.clip_id, d.decision + (f" -> {d.label}" if d.label else ""), d.reason) for d in decisions),
-                 left=("clip", "decision", "reason"))
+    return table(
+        title,
+        ("clip", "decision", "reason"),
+        ((d.clip_id, d.decision + (f" -> {d.label}" if d.label else ""), d.reason) for d in decisions),
+        left=("clip", "decision", "reason"),
+    )

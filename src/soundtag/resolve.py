@@ -31,8 +31,14 @@ class ResolvedRecipe:
     reasons: list[str] = field(default_factory=list)
 
 
-def option_overrides(*, folds: int | None = None, model: str | None = None, blacklist: str | Path | None = None,
-                     relabel: str | Path | None = None, init: str | Path | None = None) -> list[str]:
+def option_overrides(
+    *,
+    folds: int | None = None,
+    model: str | None = None,
+    blacklist: str | Path | None = None,
+    relabel: str | Path | None = None,
+    init: str | Path | None = None,
+) -> list[str]:
     """The command line's recipe options as ``training.*`` overrides (paths made absolute, so that a
     run's saved recipe still finds them from another folder).
 
@@ -52,9 +58,16 @@ def option_overrides(*, folds: int | None = None, model: str | None = None, blac
     return out
 
 
-def resolve_recipe(source: str | Path | Recipe | None = None, overrides: Iterable[str] = (), *, manifest=None,
-                   arch: str | None = None, device: str | None = None, cpu_count: int | None = None,
-                   **options) -> ResolvedRecipe:
+def resolve_recipe(
+    source: str | Path | Recipe | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    manifest=None,
+    arch: str | None = None,
+    device: str | None = None,
+    cpu_count: int | None = None,
+    **options,
+) -> ResolvedRecipe:
     """Resolve a recipe as the command line names it.
 
     Parameters
@@ -86,12 +99,19 @@ def resolve_recipe(source: str | Path | Recipe | None = None, overrides: Iterabl
         raise ParameterError("name a recipe (a built-in name, a YAML file or auto) or a pretrained --arch")
     if not isinstance(source, Recipe) and str(source) in AUTO_VIEWS:
         if manifest is None:
-            raise ParameterError(f"recipe {str(source)!r} is chosen from a dataset: pass it "
-                                 f"(--data D on the command line, manifest= from Python)")
+            raise ParameterError(
+                f"recipe {str(source)!r} is chosen from a dataset: pass it "
+                f"(--data D on the command line, manifest= from Python)"
+            )
         from soundtag.hardware import default_device
         from soundtag.recipe_auto import auto_recipe
 
-        recipe, reasons = auto_recipe(manifest, overrides=extra, view=AUTO_VIEWS[str(source)],
-                                      device=device or default_device(), cpu_count=cpu_count)
+        recipe, reasons = auto_recipe(
+            manifest,
+            overrides=extra,
+            view=AUTO_VIEWS[str(source)],
+            device=device or default_device(),
+            cpu_count=cpu_count,
+        )
         return ResolvedRecipe(recipe, reasons)
     return ResolvedRecipe(load_recipe(source, extra))

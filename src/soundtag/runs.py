@@ -109,8 +109,9 @@ class RunDir:
         if not self.path.is_dir():
             raise DataError(f"run directory {self.path} does not exist; give the --out folder of `soundtag train`")
         if not self.is_run():
-            raise DataError(f"{self.path} is not a soundtag run (no {self.INFO}); give the --out folder of "
-                            "`soundtag train`")
+            raise DataError(
+                f"{self.path} is not a soundtag run (no {self.INFO}); give the --out folder of `soundtag train`"
+            )
         return self
 
     def require_complete(self) -> "RunDir":
@@ -118,8 +119,10 @@ class RunDir:
         self.require()
         missing = self.unfinished_folds()
         if missing:
-            raise DataError(f"{self.path}: fold(s) {missing} are not finished, so not every clip has an "
-                            f"out-of-fold prediction yet; finish them with `soundtag train --resume {self.path}`")
+            raise DataError(
+                f"{self.path}: fold(s) {missing} are not finished, so not every clip has an "
+                f"out-of-fold prediction yet; finish them with `soundtag train --resume {self.path}`"
+            )
         return self
 
     # --- what made the run ------------------------------------------------------------------
@@ -215,7 +218,9 @@ class RunDir:
         """The best checkpoint of every finished fold, in fold order."""
         done = self.require().finished_folds()
         if not done:
-            raise DataError(f"{self.path}: no finished fold yet; train it first (`soundtag train --resume {self.path}`)")
+            raise DataError(
+                f"{self.path}: no finished fold yet; train it first (`soundtag train --resume {self.path}`)"
+            )
         return [self.fold_dir(k) / self.fold_record(k)["best_checkpoint"] for k in done]
 
     def fold_metric_logs(self) -> dict[str, list[Path]]:
@@ -248,7 +253,9 @@ class RunDir:
         if not complete and not partial:
             self.require_complete()
         if not finished:
-            raise DataError(f"{self.path}: no finished fold yet; train one first (`soundtag train --resume {self.path}`)")
+            raise DataError(
+                f"{self.path}: no finished fold yet; train one first (`soundtag train --resume {self.path}`)"
+            )
         wanted = set(finished)
         manifest = self.manifest().filter(lambda c: c.id in plan and plan[c.id][0] in wanted)
         row_of = {c.id: i for i, c in enumerate(manifest)}
@@ -258,8 +265,10 @@ class RunDir:
             probs[[row_of[c] for c in clips]] = load_array(self.fold_dir(k) / self.FOLD_OOF)
         missing = int(np.isnan(probs[:, 0]).sum()) if len(manifest) else 0
         if missing:
-            raise DataError(f"{self.path}: {missing} clip(s) of the finished folds have no out-of-fold prediction; "
-                            "the run directory is damaged: retrain those folds")
+            raise DataError(
+                f"{self.path}: {missing} clip(s) of the finished folds have no out-of-fold prediction; "
+                "the run directory is damaged: retrain those folds"
+            )
         folds = np.array([plan[c.id][0] for c in manifest], dtype=int)
         in_training = np.array([plan[c.id][1] for c in manifest], dtype=bool)
         return OutOfFold(manifest, probs, folds, in_training, finished, complete)

@@ -24,6 +24,7 @@ __all__ = ["Stopped", "stop_on_signals", "on_stop"]
 #: The signals that stop a job: the scheduler's, Ctrl-C's, and a closed terminal's.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
+
 class Stopped(BaseException):
     """The process received ``signum``. A BaseException, like KeyboardInterrupt, so that no
     ``except Exception`` on the way takes it for an error of its own and carries on."""

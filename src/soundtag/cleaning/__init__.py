@@ -15,6 +15,19 @@ from soundtag.cleaning.decisions import Decision, DecisionBook, default_lists_di
 from soundtag.cleaning.self_verify import RoundReport, Verdicts, self_verify, verify_labels
 from soundtag.cleaning.suspects import find_suspects, rank_suspects, read_suspects, summarize, write_suspects
 
-__all__ = ["Decision", "DecisionBook", "RoundReport", "Verdicts", "auto_clean", "default_lists_dir", "find_suspects",
-           "rank_suspects", "read_suspects", "retrain_command", "self_verify", "summarize", "verify_labels",
-           "write_suspects"]
+__all__ = [
+    "Decision",
+    "DecisionBook",
+    "RoundReport",
+    "Verdicts",
+    "auto_clean",
+    "default_lists_dir",
+    "find_suspects",
+    "rank_suspects",
+    "read_suspects",
+    "retrain_command",
+    "self_verify",
+    "summarize",
+    "verify_labels",
+    "write_suspects",
+]

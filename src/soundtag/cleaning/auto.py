@@ -13,8 +13,14 @@ from soundtag.errors import ParameterError
 from soundtag.runs import RunDir
 
 
-def auto_clean(run_dir: str | Path, lists_dir: str | Path, *, max_fraction: float = 0.05,
-               relabel_above: float | None = None, method: str = "self_confidence") -> list[Decision]:
+def auto_clean(
+    run_dir: str | Path,
+    lists_dir: str | Path,
+    *,
+    max_fraction: float = 0.05,
+    relabel_above: float | None = None,
+    method: str = "self_confidence",
+) -> list[Decision]:
     """Blacklist (or relabel) the clips cleanlab flags, worst label quality first.
 
     Parameters
@@ -51,8 +57,7 @@ def auto_clean(run_dir: str | Path, lists_dir: str | Path, *, max_fraction: floa
         top = int(np.argmax(probs[i]))
         pred, p = manifest.labels[top], float(probs[i, top])
         reason = f"cleanlab --auto: label quality {quality[i]:.3f}, predicted {pred} ({p:.2f})"
-        if (relabel_above is not None and not manifest.multilabel and p >= relabel_above
-                and pred not in given[i]):
+        if relabel_above is not None and not manifest.multilabel and p >= relabel_above and pred not in given[i]:
             entries.append(Decision(manifest[i].id, "relabel", pred, reason, round_no))
         else:
             entries.append(Decision(manifest[i].id, "blacklist", "", reason, round_no))

@@ -112,8 +112,9 @@ class DecisionBook:
     (set(), {'a.ogg': 'rain'})
     """
 
-    def __init__(self, folder: str | Path, *, clip_ids: Iterable[str] | None = None,
-                 labels: Sequence[str] | None = None):
+    def __init__(
+        self, folder: str | Path, *, clip_ids: Iterable[str] | None = None, labels: Sequence[str] | None = None
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.clip_ids = None if clip_ids is None else frozenset(clip_ids)
@@ -146,9 +147,11 @@ class DecisionBook:
             try:
                 self._file_lock.acquire()
             except filelock.Timeout:
-                raise DataError(f"{self._file_lock.lock_file}: another process has held the decisions "
-                                f"lock for over {LOCK_TIMEOUT:g} s; wait for it to finish, or stop it "
-                                "and try again") from None
+                raise DataError(
+                    f"{self._file_lock.lock_file}: another process has held the decisions "
+                    f"lock for over {LOCK_TIMEOUT:g} s; wait for it to finish, or stop it "
+                    "and try again"
+                ) from None
             try:
                 yield
             finally:
@@ -162,14 +165,24 @@ class DecisionBook:
         log = []
         for line, r in rows:
             if r["decision"] not in DECISIONS:
-                raise DataError(f"{self.log_file}: line {line}: unknown decision {r['decision']!r}; "
-                                f"expected one of {', '.join(DECISIONS)} (fix or delete the line)")
+                raise DataError(
+                    f"{self.log_file}: line {line}: unknown decision {r['decision']!r}; "
+                    f"expected one of {', '.join(DECISIONS)} (fix or delete the line)"
+                )
             try:
                 round_no = int(r["round"] or 0)
             except ValueError:
                 raise DataError(f"{self.log_file}: line {line}: round {r['round']!r} is not a whole number") from None
-            log.append(Decision(r["clip_id"], r["decision"], r["label"] or "", unquote_text(r["reason"] or ""),
-                                round_no, r["time"] or ""))
+            log.append(
+                Decision(
+                    r["clip_id"],
+                    r["decision"],
+                    r["label"] or "",
+                    unquote_text(r["reason"] or ""),
+                    round_no,
+                    r["time"] or "",
+                )
+            )
         return log
 
     def _import_lists(self) -> list[Decision]:
@@ -180,18 +193,26 @@ class DecisionBook:
             for _, r in _read_rows(path, required=["clip_id"] + (["label"] if decision == "relabel" else [])):
                 label = (r.get("label") or "") if decision == "relabel" else ""
                 round_no = r.get("round") or "0"
-                log.append(Decision(r["clip_id"], decision, label, unquote_text(r.get("reason") or "imported"),
-                                    int(round_no) if round_no.isdigit() else 0, r.get("time") or ""))
+                log.append(
+                    Decision(
+                        r["clip_id"],
+                        decision,
+                        label,
+                        unquote_text(r.get("reason") or "imported"),
+                        int(round_no) if round_no.isdigit() else 0,
+                        r.get("time") or "",
+                    )
+                )
         return log
 
     def _write_derived(self) -> None:
         """Write the log, then the blacklist and relabel files folded from it."""
         _write_rows(self.log_file, LOG_COLUMNS, [d.to_dict() for d in self._log])
         blacklist, relabel = _fold(self._log)
-        _write_rows(self.blacklist_file, BLACKLIST_COLUMNS,
-                    [{k: getattr(d, k) for k in BLACKLIST_COLUMNS} for d in blacklist])
-        _write_rows(self.relabel_file, RELABEL_COLUMNS,
-                    [{k: getattr(d, k) for k in RELABEL_COLUMNS} for d in relabel])
+        _write_rows(
+            self.blacklist_file, BLACKLIST_COLUMNS, [{k: getattr(d, k) for k in BLACKLIST_COLUMNS} for d in blacklist]
+        )
+        _write_rows(self.relabel_file, RELABEL_COLUMNS, [{k: getattr(d, k) for k in RELABEL_COLUMNS} for d in relabel])
 
     # --- rounds --------------------------------------------------------------------------
     def start_round(self, run_dir: str | Path) -> int:
@@ -220,8 +241,9 @@ class DecisionBook:
             for a clip not in the run, an unknown decision, or a relabel without a known label.
         """
         if self.clip_ids is not None and clip_id not in self.clip_ids:
-            raise ParameterError(f"clip {clip_id!r} is not in the run's manifest; decisions can only "
-                                 "name the run's clips")
+            raise ParameterError(
+                f"clip {clip_id!r} is not in the run's manifest; decisions can only name the run's clips"
+            )
         if decision not in DECISIONS:
             raise ParameterError(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
         if decision != "relabel":
@@ -238,15 +260,23 @@ class DecisionBook:
                 raise ParameterError(f"unknown label(s) {unknown} for {clip_id!r}; known: {', '.join(self.labels)}")
         return ",".join(dict.fromkeys(parts))
 
-    def decide(self, clip_id: str, decision: str, *, label: str | Sequence[str] | None = None,
-               reason: str = "", round: int | None = None) -> Decision:
+    def decide(
+        self,
+        clip_id: str,
+        decision: str,
+        *,
+        label: str | Sequence[str] | None = None,
+        reason: str = "",
+        round: int | None = None,
+    ) -> Decision:
         """Take a decision and write every file at once (atomically). Returns the decision.
 
         Nothing is written when the decision is invalid (see :meth:`validate`).
         """
         stored_label = self.validate(clip_id, decision, label)
-        entry = Decision(clip_id, decision, stored_label, _one_line(reason),
-                         self.round if round is None else int(round), _now())
+        entry = Decision(
+            clip_id, decision, stored_label, _one_line(reason), self.round if round is None else int(round), _now()
+        )
         return self.decide_many([entry])[0]
 
     def decide_many(self, entries: Sequence[Decision]) -> list[Decision]:
@@ -337,8 +367,10 @@ def _read_rows(path: Path, *, required: Sequence[str]) -> list[tuple[int, dict]]
         raise DataError(f"{path}: cannot read: {exc}") from exc
     missing = [c for c in required if c not in header]
     if missing and (rows or header):
-        raise DataError(f"{path}: missing column(s) {missing}; found {header}. Fix the header or move the "
-                        "file away to start a new list")
+        raise DataError(
+            f"{path}: missing column(s) {missing}; found {header}. Fix the header or move the "
+            "file away to start a new list"
+        )
     return rows
 
 
@@ -378,8 +410,10 @@ def _write_rows(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Non
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     out.writeheader()
-    out.writerows({k: quote_text(_one_line(v)) if k in FREE_TEXT_COLUMNS and isinstance(v, str) else v
-                   for k, v in row.items()} for row in rows)
+    out.writerows(
+        {k: quote_text(_one_line(v)) if k in FREE_TEXT_COLUMNS and isinstance(v, str) else v for k, v in row.items()}
+        for row in rows
+    )
     atomic_write_text(path, buf.getvalue())
 
 
@@ -390,5 +424,7 @@ def retrain_command(run_dir: str | Path, lists_dir: str | Path) -> str:
 
     run = RunDir(run_dir)
     folder = Path(lists_dir)
-    return (f"soundtag train --data {run.data_source() or 'DATA'} --recipe {run.recipe_file()} "
-            f"--blacklist {folder / BLACKLIST_FILE} --relabel {folder / RELABEL_FILE}")
+    return (
+        f"soundtag train --data {run.data_source() or 'DATA'} --recipe {run.recipe_file()} "
+        f"--blacklist {folder / BLACKLIST_FILE} --relabel {folder / RELABEL_FILE}"
+    )

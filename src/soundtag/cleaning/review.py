@@ -41,12 +41,16 @@ from soundtag.runs import RunDir
 HOST = "127.0.0.1"
 NEIGHBOURS = 4
 SPECTROGRAM_SECONDS = 60.0  # longer clips show their first minute: a wider image is not readable
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-          "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/static/app.css": ("app.css", "text/css; charset=utf-8")}
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+}
 # The page needs nothing from elsewhere (the machine may be offline) and runs no inline script.
-CSP = ("default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
-       "frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'"
+)
 
 
 class DecisionIn(BaseModel):
@@ -83,8 +87,9 @@ def spectrogram_png(path: str | Path, recipe) -> bytes:
     from soundtag.features.melspec import recipe_log_mel
 
     # Neither trimmed nor cropped, so the picture lines up with what the audio player plays.
-    wav = audio.load(path, sample_rate=recipe.audio.sample_rate,
-                     max_duration=min(recipe.audio.max_duration, SPECTROGRAM_SECONDS))
+    wav = audio.load(
+        path, sample_rate=recipe.audio.sample_rate, max_duration=min(recipe.audio.max_duration, SPECTROGRAM_SECONDS)
+    )
     samples = wav.samples if wav.samples.size else np.zeros(recipe.features.n_fft, dtype=np.float32)
     spec = recipe_log_mel(samples, recipe)
     top = float(spec.max())
@@ -107,8 +112,14 @@ def _num(x) -> float | None:
 class ReviewData:
     """What the page shows of one run: its clips, predictions, suspects and decisions."""
 
-    def __init__(self, run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataFrame | None = None,
-                 neighbours: int = NEIGHBOURS):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        lists_dir: str | Path,
+        *,
+        suspects: pd.DataFrame | None = None,
+        neighbours: int = NEIGHBOURS,
+    ):
         run = RunDir(run_dir).require_complete()
         self.run_dir = run.path
         oof = run.out_of_fold()
@@ -122,8 +133,10 @@ class ReviewData:
         self.row = {c.id: i for i, c in enumerate(self.manifest)}
         unknown = [c for c in suspects["clip_id"] if c not in self.row]
         if unknown:
-            raise DataError(f"{path}: {len(unknown)} clip(s) are not in the run "
-                            f"(first: {unknown[0]!r}); run `soundtag suspects {self.run_dir}` again")
+            raise DataError(
+                f"{path}: {len(unknown)} clip(s) are not in the run "
+                f"(first: {unknown[0]!r}); run `soundtag suspects {self.run_dir}` again"
+            )
         self.suspects = suspects.reset_index(drop=True)
         self.records = {r["clip_id"]: r for r in self.suspects.to_dict("records")}
         self.n_neighbours = neighbours
@@ -138,7 +151,7 @@ class ReviewData:
         for j, lab in enumerate(self.manifest.labels):
             rows = [i for i, c in enumerate(self.manifest) if lab in c.labels]
             rows.sort(key=lambda i: (self.manifest[i].id in suspect, -self.probs[i, j]))
-            out[lab] = [self.manifest[i].id for i in rows[:k + 1]]
+            out[lab] = [self.manifest[i].id for i in rows[: k + 1]]
         return out
 
     # --- JSON views ----------------------------------------------------------------------
@@ -159,25 +172,42 @@ class ReviewData:
         i = self.row[clip_id]
         c = self.manifest[i]
         order = np.argsort(-self.probs[i], kind="stable")[:3]
-        out = {"clip_id": c.id, "labels": list(c.labels), "verified": c.manually_verified,
-               "fold": int(self.folds[i]), "blacklisted": bool(not self.in_training[i]),
-               "preds": [[self.manifest.labels[j], round(float(self.probs[i, j]), 4)] for j in order],
-               "decision": self.decision_of(c.id, latest), "suspect": c.id in self.records}
+        out = {
+            "clip_id": c.id,
+            "labels": list(c.labels),
+            "verified": c.manually_verified,
+            "fold": int(self.folds[i]),
+            "blacklisted": bool(not self.in_training[i]),
+            "preds": [[self.manifest.labels[j], round(float(self.probs[i, j]), 4)] for j in order],
+            "decision": self.decision_of(c.id, latest),
+            "suspect": c.id in self.records,
+        }
         if c.id in self.records:
             s = self.records[c.id]
-            out.update(rank=int(s["rank"]), score=_num(s["score"]), quality=_num(s.get("label_quality")),
-                       reasons=[r for r in str(s["reasons"]).split(";") if r],
-                       peak_db=_num(s.get("peak_db")), sound_s=_num(s.get("sound_s")),
-                       duplicate_of=[d for d in str(s.get("duplicate_of", "")).split(";") if d])
+            out.update(
+                rank=int(s["rank"]),
+                score=_num(s["score"]),
+                quality=_num(s.get("label_quality")),
+                reasons=[r for r in str(s["reasons"]).split(";") if r],
+                peak_db=_num(s.get("peak_db")),
+                sound_s=_num(s.get("sound_s")),
+                duplicate_of=[d for d in str(s.get("duplicate_of", "")).split(";") if d],
+            )
         return out
 
     def state(self) -> dict:
         self.book.refresh()  # `soundtag clean --auto` may have written meanwhile
         latest = self.book.latest()
         reasons = sorted({r for rs in self.suspects["reasons"] for r in str(rs).split(";") if r})
-        return {"run": str(self.run_dir), "lists": str(self.book.folder), "labels": list(self.manifest.labels),
-                "multilabel": self.manifest.multilabel, "reasons": reasons,
-                "suspects": [self.clip(c, latest) for c in self.suspects["clip_id"]], "progress": self.progress()}
+        return {
+            "run": str(self.run_dir),
+            "lists": str(self.book.folder),
+            "labels": list(self.manifest.labels),
+            "multilabel": self.manifest.multilabel,
+            "reasons": reasons,
+            "suspects": [self.clip(c, latest) for c in self.suspects["clip_id"]],
+            "progress": self.progress(),
+        }
 
     def info(self, clip_id: str) -> dict:
         """A clip with typical clips of its label and of its top prediction, to compare by ear."""
@@ -185,7 +215,7 @@ class ReviewData:
         out = self.clip(clip_id, latest)
 
         def examples(label):
-            ids = [c for c in self.neighbours[label] if c != clip_id][:self.n_neighbours]
+            ids = [c for c in self.neighbours[label] if c != clip_id][: self.n_neighbours]
             return {"label": label, "clips": [self.clip(c, latest) for c in ids]}
 
         groups = [examples(lab) for lab in out["labels"]]
@@ -228,8 +258,7 @@ class BodyLimit:
             try:
                 size = int(declared[0])
             except ValueError:
-                return await self._refuse(scope, receive, send, 400, f"Content-Length {declared[0]!r} "
-                                          "is not a number")
+                return await self._refuse(scope, receive, send, 400, f"Content-Length {declared[0]!r} is not a number")
             if size > self.limit:
                 return await self._refuse(scope, receive, send, 413, self._too_large(f" of {size} bytes"))
         chunks, size = [], 0
@@ -262,11 +291,19 @@ class BodyLimit:
         from starlette.responses import JSONResponse
 
         # Connection: close, since the rest of an unread body would be taken for the next request.
-        await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(scope, receive, send)
+        await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(
+            scope, receive, send
+        )
 
 
-def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataFrame | None = None,
-               allowed_hosts: tuple[str, ...] = (HOST, "localhost"), max_body: int = MAX_BODY_BYTES):
+def create_app(
+    run_dir: str | Path,
+    lists_dir: str | Path,
+    *,
+    suspects: pd.DataFrame | None = None,
+    allowed_hosts: tuple[str, ...] = (HOST, "localhost"),
+    max_body: int = MAX_BODY_BYTES,
+):
     """The review web app of a finished run (a FastAPI application; serve it with :func:`serve`).
 
     Parameters
@@ -284,8 +321,10 @@ def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataF
 
     data = ReviewData(run_dir, lists_dir, suspects=suspects)
     # Read once: the server opens no file on a request for a page, whatever the path says.
-    pages = {route: (resources.files("soundtag.cleaning").joinpath("static", name).read_bytes(), media)
-             for route, (name, media) in STATIC.items()}
+    pages = {
+        route: (resources.files("soundtag.cleaning").joinpath("static", name).read_bytes(), media)
+        for route, (name, media) in STATIC.items()
+    }
     app = FastAPI(title="soundtag review", docs_url=None, redoc_url=None, openapi_url=None)
     # The last added runs first: the Host is checked before any body is read.
     app.add_middleware(BodyLimit, limit=max_body)
@@ -298,6 +337,7 @@ def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataF
 
         def endpoint():
             return Response(body, media_type=media, headers=headers)
+
         return endpoint
 
     for route in pages:
@@ -355,8 +395,7 @@ def create_app(run_dir: str | Path, lists_dir: str | Path, *, suspects: pd.DataF
         removed = data.book.undo(round=data.round)
         if removed is None:
             raise HTTPException(409, f"nothing to undo in round {data.round}")
-        return {"undone": removed.to_dict(), "decision": data.decision_of(removed.clip_id),
-                "progress": data.progress()}
+        return {"undone": removed.to_dict(), "decision": data.decision_of(removed.clip_id), "progress": data.progress()}
 
     return app
 
@@ -378,8 +417,10 @@ def check_port(port: int) -> int:
         try:
             s.bind((HOST, port))
         except OSError as exc:
-            raise ParameterError(f"port {port} on {HOST} is in use ({exc.strerror}); pass --port with another "
-                                 "number, or 0 for any free port") from None
+            raise ParameterError(
+                f"port {port} on {HOST} is in use ({exc.strerror}); pass --port with another "
+                "number, or 0 for any free port"
+            ) from None
     return port
 
 

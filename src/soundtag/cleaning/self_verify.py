@@ -39,8 +39,21 @@ from soundtag.errors import DataError, ParameterError
 __all__ = ["RoundReport", "Verdicts", "self_verify", "verify_labels"]
 
 VERDICTS_FILE = "verdicts.json"
-REPORT_COLUMNS = ["round", "run", "threshold", "unverified", "accepted", "relabelled", "dropped", "accepted_correct",
-                  "relabelled_correct", "dropped_wrong", "flipped", "top1", "map3"]
+REPORT_COLUMNS = [
+    "round",
+    "run",
+    "threshold",
+    "unverified",
+    "accepted",
+    "relabelled",
+    "dropped",
+    "accepted_correct",
+    "relabelled_correct",
+    "dropped_wrong",
+    "flipped",
+    "top1",
+    "map3",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,9 @@ class Verdicts:
     threshold: float = 0.95
 
 
-def _capped(candidates: np.ndarray, classes: np.ndarray, confidence: np.ndarray, per_class: int | None,
-            used: np.ndarray) -> np.ndarray:
+def _capped(
+    candidates: np.ndarray, classes: np.ndarray, confidence: np.ndarray, per_class: int | None, used: np.ndarray
+) -> np.ndarray:
     """``candidates`` kept under the per-class cap, most confident first (ties: earlier clip);
     ``used`` counts what each class already took and is updated."""
     keep = []
@@ -94,16 +108,25 @@ def resolve_threshold(threshold: float | str, own: np.ndarray, verified: np.ndar
         if threshold != "auto":
             raise ParameterError(f"threshold={threshold!r}: give a number in (0, 1] or 'auto'")
         if not verified.any():
-            raise ParameterError("threshold='auto' is set from the verified clips' posteriors, and no clip is "
-                                 "marked verified (manifest field manually_verified); give a number, e.g. 0.95")
+            raise ParameterError(
+                "threshold='auto' is set from the verified clips' posteriors, and no clip is "
+                "marked verified (manifest field manually_verified); give a number, e.g. 0.95"
+            )
         return round(float(np.quantile(own[verified], AUTO_QUANTILE)), 6)
     if not 0 < threshold <= 1:
         raise ParameterError(f"threshold={threshold} must be in (0, 1] or 'auto'")
     return float(threshold)
 
 
-def verify_labels(probs: np.ndarray, targets: np.ndarray, verified: np.ndarray, *, threshold: float | str = 0.95,
-                  per_class: int | None = None, relabel_threshold: float | None = None) -> Verdicts:
+def verify_labels(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    verified: np.ndarray,
+    *,
+    threshold: float | str = 0.95,
+    per_class: int | None = None,
+    relabel_threshold: float | None = None,
+) -> Verdicts:
     """Decide one round of self-verification for single-label data.
 
     Parameters
@@ -126,8 +149,10 @@ def verify_labels(probs: np.ndarray, targets: np.ndarray, verified: np.ndarray, 
     """
     probs, targets, verified = np.asarray(probs, float), np.asarray(targets), np.asarray(verified, bool)
     if probs.shape != targets.shape or probs.ndim != 2 or len(verified) != len(probs):
-        raise ParameterError(f"probs {probs.shape}, targets {targets.shape} and verified ({len(verified)},) "
-                             "must describe the same clips and classes")
+        raise ParameterError(
+            f"probs {probs.shape}, targets {targets.shape} and verified ({len(verified)},) "
+            "must describe the same clips and classes"
+        )
     if (targets.sum(axis=1) != 1).any():
         raise ParameterError("self-verification takes single-label data: every clip needs exactly one label")
     if relabel_threshold is not None and not 0 < relabel_threshold <= 1:
@@ -138,8 +163,7 @@ def verify_labels(probs: np.ndarray, targets: np.ndarray, verified: np.ndarray, 
     own = probs[np.arange(len(probs)), given]
     threshold = resolve_threshold(threshold, own, verified)
     unverified = np.flatnonzero(~verified)
-    accepted = _capped(unverified[own[unverified] >= threshold], given, own, per_class,
-                       np.zeros(probs.shape[1], int))
+    accepted = _capped(unverified[own[unverified] >= threshold], given, own, per_class, np.zeros(probs.shape[1], int))
     rest = np.setdiff1d(unverified, accepted)
     others = probs.copy()
     others[np.arange(len(probs)), given] = -np.inf
@@ -175,9 +199,18 @@ class RoundReport:
     lists: str = field(default="", repr=False)
 
 
-def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, rounds: int = 3,
-                threshold: float | str = 0.95, per_class: int | None = None, relabel_threshold: float | None = None,
-                truth: dict[str, str] | None = None, progress: bool = True, hardware=None) -> list[RoundReport]:
+def self_verify(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    rounds: int = 3,
+    threshold: float | str = 0.95,
+    per_class: int | None = None,
+    relabel_threshold: float | None = None,
+    truth: dict[str, str] | None = None,
+    progress: bool = True,
+    hardware=None,
+) -> list[RoundReport]:
     """Run ``rounds`` rounds of self-verification from a finished run (see the module's text).
 
     Parameters
@@ -225,22 +258,46 @@ def self_verify(run_dir: str | Path, out_dir: str | Path | None = None, *, round
             made = json.loads((lists / VERDICTS_FILE).read_text())
             settings = {"threshold": threshold, "per_class": per_class, "relabel_threshold": relabel_threshold}
             if {k: made.get(k) for k in settings} != settings:
-                raise ParameterError(f"{round_dir} was decided with {({k: made.get(k) for k in settings})}, not "
-                                     f"{settings}; give another --out to run rounds with these settings")
+                raise ParameterError(
+                    f"{round_dir} was decided with { ({k: made.get(k) for k in settings}) }, not "
+                    f"{settings}; give another --out to run rounds with these settings"
+                )
         else:
             probs = _probs_in_order(previous, manifest.ids)
-            verdicts = verify_labels(probs, targets, verified, threshold=threshold, per_class=per_class,
-                                     relabel_threshold=relabel_threshold)
-            _write_lists(lists, r, manifest, probs, targets, verified, verdicts, left_out, previous.path,
-                         threshold=threshold, per_class=per_class, relabel_threshold=relabel_threshold)
+            verdicts = verify_labels(
+                probs, targets, verified, threshold=threshold, per_class=per_class, relabel_threshold=relabel_threshold
+            )
+            _write_lists(
+                lists,
+                r,
+                manifest,
+                probs,
+                targets,
+                verified,
+                verdicts,
+                left_out,
+                previous.path,
+                threshold=threshold,
+                per_class=per_class,
+                relabel_threshold=relabel_threshold,
+            )
         run = RunDir(round_dir / "run")
         if run.path.exists() and not run.is_run():
             shutil.rmtree(run.path)  # killed before its run.json: nothing of it was finished
         if not (run.is_run() and not run.unfinished_folds() and run.metrics_file.is_file()):
-            recipe = resolve_recipe(base.recipe_file(), blacklist=lists / "blacklist.csv",
-                                    relabel=lists / "relabel.csv").recipe
-            train(manifest, recipe, run.path, cache_dir=info["cache_dir"], progress=progress, resume=run.is_run(),
-                  data_source=info.get("data"), hardware=hardware or Hardware())
+            recipe = resolve_recipe(
+                base.recipe_file(), blacklist=lists / "blacklist.csv", relabel=lists / "relabel.csv"
+            ).recipe
+            train(
+                manifest,
+                recipe,
+                run.path,
+                cache_dir=info["cache_dir"],
+                progress=progress,
+                resume=run.is_run(),
+                data_source=info.get("data"),
+                hardware=hardware or Hardware(),
+            )
         reports.append(_round_report(r, run, lists, given, truth))
         rows = [asdict(x) for x in reports]
         atomic_write_json(out / "report.json", rows)
@@ -258,14 +315,28 @@ def _probs_in_order(run, ids: list[str]) -> np.ndarray:
     row = {c.id: i for i, c in enumerate(oof.manifest)}
     missing = [i for i in ids if i not in row]
     if missing:
-        raise DataError(f"{run.path}: no out-of-fold prediction for {len(missing)} clip(s) of the first run, "
-                        f"e.g. {missing[0]}; the rounds must train on the same clips")
+        raise DataError(
+            f"{run.path}: no out-of-fold prediction for {len(missing)} clip(s) of the first run, "
+            f"e.g. {missing[0]}; the rounds must train on the same clips"
+        )
     return oof.probs[[row[i] for i in ids]]
 
 
-def _write_lists(lists: Path, round_no: int, manifest, probs, targets, verified, verdicts: Verdicts,
-                 left_out: list[str], source: Path, *, threshold: float | str, per_class: int | None,
-                 relabel_threshold: float | None) -> None:
+def _write_lists(
+    lists: Path,
+    round_no: int,
+    manifest,
+    probs,
+    targets,
+    verified,
+    verdicts: Verdicts,
+    left_out: list[str],
+    source: Path,
+    *,
+    threshold: float | str,
+    per_class: int | None,
+    relabel_threshold: float | None,
+) -> None:
     """The round's decisions as a lists folder, written aside and renamed into place whole."""
     from soundtag.cleaning.decisions import Decision, DecisionBook
 
@@ -282,39 +353,67 @@ def _write_lists(lists: Path, round_no: int, manifest, probs, targets, verified,
     def own(i):
         return f"p({labels[given[i]]})={probs[i, given[i]]:.2f}"
 
-    entries = [Decision(manifest[i].id, "keep", "", f"{tag}: {own(i)} >= {used:g}", round_no)
-               for i in verdicts.accepted]
-    entries += [Decision(manifest[i].id, "relabel", labels[new], f"{tag}: p({labels[new]})={probs[i, new]:.2f}",
-                         round_no) for i, new in zip(verdicts.relabelled, verdicts.new_labels)]
+    entries = [
+        Decision(manifest[i].id, "keep", "", f"{tag}: {own(i)} >= {used:g}", round_no) for i in verdicts.accepted
+    ]
+    entries += [
+        Decision(manifest[i].id, "relabel", labels[new], f"{tag}: p({labels[new]})={probs[i, new]:.2f}", round_no)
+        for i, new in zip(verdicts.relabelled, verdicts.new_labels)
+    ]
     for i in verdicts.dropped:
-        why = (f"{own(i)} >= {used:g}, but its class had its {per_class} accepted"
-               if probs[i, given[i]] >= used else f"{own(i)} < {used:g}")
+        why = (
+            f"{own(i)} >= {used:g}, but its class had its {per_class} accepted"
+            if probs[i, given[i]] >= used
+            else f"{own(i)} < {used:g}"
+        )
         entries.append(Decision(manifest[i].id, "blacklist", "", f"{tag}: {why}", round_no))
     dropped_ids = {manifest[i].id for i in verdicts.dropped}
-    entries += [Decision(c, "blacklist", "", f"{tag}: left out of {source.name}'s training", round_no)
-                for c in left_out if c not in dropped_ids]
+    entries += [
+        Decision(c, "blacklist", "", f"{tag}: left out of {source.name}'s training", round_no)
+        for c in left_out
+        if c not in dropped_ids
+    ]
     if entries:
         book.decide_many(entries)
     ids = manifest.ids
-    (tmp / VERDICTS_FILE).write_text(json.dumps({
-        "round": round_no, "from_run": str(source), "threshold": threshold, "threshold_used": used,
-        "per_class": per_class, "relabel_threshold": relabel_threshold,
-        "verified": int(verified.sum()), "unverified": int((~verified).sum()),
-        "accepted": [ids[i] for i in verdicts.accepted], "dropped": [ids[i] for i in verdicts.dropped],
-        "relabelled": {ids[i]: labels[new] for i, new in zip(verdicts.relabelled, verdicts.new_labels)},
-    }, indent=1))
+    (tmp / VERDICTS_FILE).write_text(
+        json.dumps(
+            {
+                "round": round_no,
+                "from_run": str(source),
+                "threshold": threshold,
+                "threshold_used": used,
+                "per_class": per_class,
+                "relabel_threshold": relabel_threshold,
+                "verified": int(verified.sum()),
+                "unverified": int((~verified).sum()),
+                "accepted": [ids[i] for i in verdicts.accepted],
+                "dropped": [ids[i] for i in verdicts.dropped],
+                "relabelled": {ids[i]: labels[new] for i, new in zip(verdicts.relabelled, verdicts.new_labels)},
+            },
+            indent=1,
+        )
+    )
     if lists.exists():  # a lists folder without its verdicts: an older, unfinished write
         shutil.rmtree(lists)
     tmp.rename(lists)
 
 
-def _round_report(round_no: int, run, lists: Path, given: dict[str, str],
-                  truth: dict[str, str] | None) -> RoundReport:
+def _round_report(round_no: int, run, lists: Path, given: dict[str, str], truth: dict[str, str] | None) -> RoundReport:
     v = json.loads((lists / VERDICTS_FILE).read_text())
     metrics = json.loads(run.metrics_file.read_text()).get("all", {}) if run.metrics_file.is_file() else {}
-    report = RoundReport(round_no, str(run.path), v["unverified"], len(v["accepted"]), len(v["relabelled"]),
-                         len(v["dropped"]), top1=metrics.get("top1"), map3=metrics.get("map@3"),
-                         threshold=v.get("threshold_used", v["threshold"]), lists=str(lists))
+    report = RoundReport(
+        round_no,
+        str(run.path),
+        v["unverified"],
+        len(v["accepted"]),
+        len(v["relabelled"]),
+        len(v["dropped"]),
+        top1=metrics.get("top1"),
+        map3=metrics.get("map@3"),
+        threshold=v.get("threshold_used", v["threshold"]),
+        lists=str(lists),
+    )
     if truth is not None:  # judged against the labels the round decided on, before its relabels
         unverified = v["accepted"] + v["dropped"] + list(v["relabelled"])
         flipped = {c for c in unverified if truth[c] != given[c]}

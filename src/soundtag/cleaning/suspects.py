@@ -38,20 +38,48 @@ from soundtag.runs import RunDir
 # Added to ``1 - label quality`` for each audio reason: a silent clip is useless whatever its
 # label; a duplicate with another label is a label conflict; clipping and shortness are worth a
 # listen but often harmless, so they only break ties among the label finders.
-AUDIO_WEIGHTS = {"silent": 1.0, "near_silent": 0.5, "duplicate_conflict": 0.5, "duplicate": 0.2,
-                 "clipped": 0.1, "short": 0.1, "unreadable": 1.0}
-REASONS = ("misclassified", "label_issue", "silent", "near_silent", "clipped", "duplicate", "short",
-           "unreadable")
-NEAR_SILENT_DB = -40.0   # peak level in dBFS under which a clip is "near_silent"
-CLIP_LEVEL = 0.99        # |sample| at or above this counts as clipped
+AUDIO_WEIGHTS = {
+    "silent": 1.0,
+    "near_silent": 0.5,
+    "duplicate_conflict": 0.5,
+    "duplicate": 0.2,
+    "clipped": 0.1,
+    "short": 0.1,
+    "unreadable": 1.0,
+}
+REASONS = ("misclassified", "label_issue", "silent", "near_silent", "clipped", "duplicate", "short", "unreadable")
+NEAR_SILENT_DB = -40.0  # peak level in dBFS under which a clip is "near_silent"
+CLIP_LEVEL = 0.99  # |sample| at or above this counts as clipped
 CLIPPED_FRACTION = 0.01  # ESC-50: 55 of 2000 clips exceed it, each audibly clipped
-SHORT_FRACTION = 0.2     # ESC-50: 20 of 2000 clips are shorter than this times their class median
+SHORT_FRACTION = 0.2  # ESC-50: 20 of 2000 clips are shorter than this times their class median
 TOP_K = 3
-COLUMNS = ["rank", "clip_id", "label", "manually_verified", "fold", "blacklisted",
-           *[f"{k}{i}" for i in range(1, TOP_K + 1) for k in ("pred", "prob")],
-           "label_quality", "score", "reasons", "peak_db", "sound_s", "duplicate_of"]
-NUMERIC_COLUMNS = ["rank", "fold", "blacklisted", "prob1", "prob2", "prob3", "label_quality", "score",
-                   "peak_db", "sound_s"]
+COLUMNS = [
+    "rank",
+    "clip_id",
+    "label",
+    "manually_verified",
+    "fold",
+    "blacklisted",
+    *[f"{k}{i}" for i in range(1, TOP_K + 1) for k in ("pred", "prob")],
+    "label_quality",
+    "score",
+    "reasons",
+    "peak_db",
+    "sound_s",
+    "duplicate_of",
+]
+NUMERIC_COLUMNS = [
+    "rank",
+    "fold",
+    "blacklisted",
+    "prob1",
+    "prob2",
+    "prob3",
+    "label_quality",
+    "score",
+    "peak_db",
+    "sound_s",
+]
 
 
 @dataclass(frozen=True)
@@ -85,13 +113,22 @@ def audio_stats(path: str | Path, *, trim_db: float = 60.0) -> AudioStats:
     quantised = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
     digest = hashlib.sha1(quantised.tobytes() + str(rate).encode()).hexdigest()
     sound = trim(samples, top_db=trim_db).shape[0] if peak >= SILENCE_PEAK else 0
-    return AudioStats(20 * np.log10(peak) if peak > 0 else -np.inf,
-                      float(np.mean(np.abs(samples) >= CLIP_LEVEL)) if samples.size else 0.0,
-                      sound / rate, digest)
+    return AudioStats(
+        20 * np.log10(peak) if peak > 0 else -np.inf,
+        float(np.mean(np.abs(samples) >= CLIP_LEVEL)) if samples.size else 0.0,
+        sound / rate,
+        digest,
+    )
 
 
-def audio_flags(clip_ids: Sequence[str], paths: Sequence[str], labels: Sequence[Sequence[str]], *,
-                trim_db: float = 60.0, workers: int | None = None) -> pd.DataFrame:
+def audio_flags(
+    clip_ids: Sequence[str],
+    paths: Sequence[str],
+    labels: Sequence[Sequence[str]],
+    *,
+    trim_db: float = 60.0,
+    workers: int | None = None,
+) -> pd.DataFrame:
     """Decode every clip and name its audio problems.
 
     Returns
@@ -111,13 +148,15 @@ def audio_flags(clip_ids: Sequence[str], paths: Sequence[str], labels: Sequence[
     # libsndfile and numpy release the GIL, so threads decode in parallel without pickling.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         stats = list(pool.map(measure, paths))
-    df = pd.DataFrame({
-        "clip_id": list(clip_ids),
-        "peak_db": [s.peak_db if s else np.nan for s in stats],
-        "clipped_fraction": [s.clipped_fraction if s else np.nan for s in stats],
-        "sound_s": [s.sound_s if s else np.nan for s in stats],
-        "digest": [s.digest if s else None for s in stats],
-    })
+    df = pd.DataFrame(
+        {
+            "clip_id": list(clip_ids),
+            "peak_db": [s.peak_db if s else np.nan for s in stats],
+            "clipped_fraction": [s.clipped_fraction if s else np.nan for s in stats],
+            "sound_s": [s.sound_s if s else np.nan for s in stats],
+            "digest": [s.digest if s else None for s in stats],
+        }
+    )
     first_label = [lab[0] if lab else "" for lab in labels]
     median = df["sound_s"].groupby(pd.Series(first_label)).transform("median")
     same = df.groupby("digest")["clip_id"].agg(list).to_dict()
@@ -150,8 +189,14 @@ def audio_flags(clip_ids: Sequence[str], paths: Sequence[str], labels: Sequence[
     return df.drop(columns="digest").assign(duplicate_of=dupes, reasons=reasons, weight=weights)
 
 
-def label_scores(given: Sequence[Sequence[str]], label_names: Sequence[str], probs: np.ndarray, *,
-                 multilabel: bool = False, method: str = "self_confidence") -> tuple[np.ndarray, np.ndarray]:
+def label_scores(
+    given: Sequence[Sequence[str]],
+    label_names: Sequence[str],
+    probs: np.ndarray,
+    *,
+    multilabel: bool = False,
+    method: str = "self_confidence",
+) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's label-quality score (0..1, low is suspect) and issue flag for every clip.
 
     Parameters
@@ -178,8 +223,9 @@ def label_scores(given: Sequence[Sequence[str]], label_names: Sequence[str], pro
             from cleanlab.rank import get_label_quality_scores
 
             if any(len(g) != 1 for g in given):
-                raise DataError("a single-label run has a clip with no label or several; "
-                                "check the run's manifest.jsonl")
+                raise DataError(
+                    "a single-label run has a clip with no label or several; check the run's manifest.jsonl"
+                )
             labels = np.array([index[g[0]] for g in given])
             probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rows, summed again exactly
             quality = get_label_quality_scores(labels, probs, method=method)
@@ -187,9 +233,17 @@ def label_scores(given: Sequence[Sequence[str]], label_names: Sequence[str], pro
     return np.asarray(quality, dtype=np.float64), np.asarray(issues, dtype=bool)
 
 
-def rank_suspects(clip_ids: Sequence[str], given: Sequence[Sequence[str]], label_names: Sequence[str],
-                  probs: np.ndarray, *, multilabel: bool = False, audio: pd.DataFrame | None = None,
-                  method: str = "self_confidence", all_clips: bool = False) -> pd.DataFrame:
+def rank_suspects(
+    clip_ids: Sequence[str],
+    given: Sequence[Sequence[str]],
+    label_names: Sequence[str],
+    probs: np.ndarray,
+    *,
+    multilabel: bool = False,
+    audio: pd.DataFrame | None = None,
+    method: str = "self_confidence",
+    all_clips: bool = False,
+) -> pd.DataFrame:
     """Rank clips by how suspect their label or audio is (the pure core of :func:`find_suspects`).
 
     Parameters
@@ -228,12 +282,14 @@ def rank_suspects(clip_ids: Sequence[str], given: Sequence[Sequence[str]], label
     else:
         audio = audio.set_index("clip_id").loc[list(clip_ids)]
         audio_reasons, weight = audio["reasons"].tolist(), audio["weight"].to_numpy()
-    reasons = [";".join((["misclassified"] if m else []) + (["label_issue"] if i else []) + list(a))
-               for m, i, a in zip(misclassified, issues, audio_reasons)]
+    reasons = [
+        ";".join((["misclassified"] if m else []) + (["label_issue"] if i else []) + list(a))
+        for m, i, a in zip(misclassified, issues, audio_reasons)
+    ]
     df = pd.DataFrame({"clip_id": list(clip_ids), "label": [",".join(g) for g in given]})
     for j in range(TOP_K):
         df[f"pred{j + 1}"] = names[order[:, j]] if j < k else ""
-        df[f"prob{j + 1}"] = np.round(np.take_along_axis(probs, order[:, j:j + 1], 1)[:, 0], 6) if j < k else np.nan
+        df[f"prob{j + 1}"] = np.round(np.take_along_axis(probs, order[:, j : j + 1], 1)[:, 0], 6) if j < k else np.nan
     df["label_quality"] = np.round(quality, 6)
     df["score"] = np.round(1.0 - quality + weight, 6)
     df["reasons"] = reasons
@@ -252,8 +308,14 @@ def check_run(run_dir: str | Path) -> Path:
     return RunDir(run_dir).require_complete().path
 
 
-def find_suspects(run_dir: str | Path, *, audio: bool = True, method: str = "self_confidence",
-                  all_clips: bool = False, workers: int | None = None) -> pd.DataFrame:
+def find_suspects(
+    run_dir: str | Path,
+    *,
+    audio: bool = True,
+    method: str = "self_confidence",
+    all_clips: bool = False,
+    workers: int | None = None,
+) -> pd.DataFrame:
     """Rank the training clips of a finished run from its out-of-fold predictions and audio.
 
     Parameters
@@ -275,14 +337,30 @@ def find_suspects(run_dir: str | Path, *, audio: bool = True, method: str = "sel
     flags = None
     if audio:
         trim_db = run.recipe().audio.trim_db
-        flags = audio_flags(manifest.ids, [c.path for c in manifest], given,
-                            trim_db=60.0 if trim_db is None else trim_db, workers=workers)
-    df = rank_suspects(manifest.ids, given, manifest.labels, probs, multilabel=manifest.multilabel,
-                       audio=flags, method=method, all_clips=all_clips)
+        flags = audio_flags(
+            manifest.ids,
+            [c.path for c in manifest],
+            given,
+            trim_db=60.0 if trim_db is None else trim_db,
+            workers=workers,
+        )
+    df = rank_suspects(
+        manifest.ids,
+        given,
+        manifest.labels,
+        probs,
+        multilabel=manifest.multilabel,
+        audio=flags,
+        method=method,
+        all_clips=all_clips,
+    )
     row = {c.id: i for i, c in enumerate(manifest)}
     at = [row[c] for c in df["clip_id"]]
-    df.insert(3, "manually_verified", ["" if manifest[i].manually_verified is None
-                                       else int(manifest[i].manually_verified) for i in at])
+    df.insert(
+        3,
+        "manually_verified",
+        ["" if manifest[i].manually_verified is None else int(manifest[i].manually_verified) for i in at],
+    )
     df.insert(4, "fold", folds[at].astype(int))
     df.insert(5, "blacklisted", (~in_training[at]).astype(int))
     return df[COLUMNS]
@@ -312,8 +390,12 @@ def read_suspects(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def summarize(df: pd.DataFrame, label_names: Sequence[str], clips_per_label: dict[str, int] | None = None,
-              decided: Iterable[str] = ()) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame,
+    label_names: Sequence[str],
+    clips_per_label: dict[str, int] | None = None,
+    decided: Iterable[str] = (),
+) -> pd.DataFrame:
     """Per class: clips, suspects, each finder's count, how many of its suspects have a decision
     (``decided``: the clip ids a lists folder has decided), and the class most often predicted
     instead."""
@@ -326,14 +408,16 @@ def summarize(df: pd.DataFrame, label_names: Sequence[str], clips_per_label: dic
         # Boolean arrays, not Series.apply: on a class without suspects apply returns no booleans.
         wrong = np.array(["misclassified" in r for r in reasons], dtype=bool)
         confused = part["pred1"][wrong].value_counts()
-        rows.append({
-            "class": lab,
-            "clips": (clips_per_label or {}).get(lab, np.nan),
-            "suspects": len(part),
-            "misclassified": int(wrong.sum()),
-            "label_issue": sum("label_issue" in r for r in reasons),
-            "audio": sum(bool(r - {"misclassified", "label_issue", ""}) for r in reasons),
-            "decided": int(part["clip_id"].isin(decided).sum()),
-            "confused_with": f"{confused.index[0]} ({confused.iloc[0]})" if len(confused) else "",
-        })
+        rows.append(
+            {
+                "class": lab,
+                "clips": (clips_per_label or {}).get(lab, np.nan),
+                "suspects": len(part),
+                "misclassified": int(wrong.sum()),
+                "label_issue": sum("label_issue" in r for r in reasons),
+                "audio": sum(bool(r - {"misclassified", "label_issue", ""}) for r in reasons),
+                "decided": int(part["clip_id"].isin(decided).sum()),
+                "confused_with": f"{confused.index[0]} ({confused.iloc[0]})" if len(confused) else "",
+            }
+        )
     return pd.DataFrame(rows)

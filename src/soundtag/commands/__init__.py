@@ -16,18 +16,29 @@ import typer
 from rich.console import Console
 from rich.markup import escape  # messages name files, and file names may hold [brackets]
 
-__all__ = ["DEFAULT_CACHE", "DataOpt", "LayoutOpt", "OverrideOpt", "console", "err_console", "escape", "load_recipes",
-           "rerun_note"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "DataOpt",
+    "LayoutOpt",
+    "OverrideOpt",
+    "console",
+    "err_console",
+    "escape",
+    "load_recipes",
+    "rerun_note",
+]
 
 console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_CACHE = Path(".cache/soundtag/features")
-DataOpt = typer.Option(..., "--data", "-d", help="dataset folder, CSV, manifest .jsonl, or a registered "
-                       "name (esc50, esc10, fsdkaggle2018)")
+DataOpt = typer.Option(
+    ..., "--data", "-d", help="dataset folder, CSV, manifest .jsonl, or a registered name (esc50, esc10, fsdkaggle2018)"
+)
 LayoutOpt = typer.Option(None, "--layout", help="dataset layout; detected when omitted")
-OverrideOpt = typer.Option([], "--set", "-o", help="override a recipe field: section.key=value "
-                           "(e.g. features.hop_length=441); repeatable")
+OverrideOpt = typer.Option(
+    [], "--set", "-o", help="override a recipe field: section.key=value (e.g. features.hop_length=441); repeatable"
+)
 
 
 def load_recipes(names: List[str], overrides: List[str]):

@@ -11,8 +11,12 @@ import typer
 from soundtag.commands import console, rerun_note
 from soundtag.stopping import Stopped, on_stop
 
-ListsOpt = typer.Option(None, "--lists", help="folder of blacklist.csv, relabel.csv and decisions.csv "
-                        "(default: cleaning/<dataset name>/ in the current folder)")
+ListsOpt = typer.Option(
+    None,
+    "--lists",
+    help="folder of blacklist.csv, relabel.csv and decisions.csv "
+    "(default: cleaning/<dataset name>/ in the current folder)",
+)
 
 
 def _lists_dir(run: Path, lists: Optional[Path]) -> Path:
@@ -58,8 +62,10 @@ def suspects(
     by_class, head = suspects_tables(run, df, summarize(df, manifest.labels, manifest.label_counts(), decided=decided))
     console.print(by_class)
     console.print(head)
-    console.print(f"wrote {path}: {len(df)} suspects of {len(manifest)} clips; listen to them with "
-                  f"`soundtag review {run}`", soft_wrap=True)
+    console.print(
+        f"wrote {path}: {len(df)} suspects of {len(manifest)} clips; listen to them with `soundtag review {run}`",
+        soft_wrap=True,
+    )
 
 
 def review(
@@ -80,7 +86,6 @@ def review(
     """
     from soundtag.cleaning import retrain_command
     from soundtag.cleaning.review import HOST, check_port, create_app, serve
-
     from soundtag.runs import RunDir
 
     folder = _lists_dir(run, lists)
@@ -89,8 +94,11 @@ def review(
         console.print("no suspects.csv yet: finding the suspects first (as `soundtag suspects` does)")
     web = create_app(run, folder)
     data = web.state.review
-    console.print(f"review {run}, round {data.round}: {data.progress()['reviewed']} of {len(data.suspects)} reviewed; "
-                  f"decisions go to {folder}", soft_wrap=True)
+    console.print(
+        f"review {run}, round {data.round}: {data.progress()['reviewed']} of {len(data.suspects)} reviewed; "
+        f"decisions go to {folder}",
+        soft_wrap=True,
+    )
     console.print(f"open http://{HOST}:{port}/ in a browser (Ctrl-C to stop)", soft_wrap=True)
     try:
         serve(web, port=port)
@@ -104,8 +112,11 @@ def clean(
     run: Path = typer.Argument(..., help="a finished run directory"),
     auto: bool = typer.Option(False, "--auto", help="apply cleanlab's findings without review"),
     max_fraction: float = typer.Option(0.05, "--max-fraction", help="decide at most this share of the clips"),
-    relabel_above: Optional[float] = typer.Option(None, "--relabel-above", help="relabel to the top prediction "
-                                                  "when its probability is at least this, instead of blacklisting"),
+    relabel_above: Optional[float] = typer.Option(
+        None,
+        "--relabel-above",
+        help="relabel to the top prediction when its probability is at least this, instead of blacklisting",
+    ),
     lists: Optional[Path] = ListsOpt,
 ):
     """Blacklist the clips cleanlab flags, worst first, without listening (for those who trust it).
@@ -124,20 +135,31 @@ def clean(
     folder = _lists_dir(run, lists)
     taken = auto_clean(run, folder, max_fraction=max_fraction, relabel_above=relabel_above)
     console.print(decisions_table(f"clean --auto: {len(taken)} decision(s)", taken))
-    console.print(f"wrote {folder / 'blacklist.csv'} and {folder / 'relabel.csv'}; retrain with:\n  "
-                  f"{retrain_command(run, folder)}", soft_wrap=True)
+    console.print(
+        f"wrote {folder / 'blacklist.csv'} and {folder / 'relabel.csv'}; retrain with:\n  "
+        f"{retrain_command(run, folder)}",
+        soft_wrap=True,
+    )
 
 
 def self_verify(
     run: Path = typer.Argument(..., help="a finished run trained on the noisy labels"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="rounds of decide-then-retrain"),
-    threshold: str = typer.Option("0.95", "--threshold", help="out-of-fold posterior of its own label an "
-                                  "unverified clip needs to be kept, or 'auto': the level the model reaches on 80% "
-                                  "of the verified clips (for models whose posteriors are spread, e.g. by mixup)"),
-    per_class: Optional[int] = typer.Option(None, "--per-class", min=0, help="keep at most N unverified clips a "
-                                            "class (the most confident); default: no cap"),
-    relabel_above: Optional[float] = typer.Option(None, "--relabel-above", help="relabel a clip when the model "
-                                                  "is at least this sure of another label (default: drop it)"),
+    threshold: str = typer.Option(
+        "0.95",
+        "--threshold",
+        help="out-of-fold posterior of its own label an "
+        "unverified clip needs to be kept, or 'auto': the level the model reaches on 80% "
+        "of the verified clips (for models whose posteriors are spread, e.g. by mixup)",
+    ),
+    per_class: Optional[int] = typer.Option(
+        None, "--per-class", min=0, help="keep at most N unverified clips a class (the most confident); default: no cap"
+    ),
+    relabel_above: Optional[float] = typer.Option(
+        None,
+        "--relabel-above",
+        help="relabel a clip when the model is at least this sure of another label (default: drop it)",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="folder of the rounds (default: RUN-self-verify)"),
     progress: bool = typer.Option(True, help="progress bars"),
 ):
@@ -162,23 +184,42 @@ def self_verify(
         try:
             threshold = float(threshold)
         except ValueError:
-            raise typer.BadParameter(f"--threshold {threshold!r}: give a number in (0, 1], e.g. 0.95, or 'auto'")
+            raise typer.BadParameter(
+                f"--threshold {threshold!r}: give a number in (0, 1], e.g. 0.95, or 'auto'"
+            ) from None
     for name, value in (("--threshold", threshold), ("--relabel-above", relabel_above)):
         if isinstance(value, float) and not 0 < value <= 1:
             raise typer.BadParameter(f"{name} {value} must be in (0, 1], e.g. 0.95")
-    with on_stop(rerun_note(lambda: "finished rounds and folds are kept, an unfinished fold goes on from its last "
-                                    "saved epoch")):
-        reports = run_rounds(run, out, rounds=rounds, threshold=threshold, per_class=per_class,
-                             relabel_threshold=relabel_above, progress=progress)
+    with on_stop(
+        rerun_note(lambda: "finished rounds and folds are kept, an unfinished fold goes on from its last saved epoch")
+    ):
+        reports = run_rounds(
+            run,
+            out,
+            rounds=rounds,
+            threshold=threshold,
+            per_class=per_class,
+            relabel_threshold=relabel_above,
+            progress=progress,
+        )
     table = Table(title=f"self-verify {run}: unverified clips per round")
     for column in ("round", "threshold", "kept", "relabelled", "dropped", "top-1 out of fold", "run"):
         table.add_column(column)
     for r in reports:
-        table.add_row(str(r.round), f"{r.threshold:.3g}", f"{r.accepted} of {r.unverified}", str(r.relabelled), str(r.dropped),
-                      "" if r.top1 is None else f"{100 * r.top1:.1f}%", r.run)
+        table.add_row(
+            str(r.round),
+            f"{r.threshold:.3g}",
+            f"{r.accepted} of {r.unverified}",
+            str(r.relabelled),
+            str(r.dropped),
+            "" if r.top1 is None else f"{100 * r.top1:.1f}%",
+            r.run,
+        )
     console.print(table)
-    console.print(f"lists of the last round: {reports[-1].lists}; report: {Path(reports[-1].run).parents[1] / 'report.csv'}",
-                  soft_wrap=True)
+    console.print(
+        f"lists of the last round: {reports[-1].lists}; report: {Path(reports[-1].run).parents[1] / 'report.csv'}",
+        soft_wrap=True,
+    )
 
 
 COMMANDS = (suspects, review, clean, self_verify)

@@ -50,13 +50,24 @@ def data_check(
     data: str = typer.Argument(..., help="dataset folder, CSV, manifest or registered name"),
     layout: Optional[str] = LayoutOpt,
     save: Optional[Path] = typer.Option(None, "--save", help="write the manifest as .jsonl"),
-    probe: bool = typer.Option(False, help="read every file's header for duration and rate (fast, but "
-                               "a broken file with a good header passes: see --decode)"),
-    decode: bool = typer.Option(False, help="decode every file in full and report each one that fails, "
-                                "e.g. an empty or truncated file (slower; implies --probe)"),
+    probe: bool = typer.Option(
+        False,
+        help="read every file's header for duration and rate (fast, but "
+        "a broken file with a good header passes: see --decode)",
+    ),
+    decode: bool = typer.Option(
+        False,
+        help="decode every file in full and report each one that fails, "
+        "e.g. an empty or truncated file (slower; implies --probe)",
+    ),
     files: bool = typer.Option(True, help="report clips whose audio file is missing (--no-files: metadata only)"),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="with --probe: the recipe whose window the "
-                                         "durations are compared with (default esc50-cpu-lh; implies --probe)"),
+    recipe: Optional[str] = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        help="with --probe: the recipe whose window the "
+        "durations are compared with (default esc50-cpu-lh; implies --probe)",
+    ),
 ):
     """Read a dataset, report every problem at once, and print what it holds.
 
@@ -85,9 +96,11 @@ def data_check(
         if failed:  # every file named, not the first 20: this list is what the user came for
             raise ManifestError(manifest.meta.get("source", manifest.name), failed, limit=len(failed))
     folds = sorted({c.fold for c in manifest if c.fold is not None})
-    console.print(f"{manifest.name}: {len(manifest)} clips, {len(manifest.labels)} labels, "
-                  f"{'multi' if manifest.multilabel else 'single'}-label, folds {folds or 'none'}"
-                  + (f", {manifest.total_duration / 3600:.2f} h" if probe or decode else ""))
+    console.print(
+        f"{manifest.name}: {len(manifest)} clips, {len(manifest.labels)} labels, "
+        f"{'multi' if manifest.multilabel else 'single'}-label, folds {folds or 'none'}"
+        + (f", {manifest.total_duration / 3600:.2f} h" if probe or decode else "")
+    )
     unprobed = sum(c.duration is None for c in manifest) if probe and not decode else 0
     if unprobed:
         console.print(f"{unprobed} file(s) have no readable header; --decode names them", style="yellow")
@@ -100,15 +113,16 @@ def data_check(
 
 def _print_durations(manifest, recipe: Optional[str], default: str = "esc50-cpu-lh") -> None:
     """The probed duration distribution, and a warning when most clips do not fit ``recipe``'s window."""
-    from soundtag.resolve import resolve_recipe
     from soundtag.manifest.durations import duration_histogram, duration_summary, window_mismatch
+    from soundtag.resolve import resolve_recipe
 
     durations = [c.duration for c in manifest if c.duration is not None]
     if not durations:
         return
     s = duration_summary(durations)
-    console.print("durations: " + ", ".join(f"{k} {s[k]:.2f} s" for k in ("min", "p10", "p50", "p90", "max")),
-                  highlight=False)
+    console.print(
+        "durations: " + ", ".join(f"{k} {s[k]:.2f} s" for k in ("min", "p10", "p50", "p90", "max")), highlight=False
+    )
     rows = duration_histogram(durations)
     widest = max(n for _, n in rows)
     for label, n in rows:
@@ -117,9 +131,16 @@ def _print_durations(manifest, recipe: Optional[str], default: str = "esc50-cpu-
     r = resolve_recipe(recipe or default, manifest=manifest).recipe
     what = "window" if r.view.kind == "lh" else "chunk"
     warning = window_mismatch(durations, r.view.duration, kind=r.view.kind)
-    console.print(f"compared with {r.name}'s {r.view.duration:g} s {what}"
-                  + ("" if recipe else " (the default; --recipe NAME for another)")
-                  + ("" if warning else ": most clips fit it"), highlight=False)
+    console.print(
+        f"compared with {r.name}'s {r.view.duration:g} s {what}"
+        + ("" if recipe else " (the default; --recipe NAME for another)")
+        + ("" if warning else ": most clips fit it"),
+        highlight=False,
+    )
     if warning:
-        console.print(f"warning: {warning}; `soundtag recipes auto --data DATASET` chooses a window from "
-                      f"these durations", style="yellow", markup=False, highlight=False)
+        console.print(
+            f"warning: {warning}; `soundtag recipes auto --data DATASET` chooses a window from these durations",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )

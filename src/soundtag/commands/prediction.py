@@ -37,10 +37,13 @@ def predict(
     run: Path = typer.Argument(..., help="a finished run directory"),
     data: str = DataOpt,
     layout: Optional[str] = LayoutOpt,
-    split: Optional[str] = typer.Option(None, "--split", help="for datasets with splits (fsdkaggle2018): train or test"),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="for datasets with splits (fsdkaggle2018): train or test"
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="predictions CSV (default: RUN/predictions/<dataset>.csv)"),
-    tta: Optional[int] = typer.Option(None, "--tta", help="test-time augmentation: shifted copies of every "
-                                      "crop (default: the recipe's training.tta)"),
+    tta: Optional[int] = typer.Option(
+        None, "--tta", help="test-time augmentation: shifted copies of every crop (default: the recipe's training.tta)"
+    ),
     cache: Optional[Path] = typer.Option(None, "--cache", help="feature store folder (default: the run's)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ):
@@ -63,8 +66,10 @@ def predict(
         result = predict_dataset(run, manifest, out=out, cache_dir=cache, tta=tta, progress=progress)
     for f in result.failures[:10]:
         console.print(f"[yellow]not predicted[/]: {escape(f.message)}")
-    console.print(f"predicted {len(result.predictions.ids)} clips of {manifest.name}"
-                  + (f", {len(result.failures)} could not be decoded" if result.failures else ""))
+    console.print(
+        f"predicted {len(result.predictions.ids)} clips of {manifest.name}"
+        + (f", {len(result.failures)} could not be decoded" if result.failures else "")
+    )
     if result.metrics:
         m = result.metrics
         console.print(f"MAP@3 {m['map@3']:.4f}  top-1 {m['top1']:.4f}  log loss {m['log_loss']:.4f}")
@@ -74,8 +79,11 @@ def predict(
 def ensemble(
     runs: List[Path] = typer.Argument(..., help="two or more finished runs of the same dataset"),
     out: Path = typer.Option(..., "--out", help="ensemble directory to write"),
-    partial: bool = typer.Option(False, "--partial", help="blend runs trained with --fold on the clips of "
-                                 "their finished folds (the same folds in every run)"),
+    partial: bool = typer.Option(
+        False,
+        "--partial",
+        help="blend runs trained with --fold on the clips of their finished folds (the same folds in every run)",
+    ),
 ):
     """Blend runs (LH with X, and more) with weights fitted on out-of-fold predictions.
 
@@ -93,16 +101,25 @@ def ensemble(
 
     result = ensemble_runs(runs, out, partial=partial)
     console.print(ensemble_table(result))
-    console.print(f"wrote {escape(str(out))}: the weights, the blended out-of-fold predictions"
-                  + "".join(f", {escape(str(p))}" for p in result.predictions), soft_wrap=True)
+    console.print(
+        f"wrote {escape(str(out))}: the weights, the blended out-of-fold predictions"
+        + "".join(f", {escape(str(p))}" for p in result.predictions),
+        soft_wrap=True,
+    )
 
 
 def submit(
     predictions: Path = typer.Argument(..., help="a predictions CSV (soundtag predict or ensemble)"),
-    fmt: Optional[SubmitFormat] = typer.Option(None, "--format", help="kaggle (top-3 labels) or kaggle-multilabel "
-                                               "(a probability per label); default from the predictions"),
-    sample: Optional[Path] = typer.Option(None, "--sample-submission", help="the competition's "
-                                          "sample_submission.csv: its order, and every clip must be predicted"),
+    fmt: Optional[SubmitFormat] = typer.Option(
+        None,
+        "--format",
+        help="kaggle (top-3 labels) or kaggle-multilabel (a probability per label); default from the predictions",
+    ),
+    sample: Optional[Path] = typer.Option(
+        None,
+        "--sample-submission",
+        help="the competition's sample_submission.csv: its order, and every clip must be predicted",
+    ),
     out: Path = typer.Option(Path("submission.csv"), "--out", help="file to write"),
 ):
     """Write a competition submission from predictions.
@@ -120,26 +137,41 @@ def submit(
     console.print(f"wrote {out} ({len(preds.ids) if sample is None else 'sample order'}; {chosen} format)")
 
 
-ArchOpt = typer.Option(None, "--arch", help="MODEL is a released pretrained checkpoint of this model: panns-cnn14, "
-                       "panns-cnn14-16k, panns-cnn14-dlm, efficientat-mn04, efficientat-mn10, efficientat-mn40")
+ArchOpt = typer.Option(
+    None,
+    "--arch",
+    help="MODEL is a released pretrained checkpoint of this model: panns-cnn14, "
+    "panns-cnn14-16k, panns-cnn14-dlm, efficientat-mn04, efficientat-mn10, efficientat-mn40",
+)
 
 
 def tag(
-    model: Path = typer.Argument(..., help="a run or ensemble directory, a fold .ckpt, an exported .onnx, or a "
-                                 "pretrained checkpoint with --arch"),
+    model: Path = typer.Argument(
+        ..., help="a run or ensemble directory, a fold .ckpt, an exported .onnx, or a pretrained checkpoint with --arch"
+    ),
     paths: List[Path] = typer.Argument(..., help="audio files or folders (searched recursively)"),
     top: int = typer.Option(3, "--top", "-k", help="labels shown per file"),
     fmt: TagFormat = typer.Option(TagFormat.table, "--format", help="table, json or csv"),
     out: Optional[Path] = typer.Option(None, "--out", help="write JSON/CSV here instead of printing it"),
-    timeline: bool = typer.Option(False, "--timeline", help="tags per window over time, for long recordings "
-                                  "(panns-cnn14-dlm: its own 0.32 s segments)"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0, max=1, help="csv: one row per label at "
-                                              "or above this probability (file,start,end,label,probability), "
-                                              "neighbouring windows of a label merged into one event"),
+    timeline: bool = typer.Option(
+        False,
+        "--timeline",
+        help="tags per window over time, for long recordings (panns-cnn14-dlm: its own 0.32 s segments)",
+    ),
+    threshold: Optional[float] = typer.Option(
+        None,
+        "--threshold",
+        min=0,
+        max=1,
+        help="csv: one row per label at "
+        "or above this probability (file,start,end,label,probability), "
+        "neighbouring windows of a label merged into one event",
+    ),
     arch: Optional[str] = ArchOpt,
     engine: Optional[Engine] = typer.Option(None, "--engine", help="torch or onnx (default: onnx for .onnx files)"),
-    tta: Optional[int] = typer.Option(None, "--tta", help="shifted copies of every crop (default: the "
-                                      "recipe's training.tta)"),
+    tta: Optional[int] = typer.Option(
+        None, "--tta", help="shifted copies of every crop (default: the recipe's training.tta)"
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the model"),
 ):
     """Tag audio files of any format, rate, channel count and length.
@@ -192,8 +224,9 @@ def tag(
 def export(
     run: Path = typer.Argument(..., help="a finished run directory, or a pretrained checkpoint with --arch"),
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx"),
-    out: Optional[Path] = typer.Option(None, "--out", help="file to write (default: RUN/model.onnx, or the "
-                                       "checkpoint's name with .onnx)"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="file to write (default: RUN/model.onnx, or the checkpoint's name with .onnx)"
+    ),
     arch: Optional[str] = ArchOpt,
 ):
     """Export a run's fold ensemble as one self-contained ONNX model (labels and features inside).
@@ -231,7 +264,7 @@ def embed(
     clips = _clips_of(data, layout)
     result = embed_clips(model, clips, arch=arch, fold=fold, threads=threads)
     npy, index = write_embeddings(result, out)
-    for clip_id, message in result.failures:
+    for _, message in result.failures:
         err_console.print(f"[yellow]not embedded[/]: {escape(message)}", highlight=False)
     console.print(f"wrote {npy} ({result.vectors.shape[0]} clips x {result.vectors.shape[1]}) and {index}")
     if result.failures:

@@ -7,12 +7,23 @@ the NumPy log-mel) load without PyTorch: the ONNX Runtime engine tags files with
 from importlib import import_module
 
 _HOMES = {
-    "ExtractionSummary": "extract", "Failure": "extract", "extract_features": "extract",
-    "LogMel": "melspec", "log_mel": "melspec", "recipe_log_mel": "melspec",
-    "n_frames": "numpy_melspec", "NumpyLogMel": "numpy_melspec", "mel_params": "numpy_melspec",
-    "FeatureStore": "store", "clip_key": "store",
-    "chunk_starts": "views", "decode_for_recipe": "views", "eval_chunks": "views",
-    "feature_stats": "views", "normalize_per_feature": "views", "normalize_per_sample": "views",
+    "ExtractionSummary": "extract",
+    "Failure": "extract",
+    "extract_features": "extract",
+    "LogMel": "melspec",
+    "log_mel": "melspec",
+    "recipe_log_mel": "melspec",
+    "n_frames": "numpy_melspec",
+    "NumpyLogMel": "numpy_melspec",
+    "mel_params": "numpy_melspec",
+    "FeatureStore": "store",
+    "clip_key": "store",
+    "chunk_starts": "views",
+    "decode_for_recipe": "views",
+    "eval_chunks": "views",
+    "feature_stats": "views",
+    "normalize_per_feature": "views",
+    "normalize_per_sample": "views",
     "x_chunks": "views",
 }
 

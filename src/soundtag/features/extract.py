@@ -24,11 +24,11 @@ from soundtag._io import atomic_write_json, atomic_write_text
 from soundtag.distributed import Shard, resolve_shard
 from soundtag.errors import AudioError
 from soundtag.features.melspec import LogMel
-from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.features.views import decode_for_recipe
-from soundtag.progress import progress_bar
 from soundtag.manifest import Clip, Manifest
+from soundtag.progress import progress_bar
+from soundtag.recipe import Recipe
 
 # Samples in one padded log-mel batch. On a GPU large batches bound memory when short and very
 # long clips mix (600 s at 44.1 kHz is 26M samples). On the CPU a batch is only worth it for
@@ -157,8 +157,9 @@ def extract_features(
         try:
             key = clip_key(clip.path)
         except OSError:
-            summary.failures.append(Failure(clip.id, clip.path, "missing",
-                                            f"{clip.path}: no such file; check the path in the manifest"))
+            summary.failures.append(
+                Failure(clip.id, clip.path, "missing", f"{clip.path}: no such file; check the path in the manifest")
+            )
             continue
         if key in store:
             summary.cached += 1
@@ -168,17 +169,30 @@ def extract_features(
             todo.append(clip)
 
     if todo:
-        _compute(todo, keys, recipe, store, summary, workers=workers, batch_size=batch_size,
-                 device=device, progress=progress)
+        _compute(
+            todo, keys, recipe, store, summary, workers=workers, batch_size=batch_size, device=device, progress=progress
+        )
     summary.wall_seconds = time.perf_counter() - start
-    summary.failures_csv = _write_rows(store.path / f"failures{suffix}.csv", ["clip_id", "path", "reason", "message"],
-                                       [(f.clip_id, f.path, f.reason, f.message) for f in summary.failures])
+    summary.failures_csv = _write_rows(
+        store.path / f"failures{suffix}.csv",
+        ["clip_id", "path", "reason", "message"],
+        [(f.clip_id, f.path, f.reason, f.message) for f in summary.failures],
+    )
     # Clips that were computed but are worth a look: silent, down-mixed, resampled, truncated.
     summary.notes_csv = _write_rows(store.path / f"notes{suffix}.csv", ["clip_id", "path", "note"], summary.noted)
-    atomic_write_json(store.path / f"extraction{suffix}.json", {
-        "recipe": recipe.name, "clips": summary.clips, "computed": summary.computed, "cached": summary.cached,
-        "failed": len(summary.failures), "audio_hours": summary.hours, "wall_seconds": summary.wall_seconds,
-        "finished": dt.datetime.now().isoformat(timespec="seconds")})
+    atomic_write_json(
+        store.path / f"extraction{suffix}.json",
+        {
+            "recipe": recipe.name,
+            "clips": summary.clips,
+            "computed": summary.computed,
+            "cached": summary.cached,
+            "failed": len(summary.failures),
+            "audio_hours": summary.hours,
+            "wall_seconds": summary.wall_seconds,
+            "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        },
+    )
     return store, summary
 
 
@@ -190,8 +204,12 @@ def _compute(todo, keys, recipe, store, summary, *, workers, batch_size, device,
     # On a GPU the workers only decode and the main process batches onto the device.
     collate = _Featurize(logmel if on_cpu else None)
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(todo, recipe), batch_size=batch_size, num_workers=workers, collate_fn=collate,
-        prefetch_factor=2 if workers else None)
+        _DecodeDataset(todo, recipe),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=2 if workers else None,
+    )
     with progress_bar(progress, len(todo), f"features {recipe.name}") as advance, store.writer() as writer:
         for failures, results in loader:
             summary.failures.extend(failures)

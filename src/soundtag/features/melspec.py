@@ -41,28 +41,49 @@ class LogMel(torch.nn.Module):
     clip's floor, so ``out[i, :, :self.n_frames(lengths[i])]`` is exactly the clip alone.
     """
 
-    def __init__(self, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
-                 fmin: float = 0.0, fmax: float | None = None, top_db: float | None = 80.0,
-                 amin: float = 1e-10, window_length: int | None = None, periodic_window: bool = True,
-                 pad_mode: str = "constant", preemphasis: float = 0.0, mel_scale: str = "slaney",
-                 log: str = "db", log_offset: float = 1e-5, offset: float = 0.0, scale: float = 1.0):
+    def __init__(
+        self,
+        *,
+        sample_rate: int,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        fmin: float = 0.0,
+        fmax: float | None = None,
+        top_db: float | None = 80.0,
+        amin: float = 1e-10,
+        window_length: int | None = None,
+        periodic_window: bool = True,
+        pad_mode: str = "constant",
+        preemphasis: float = 0.0,
+        mel_scale: str = "slaney",
+        log: str = "db",
+        log_offset: float = 1e-5,
+        offset: float = 0.0,
+        scale: float = 1.0,
+    ):
         super().__init__()
-        for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft),
-                            ("hop_length", hop_length), ("n_mels", n_mels)):
+        for name, value in (
+            ("sample_rate", sample_rate),
+            ("n_fft", n_fft),
+            ("hop_length", hop_length),
+            ("n_mels", n_mels),
+        ):
             if not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ParameterError(f"{name}={value!r} must be a positive integer")
         fmax = sample_rate / 2 if fmax is None else fmax
         if not 0 <= fmin < fmax <= sample_rate / 2:
-            raise ParameterError(f"fmin={fmin}, fmax={fmax} must satisfy 0 <= fmin < fmax <= "
-                                 f"sample_rate/2 = {sample_rate / 2}")
+            raise ParameterError(
+                f"fmin={fmin}, fmax={fmax} must satisfy 0 <= fmin < fmax <= sample_rate/2 = {sample_rate / 2}"
+            )
         if pad_mode not in ("constant", "reflect") or log not in ("db", "ln"):
-            raise ParameterError(f"pad_mode={pad_mode!r} must be 'constant' or 'reflect' and log={log!r} "
-                                 "'db' or 'ln'")
+            raise ParameterError(f"pad_mode={pad_mode!r} must be 'constant' or 'reflect' and log={log!r} 'db' or 'ln'")
         self.n_fft, self.hop_length, self.top_db, self.amin = n_fft, hop_length, top_db, amin
         self.pad_mode, self.preemphasis, self.log, self.log_offset = pad_mode, preemphasis, log, log_offset
         self.offset, self.scale = offset, scale
-        basis = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                               mel_scale=mel_scale)
+        basis = mel_filterbank(
+            sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, mel_scale=mel_scale
+        )
         self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
         self._bands = mel_bands(basis)
         window = hann_window(n_fft, window_length, periodic_window)
@@ -93,13 +114,23 @@ class LogMel(torch.nn.Module):
             # EfficientAT's conv1d with kernel [-c, 1]: one sample shorter.
             waveforms = waveforms[:, 1:] - self.preemphasis * waveforms[:, :-1]
             lengths = None if lengths is None else (lengths - 1).clamp(min=0)
-        if (self.pad_mode == "reflect" and lengths is not None
-                and bool((lengths.to(waveforms.device) != waveforms.shape[1]).any())):
+        if (
+            self.pad_mode == "reflect"
+            and lengths is not None
+            and bool((lengths.to(waveforms.device) != waveforms.shape[1]).any())
+        ):
             # Reflection mirrors a clip's own end, which zero padding of the batch would hide:
             # each clip alone, then padded with its floor.
             return self._one_by_one(waveforms, lengths)
-        spec = torch.stft(waveforms, self.n_fft, self.hop_length, window=self.window, center=True,
-                          pad_mode=self.pad_mode, return_complex=True)
+        spec = torch.stft(
+            waveforms,
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode=self.pad_mode,
+            return_complex=True,
+        )
         power = spec.real.square() + spec.imag.square()
         mel = self._project(power)
         valid = None  # (batch, frames) of frames inside each clip; None: every frame
@@ -133,8 +164,9 @@ class LogMel(torch.nn.Module):
         sparse CSR product was slower than the bands)."""
         if power.device.type != "cpu":
             return torch.matmul(self.mel_basis, power)
-        return torch.cat([torch.matmul(self.mel_basis[m0:m1, b0:b1], power[..., b0:b1, :])
-                          for m0, m1, b0, b1 in self._bands], dim=-2)
+        return torch.cat(
+            [torch.matmul(self.mel_basis[m0:m1, b0:b1], power[..., b0:b1, :]) for m0, m1, b0, b1 in self._bands], dim=-2
+        )
 
     def _one_by_one(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` of each clip alone (after pre-emphasis), padded with its floor."""
@@ -143,7 +175,7 @@ class LogMel(torch.nn.Module):
             width = 1 + waveforms.shape[1] // self.hop_length
             outs = []
             for row, n in enumerate(lengths.tolist()):
-                one = self(waveforms[row: row + 1, : int(n)])[0]
+                one = self(waveforms[row : row + 1, : int(n)])[0]
                 outs.append(torch.nn.functional.pad(one, (0, width - one.shape[1]), value=float(one.min())))
             return torch.stack(outs)
         finally:
@@ -174,15 +206,33 @@ def mel_bands(basis: np.ndarray, n_bands: int = 8) -> list[tuple[int, int, int, 
     return bands
 
 
-def log_mel(samples: np.ndarray, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
-            fmin: float = 0.0, fmax: float | None = None, top_db: float | None = 80.0, **frontend) -> np.ndarray:
+def log_mel(
+    samples: np.ndarray,
+    *,
+    sample_rate: int,
+    n_fft: int,
+    hop_length: int,
+    n_mels: int,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+    top_db: float | None = 80.0,
+    **frontend,
+) -> np.ndarray:
     """Log-mel spectrogram of one mono signal, shape ``(n_mels, n_frames(len, hop))``, in dB.
 
     A convenience over :class:`LogMel` for a single clip; with no ``frontend`` keywords (see
     :class:`LogMel`) equal to ``librosa.power_to_db(librosa.feature.melspectrogram(y=samples, ...))``.
     """
-    module = LogMel(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                    fmin=fmin, fmax=fmax, top_db=top_db, **frontend)
+    module = LogMel(
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        fmin=fmin,
+        fmax=fmax,
+        top_db=top_db,
+        **frontend,
+    )
     with torch.no_grad():
         out = module(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None])
     return out[0].numpy()

@@ -29,8 +29,15 @@ def n_frames(n_samples: int, hop_length: int) -> int:
     return 1 + n_samples // hop_length
 
 
-def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                   fmax: float | None = None, mel_scale: str = "slaney") -> np.ndarray:
+def mel_filterbank(
+    *,
+    sample_rate: int,
+    n_fft: int,
+    n_mels: int,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+    mel_scale: str = "slaney",
+) -> np.ndarray:
     """A mel filterbank of shape ``(n_mels, 1 + n_fft // 2)``.
 
     ``mel_scale="slaney"`` is librosa's Slaney-normalised bank (``librosa.filters.mel``, as
@@ -42,12 +49,14 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0
         raise ParameterError(f"mel_scale={mel_scale!r} must be 'slaney' or 'kaldi'")
     import librosa  # imported here: it takes most of a second, and exported models carry the matrix
 
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                               htk=False, norm="slaney")
+    return librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney"
+    )
 
 
-def kaldi_mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                         fmax: float | None = None) -> np.ndarray:
+def kaldi_mel_filterbank(
+    *, sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     """Kaldi's mel banks (``torchaudio.compliance.kaldi.get_mel_banks`` without VTLN warping),
     with a zero column for the Nyquist bin, as EfficientAT pads them: ``(n_mels, 1 + n_fft // 2)``.
 
@@ -78,8 +87,18 @@ def kaldi_mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, fmin: flo
 
 
 #: mel_params' keys that only the front-end's details use (the STFT size, rate and bands aside).
-FRONTEND_KEYS = ("window_length", "periodic_window", "pad_mode", "preemphasis", "mel_scale", "log", "amin",
-                 "log_offset", "offset", "scale")
+FRONTEND_KEYS = (
+    "window_length",
+    "periodic_window",
+    "pad_mode",
+    "preemphasis",
+    "mel_scale",
+    "log",
+    "amin",
+    "log_offset",
+    "offset",
+    "scale",
+)
 
 
 def mel_params(recipe: "Recipe") -> dict[str, Any]:
@@ -99,9 +118,16 @@ def mel_params(recipe: "Recipe") -> dict[str, Any]:
     ('constant', 'db', 'slaney')
     """
     f = recipe.features
-    return dict(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, top_db=f.top_db,
-                **{k: getattr(f, k) for k in FRONTEND_KEYS})
+    return dict(
+        sample_rate=recipe.audio.sample_rate,
+        n_fft=f.n_fft,
+        hop_length=f.hop_length,
+        n_mels=f.n_mels,
+        fmin=f.fmin,
+        fmax=f.fmax,
+        top_db=f.top_db,
+        **{k: getattr(f, k) for k in FRONTEND_KEYS},
+    )
 
 
 def hann_window(n_fft: int, window_length: int | None = None, periodic: bool = True) -> np.ndarray:
@@ -154,19 +180,32 @@ class NumpyLogMel:
     (40, 101)
     """
 
-    def __init__(self, mel_basis: np.ndarray, *, n_fft: int, hop_length: int, top_db: float | None = 80.0,
-                 amin: float = 1e-10, window_length: int | None = None, periodic_window: bool = True,
-                 pad_mode: str = "constant", preemphasis: float = 0.0, log: str = "db",
-                 log_offset: float = 1e-5, offset: float = 0.0, scale: float = 1.0):
+    def __init__(
+        self,
+        mel_basis: np.ndarray,
+        *,
+        n_fft: int,
+        hop_length: int,
+        top_db: float | None = 80.0,
+        amin: float = 1e-10,
+        window_length: int | None = None,
+        periodic_window: bool = True,
+        pad_mode: str = "constant",
+        preemphasis: float = 0.0,
+        log: str = "db",
+        log_offset: float = 1e-5,
+        offset: float = 0.0,
+        scale: float = 1.0,
+    ):
         mel_basis = np.asarray(mel_basis, dtype=np.float32)
         if mel_basis.ndim != 2 or mel_basis.shape[1] != 1 + n_fft // 2:
-            raise ParameterError(f"mel_basis of shape {mel_basis.shape} does not fit n_fft={n_fft}: "
-                                 f"it needs {1 + n_fft // 2} columns")
+            raise ParameterError(
+                f"mel_basis of shape {mel_basis.shape} does not fit n_fft={n_fft}: it needs {1 + n_fft // 2} columns"
+            )
         if hop_length <= 0:
             raise ParameterError(f"hop_length={hop_length} must be a positive integer")
         if pad_mode not in ("constant", "reflect") or log not in ("db", "ln"):
-            raise ParameterError(f"pad_mode={pad_mode!r} must be 'constant' or 'reflect' and log={log!r} "
-                                 "'db' or 'ln'")
+            raise ParameterError(f"pad_mode={pad_mode!r} must be 'constant' or 'reflect' and log={log!r} 'db' or 'ln'")
         self.mel_basis, self.n_fft, self.hop_length = mel_basis, n_fft, hop_length
         self.top_db, self.amin, self.pad_mode, self.preemphasis = top_db, amin, pad_mode, preemphasis
         self.log, self.log_offset, self.offset, self.scale = log, log_offset, offset, scale
@@ -196,13 +235,27 @@ class NumpyLogMel:
         """
         p = mel_params(recipe)
         if mel_basis is None:
-            mel_basis = mel_filterbank(sample_rate=p["sample_rate"], n_fft=p["n_fft"], n_mels=p["n_mels"],
-                                       fmin=p["fmin"], fmax=p["fmax"], mel_scale=p["mel_scale"])
+            mel_basis = mel_filterbank(
+                sample_rate=p["sample_rate"],
+                n_fft=p["n_fft"],
+                n_mels=p["n_mels"],
+                fmin=p["fmin"],
+                fmax=p["fmax"],
+                mel_scale=p["mel_scale"],
+            )
         elif np.shape(mel_basis)[:1] != (p["n_mels"],):
-            raise ParameterError(f"mel_basis of shape {np.shape(mel_basis)} does not fit the recipe's "
-                                 f"n_mels={p['n_mels']}: it needs {p['n_mels']} rows")
-        return cls(mel_basis, n_fft=p["n_fft"], hop_length=p["hop_length"], top_db=p["top_db"], amin=p["amin"],
-                   **{k: p[k] for k in FRONTEND_KEYS if k not in ("mel_scale", "amin")})
+            raise ParameterError(
+                f"mel_basis of shape {np.shape(mel_basis)} does not fit the recipe's "
+                f"n_mels={p['n_mels']}: it needs {p['n_mels']} rows"
+            )
+        return cls(
+            mel_basis,
+            n_fft=p["n_fft"],
+            hop_length=p["hop_length"],
+            top_db=p["top_db"],
+            amin=p["amin"],
+            **{k: p[k] for k in FRONTEND_KEYS if k not in ("mel_scale", "amin")},
+        )
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """``(n_mels, frontend_frames(len(samples), hop_length, preemphasis))`` float32."""
@@ -219,7 +272,7 @@ class NumpyLogMel:
         padded = np.pad(samples, (pad, pad), mode=self.pad_mode)
         frames = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
         spectrum = fft.rfft(frames * self.window, axis=1)
-        power = spectrum.real ** 2 + spectrum.imag ** 2
+        power = spectrum.real**2 + spectrum.imag**2
         mel = self.mel_basis @ power.T
         if self.log == "ln":
             out = np.log(mel + np.float32(self.log_offset))

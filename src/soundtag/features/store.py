@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
 from soundtag._io import atomic_path, atomic_write_json, load_array
@@ -79,15 +80,17 @@ class FeatureStore:
         key = recipe.feature_key()
         # Named by what decides the features, not by the recipe, so recipes that differ only in
         # training settings share one store.
-        path = Path(cache_dir) / (f"{recipe.view.kind}-{recipe.audio.sample_rate}hz-"
-                                  f"{recipe.features.n_mels}mels-{recipe.feature_hash()}")
+        path = Path(cache_dir) / (
+            f"{recipe.view.kind}-{recipe.audio.sample_rate}hz-{recipe.features.n_mels}mels-{recipe.feature_hash()}"
+        )
         (path / "parts").mkdir(parents=True, exist_ok=True)
         config_file = path / "store.json"
         if config_file.is_file():
             stored = json.loads(config_file.read_text())
             if stored.get("feature_key") != key:
-                raise DataError(f"{path}: the store was made by another feature config; "
-                                "delete the folder or use another --cache")
+                raise DataError(
+                    f"{path}: the store was made by another feature config; delete the folder or use another --cache"
+                )
         else:
             atomic_write_json(config_file, {"feature_key": key, "recipe": recipe.name})
         store = cls(path, recipe.features.n_mels)
@@ -105,8 +108,9 @@ class FeatureStore:
             part = index_file.stem
             indexed.add(part)
             for e in index["clips"]:
-                self.entries[e["key"]] = Entry(e["key"], e["clip_id"], part, e["offset"], e["frames"],
-                                               e["duration"], tuple(e.get("notes", ())))
+                self.entries[e["key"]] = Entry(
+                    e["key"], e["clip_id"], part, e["offset"], e["frames"], e["duration"], tuple(e.get("notes", ()))
+                )
         for data_file in parts.glob("part-*.npy"):
             if data_file.stem not in indexed and _abandoned(data_file):  # data written, index never
                 data_file.unlink(missing_ok=True)
@@ -123,7 +127,7 @@ class FeatureStore:
         e = self.entries[key]
         if e.part not in self._maps:
             self._maps[e.part] = load_array(self.path / "parts" / f"{e.part}.npy", mmap_mode="r")
-        return self._maps[e.part][e.offset:e.offset + e.frames].T
+        return self._maps[e.part][e.offset : e.offset + e.frames].T
 
     def get_clip(self, path: str | Path) -> np.ndarray:
         """The stored log-mel of the audio file at ``path`` (keyed by its identity on disk)."""
@@ -173,11 +177,20 @@ class PartWriter:
     def add(self, key: str, clip_id: str, spec: np.ndarray, *, duration: float, notes=()) -> None:
         """Queue ``spec`` (``(n_mels, frames)``) as the features of the clip ``key``."""
         if spec.shape[0] != self.store.n_mels or not all_finite(spec):
-            raise DataError(f"{clip_id}: refusing to store features of shape {spec.shape} with "
-                            f"non-finite values or n_mels != {self.store.n_mels}")
-        self._index.append({"key": key, "clip_id": clip_id, "offset": self._frames,
-                            "frames": int(spec.shape[1]), "duration": float(duration),
-                            "notes": list(notes)})
+            raise DataError(
+                f"{clip_id}: refusing to store features of shape {spec.shape} with "
+                f"non-finite values or n_mels != {self.store.n_mels}"
+            )
+        self._index.append(
+            {
+                "key": key,
+                "clip_id": clip_id,
+                "offset": self._frames,
+                "frames": int(spec.shape[1]),
+                "duration": float(duration),
+                "notes": list(notes),
+            }
+        )
         self._arrays.append(np.ascontiguousarray(spec.T, dtype=np.float16))
         self._frames += spec.shape[1]
         if self._frames * self.store.n_mels * 2 >= self.max_part_bytes:
@@ -193,15 +206,21 @@ class PartWriter:
                 # The header of the whole (frames, n_mels) array, then each clip's rows: the file
                 # np.save of their concatenation writes, without first building that copy (up to
                 # max_part_bytes, and the last part is written after every worker has finished).
-                np.lib.format.write_array_header_1_0(fh, {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
-                    "shape": (self._frames, self.store.n_mels)})
+                np.lib.format.write_array_header_1_0(
+                    fh,
+                    {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                        "fortran_order": False,
+                        "shape": (self._frames, self.store.n_mels),
+                    },
+                )
                 for rows in self._arrays:
                     fh.write(rows.data)
         atomic_write_json(parts / f"{part}.json", {"clips": self._index})
         for e in self._index:
-            self.store.entries[e["key"]] = Entry(e["key"], e["clip_id"], part, e["offset"], e["frames"],
-                                                 e["duration"], tuple(e["notes"]))
+            self.store.entries[e["key"]] = Entry(
+                e["key"], e["clip_id"], part, e["offset"], e["frames"], e["duration"], tuple(e["notes"])
+            )
         self._arrays, self._index, self._frames = [], [], 0
 
     def __enter__(self) -> "PartWriter":
@@ -209,4 +228,3 @@ class PartWriter:
 
     def __exit__(self, *exc) -> None:
         self.flush()
-

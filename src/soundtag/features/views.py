@@ -31,8 +31,9 @@ def decode_for_recipe(path: str | Path, recipe: "Recipe") -> audio.Waveform:
     long. A shorter clip is centre-padded with zeros, or repeated to fill the view with
     ``view.padding: repeat``.
     """
-    wav = audio.load(path, sample_rate=recipe.audio.sample_rate, trim_db=recipe.audio.trim_db,
-                     max_duration=recipe.audio.max_duration)
+    wav = audio.load(
+        path, sample_rate=recipe.audio.sample_rate, trim_db=recipe.audio.trim_db, max_duration=recipe.audio.max_duration
+    )
     n, padding = recipe.view_samples, recipe.view.padding
     if recipe.view.kind == "lh":
         wav.samples = audio.head(wav.samples, n, padding=padding)
@@ -117,7 +118,7 @@ def x_chunks(spec: np.ndarray, *, chunk: int, step: int, min_tail: float = 0.2) 
         spec = np.pad(spec, ((0, 0), (left, chunk - frames - left)), constant_values=floor)
         frames = chunk
     starts = chunk_starts(frames, chunk=chunk, step=step, min_tail=min_tail)
-    return np.stack([spec[:, s:s + chunk] for s in starts])
+    return np.stack([spec[:, s : s + chunk] for s in starts])
 
 
 def eval_chunks(spec: np.ndarray, recipe: "Recipe") -> np.ndarray:

@@ -12,6 +12,15 @@ from soundtag.manifest.readers import (
 )
 
 __all__ = [
-    "Clip", "Manifest", "ManifestError", "Problem", "FSDKAGGLE2018_LABELS", "detect_layout",
-    "get_layout", "list_layouts", "open_dataset", "read_manifest", "register_layout",
+    "Clip",
+    "Manifest",
+    "ManifestError",
+    "Problem",
+    "FSDKAGGLE2018_LABELS",
+    "detect_layout",
+    "get_layout",
+    "list_layouts",
+    "open_dataset",
+    "read_manifest",
+    "register_layout",
 ]

@@ -143,7 +143,9 @@ class Manifest:
         """
         kept = [i for i, c in enumerate(self.clips) if keep(c)]
         rows = self.source_rows()
-        return self.replace(clips=tuple(self.clips[i] for i in kept), meta=self.meta | {"rows": [rows[i] for i in kept]})
+        return self.replace(
+            clips=tuple(self.clips[i] for i in kept), meta=self.meta | {"rows": [rows[i] for i in kept]}
+        )
 
     def source_rows(self) -> list[int]:
         """The row (line) of the source file each clip came from, as an editor numbers it.
@@ -177,8 +179,13 @@ class Manifest:
         for row, clip in zip(self.source_rows(), self.clips):
             where = f"row {row} ({clip.id})"
             if clip.id in seen:
-                found.append(Problem(where, f"duplicated id {clip.id!r}, first seen in row {seen[clip.id]}",
-                                     "give every clip a unique id"))
+                found.append(
+                    Problem(
+                        where,
+                        f"duplicated id {clip.id!r}, first seen in row {seen[clip.id]}",
+                        "give every clip a unique id",
+                    )
+                )
             else:
                 seen[clip.id] = row
             if not self.meta.get("unlabelled") and not clip.labels:
@@ -188,8 +195,7 @@ class Manifest:
                     hint = did_you_mean(lab, vocab) or f"known labels: {', '.join(sorted(vocab)[:10])}..."
                     found.append(Problem(where, f"unknown label {lab!r}", hint))
             if check_files and not Path(clip.path).is_file():
-                found.append(Problem(where, f"missing file {clip.path}",
-                                     "check the audio folder, or remove the row"))
+                found.append(Problem(where, f"missing file {clip.path}", "check the audio folder, or remove the row"))
         return found
 
     def validate(self, *, check_files: bool = True) -> "Manifest":
@@ -252,13 +258,17 @@ class Manifest:
             raise ParameterError(f"workers={workers} must be at least 1")
         rows = self.source_rows()
         found: list[Problem] = []
-        with progress_bar(progress, len(self.clips), "decoding") as advance, \
-                ThreadPoolExecutor(workers) as pool:
+        with progress_bar(progress, len(self.clips), "decoding") as advance, ThreadPoolExecutor(workers) as pool:
             for row, clip, failure in zip(rows, self.clips, pool.map(_decode_failure, self.clips)):
                 advance(1)
                 if failure:
-                    found.append(Problem(f"row {row} ({clip.id})", f"cannot decode {clip.path}: {failure}",
-                                         "re-encode or replace the file, or leave the clip out"))
+                    found.append(
+                        Problem(
+                            f"row {row} ({clip.id})",
+                            f"cannot decode {clip.path}: {failure}",
+                            "re-encode or replace the file, or leave the clip out",
+                        )
+                    )
         return found
 
     # --- serialisation -----------------------------------------------------------------
@@ -266,8 +276,13 @@ class Manifest:
         """Write the manifest as JSON lines (a header line, then a line per clip), atomically."""
         # Row numbers of the source file do not carry over: in the .jsonl clip k is on line k + 1.
         meta = {k: v for k, v in self.meta.items() if k not in ("rows", "first_row")} | {"first_row": 2}
-        header = {"name": self.name, "labels": list(self.labels), "multilabel": self.multilabel,
-                  "meta": meta, "soundtag_manifest": 1}
+        header = {
+            "name": self.name,
+            "labels": list(self.labels),
+            "multilabel": self.multilabel,
+            "meta": meta,
+            "soundtag_manifest": 1,
+        }
         lines = [json.dumps(header)] + [json.dumps(c.to_dict()) for c in self.clips]
         atomic_write_text(path, "\n".join(lines) + "\n")
         return Path(path)
@@ -283,8 +298,7 @@ class Manifest:
             clips = [Clip.from_dict(json.loads(line)) for line in lines[1:] if line.strip()]
         except (OSError, ValueError, IndexError, TypeError) as exc:
             raise DataError(f"{path}: cannot read manifest: {exc}") from exc
-        return cls(tuple(clips), tuple(header["labels"]), header["name"], header["multilabel"],
-                   header.get("meta", {}))
+        return cls(tuple(clips), tuple(header["labels"]), header["name"], header["multilabel"], header.get("meta", {}))
 
 
 def _decode_failure(clip: Clip, block_frames: int = 1 << 16) -> str | None:

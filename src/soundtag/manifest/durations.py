@@ -74,9 +74,13 @@ def window_mismatch(durations: Sequence[float], window: float, *, kind: str = "l
     shorter = float(np.mean(d < window / 2))
     longer = float(np.mean(d > 2 * window))
     if shorter > 0.5:
-        return (f"{shorter:.0%} of clips are shorter than half the {window:g} s {what} (median {median:.2f} s): "
-                f"the view is mostly padding")
+        return (
+            f"{shorter:.0%} of clips are shorter than half the {window:g} s {what} (median {median:.2f} s): "
+            f"the view is mostly padding"
+        )
     if kind == "lh" and longer > 0.5:
-        return (f"{longer:.0%} of clips are longer than twice the {window:g} s window (median {median:.2f} s): "
-                f"the LH view sees only their first {window:g} s")
+        return (
+            f"{longer:.0%} of clips are longer than twice the {window:g} s window (median {median:.2f} s): "
+            f"the LH view sees only their first {window:g} s"
+        )
     return None

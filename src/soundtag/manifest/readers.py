@@ -23,12 +23,46 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 # The 41 labels of the Freesound General-Purpose Audio Tagging Challenge, in the sorted order
 # that the competition's sample submission and kernels used for the output columns.
 FSDKAGGLE2018_LABELS = (
-    "Acoustic_guitar", "Applause", "Bark", "Bass_drum", "Burping_or_eructation", "Bus",
-    "Cello", "Chime", "Clarinet", "Computer_keyboard", "Cough", "Cowbell", "Double_bass",
-    "Drawer_open_or_close", "Electric_piano", "Fart", "Finger_snapping", "Fireworks", "Flute",
-    "Glockenspiel", "Gong", "Gunshot_or_gunfire", "Harmonica", "Hi-hat", "Keys_jangling",
-    "Knock", "Laughter", "Meow", "Microwave_oven", "Oboe", "Saxophone", "Scissors", "Shatter",
-    "Snare_drum", "Squeak", "Tambourine", "Tearing", "Telephone", "Trumpet", "Violin_or_fiddle",
+    "Acoustic_guitar",
+    "Applause",
+    "Bark",
+    "Bass_drum",
+    "Burping_or_eructation",
+    "Bus",
+    "Cello",
+    "Chime",
+    "Clarinet",
+    "Computer_keyboard",
+    "Cough",
+    "Cowbell",
+    "Double_bass",
+    "Drawer_open_or_close",
+    "Electric_piano",
+    "Fart",
+    "Finger_snapping",
+    "Fireworks",
+    "Flute",
+    "Glockenspiel",
+    "Gong",
+    "Gunshot_or_gunfire",
+    "Harmonica",
+    "Hi-hat",
+    "Keys_jangling",
+    "Knock",
+    "Laughter",
+    "Meow",
+    "Microwave_oven",
+    "Oboe",
+    "Saxophone",
+    "Scissors",
+    "Shatter",
+    "Snare_drum",
+    "Squeak",
+    "Tambourine",
+    "Tearing",
+    "Telephone",
+    "Trumpet",
+    "Violin_or_fiddle",
     "Writing",
 )
 
@@ -69,17 +103,14 @@ def detect_layout(source: str | Path) -> str:
     """Return the name of the first layout whose ``detect`` accepts ``source``."""
     source = Path(source)
     if not source.exists():
-        raise DataError(f"{source}: no such file or folder; give a dataset folder, a CSV or a "
-                        "manifest .jsonl")
+        raise DataError(f"{source}: no such file or folder; give a dataset folder, a CSV or a manifest .jsonl")
     for layout in _LAYOUTS.values():
         if layout.detect(source):
             return layout.name
-    raise DataError(f"{source}: cannot tell the dataset layout; pass one of "
-                    f"{', '.join(list_layouts())} explicitly")
+    raise DataError(f"{source}: cannot tell the dataset layout; pass one of {', '.join(list_layouts())} explicitly")
 
 
-def read_manifest(source: str | Path, layout: str | None = None, *, check_files: bool = True,
-                  **options) -> Manifest:
+def read_manifest(source: str | Path, layout: str | None = None, *, check_files: bool = True, **options) -> Manifest:
     """Read a dataset in any known layout and validate it.
 
     Parameters
@@ -107,8 +138,7 @@ def read_manifest(source: str | Path, layout: str | None = None, *, check_files:
     return manifest.validate(check_files=check_files)
 
 
-def open_dataset(source: str | Path, layout: str | None = None, *, check_files: bool = True,
-                 **options) -> Manifest:
+def open_dataset(source: str | Path, layout: str | None = None, *, check_files: bool = True, **options) -> Manifest:
     """Read a dataset given as a path, or as the name of a registered dataset.
 
     A name such as ``esc50`` is materialised first with :func:`soundtag.datasets.get`, which
@@ -121,12 +151,12 @@ def open_dataset(source: str | Path, layout: str | None = None, *, check_files: 
 
         if str(source) in datasets.list_datasets():
             spec = datasets.get_spec(str(source))
-            return read_manifest(datasets.get(str(source)), layout or spec.layout,
-                                 check_files=check_files, **options)
+            return read_manifest(datasets.get(str(source)), layout or spec.layout, check_files=check_files, **options)
     return read_manifest(path, layout, check_files=check_files, **options)
 
 
 # --- helpers ----------------------------------------------------------------------------
+
 
 def _read_csv(path: Path, required: Sequence[Sequence[str]]) -> tuple[list[dict], dict[str, str]]:
     """Read a CSV into dict rows; ``required`` lists alternatives for each needed column.
@@ -145,9 +175,13 @@ def _read_csv(path: Path, required: Sequence[Sequence[str]]) -> tuple[list[dict]
     for alternatives in required:
         name = next((a for a in alternatives if a in header), None)
         if name is None:
-            missing.append(Problem("header", f"no column {' or '.join(repr(a) for a in alternatives)}",
-                                   f"columns are {header}; "
-                                   + (did_you_mean(alternatives[0], header) or "rename the column")))
+            missing.append(
+                Problem(
+                    "header",
+                    f"no column {' or '.join(repr(a) for a in alternatives)}",
+                    f"columns are {header}; " + (did_you_mean(alternatives[0], header) or "rename the column"),
+                )
+            )
         else:
             found[alternatives[0]] = name
     if missing:
@@ -168,8 +202,9 @@ def _parse_bool(text: str | None, where: str, problems: list[Problem]) -> bool |
         return True
     if value in ("0", "false", "no"):
         return False
-    problems.append(Problem(where, f"manually_verified={text!r} is not 0/1/true/false",
-                            "write 1 or 0, or leave the cell empty"))
+    problems.append(
+        Problem(where, f"manually_verified={text!r} is not 0/1/true/false", "write 1 or 0, or leave the cell empty")
+    )
     return None
 
 
@@ -180,8 +215,9 @@ def _parse_fold(text: str | None, where: str, problems: list[Problem]) -> int | 
     try:
         return int(text)
     except ValueError:
-        problems.append(Problem(where, f"fold={text!r} is not an integer",
-                                "write a whole number, or leave the cell empty"))
+        problems.append(
+            Problem(where, f"fold={text!r} is not an integer", "write a whole number, or leave the cell empty")
+        )
         return None
 
 
@@ -223,10 +259,14 @@ def _finish(clips: list[Clip], problems: list[Problem], source: Path, **kwargs) 
 
 # --- FSDKaggle2018 ----------------------------------------------------------------------
 
+
 @register_layout(
     "fsdkaggle2018",
-    detect=lambda p: p.is_dir() and (p / "train.csv").is_file()
-    and ((p / "audio_train").is_dir() or (p / "audio_test").is_dir() or _has_fname_label(p / "train.csv")),
+    detect=lambda p: (
+        p.is_dir()
+        and (p / "train.csv").is_file()
+        and ((p / "audio_train").is_dir() or (p / "audio_test").is_dir() or _has_fname_label(p / "train.csv"))
+    ),
     description="Kaggle 2018 layout: train.csv (fname,label,manually_verified), audio_train/, "
     "audio_test/, sample_submission.csv",
 )
@@ -247,10 +287,14 @@ def read_fsdkaggle2018(root: Path, *, split: str = "train", labels: Sequence[str
         audio = root / "audio_train"
         for row_no, row in enumerate(rows, start=2):
             where = _where(row_no, row["fname"])
-            clips.append(Clip(
-                id=row["fname"], path=str(audio / row["fname"]), labels=_split_labels(row["label"]),
-                manually_verified=_parse_bool(row.get("manually_verified"), where, problems),
-            ))
+            clips.append(
+                Clip(
+                    id=row["fname"],
+                    path=str(audio / row["fname"]),
+                    labels=_split_labels(row["label"]),
+                    manually_verified=_parse_bool(row.get("manually_verified"), where, problems),
+                )
+            )
         meta = {}
     elif split == "test":
         # Kaggle's layout lists test clips in sample_submission.csv (unlabelled); the Zenodo
@@ -260,18 +304,23 @@ def read_fsdkaggle2018(root: Path, *, split: str = "train", labels: Sequence[str
         if not csv_path.is_file() and labelled.is_file():
             csv_path = labelled
         if not csv_path.is_file():
-            raise DataError(f"{root}: no sample_submission.csv or test_post_competition_scoring_clips.csv; "
-                            "the test split is listed by one of them")
+            raise DataError(
+                f"{root}: no sample_submission.csv or test_post_competition_scoring_clips.csv; "
+                "the test split is listed by one of them"
+            )
         rows, _ = _read_csv(csv_path, [("fname",)])
         audio = root / "audio_test"
         with_labels = csv_path == labelled
-        clips = [Clip(id=r["fname"], path=str(audio / r["fname"]),
-                      labels=_split_labels(r.get("label")) if with_labels else ()) for r in rows]
+        clips = [
+            Clip(
+                id=r["fname"], path=str(audio / r["fname"]), labels=_split_labels(r.get("label")) if with_labels else ()
+            )
+            for r in rows
+        ]
         meta = {} if with_labels else {"unlabelled": True}
     else:
         raise ParameterError(f"split={split!r} must be 'train' or 'test'")
-    return _finish(clips, problems, csv_path, labels=vocab, name=f"fsdkaggle2018-{split}",
-                   multilabel=False, meta=meta)
+    return _finish(clips, problems, csv_path, labels=vocab, name=f"fsdkaggle2018-{split}", multilabel=False, meta=meta)
 
 
 def _has_fname_label(csv_path: Path) -> bool:
@@ -284,6 +333,7 @@ def _has_fname_label(csv_path: Path) -> bool:
 
 
 # --- ESC-50 and ESC-10 ------------------------------------------------------------------
+
 
 @register_layout(
     "esc50",
@@ -306,22 +356,40 @@ def read_esc50(root: Path, *, esc10_only: bool = False) -> Manifest:
         try:
             target = int(row["target"])
         except (TypeError, ValueError):  # TypeError: a short row has no target cell
-            problems.append(Problem(where, f"target={row['target']!r} is not an integer",
-                                    "give the class number of the category"))
+            problems.append(
+                Problem(where, f"target={row['target']!r} is not an integer", "give the class number of the category")
+            )
             continue
         category = row["category"] or ""
         if by_target.setdefault(target, category) != category:
-            problems.append(Problem(where, f"target {target} is {category!r} here but "
-                                    f"{by_target[target]!r} earlier", "fix the category or target"))
+            problems.append(
+                Problem(
+                    where,
+                    f"target {target} is {category!r} here but {by_target[target]!r} earlier",
+                    "fix the category or target",
+                )
+            )
         src = row.get("src_file") or None
         rows_kept.append(row_no)
-        clips.append(Clip(
-            id=row["filename"], path=str(root / "audio" / row["filename"]),
-            labels=_split_labels(category), fold=fold, group=f"{src}" if src else None,
-        ))
+        clips.append(
+            Clip(
+                id=row["filename"],
+                path=str(root / "audio" / row["filename"]),
+                labels=_split_labels(category),
+                fold=fold,
+                group=f"{src}" if src else None,
+            )
+        )
     vocab = [by_target[t] for t in sorted(by_target)]
-    return _finish(clips, problems, csv_path, labels=vocab, multilabel=False,
-                   name="esc10" if esc10_only else "esc50", meta={"rows": rows_kept})
+    return _finish(
+        clips,
+        problems,
+        csv_path,
+        labels=vocab,
+        multilabel=False,
+        name="esc10" if esc10_only else "esc50",
+        meta={"rows": rows_kept},
+    )
 
 
 _ESC10_DIR = re.compile(r"^(\d{3}) - (.+)$")
@@ -360,18 +428,20 @@ def read_esc10(root: Path) -> Manifest:
             m = _ESC_FILE.match(f.stem)
             where = f.relative_to(base).as_posix()
             if not m:
-                problems.append(Problem(where, "file name is not <fold>-<id>-<take>",
-                                        "rename it or use the folder-per-class layout"))
+                problems.append(
+                    Problem(
+                        where, "file name is not <fold>-<id>-<take>", "rename it or use the folder-per-class layout"
+                    )
+                )
                 continue
-            clips.append(Clip(id=where, path=str(f), labels=(label,), fold=int(m.group(1)),
-                              group=m.group(2)))
+            clips.append(Clip(id=where, path=str(f), labels=(label,), fold=int(m.group(1)), group=m.group(2)))
     if not clips and not problems:
         problems.append(Problem(str(base), "no audio files in 'NNN - Class' folders"))
-    return _finish(clips, problems, root, labels=classes, multilabel=False, name="esc10",
-                   meta={"first_row": 1})
+    return _finish(clips, problems, root, labels=classes, multilabel=False, name="esc10", meta={"first_row": 1})
 
 
 # --- generic CSV, folder-per-class, multi-label CSV -------------------------------------
+
 
 def _resolve(path_text: str, base: Path) -> str:
     p = Path(path_text)
@@ -393,8 +463,9 @@ def _csv_header(p: Path) -> list[str]:
     detect=lambda p: (h := _csv_header(p)) and h[0] == "fname" and "labels" in h,
     description="FSDKaggle2019 / FSD50K style: fname,labels[,mids,split] with comma-separated labels",
 )
-def read_multilabel_csv(csv_path: Path, *, audio_dir: str | Path | None = None,
-                        labels: Sequence[str] | None = None) -> Manifest:
+def read_multilabel_csv(
+    csv_path: Path, *, audio_dir: str | Path | None = None, labels: Sequence[str] | None = None
+) -> Manifest:
     """Read a multi-label CSV in the FSDKaggle2019 / FSD50K style.
 
     ``fname`` names the file (``.wav`` is added when it has no suffix, as in FSD50K), looked
@@ -415,13 +486,23 @@ def read_multilabel_csv(csv_path: Path, *, audio_dir: str | Path | None = None,
         split = (row.get("split") or "").strip().lower()
         fold = {"val": 1, "train": 0}.get(split) if split else None
         if split and fold is None:
-            problems.append(Problem(where, f"split={row['split']!r} is not 'train' or 'val'",
-                                    "write train or val, or leave the cell empty"))
-        clips.append(Clip(id=fname, path=_resolve(fname, audio), labels=_split_labels(row["labels"]),
-                          fold=fold, manually_verified=_parse_bool(row.get("manually_verified"),
-                                                                    where, problems)))
-    return _finish(clips, problems, csv_path, labels=vocab, multilabel=True,
-                   name=csv_path.stem)
+            problems.append(
+                Problem(
+                    where,
+                    f"split={row['split']!r} is not 'train' or 'val'",
+                    "write train or val, or leave the cell empty",
+                )
+            )
+        clips.append(
+            Clip(
+                id=fname,
+                path=_resolve(fname, audio),
+                labels=_split_labels(row["labels"]),
+                fold=fold,
+                manually_verified=_parse_bool(row.get("manually_verified"), where, problems),
+            )
+        )
+    return _finish(clips, problems, csv_path, labels=vocab, multilabel=True, name=csv_path.stem)
 
 
 def _fsd50k_vocabulary(path: Path) -> list[str] | None:
@@ -436,8 +517,9 @@ def _fsd50k_vocabulary(path: Path) -> list[str] | None:
     detect=lambda p: bool({"path", "file", "filename"} & set(_csv_header(p))),
     description="generic CSV: path,labels[,fold,manually_verified,group]; labels separated by commas",
 )
-def read_csv_manifest(csv_path: Path, *, root: str | Path | None = None,
-                      labels: Sequence[str] | None = None) -> Manifest:
+def read_csv_manifest(
+    csv_path: Path, *, root: str | Path | None = None, labels: Sequence[str] | None = None
+) -> Manifest:
     """Read a generic CSV with a path column and a labels column.
 
     Relative paths are taken from ``root`` (default: the CSV's folder). Several labels in one
@@ -458,10 +540,16 @@ def read_csv_manifest(csv_path: Path, *, root: str | Path | None = None,
             problems.append(Problem(where, "empty path", "name the clip's audio file, or remove the row"))
             continue
         rows_kept.append(row_no)
-        clips.append(Clip(
-            id=rel, path=_resolve(rel, base), labels=_split_labels(row[cols["labels"]]),
-            fold=fold, manually_verified=verified, group=(row.get("group") or None),
-        ))
+        clips.append(
+            Clip(
+                id=rel,
+                path=_resolve(rel, base),
+                labels=_split_labels(row[cols["labels"]]),
+                fold=fold,
+                manually_verified=verified,
+                group=(row.get("group") or None),
+            )
+        )
     return _finish(clips, problems, csv_path, labels=labels, name=csv_path.stem, meta={"rows": rows_kept})
 
 
@@ -479,10 +567,17 @@ def read_folders(root: Path, *, labels: Sequence[str] | None = None) -> Manifest
                 rel = f.relative_to(root).as_posix()
                 clips.append(Clip(id=rel, path=str(f), labels=(folder.name,)))
     if not clips:
-        raise ManifestError(str(root), [Problem(str(root), "no audio files found in class folders",
-                                                f"expected files ending in {', '.join(AUDIO_SUFFIXES)}")])
-    return _finish(clips, [], root, labels=labels, name=root.name,
-                   meta={"first_row": 1})
+        raise ManifestError(
+            str(root),
+            [
+                Problem(
+                    str(root),
+                    "no audio files found in class folders",
+                    f"expected files ending in {', '.join(AUDIO_SUFFIXES)}",
+                )
+            ],
+        )
+    return _finish(clips, [], root, labels=labels, name=root.name, meta={"first_row": 1})
 
 
 @register_layout(
@@ -492,4 +587,3 @@ def read_folders(root: Path, *, labels: Sequence[str] | None = None) -> Manifest
 )
 def read_jsonl(path: Path) -> Manifest:
     return Manifest.from_jsonl(path)
-

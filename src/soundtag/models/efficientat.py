@@ -3,8 +3,9 @@
 The layout and every ``state_dict`` key and shape follow the released AudioSet checkpoints
 (``mn04_as_mAP_432.pt``, ``mn10_as_mAP_471.pt``, ``mn40_as_mAP_484.pt``, ...: flat state dicts,
 527 classes, one input channel), so ``model.load_state_dict`` takes them as they are, with no key
-renamed (read through :func:`soundtag.checkpoints.read_state_dict`). Only the released defaults are built: channel-wise squeeze-excitation, strides
-(2, 2, 2, 2), no dilation, full tail and the ``mlp`` head. DyMN is not included.
+renamed (read through :func:`soundtag.checkpoints.read_state_dict`). Only the released defaults are
+built: channel-wise squeeze-excitation, strides (2, 2, 2, 2), no dilation, full tail and the
+``mlp`` head. DyMN is not included.
 
 Takes a log-mel spectrogram ``(batch, in_chans, n_mels, frames)`` of any size (128 mels at hop
 320 / 32 kHz for the released weights; the net downsamples both axes 32 times) and returns logits
@@ -50,8 +51,9 @@ def _round_width(width: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * width else rounded
 
 
-def _conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 act: type[nn.Module] | None = None) -> nn.Sequential:
+def _conv_bn_act(
+    cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = None
+) -> nn.Sequential:
     """Conv (no bias, padding ``(kernel - 1) // 2``), BatchNorm and an optional activation: keys ``0`` and ``1``."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
@@ -142,8 +144,9 @@ class EfficientATMobileNet(TaggerNet):
         layers: list[nn.Module] = [_conv_bn_act(in_chans, cin, 3, 2, act=nn.Hardswish)]
         for kernel, expanded, cout, se, hardswish, stride in _BLOCKS:
             cout = _round_width(cout * width_mult)
-            layers.append(_InvertedResidual(cin, kernel, _round_width(expanded * width_mult), cout, se, hardswish,
-                                            stride))
+            layers.append(
+                _InvertedResidual(cin, kernel, _round_width(expanded * width_mult), cout, se, hardswish, stride)
+            )
             cin = cout
         layers.append(_conv_bn_act(cin, 6 * cin, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
@@ -151,8 +154,13 @@ class EfficientATMobileNet(TaggerNet):
         self.drop_rate = dropout
         # Indices 2 and 5 are the keys of the released head (classifier.2.*, classifier.5.*).
         self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(6 * cin, self.num_features), nn.Hardswish(),
-            nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(1),
+            nn.Linear(6 * cin, self.num_features),
+            nn.Hardswish(),
+            nn.Dropout(dropout),
+            nn.Linear(self.num_features, num_classes),
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -16,14 +16,17 @@ from soundtag.models.registry import register_model
 class _Tagger(TaggerNet):
     """Shared surface: ``features`` make a map, ``forward_head`` pools and classifies."""
 
-    def __init__(self, features: nn.Module, channels: int, num_classes: int, *, hidden: int | None = None,
-                 drop_rate: float = 0.5):
+    def __init__(
+        self, features: nn.Module, channels: int, num_classes: int, *, hidden: int | None = None, drop_rate: float = 0.5
+    ):
         super().__init__()
         self.features = features
         self.drop_rate = drop_rate
         # Mean over frequency then max and mean over time: a sound event may be short, so the
         # strongest moment matters as much as the average one.
-        self.pre_logits = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True)) if hidden else nn.Identity()
+        self.pre_logits = (
+            nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True)) if hidden else nn.Identity()
+        )
         self.num_features = hidden or 2 * channels
         self.classifier = nn.Linear(self.num_features, num_classes)
 
@@ -46,9 +49,14 @@ def _conv_bn(cin: int, cout: int, kernel=3, stride=1) -> list[nn.Module]:
 def alexnet_kernel(num_classes: int, in_chans: int = 1, drop_rate: float = 0.5) -> nn.Module:
     """The kernel's default AlexNet-like net: large strided first filters, five conv layers."""
     features = nn.Sequential(
-        *_conv_bn(in_chans, 48, 11, (2, 3)), nn.MaxPool2d(3, (1, 2), 1),
-        *_conv_bn(48, 128, 5, (2, 3)), nn.MaxPool2d(3, 2, 1),
-        *_conv_bn(128, 192), *_conv_bn(192, 192), *_conv_bn(192, 128), nn.MaxPool2d(3, (1, 2), 1),
+        *_conv_bn(in_chans, 48, 11, (2, 3)),
+        nn.MaxPool2d(3, (1, 2), 1),
+        *_conv_bn(48, 128, 5, (2, 3)),
+        nn.MaxPool2d(3, 2, 1),
+        *_conv_bn(128, 192),
+        *_conv_bn(192, 192),
+        *_conv_bn(192, 128),
+        nn.MaxPool2d(3, (1, 2), 1),
     )
     return _Tagger(features, 128, num_classes, hidden=256, drop_rate=drop_rate)
 
@@ -72,12 +80,23 @@ class _SEBottleneck(nn.Module):
         super().__init__()
         cout = width * self.expansion
         self.body = nn.Sequential(
-            *_conv_bn(cin, width, 1), *_conv_bn(width, width, 3, stride),
-            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cout, max(cout // reduction, 8), 1),
-                                nn.ReLU(inplace=True), nn.Conv2d(max(cout // reduction, 8), cout, 1), nn.Sigmoid())
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
-                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+            *_conv_bn(cin, width, 1),
+            *_conv_bn(width, width, 3, stride),
+            nn.Conv2d(width, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.se = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(cout, max(cout // reduction, 8), 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(max(cout // reduction, 8), cout, 1),
+            nn.Sigmoid(),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
@@ -85,8 +104,9 @@ class _SEBottleneck(nn.Module):
 
 
 @register_model("seresnet-kernel")
-def seresnet_kernel(num_classes: int, in_chans: int = 1, depths=(3, 4, 4, 3), widths=(32, 64, 128, 256),
-                    drop_rate: float = 0.3) -> nn.Module:
+def seresnet_kernel(
+    num_classes: int, in_chans: int = 1, depths=(3, 4, 4, 3), widths=(32, 64, 128, 256), drop_rate: float = 0.3
+) -> nn.Module:
     """SE-ResNet with bottleneck blocks: a half-width ResNet-50 with squeeze-excitation."""
     layers: list[nn.Module] = [*_conv_bn(in_chans, widths[0], 7, 2), nn.MaxPool2d(3, 2, 1)]
     cin = widths[0]

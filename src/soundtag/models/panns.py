@@ -66,6 +66,7 @@ class Cnn14(TaggerNet):
 
             raise ParameterError(f"decision={decision!r} must be 'clip' or 'max'")
         self.decision = decision
+        self.segment_frames = TIME_RATIO if decision == "max" else None
         self.bn0 = nn.BatchNorm2d(n_mels)
         cin = in_chans
         for i, width in enumerate(WIDTHS, start=1):
@@ -97,8 +98,10 @@ class Cnn14(TaggerNet):
         # The reference's max_pool1d(3, 1, 1) + avg_pool1d(3, 1, 1), as shifted slices: the
         # ONNX exporter fixed the time axis of the pooling calls, and tagging needs it dynamic.
         lo, hi = F.pad(x, (1, 1), value=float("-inf")), F.pad(x, (1, 1))
-        x = (torch.maximum(torch.maximum(lo[..., :-2], lo[..., 1:-1]), lo[..., 2:])
-             + (hi[..., :-2] + hi[..., 1:-1] + hi[..., 2:]) / 3)
+        x = (
+            torch.maximum(torch.maximum(lo[..., :-2], lo[..., 1:-1]), lo[..., 2:])
+            + (hi[..., :-2] + hi[..., 1:-1] + hi[..., 2:]) / 3
+        )
         x = F.dropout(x, 0.5, self.training).transpose(1, 2)
         return F.relu(self.fc1(x))
 

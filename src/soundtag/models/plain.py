@@ -39,8 +39,15 @@ class PlainCNN(TaggerNet):
         trained ESC-10 in 1.2-1.3x less time (docs/benchmarks.md).
     """
 
-    def __init__(self, num_classes: int, in_chans: int = 1, *, channels: Sequence[int] = (32, 64, 128, 128, 256),
-                 dropout: float = 0.3, pool_before_norm: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int = 1,
+        *,
+        channels: Sequence[int] = (32, 64, 128, 128, 256),
+        dropout: float = 0.3,
+        pool_before_norm: bool = False,
+    ):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if not channels or min(channels) <= 0:
@@ -72,7 +79,12 @@ class PlainCNN(TaggerNet):
 
 
 @register_model("plain-cnn")
-def plain_cnn(num_classes: int, in_chans: int = 1, channels: Sequence[int] = (32, 64, 128, 128, 256),
-              dropout: float = 0.3, pool_before_norm: bool = False) -> nn.Module:
+def plain_cnn(
+    num_classes: int,
+    in_chans: int = 1,
+    channels: Sequence[int] = (32, 64, 128, 128, 256),
+    dropout: float = 0.3,
+    pool_before_norm: bool = False,
+) -> nn.Module:
     """The plain 0.55M-parameter baseline CNN (see :class:`PlainCNN`)."""
     return PlainCNN(num_classes, in_chans, channels=channels, dropout=dropout, pool_before_norm=pool_before_norm)

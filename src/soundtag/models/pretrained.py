@@ -41,19 +41,39 @@ class Pretrained:
 
 #: The released checkpoints soundtag loads, by ``--arch``. The files come from their publishers:
 #: PANNs on Zenodo (record 3987831), EfficientAT on its GitHub release page (v0.0.1).
-PRETRAINED = {p.arch: p for p in (
-    Pretrained("panns-cnn14", "panns-cnn14-ft", 527, "https://zenodo.org/record/3987831 (Cnn14_mAP=0.431.pth)"),
-    Pretrained("panns-cnn14-16k", "panns-cnn14-16k-ft", 527,
-               "https://zenodo.org/record/3987831 (Cnn14_16k_mAP=0.438.pth)"),
-    Pretrained("panns-cnn14-dlm", "panns-cnn14-ft", 527,
-               "https://zenodo.org/record/3987831 (Cnn14_DecisionLevelMax_mAP=0.385.pth)"),
-    Pretrained("efficientat-mn04", "efficientat-mn10-ft", 527,
-               "https://github.com/fschmid56/EfficientAT/releases/tag/v0.0.1 (mn04_as_mAP_432.pt)"),
-    Pretrained("efficientat-mn10", "efficientat-mn10-ft", 527,
-               "https://github.com/fschmid56/EfficientAT/releases/tag/v0.0.1 (mn10_as_mAP_471.pt)"),
-    Pretrained("efficientat-mn40", "efficientat-mn10-ft", 527,
-               "https://github.com/fschmid56/EfficientAT/releases/tag/v0.0.1 (mn40_as_mAP_484.pt)"),
-)}
+PRETRAINED = {
+    p.arch: p
+    for p in (
+        Pretrained("panns-cnn14", "panns-cnn14-ft", 527, "https://zenodo.org/record/3987831 (Cnn14_mAP=0.431.pth)"),
+        Pretrained(
+            "panns-cnn14-16k", "panns-cnn14-16k-ft", 527, "https://zenodo.org/record/3987831 (Cnn14_16k_mAP=0.438.pth)"
+        ),
+        Pretrained(
+            "panns-cnn14-dlm",
+            "panns-cnn14-ft",
+            527,
+            "https://zenodo.org/record/3987831 (Cnn14_DecisionLevelMax_mAP=0.385.pth)",
+        ),
+        Pretrained(
+            "efficientat-mn04",
+            "efficientat-mn10-ft",
+            527,
+            "https://github.com/fschmid56/EfficientAT/releases/tag/v0.0.1 (mn04_as_mAP_432.pt)",
+        ),
+        Pretrained(
+            "efficientat-mn10",
+            "efficientat-mn10-ft",
+            527,
+            "https://github.com/fschmid56/EfficientAT/releases/tag/v0.0.1 (mn10_as_mAP_471.pt)",
+        ),
+        Pretrained(
+            "efficientat-mn40",
+            "efficientat-mn10-ft",
+            527,
+            "https://github.com/fschmid56/EfficientAT/releases/tag/v0.0.1 (mn40_as_mAP_484.pt)",
+        ),
+    )
+}
 
 
 def pretrained_info(arch: str) -> Pretrained:
@@ -62,8 +82,11 @@ def pretrained_info(arch: str) -> Pretrained:
         from soundtag.registry import did_you_mean
 
         hint = did_you_mean(arch, list(PRETRAINED))
-        raise ParameterError(f"--arch {arch!r} is not a pretrained model soundtag loads" + (f": {hint}" if hint else "")
-                             + f"; choose one of {', '.join(PRETRAINED)}")
+        raise ParameterError(
+            f"--arch {arch!r} is not a pretrained model soundtag loads"
+            + (f": {hint}" if hint else "")
+            + f"; choose one of {', '.join(PRETRAINED)}"
+        )
     return PRETRAINED[arch]
 
 
@@ -100,21 +123,34 @@ def check_panns_frontend(state: dict[str, torch.Tensor], recipe: "Recipe", path:
     elif not np.allclose(found["window"], hann_window(f.n_fft, f.window_length, f.periodic_window), atol=1e-6):
         problems.append("another window than the recipe's Hann window")
     if not problems:
-        ours = mel_filterbank(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels, fmin=f.fmin,
-                              fmax=f.fmax, mel_scale=f.mel_scale)
+        ours = mel_filterbank(
+            sample_rate=recipe.audio.sample_rate,
+            n_fft=f.n_fft,
+            n_mels=f.n_mels,
+            fmin=f.fmin,
+            fmax=f.fmax,
+            mel_scale=f.mel_scale,
+        )
         if ours.shape != found["mel"].shape:
             problems.append(f"{found['mel'].shape[0]} mel bands, the recipe {f.n_mels}")
         elif not np.allclose(ours, found["mel"], rtol=1e-4, atol=1e-7):
-            problems.append(f"other mel bands than the recipe's ({recipe.audio.sample_rate} Hz, "
-                            f"{f.fmin:g}-{f.fmax or recipe.audio.sample_rate / 2:g} Hz)")
+            problems.append(
+                f"other mel bands than the recipe's ({recipe.audio.sample_rate} Hz, "
+                f"{f.fmin:g}-{f.fmax or recipe.audio.sample_rate / 2:g} Hz)"
+            )
     if problems:
         from soundtag.recipe import load_recipe
 
-        fits = [arch for arch, p in PRETRAINED.items() if arch.startswith("panns")
-                and _frontend_fits(found, load_recipe(p.recipe))]
+        fits = [
+            arch
+            for arch, p in PRETRAINED.items()
+            if arch.startswith("panns") and _frontend_fits(found, load_recipe(p.recipe))
+        ]
         hint = f"; the file fits --arch {fits[0]}" if fits else ""
-        raise DataError(f"{path}: its front-end has {'; '.join(problems)} (recipe {recipe.name}): the model would be "
-                        f"fed another input than it was trained on{hint}")
+        raise DataError(
+            f"{path}: its front-end has {'; '.join(problems)} (recipe {recipe.name}): the model would be "
+            f"fed another input than it was trained on{hint}"
+        )
 
 
 def _frontend_fits(found: dict[str, np.ndarray], recipe: "Recipe") -> bool:
@@ -123,8 +159,14 @@ def _frontend_fits(found: dict[str, np.ndarray], recipe: "Recipe") -> bool:
     f = recipe.features
     if found["window"].shape[0] != f.n_fft:
         return False
-    ours = mel_filterbank(sample_rate=recipe.audio.sample_rate, n_fft=f.n_fft, n_mels=f.n_mels, fmin=f.fmin,
-                          fmax=f.fmax, mel_scale=f.mel_scale)
+    ours = mel_filterbank(
+        sample_rate=recipe.audio.sample_rate,
+        n_fft=f.n_fft,
+        n_mels=f.n_mels,
+        fmin=f.fmin,
+        fmax=f.fmax,
+        mel_scale=f.mel_scale,
+    )
     return ours.shape == found["mel"].shape and np.allclose(ours, found["mel"], rtol=1e-4, atol=1e-7)
 
 
@@ -137,8 +179,9 @@ def head_keys(model: torch.nn.Module) -> set[str]:
     return {k for k, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | Path, *, recipe: "Recipe | None" = None,
-                    new_head: bool = False) -> list[str]:
+def load_checkpoint(
+    model: torch.nn.Module, path: str | Path, *, recipe: "Recipe | None" = None, new_head: bool = False
+) -> list[str]:
     """Copy a local checkpoint's weights into ``model``, refusing anything that does not fit.
 
     Parameters
@@ -175,16 +218,20 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, *, recipe: "Recipe
             f"{path} does not fit {name}: {len(missing)} of its {len(own)} tensors are missing"
             f"{_some(missing)} and the file has {len(unexpected)} it does not know{_some(unexpected)}. Is it "
             f"another model's checkpoint? Pass the --arch (or training.model) it was saved from; pretrained files "
-            f"soundtag reads: {', '.join(PRETRAINED)}")
+            f"soundtag reads: {', '.join(PRETRAINED)}"
+        )
     reset = []
     if wrong:
         if set(wrong) <= head and new_head:
             reset = wrong
         else:
             shapes = "; ".join(f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in wrong[:4])
-            what = ("the classifier has another class count: fine-tuning resets it (soundtag train --init), "
-                    "tagging needs the model's own classes" if set(wrong) <= head
-                    else "is it another width or variant of the model? Pass the matching --arch")
+            what = (
+                "the classifier has another class count: fine-tuning resets it (soundtag train --init), "
+                "tagging needs the model's own classes"
+                if set(wrong) <= head
+                else "is it another width or variant of the model? Pass the matching --arch"
+            )
             raise ParameterError(f"{path} does not fit {name}: shapes differ ({shapes}); {what}")
     model.load_state_dict({k: v for k, v in state.items() if k not in reset}, strict=False)
     return reset

@@ -32,8 +32,9 @@ def list_models(pattern: str = "*") -> list[str]:
     return _MODELS.names(pattern)
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int = 1, checkpoint: str | Path | None = None,
-                 **kwargs) -> torch.nn.Module:
+def create_model(
+    name: str, *, num_classes: int, in_chans: int = 1, checkpoint: str | Path | None = None, **kwargs
+) -> torch.nn.Module:
     """Build a model by name, from scratch or from a local checkpoint's weights.
 
     Parameters
@@ -49,7 +50,7 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 1, checkpoint: 
     if name.startswith(TIMM_PREFIX):
         import timm
 
-        timm_name = name[len(TIMM_PREFIX):]
+        timm_name = name[len(TIMM_PREFIX) :]
         if not timm.is_model(timm_name):
             hint = did_you_mean(timm_name, timm.list_models(), prefix=TIMM_PREFIX)
             raise ParameterError(f"unknown timm model {timm_name!r}" + (f": {hint}" if hint else ""))

@@ -6,14 +6,27 @@ Names are imported on first use, so that tagging with ONNX Runtime never loads P
 from importlib import import_module
 
 _HOMES = {
-    "geometric_mean": "combine", "combine_folds": "combine", "fit_blend_weights": "combine",
-    "Predictions": "predictions", "read_predictions": "predictions",
-    "predict_dataset": "predict", "PredictResult": "predict",
-    "ensemble_runs": "ensemble", "EnsembleResult": "ensemble",
-    "write_submission": "submit", "submission_format": "submit",
-    "load_tagger": "tagger", "tag_files": "tagger", "ClipTags": "tagger", "TagFailure": "tagger",
-    "export_onnx": "export", "embed_clips": "embed", "write_embeddings": "embed",
-    "FoldEnsemble": "fold_models", "load_run": "fold_models", "load_pretrained": "fold_models",
+    "geometric_mean": "combine",
+    "combine_folds": "combine",
+    "fit_blend_weights": "combine",
+    "Predictions": "predictions",
+    "read_predictions": "predictions",
+    "predict_dataset": "predict",
+    "PredictResult": "predict",
+    "ensemble_runs": "ensemble",
+    "EnsembleResult": "ensemble",
+    "write_submission": "submit",
+    "submission_format": "submit",
+    "load_tagger": "tagger",
+    "tag_files": "tagger",
+    "ClipTags": "tagger",
+    "TagFailure": "tagger",
+    "export_onnx": "export",
+    "embed_clips": "embed",
+    "write_embeddings": "embed",
+    "FoldEnsemble": "fold_models",
+    "load_run": "fold_models",
+    "load_pretrained": "fold_models",
     "render_tags": None,
 }
 
@@ -24,7 +37,10 @@ def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'soundtag.prediction' has no attribute {name!r}")
     home = _HOMES[name]
-    value = import_module(f"soundtag.prediction.{name}") if home is None else \
-        getattr(import_module(f"soundtag.prediction.{home}"), name)
+    value = (
+        import_module(f"soundtag.prediction.{name}")
+        if home is None
+        else getattr(import_module(f"soundtag.prediction.{home}"), name)
+    )
     globals()[name] = value
     return value

@@ -19,8 +19,9 @@ from soundtag.errors import ParameterError
 EPS = 1e-7
 
 
-def geometric_mean(probs: np.ndarray, *, weights: np.ndarray | None = None, axis: int = 0,
-                   multilabel: bool = False) -> np.ndarray:
+def geometric_mean(
+    probs: np.ndarray, *, weights: np.ndarray | None = None, axis: int = 0, multilabel: bool = False
+) -> np.ndarray:
     """Weighted geometric mean of probability arrays along ``axis``.
 
     Parameters
@@ -70,8 +71,9 @@ def clip_means(chunk_probs: np.ndarray, owner: np.ndarray, n_clips: int) -> np.n
     return np.moveaxis(total / counts.reshape((-1,) + (1,) * (moved.ndim - 1)), 0, -2)
 
 
-def combine_folds(fold_chunk_probs: np.ndarray, owner: np.ndarray, n_clips: int, *,
-                  multilabel: bool = False) -> np.ndarray:
+def combine_folds(
+    fold_chunk_probs: np.ndarray, owner: np.ndarray, n_clips: int, *, multilabel: bool = False
+) -> np.ndarray:
     """Clip probabilities from each fold model's chunk probabilities.
 
     ``fold_chunk_probs`` is ``(folds, chunks, classes)``; chunks are averaged per clip within
@@ -111,9 +113,13 @@ def fit_blend_weights(targets: np.ndarray, probs: np.ndarray, *, multilabel: boo
         return np.ones(1)
     if probs.shape[1:] != np.shape(targets):
         raise ParameterError(f"probs {probs.shape} and targets {np.shape(targets)} do not match")
-    result = minimize(lambda w: blend_loss(targets, probs, _simplex(w), multilabel=multilabel),
-                      np.full(n, 1.0 / n), method="SLSQP", bounds=[(0.0, 1.0)] * n,
-                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+    result = minimize(
+        lambda w: blend_loss(targets, probs, _simplex(w), multilabel=multilabel),
+        np.full(n, 1.0 / n),
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * n,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+    )
     return _simplex(result.x)
 
 

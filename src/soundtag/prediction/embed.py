@@ -30,8 +30,14 @@ class Embeddings:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def embed_clips(source: str | Path, clips: Iterable[tuple[str, str | Path]], *, arch: str | None = None,
-                fold: int = 0, threads: int | None = None) -> Embeddings:
+def embed_clips(
+    source: str | Path,
+    clips: Iterable[tuple[str, str | Path]],
+    *,
+    arch: str | None = None,
+    fold: int = 0,
+    threads: int | None = None,
+) -> Embeddings:
     """Embed ``(clip_id, path)`` pairs with a run (its fold ``fold``) or a pretrained checkpoint.
 
     A file that cannot be decoded is listed in ``failures`` and the others are embedded.

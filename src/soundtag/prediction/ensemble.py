@@ -54,8 +54,10 @@ def align(base: Predictions, other: Predictions, what: str) -> Predictions:
     missing = sorted(set(base.ids) - set(other.ids))
     extra = sorted(set(other.ids) - set(base.ids))
     if missing or extra:
-        raise DataError(f"{what}: the clips differ ({len(missing)} missing, e.g. {missing[:3]}; {len(extra)} "
-                        f"extra, e.g. {extra[:3]}); blend runs of the same dataset")
+        raise DataError(
+            f"{what}: the clips differ ({len(missing)} missing, e.g. {missing[:3]}; {len(extra)} "
+            f"extra, e.g. {extra[:3]}); blend runs of the same dataset"
+        )
     other = other.reorder(base.labels)
     row = {c: i for i, c in enumerate(other.ids)}
     idx = [row[c] for c in base.ids]
@@ -77,12 +79,16 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
     if not partial:
         for r in runs:
             if missing := RunDir(r).unfinished_folds():
-                raise DataError(f"{r}: fold(s) {missing} are not finished; finish them with "
-                                f"`soundtag train --resume {r}`, or blend the folds every run has finished "
-                                "with `soundtag ensemble --partial`")
+                raise DataError(
+                    f"{r}: fold(s) {missing} are not finished; finish them with "
+                    f"`soundtag train --resume {r}`, or blend the folds every run has finished "
+                    "with `soundtag ensemble --partial`"
+                )
     elif any(f != finished[0] for f in finished):
-        raise DataError("--partial blends runs that have finished the same folds; finished: "
-                        + ", ".join(f"{r}: {f}" for r, f in zip(runs, finished)))
+        raise DataError(
+            "--partial blends runs that have finished the same folds; finished: "
+            + ", ".join(f"{r}: {f}" for r, f in zip(runs, finished))
+        )
     oofs, masks = zip(*(load_oof_predictions(r, partial=partial) for r in runs))
     base = oofs[0]
     aligned = [base] + [align(base, o, f"{r} against {runs[0]}") for r, o in zip(runs[1:], oofs[1:])]
@@ -97,8 +103,9 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
     blended = geometric_mean(stack, weights=weights, multilabel=base.multilabel)
     run_metrics = [evaluation.summarize(targets, p.probs, multilabel=base.multilabel) for p in aligned]
     blend_metrics = evaluation.summarize(targets, blended, multilabel=base.multilabel)
-    equal_weight_metrics = evaluation.summarize(targets, geometric_mean(stack, multilabel=base.multilabel),
-                                                multilabel=base.multilabel)
+    equal_weight_metrics = evaluation.summarize(
+        targets, geometric_mean(stack, multilabel=base.multilabel), multilabel=base.multilabel
+    )
 
     out = EnsembleDir(out_dir)
     out.predictions_dir.mkdir(parents=True, exist_ok=True)
@@ -109,20 +116,33 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
         if not all(f.is_file() for f in files):
             continue
         tests = [read_predictions(f, multilabel=base.multilabel) for f in files]
-        tests = [tests[0].reorder(base.labels)] + [align(tests[0].reorder(base.labels), t, str(f))
-                                                   for t, f in zip(tests[1:], files[1:])]
+        tests = [tests[0].reorder(base.labels)] + [
+            align(tests[0].reorder(base.labels), t, str(f)) for t, f in zip(tests[1:], files[1:])
+        ]
         probs = geometric_mean(np.stack([t.probs for t in tests]), weights=weights, multilabel=base.multilabel)
-        written.append(Predictions(tests[0].ids, base.labels, probs, tests[0].given, base.multilabel)
-                       .write_csv(out.predictions_file(name)))
-    out.write_info({
-        "runs": [{"path": str(r.absolute()), "weight": float(w), "oof": m}
-                 for r, w, m in zip(runs, weights, run_metrics)],
-        "blend": {"oof": blend_metrics, "equal_weights_oof": equal_weight_metrics,
-                  "combination": "weighted geometric mean",
-                  "fitted_on": "out-of-fold predictions of the training clips, blacklisted clips left out",
-                  "fitted_clips": int(fit_mask.sum()), "partial": partial, "clips": len(base.ids)},
-        "predictions": [p.name for p in written],
-        "created": dt.datetime.now().isoformat(timespec="seconds"),
-    })
-    return EnsembleResult(out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written,
-                          equal_weight_metrics)
+        written.append(
+            Predictions(tests[0].ids, base.labels, probs, tests[0].given, base.multilabel).write_csv(
+                out.predictions_file(name)
+            )
+        )
+    out.write_info(
+        {
+            "runs": [
+                {"path": str(r.absolute()), "weight": float(w), "oof": m} for r, w, m in zip(runs, weights, run_metrics)
+            ],
+            "blend": {
+                "oof": blend_metrics,
+                "equal_weights_oof": equal_weight_metrics,
+                "combination": "weighted geometric mean",
+                "fitted_on": "out-of-fold predictions of the training clips, blacklisted clips left out",
+                "fitted_clips": int(fit_mask.sum()),
+                "partial": partial,
+                "clips": len(base.ids),
+            },
+            "predictions": [p.name for p in written],
+            "created": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+    )
+    return EnsembleResult(
+        out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written, equal_weight_metrics
+    )

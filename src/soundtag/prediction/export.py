@@ -38,32 +38,47 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
     import torch
 
     from soundtag.errors import SoundtagError
+    from soundtag.models.base import segment_frames
     from soundtag.prediction.fold_models import load_pretrained, load_run
 
     loaded = load_pretrained(run, arch) if arch else load_run(run)
     recipe = loaded.recipe
     out = Path(out) if out else (Path(run).with_suffix(".onnx") if arch else RunDir(run).onnx_model)
     f = recipe.features
-    frames = recipe.chunk_frames if recipe.view.kind == "x" else frontend_frames(recipe.view_samples, f.hop_length, f.preemphasis)
+    frames = (
+        recipe.chunk_frames
+        if recipe.view.kind == "x"
+        else frontend_frames(recipe.view_samples, f.hop_length, f.preemphasis)
+    )
     example = noise_chunks(recipe, 3, frames)
     dims = {0: torch.export.Dim("n", min=1)}
     if loaded.whole_clip:  # any length: the frames are dynamic too (at least the one second tagging pads to)
-        dims[2] = torch.export.Dim("frames", min=frontend_frames(recipe.audio.sample_rate, f.hop_length, f.preemphasis),
-                                   max=1 << 20)
+        dims[2] = torch.export.Dim(
+            "frames", min=frontend_frames(recipe.audio.sample_rate, f.hop_length, f.preemphasis), max=1 << 20
+        )
     basis = NumpyLogMel.from_recipe(recipe).mel_basis.astype(np.float32)
     meta = {
-        "format": 1, "labels": loaded.labels, "multilabel": loaded.multilabel,
-        "recipe": recipe.model_dump(mode="json"), "folds": len(loaded.checkpoints),
-        "mel_basis": base64.b64encode(basis.tobytes()).decode("ascii"), "mel_basis_shape": list(basis.shape),
-        "source": str(Path(run).absolute()), "exported": dt.datetime.now().isoformat(timespec="seconds"),
-        "torch": torch.__version__, "whole_clip": loaded.whole_clip,
+        "format": 1,
+        "labels": loaded.labels,
+        "multilabel": loaded.multilabel,
+        "recipe": recipe.model_dump(mode="json"),
+        "folds": len(loaded.checkpoints),
+        "mel_basis": base64.b64encode(basis.tobytes()).decode("ascii"),
+        "mel_basis_shape": list(basis.shape),
+        "source": str(Path(run).absolute()),
+        "exported": dt.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "whole_clip": loaded.whole_clip,
     }
     ensemble = loaded.ensemble.eval()
     outputs = ["fold_probs"]
-    if loaded.whole_clip and getattr(ensemble.models[0], "decision", None) == "max":
+    per = segment_frames(ensemble.models[0])
+    if loaded.whole_clip and per:
+        meta["segment_frames"] = per
+
         class WithSegments(torch.nn.Module):
             """A decision-level model's fold probabilities and its segment probabilities
-            ``(n, frames // 32, classes)``: the timeline ``tag --timeline`` shows."""
+            ``(n, frames // segment_frames, classes)``: the timeline ``tag --timeline`` shows."""
 
             def __init__(self, inner):
                 super().__init__()
@@ -77,9 +92,16 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
         # torch.export-based exporter (the TorchScript one is deprecated); the number of chunks
         # is dynamic, so one model takes an LH crop, every X chunk or a whole timeline.
         with torch.no_grad():
-            program = torch.onnx.export(ensemble, (example,), input_names=["chunks"], output_names=outputs,
-                                        dynamic_shapes=(dims,), opset_version=OPSET,
-                                        dynamo=True, verbose=False)
+            program = torch.onnx.export(
+                ensemble,
+                (example,),
+                input_names=["chunks"],
+                output_names=outputs,
+                dynamic_shapes=(dims,),
+                opset_version=OPSET,
+                dynamo=True,
+                verbose=False,
+            )
         model = program.model_proto
         entry = model.metadata_props.add()
         entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(meta)
@@ -93,8 +115,10 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"chunks": check.numpy()})
         worst = max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got))
         if worst > 1e-4:
-            raise SoundtagError(f"{out}: ONNX Runtime and PyTorch differ by {worst:.2e} (> 1e-4); "
-                                "the model was not written. Please report this with the model name.")
+            raise SoundtagError(
+                f"{out}: ONNX Runtime and PyTorch differ by {worst:.2e} (> 1e-4); "
+                "the model was not written. Please report this with the model name."
+            )
     return out
 
 
@@ -113,4 +137,3 @@ def noise_chunks(recipe, n: int, frames: int, seed: int = 0):
     with torch.no_grad():
         spec = LogMel.from_recipe(recipe)(torch.randn(n, samples, generator=g) * levels)
     return spec[:, :, :frames].contiguous()
-

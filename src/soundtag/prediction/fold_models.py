@@ -16,10 +16,10 @@ import torch
 
 from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.errors import DataError
-from soundtag.recipe import Recipe
 from soundtag.features.views import SOUND_FLOOR_DB
 from soundtag.models import create_model
 from soundtag.models.batching import pad_chunks
+from soundtag.recipe import Recipe
 from soundtag.runs import RunDir
 
 
@@ -38,15 +38,25 @@ class FoldEnsemble(torch.nn.Module):
     multilabel : sigmoid per class instead of a softmax
     """
 
-    def __init__(self, models: list[torch.nn.Module], *, normalization: str, multilabel: bool,
-                 means: np.ndarray | None = None, stds: np.ndarray | None = None, over: str = "window"):
+    def __init__(
+        self,
+        models: list[torch.nn.Module],
+        *,
+        normalization: str,
+        multilabel: bool,
+        means: np.ndarray | None = None,
+        stds: np.ndarray | None = None,
+        over: str = "window",
+    ):
         super().__init__()
         self.models = torch.nn.ModuleList(models).eval()
         self.normalization, self.multilabel, self.over = normalization, multilabel, over
         if normalization in ("per_feature", "global"):
             self.register_buffer("means", torch.as_tensor(np.asarray(means), dtype=torch.float32)[:, :, None])
             # The same epsilon as views.normalize_per_feature.
-            self.register_buffer("scales", 1.0 / (torch.as_tensor(np.asarray(stds), dtype=torch.float32)[:, :, None] + 1e-6))
+            self.register_buffer(
+                "scales", 1.0 / (torch.as_tensor(np.asarray(stds), dtype=torch.float32)[:, :, None] + 1e-6)
+            )
 
     @staticmethod
     def sound_mask(chunks: torch.Tensor) -> torch.Tensor:
@@ -150,9 +160,11 @@ def fold_checkpoints(run_dir: str | Path) -> list[Path]:
     """The best checkpoint of every finished fold, in fold order."""
     run = RunDir(run_dir)
     if not run.is_run():
-        raise DataError(f"{run_dir} is not a soundtag run; give a run directory, an ensemble directory, "
-                        "a .ckpt or an exported .onnx model (a released PANNs or EfficientAT file needs --arch, "
-                        "e.g. --arch panns-cnn14)")
+        raise DataError(
+            f"{run_dir} is not a soundtag run; give a run directory, an ensemble directory, "
+            "a .ckpt or an exported .onnx model (a released PANNs or EfficientAT file needs --arch, "
+            "e.g. --arch panns-cnn14)"
+        )
     return run.best_checkpoints()
 
 
@@ -178,7 +190,12 @@ def load_run(path: str | Path) -> LoadedRun:
         if norm["kind"] in ("per_feature", "global"):
             means.append(norm["mean"])
             stds.append(norm["std"])
-    ensemble = FoldEnsemble(models, normalization=recipe.view.normalization, multilabel=ckpt.multilabel,
-                            means=np.array(means) if means else None, stds=np.array(stds) if stds else None,
-                            over=recipe.view.normalize_over)
+    ensemble = FoldEnsemble(
+        models,
+        normalization=recipe.view.normalization,
+        multilabel=ckpt.multilabel,
+        means=np.array(means) if means else None,
+        stds=np.array(stds) if stds else None,
+        over=recipe.view.normalize_over,
+    )
     return LoadedRun(path, recipe, ckpt.labels, ckpt.multilabel, ensemble, checkpoints)

@@ -20,21 +20,28 @@ from soundtag.features.views import add_tta_copies, eval_chunks
 from soundtag.manifest import Manifest
 from soundtag.prediction.combine import combine_folds
 from soundtag.prediction.predictions import Predictions
-from soundtag.runs import OutOfFold, RunDir
 from soundtag.progress import progress_bar
+from soundtag.runs import OutOfFold, RunDir
 
 
 @dataclass
 class PredictResult:
     predictions: Predictions
     path: Path
-    failures: list = field(default_factory=list)   # clips whose audio could not be decoded
-    metrics: dict | None = None                      # when the dataset is labelled
+    failures: list = field(default_factory=list)  # clips whose audio could not be decoded
+    metrics: dict | None = None  # when the dataset is labelled
 
 
-def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | None = None,
-                    cache_dir: str | Path | None = None, tta: int | None = None, batch_clips: int = 64,
-                    progress: bool = True) -> PredictResult:
+def predict_dataset(
+    run: str | Path,
+    manifest: Manifest,
+    *,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    tta: int | None = None,
+    batch_clips: int = 64,
+    progress: bool = True,
+) -> PredictResult:
     """Predict ``manifest``'s clips with ``run``'s fold ensemble and write the predictions.
 
     Parameters
@@ -64,18 +71,23 @@ def predict_dataset(run: str | Path, manifest: Manifest, *, out: str | Path | No
     clips = [c for c in manifest if c.id not in failed]
     with progress_bar(progress, len(clips), f"predict {manifest.name}") as advance:
         probs = _clip_probabilities(loaded, store, clips, tta=tta, batch_clips=batch_clips, advance=advance)
-    predictions = Predictions([c.id for c in clips], loaded.labels, probs, [tuple(c.labels) for c in clips],
-                              loaded.multilabel)
+    predictions = Predictions(
+        [c.id for c in clips], loaded.labels, probs, [tuple(c.labels) for c in clips], loaded.multilabel
+    )
     path = Path(out) if out else run.predictions_file(manifest.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     predictions.write_csv(path)
-    metrics = (evaluation.summarize(predictions.targets(), probs, multilabel=loaded.multilabel)
-               if predictions.labelled else None)
+    metrics = (
+        evaluation.summarize(predictions.targets(), probs, multilabel=loaded.multilabel)
+        if predictions.labelled
+        else None
+    )
     return PredictResult(predictions, path, summary.failures, metrics)
 
 
-def predict_out_of_fold(run: str | Path | RunDir, *, tta: int | None = None, batch_clips: int = 64,
-                        progress: bool = True) -> OutOfFold:
+def predict_out_of_fold(
+    run: str | Path | RunDir, *, tta: int | None = None, batch_clips: int = 64, progress: bool = True
+) -> OutOfFold:
     """A run's out-of-fold predictions made again from its kept fold models, with ``tta``
     shifted copies of every chunk (default: the recipe's ``training.tta``): every clip by the
     model of the fold it was held out in, as training predicted it.
@@ -99,8 +111,9 @@ def predict_out_of_fold(run: str | Path | RunDir, *, tta: int | None = None, bat
         for k, checkpoint in zip(oof.finished, run.best_checkpoints()):
             held_out = set(run.fold_record(k)["clips"])
             clips = [c for c in oof.manifest if c.id in held_out]
-            probs[[row_of[c.id] for c in clips]] = _clip_probabilities(load_run(checkpoint), store, clips, tta=tta,
-                                                                       batch_clips=batch_clips, advance=advance)
+            probs[[row_of[c.id] for c in clips]] = _clip_probabilities(
+                load_run(checkpoint), store, clips, tta=tta, batch_clips=batch_clips, advance=advance
+            )
     return dataclasses.replace(oof, probs=probs)
 
 
@@ -112,10 +125,10 @@ def _clip_probabilities(loaded, store, clips, *, tta: int, batch_clips: int, adv
     recipe = loaded.recipe
     probs = np.empty((len(clips), len(loaded.labels)))
     for start in range(0, len(clips), batch_clips):
-        batch = clips[start:start + batch_clips]
+        batch = clips[start : start + batch_clips]
         per_clip = [add_tta_copies(eval_chunks(store.get(clip_key(c.path)), recipe), recipe, tta) for c in batch]
         owner = np.concatenate([np.full(len(ch), i) for i, ch in enumerate(per_clip)])
         fold_probs = loaded.ensemble.probabilities(np.concatenate(per_clip))
-        probs[start:start + len(batch)] = combine_folds(fold_probs, owner, len(batch), multilabel=loaded.multilabel)
+        probs[start : start + len(batch)] = combine_folds(fold_probs, owner, len(batch), multilabel=loaded.multilabel)
         advance(len(batch))
     return probs

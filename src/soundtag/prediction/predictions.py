@@ -25,15 +25,17 @@ BOOKKEEPING = ("clip_id", "fold", "labels", "manually_verified", "blacklisted")
 class Predictions:
     ids: list[str]
     labels: list[str]
-    probs: np.ndarray                  # (clips, labels)
-    given: list[tuple[str, ...]]       # each clip's given labels; () when unknown
+    probs: np.ndarray  # (clips, labels)
+    given: list[tuple[str, ...]]  # each clip's given labels; () when unknown
     multilabel: bool = False
 
     def __post_init__(self):
         self.probs = np.asarray(self.probs, dtype=np.float64)
         if self.probs.shape != (len(self.ids), len(self.labels)):
-            raise DataError(f"predictions of shape {self.probs.shape} do not fit {len(self.ids)} clips "
-                            f"and {len(self.labels)} labels")
+            raise DataError(
+                f"predictions of shape {self.probs.shape} do not fit {len(self.ids)} clips "
+                f"and {len(self.labels)} labels"
+            )
 
     @property
     def labelled(self) -> bool:

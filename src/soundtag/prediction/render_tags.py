@@ -21,9 +21,14 @@ def to_json(results: list[ClipTags], labels: list[str], k: int, timeline: bool) 
         if r.notes:
             item["notes"] = r.notes
         if timeline:
-            item["timeline"] = [{"start": round(s, 3), "end": round(e, 3),
-                                 "tags": [{"label": lab, "score": round(p, 6)} for lab, p in top_k(pr, labels, k)]}
-                                for s, e, pr in r.timeline]
+            item["timeline"] = [
+                {
+                    "start": round(s, 3),
+                    "end": round(e, 3),
+                    "tags": [{"label": lab, "score": round(p, 6)} for lab, p in top_k(pr, labels, k)],
+                }
+                for s, e, pr in r.timeline
+            ]
         out.append(item)
     return json.dumps(out, indent=2) + "\n"
 
@@ -37,8 +42,9 @@ def to_csv(results: list[ClipTags], labels: list[str], k: int, timeline: bool) -
         spans = [(s, e, p) for s, e, p in r.timeline] if timeline else [(None, None, r.probs)]
         for s, e, probs in spans:
             for rank, (lab, p) in enumerate(top_k(probs, labels, k), start=1):
-                w.writerow([r.path, "" if s is None else _seconds(s), "" if e is None else _seconds(e),
-                            rank, lab, f"{p:.6f}"])
+                w.writerow(
+                    [r.path, "" if s is None else _seconds(s), "" if e is None else _seconds(e), rank, lab, f"{p:.6f}"]
+                )
     return buf.getvalue()
 
 
@@ -87,7 +93,10 @@ def table(results: list[ClipTags], labels: list[str], k: int, timeline: bool):
     for r in results:
         shown = "  ".join(f"{lab} ({p:.2f})" for lab, p in top_k(r.probs, labels, k))
         t.add_row(Text(r.path), *(["whole"] if timeline else []), Text(shown))
-        for s, e, probs in (r.timeline if timeline else []):
-            t.add_row("", f"{_seconds(s)}-{_seconds(e)}",
-                      Text("  ".join(f"{lab} ({p:.2f})" for lab, p in top_k(probs, labels, k))))
+        for s, e, probs in r.timeline if timeline else []:
+            t.add_row(
+                "",
+                f"{_seconds(s)}-{_seconds(e)}",
+                Text("  ".join(f"{lab} ({p:.2f})" for lab, p in top_k(probs, labels, k))),
+            )
     return t

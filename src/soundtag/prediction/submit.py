@@ -44,8 +44,9 @@ def submission_format(predictions: Predictions, fmt: str | None = None) -> str:
     return fmt
 
 
-def write_submission(predictions: Predictions, out: str | Path, *, fmt: str | None = None,
-                     sample_submission: str | Path | None = None) -> Path:
+def write_submission(
+    predictions: Predictions, out: str | Path, *, fmt: str | None = None, sample_submission: str | Path | None = None
+) -> Path:
     """Write ``predictions`` as a submission file.
 
     Parameters
@@ -59,8 +60,10 @@ def write_submission(predictions: Predictions, out: str | Path, *, fmt: str | No
     order = sample_order(sample_submission) if sample_submission else list(predictions.ids)
     missing = [c for c in order if c not in row_of]
     if missing:
-        raise DataError(f"{len(missing)} test clip(s) of {sample_submission} have no prediction, e.g. "
-                        f"{', '.join(missing[:5])}; predict the whole test set before submitting")
+        raise DataError(
+            f"{len(missing)} test clip(s) of {sample_submission} have no prediction, e.g. "
+            f"{', '.join(missing[:5])}; predict the whole test set before submitting"
+        )
     buf = io.StringIO()
     out_csv = csv.writer(buf)
     if fmt == "kaggle":

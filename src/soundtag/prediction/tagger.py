@@ -25,9 +25,9 @@ import numpy as np
 from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
 from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
-from soundtag.recipe import Recipe
 from soundtag.features.views import add_tta_copies, chunk_starts, decode_for_recipe, eval_chunks, x_chunks
 from soundtag.prediction.combine import combine_folds, geometric_mean
+from soundtag.recipe import Recipe
 from soundtag.runs import EnsembleDir, RunDir
 
 ENGINES = ("torch", "onnx")
@@ -59,11 +59,19 @@ class ModelTagger:
     ``fold_probs`` turns ``(n, n_mels, frames)`` chunks into ``(folds, n, classes)``.
     """
 
-    def __init__(self, *, recipe: Recipe, labels: list[str], multilabel: bool,
-                 logmel: Callable[[np.ndarray], np.ndarray],
-                 fold_probs: Callable[[np.ndarray], np.ndarray], source: str, engine: str,
-                 whole_clip: bool = False,
-                 framewise: Callable[[np.ndarray], tuple[np.ndarray, int]] | None = None):
+    def __init__(
+        self,
+        *,
+        recipe: Recipe,
+        labels: list[str],
+        multilabel: bool,
+        logmel: Callable[[np.ndarray], np.ndarray],
+        fold_probs: Callable[[np.ndarray], np.ndarray],
+        source: str,
+        engine: str,
+        whole_clip: bool = False,
+        framewise: Callable[[np.ndarray], tuple[np.ndarray, int]] | None = None,
+    ):
         self.recipe, self.labels, self.multilabel = recipe, list(labels), multilabel
         self.logmel, self.fold_probs, self.source, self.engine = logmel, fold_probs, source, engine
         #: the whole file as one input (pretrained models), instead of the recipe's view
@@ -85,8 +93,9 @@ class ModelTagger:
 
     def _whole(self, path: str | Path) -> audio.Waveform:
         r = self.recipe
-        wav = audio.load(path, sample_rate=r.audio.sample_rate, trim_db=r.audio.trim_db,
-                         max_duration=r.audio.max_duration)
+        wav = audio.load(
+            path, sample_rate=r.audio.sample_rate, trim_db=r.audio.trim_db, max_duration=r.audio.max_duration
+        )
         # Pretrained CNNs pool time 32 times: a clip under a second is centred in one second.
         wav.samples = audio.pad_center(wav.samples, r.audio.sample_rate)
         return wav
@@ -96,8 +105,9 @@ class ModelTagger:
         copies of every chunk (default: the recipe's ``training.tta``)."""
         chunks, notes = self.chunks(path)
         chunks = add_tta_copies(chunks, self.recipe, self.recipe.training.tta if tta is None else tta)
-        probs = combine_folds(self.fold_probs(chunks), np.zeros(len(chunks), dtype=int), 1,
-                              multilabel=self.multilabel)[0]
+        probs = combine_folds(self.fold_probs(chunks), np.zeros(len(chunks), dtype=int), 1, multilabel=self.multilabel)[
+            0
+        ]
         result = ClipTags(str(path), probs, notes=notes)
         if timeline:
             result.timeline = self._timeline(path)
@@ -112,13 +122,20 @@ class ModelTagger:
             probs, per = self.framewise(self.logmel(wav.samples))
             seconds = per * r.features.hop_length / r.audio.sample_rate
             offset = (len(wav.samples) - round(wav.duration * r.audio.sample_rate)) // 2 / r.audio.sample_rate
-            return [(max(0.0, i * seconds - offset), min(wav.duration, (i + 1) * seconds - offset), p)
-                    for i, p in enumerate(probs) if i * seconds - offset < wav.duration]
+            return [
+                (max(0.0, i * seconds - offset), min(wav.duration, (i + 1) * seconds - offset), p)
+                for i, p in enumerate(probs)
+                if i * seconds - offset < wav.duration
+            ]
         wav = audio.load(path, sample_rate=r.audio.sample_rate, trim_db=None, max_duration=r.audio.max_duration)
         width_samples = r.view_samples
         samples = audio.pad_center(wav.samples, width_samples)
         spec = self.logmel(samples)
-        width = r.chunk_frames if r.view.kind == "x" else frontend_frames(width_samples, r.features.hop_length, r.features.preemphasis)
+        width = (
+            r.chunk_frames
+            if r.view.kind == "x"
+            else frontend_frames(width_samples, r.features.hop_length, r.features.preemphasis)
+        )
         step = max(1, int(round(width * (1 - r.view.overlap))))
         # The view's min_tail drops a short tail from a clip's chunks; a timeline must reach the
         # end of the file, so a tail of more than the one frame the centred STFT adds gets one
@@ -130,8 +147,14 @@ class ModelTagger:
         seconds = r.features.hop_length / r.audio.sample_rate
         # Centre padding moved the clip right; report times in the file's own clock.
         offset = (len(samples) - len(wav.samples)) // 2 / r.audio.sample_rate
-        return [(max(0.0, s * seconds - offset), min(wav.duration, s * seconds - offset + width_samples / r.audio.sample_rate), p)
-                for s, p in zip(starts, probs)]
+        return [
+            (
+                max(0.0, s * seconds - offset),
+                min(wav.duration, s * seconds - offset + width_samples / r.audio.sample_rate),
+                p,
+            )
+            for s, p in zip(starts, probs)
+        ]
 
 
 class EnsembleTagger:
@@ -153,8 +176,7 @@ class EnsembleTagger:
         return ClipTags(str(path), probs, notes=parts[0].notes)
 
 
-def load_tagger(source: str | Path, *, engine: str | None = None, threads: int | None = None,
-                arch: str | None = None):
+def load_tagger(source: str | Path, *, engine: str | None = None, threads: int | None = None, arch: str | None = None):
     """A tagger for a run directory, an ensemble directory, a fold ``.ckpt``, an ``.onnx`` file,
     or (with ``arch``) a released pretrained checkpoint such as ``Cnn14_mAP=0.431.pth``.
 
@@ -164,15 +186,19 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
     """
     source = Path(source)
     if not source.exists():
-        raise DataError(f"{source} does not exist; give a run directory, an ensemble directory, "
-                        "a .ckpt, an exported .onnx model, or a pretrained checkpoint with --arch")
+        raise DataError(
+            f"{source} does not exist; give a run directory, an ensemble directory, "
+            "a .ckpt, an exported .onnx model, or a pretrained checkpoint with --arch"
+        )
     engine = engine or ("onnx" if source.suffix == ".onnx" else "torch")
     if engine not in ENGINES:
         raise ParameterError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
     if arch is not None:
         if engine == "onnx":
-            raise ParameterError(f"the onnx engine runs exported models: run `soundtag export {source} --arch {arch}` "
-                                 "and tag with the .onnx file it writes")
+            raise ParameterError(
+                f"the onnx engine runs exported models: run `soundtag export {source} --arch {arch}` "
+                "and tag with the .onnx file it writes"
+            )
         return _torch_tagger(source, threads, arch)
     if EnsembleDir(source).is_ensemble():
         runs, weights = zip(*EnsembleDir(source).members())
@@ -182,8 +208,10 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
         if source.is_dir() and RunDir(source).onnx_model.is_file():  # where `soundtag export RUN` writes
             source = RunDir(source).onnx_model
         if source.suffix != ".onnx":
-            raise ParameterError(f"the onnx engine runs exported models: run `soundtag export {source}` "
-                                 "and tag with the .onnx file it writes")
+            raise ParameterError(
+                f"the onnx engine runs exported models: run `soundtag export {source}` "
+                "and tag with the .onnx file it writes"
+            )
         return _onnx_tagger(source, threads)
     if source.suffix == ".onnx":
         raise ParameterError(f"{source} is an ONNX model: tag it with --engine onnx")
@@ -194,6 +222,7 @@ def _torch_tagger(source: Path, threads: int | None, arch: str | None = None) ->
     import torch
 
     from soundtag.features.melspec import LogMel
+    from soundtag.models.base import segment_frames
     from soundtag.prediction.fold_models import load_pretrained, load_run
 
     run = load_pretrained(source, arch) if arch else load_run(source)
@@ -209,17 +238,25 @@ def _torch_tagger(source: Path, threads: int | None, arch: str | None = None) ->
 
     framewise = None
     net = run.ensemble.models[0]
-    if run.whole_clip and getattr(net, "decision", None) == "max":
-        from soundtag.models.panns import TIME_RATIO
+    per = segment_frames(net)
+    if run.whole_clip and per:
 
         def framewise(spec: np.ndarray) -> tuple[np.ndarray, int]:
             with _torch_threads(threads), torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(spec, dtype=np.float32))[None, None]
-                return torch.sigmoid(net.segment_logits(x)[0]).numpy(), TIME_RATIO
+                return torch.sigmoid(net.segment_logits(x)[0]).numpy(), per
 
-    tagger = ModelTagger(recipe=run.recipe, labels=run.labels, multilabel=run.multilabel, logmel=spectrogram,
-                         fold_probs=fold_probs, source=str(source), engine="torch", whole_clip=run.whole_clip,
-                         framewise=framewise)
+    tagger = ModelTagger(
+        recipe=run.recipe,
+        labels=run.labels,
+        multilabel=run.multilabel,
+        logmel=spectrogram,
+        fold_probs=fold_probs,
+        source=str(source),
+        engine="torch",
+        whole_clip=run.whole_clip,
+        framewise=framewise,
+    )
     tagger.loaded = run  # the models themselves, for embeddings
     return tagger
 
@@ -282,14 +319,17 @@ def check_onnx_external_data(path: str | Path) -> None:
         location = ExternalDataInfo(tensor).location
         target = (folder / location).resolve()
         if Path(location).is_absolute() or (target != folder and folder not in target.parents):
-            raise DataError(f"{path} was not loaded: its tensor {tensor.name!r} takes its data from {location!r}, "
-                            f"outside the model's folder {folder}; a model may only read files beside it. "
-                            "Ask its author for a model with its weights inside the file")
+            raise DataError(
+                f"{path} was not loaded: its tensor {tensor.name!r} takes its data from {location!r}, "
+                f"outside the model's folder {folder}; a model may only read files beside it. "
+                "Ask its author for a model with its weights inside the file"
+            )
 
 
 def _onnx_tensors(model):
     """Every tensor of an ONNX model: initializers, sparse ones and node attributes, in the main
     graph, its subgraphs and its functions."""
+
     def in_nodes(nodes):
         for node in nodes:
             for attr in node.attribute:
@@ -355,13 +395,23 @@ def _onnx_tagger(source: Path, threads: int | None) -> ModelTagger:
 
     framewise = None
     if "segment_probs" in [o.name for o in session.get_outputs()]:  # an exported decision-level model
+
         def framewise(spec: np.ndarray) -> tuple[np.ndarray, int]:
             x = np.ascontiguousarray(spec, dtype=np.float32)[None]
-            return session.run(["segment_probs"], {"chunks": x})[0][0], 32
+            # models exported before the metadata said so are PANNs' (32 frames a segment)
+            return session.run(["segment_probs"], {"chunks": x})[0][0], int(info.get("segment_frames", 32))
 
-    return ModelTagger(recipe=recipe, labels=info["labels"], multilabel=info["multilabel"], logmel=logmel,
-                       fold_probs=fold_probs, source=str(source), engine="onnx",
-                       whole_clip=bool(info.get("whole_clip", False)), framewise=framewise)
+    return ModelTagger(
+        recipe=recipe,
+        labels=info["labels"],
+        multilabel=info["multilabel"],
+        logmel=logmel,
+        fold_probs=fold_probs,
+        source=str(source),
+        engine="onnx",
+        whole_clip=bool(info.get("whole_clip", False)),
+        framewise=framewise,
+    )
 
 
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -377,9 +427,14 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def tag_files(tagger, paths: Iterable[str | Path], *, timeline: bool = False, tta: int | None = None,
-              on_result: Callable[[ClipTags | TagFailure], None] | None = None
-              ) -> tuple[list[ClipTags], list[TagFailure]]:
+def tag_files(
+    tagger,
+    paths: Iterable[str | Path],
+    *,
+    timeline: bool = False,
+    tta: int | None = None,
+    on_result: Callable[[ClipTags | TagFailure], None] | None = None,
+) -> tuple[list[ClipTags], list[TagFailure]]:
     """Tag every file; one that is missing or cannot be decoded becomes a :class:`TagFailure`
     and the rest are tagged."""
     results, failures = [], []

@@ -114,8 +114,16 @@ def _frames_in(start: torch.Tensor, end: torch.Tensor, width: int) -> torch.Tens
     return (t >= start[:, None]) & (t < end[:, None])
 
 
-def random_erasing(x: torch.Tensor, *, p: float = 0.5, area=(0.02, 0.4), aspect=(0.3, 1 / 0.3),
-                   generator: torch.Generator, extents: torch.Tensor | None = None, tries: int = 20) -> torch.Tensor:
+def random_erasing(
+    x: torch.Tensor,
+    *,
+    p: float = 0.5,
+    area=(0.02, 0.4),
+    aspect=(0.3, 1 / 0.3),
+    generator: torch.Generator,
+    extents: torch.Tensor | None = None,
+    tries: int = 20,
+) -> torch.Tensor:
     """Erase one random rectangle per sample with probability ``p`` (Zhong et al. 2017).
 
     The rectangle covers ``area`` (a fraction of mels x frames, uniform) with height/width
@@ -153,8 +161,15 @@ def random_erasing(x: torch.Tensor, *, p: float = 0.5, area=(0.02, 0.4), aspect=
     return torch.where(rect, fill.view(n, *([1] * (x.ndim - 1))), x)
 
 
-def shift_amounts(n: int, width: int, *, max_fraction: float, generator: torch.Generator,
-                  extents: torch.Tensor | None = None, device=None) -> torch.Tensor:
+def shift_amounts(
+    n: int,
+    width: int,
+    *,
+    max_fraction: float,
+    generator: torch.Generator,
+    extents: torch.Tensor | None = None,
+    device=None,
+) -> torch.Tensor:
     """Frames each of ``n`` samples is rolled by, uniform in ``[-limit, limit]`` with
     ``limit = max_fraction * width``.
 
@@ -194,14 +209,21 @@ def roll_time(x: torch.Tensor, shifts) -> torch.Tensor:
     return torch.gather(x, -1, index)
 
 
-def time_shift(x: torch.Tensor, *, max_fraction: float = 0.4, generator: torch.Generator,
-               extents: torch.Tensor | None = None) -> torch.Tensor:
+def time_shift(
+    x: torch.Tensor, *, max_fraction: float = 0.4, generator: torch.Generator, extents: torch.Tensor | None = None
+) -> torch.Tensor:
     """Roll each sample along time by up to ``max_fraction`` of its width, either way
     (:func:`shift_amounts`; with ``extents``, never pushing a sound out of its view)."""
     if int(max_fraction * x.shape[-1]) == 0:
         return x.clone()
-    shifts = shift_amounts(x.shape[0], x.shape[-1], max_fraction=max_fraction, generator=generator,
-                           extents=None if extents is None else extents.to(x.device), device=x.device)
+    shifts = shift_amounts(
+        x.shape[0],
+        x.shape[-1],
+        max_fraction=max_fraction,
+        generator=generator,
+        extents=None if extents is None else extents.to(x.device),
+        device=x.device,
+    )
     return roll_time(x, shifts)
 
 
@@ -211,9 +233,16 @@ def time_reverse(x: torch.Tensor, *, p: float = 0.5, generator: torch.Generator)
     return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
 
 
-def spec_augment(x: torch.Tensor, *, time_masks: int = 2, time_width: float = 0.1, freq_masks: int = 2,
-                 freq_width: float = 0.15, generator: torch.Generator,
-                 extents: torch.Tensor | None = None) -> torch.Tensor:
+def spec_augment(
+    x: torch.Tensor,
+    *,
+    time_masks: int = 2,
+    time_width: float = 0.1,
+    freq_masks: int = 2,
+    freq_width: float = 0.15,
+    generator: torch.Generator,
+    extents: torch.Tensor | None = None,
+) -> torch.Tensor:
     """SpecAugment masks (Park et al. 2019): bands of frames and of mels set to the sample's mean.
 
     Each mask's width is uniform in ``[0, width * size]`` (whole frames or mels). With
@@ -229,8 +258,11 @@ def spec_augment(x: torch.Tensor, *, time_masks: int = 2, time_width: float = 0.
     masked = torch.zeros(n, height, width, dtype=torch.bool, device=dev)
     if time_masks:
         # Widths as Python's int(time_width * length): float64, so 0.16 * 251 stays 40.
-        w = randint(torch.zeros(n, time_masks, dtype=torch.long, device=dev),
-                    (time_width * length.double()).long()[:, None], generator)
+        w = randint(
+            torch.zeros(n, time_masks, dtype=torch.long, device=dev),
+            (time_width * length.double()).long()[:, None],
+            generator,
+        )
         t0 = start[:, None] + randint(torch.zeros_like(w), length[:, None] - w, generator)
         t = torch.arange(width, device=dev)
         band = ((t >= t0[..., None]) & (t < (t0 + w)[..., None])).any(dim=1)  # (n, frames)

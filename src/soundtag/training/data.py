@@ -14,11 +14,19 @@ import numpy as np
 import torch
 
 from soundtag.errors import ParameterError
-from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore
+from soundtag.features.views import (
+    eval_chunks,
+    feature_stats,
+    global_stats,
+    normalize_per_feature,
+    normalize_per_sample,
+    sound_extent,
+    sound_frames,
+    x_chunks,
+)
 from soundtag.models.batching import cat_padded
-from soundtag.features.views import (eval_chunks, feature_stats, global_stats, normalize_per_feature, normalize_per_sample,
-                                     sound_extent, sound_frames, x_chunks)
+from soundtag.recipe import Recipe
 from soundtag.training.sampling import Balance, epoch_indices
 
 
@@ -57,13 +65,19 @@ class Normalizer:
         return np.asarray(spec, dtype=np.float32)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "mean": None if self.mean is None else self.mean.tolist(),
-                "std": None if self.std is None else self.std.tolist(), "over": self.over}
+        return {
+            "kind": self.kind,
+            "mean": None if self.mean is None else self.mean.tolist(),
+            "std": None if self.std is None else self.std.tolist(),
+            "over": self.over,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
-        arr = (lambda v: None if v is None else np.asarray(v, dtype=np.float32))
-        return cls(d["kind"], arr(d["mean"]), arr(d["std"]), d.get("over", "window"))  # older checkpoints: window
+        def array(v):
+            return None if v is None else np.asarray(v, dtype=np.float32)
+
+        return cls(d["kind"], array(d["mean"]), array(d["std"]), d.get("over", "window"))  # older checkpoints: window
 
 
 class TrainViews(torch.utils.data.Dataset):
@@ -73,8 +87,16 @@ class TrainViews(torch.utils.data.Dataset):
     augmentations sized to the sound keep to; ``trusted`` whether the label was verified
     (``training.noise`` spares those; default: none is)."""
 
-    def __init__(self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe,
-                 normalizer: Normalizer, seed: int = 0, trusted: np.ndarray | None = None):
+    def __init__(
+        self,
+        store: FeatureStore,
+        keys: list[str],
+        targets: np.ndarray,
+        recipe: Recipe,
+        normalizer: Normalizer,
+        seed: int = 0,
+        trusted: np.ndarray | None = None,
+    ):
         self.store, self.keys, self.targets = store, keys, targets
         self.trusted = np.zeros(len(keys), bool) if trusted is None else np.asarray(trusted, bool)
         self.recipe, self.normalizer = recipe, normalizer
@@ -97,20 +119,25 @@ class TrainViews(torch.utils.data.Dataset):
             chunk = self.recipe.chunk_frames
             if spec.shape[1] > chunk:
                 start = int(self._generator().integers(0, spec.shape[1] - chunk + 1))
-                spec = spec[:, start:start + chunk]
+                spec = spec[:, start : start + chunk]
             else:
                 spec = x_chunks(np.asarray(spec), chunk=chunk, step=chunk)[0]
         spec = np.asarray(spec)
         extent = torch.tensor(sound_extent(spec), dtype=torch.long)
-        return (torch.from_numpy(self.normalizer(spec))[None], torch.from_numpy(self.targets[i]), extent,
-                torch.tensor(bool(self.trusted[i])))
+        return (
+            torch.from_numpy(self.normalizer(spec))[None],
+            torch.from_numpy(self.targets[i]),
+            extent,
+            torch.tensor(bool(self.trusted[i])),
+        )
 
 
 class EvalViews(torch.utils.data.Dataset):
     """Evaluation samples ``(chunks (n, 1, mels, frames), target)``: one chunk for LH."""
 
-    def __init__(self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe,
-                 normalizer: Normalizer):
+    def __init__(
+        self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe, normalizer: Normalizer
+    ):
         self.store, self.keys, self.targets = store, keys, targets
         self.recipe, self.normalizer = recipe, normalizer
 
@@ -141,8 +168,11 @@ def world() -> tuple[int, int]:
 
 
 def _check_rank(rank: int | None, world_size: int | None) -> None:
-    if (world_size is not None and world_size < 1) or (rank is not None and rank < 0) or (
-            rank is not None and world_size is not None and rank >= world_size):
+    if (
+        (world_size is not None and world_size < 1)
+        or (rank is not None and rank < 0)
+        or (rank is not None and world_size is not None and rank >= world_size)
+    ):
         raise ParameterError(f"rank={rank} and world_size={world_size} need 0 <= rank < world_size")
 
 
@@ -174,8 +204,15 @@ class EpochSampler(torch.utils.data.Sampler):
     True
     """
 
-    def __init__(self, classes: np.ndarray, balance: Balance, seed: int = 0, *, rank: int | None = None,
-                 world_size: int | None = None):
+    def __init__(
+        self,
+        classes: np.ndarray,
+        balance: Balance,
+        seed: int = 0,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         self.classes, self.balance, self.seed, self.epoch = np.asarray(classes), balance, seed, 0
         self.rank, self.world_size = rank, world_size
         _check_rank(rank, world_size)

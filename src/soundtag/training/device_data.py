@@ -51,7 +51,7 @@ def batch_sound_extents(x: torch.Tensor, *, floor_db: float = SOUND_FLOOR_DB) ->
     >>> batch_sound_extents(x).tolist()     # the second view is silent: all of it
     [[3, 6], [0, 10]]
     """
-    n, width = x.shape[0], x.shape[-1]
+    width = x.shape[-1]
     active = x.amax(dim=1) > x.flatten(1).amin(dim=1)[:, None] + floor_db  # (batch, frames)
     start = active.long().argmax(dim=1)
     end = width - active.flip(1).long().argmax(dim=1)
@@ -88,8 +88,10 @@ def normalize_batch(x: torch.Tensor, normalizer, extents: torch.Tensor | None = 
 def features_bytes(store: FeatureStore, keys: list[str], recipe: Recipe) -> int:
     """Device memory a fold's features take: the stored float16 values, plus the normalised
     float32 copy for LH."""
-    frames = sum(store.entries[k].frames if recipe.view.kind == "lh" else
-                 max(store.entries[k].frames, recipe.chunk_frames) for k in keys)
+    frames = sum(
+        store.entries[k].frames if recipe.view.kind == "lh" else max(store.entries[k].frames, recipe.chunk_frames)
+        for k in keys
+    )
     return frames * recipe.features.n_mels * (2 + (4 if recipe.view.kind == "lh" else 0))
 
 
@@ -132,13 +134,16 @@ class DeviceClips:
             spec = np.asarray(store.get(k))
             if recipe.view.kind == "x" and spec.shape[1] < chunk:
                 left = (chunk - spec.shape[1]) // 2
-                spec = np.pad(spec, ((0, 0), (left, chunk - spec.shape[1] - left)),
-                              constant_values=spec.min() if spec.size else 0)
+                spec = np.pad(
+                    spec, ((0, 0), (left, chunk - spec.shape[1] - left)), constant_values=spec.min() if spec.size else 0
+                )
             specs.append(spec)
         lengths = np.array([s.shape[1] for s in specs], dtype=np.int64)
         if recipe.view.kind == "lh" and len(set(lengths.tolist())) > 1:
-            raise ParameterError(f"LH views of different lengths in the store ({sorted(set(lengths.tolist()))[:5]}); "
-                                 "expected every clip cut to the view")
+            raise ParameterError(
+                f"LH views of different lengths in the store ({sorted(set(lengths.tolist()))[:5]}); "
+                "expected every clip cut to the view"
+            )
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         data = torch.from_numpy(np.concatenate(specs, axis=1).astype(np.float16, copy=False))
         frames = int(lengths[0]) if recipe.view.kind == "lh" else chunk
@@ -152,8 +157,9 @@ class DeviceClips:
         if self.data.device == device:
             return self
         if str(device) not in self._made:
-            self._made[str(device)] = DeviceClips(self.data.to(device), self.offsets.to(device),
-                                                  self.lengths.to(device), self.kind, self.frames)
+            self._made[str(device)] = DeviceClips(
+                self.data.to(device), self.offsets.to(device), self.lengths.to(device), self.kind, self.frames
+            )
         return self._made[str(device)]
 
     def windows(self, starts: torch.Tensor) -> torch.Tensor:
@@ -190,10 +196,22 @@ class DeviceTrainBatches:
     same crops again.
     """
 
-    def __init__(self, clips: DeviceClips, targets: np.ndarray, normalizer, sampler, *, batch_size: int,
-                 drop_last: bool, seed: int = 0, trusted: np.ndarray | None = None):
+    def __init__(
+        self,
+        clips: DeviceClips,
+        targets: np.ndarray,
+        normalizer,
+        sampler,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        seed: int = 0,
+        trusted: np.ndarray | None = None,
+    ):
         self.host, self.targets_host, self.normalizer = clips, torch.as_tensor(targets, dtype=torch.float32), normalizer
-        self.trusted_host = torch.as_tensor(np.zeros(len(targets), bool) if trusted is None else trusted, dtype=torch.bool)
+        self.trusted_host = torch.as_tensor(
+            np.zeros(len(targets), bool) if trusted is None else trusted, dtype=torch.bool
+        )
         self.sampler, self.batch_size, self.drop_last, self.seed = sampler, batch_size, drop_last, seed
         self.device, self.epoch = torch.device("cpu"), 0
         self._placed = None
@@ -202,7 +220,11 @@ class DeviceTrainBatches:
         """Load the features onto ``device`` (done at the first epoch otherwise)."""
         self.device = torch.device(device)
         clips = self.host.to(self.device)
-        placed = {"clips": clips, "targets": self.targets_host.to(self.device), "trusted": self.trusted_host.to(self.device)}
+        placed = {
+            "clips": clips,
+            "targets": self.targets_host.to(self.device),
+            "trusted": self.trusted_host.to(self.device),
+        }
         if clips.kind == "lh":
             # The LH view is fixed: normalised once, with each clip's extent found before that
             # (a thousand clips at a time, so the float32 temporaries stay small).
@@ -238,7 +260,7 @@ class DeviceTrainBatches:
         generator.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
         self.epoch += 1
         for b in range(len(self)):
-            yield self.draw(order[b * self.batch_size:(b + 1) * self.batch_size], generator)
+            yield self.draw(order[b * self.batch_size : (b + 1) * self.batch_size], generator)
 
 
 class DeviceEvalBatches:
@@ -247,8 +269,17 @@ class DeviceEvalBatches:
     that order, and with ``shard`` only this rank's share of them
     (:class:`~soundtag.training.data.ShardSampler`)."""
 
-    def __init__(self, clips: DeviceClips, targets: np.ndarray, normalizer, recipe: Recipe, *, batch_size: int,
-                 positions=None, shard: bool = False):
+    def __init__(
+        self,
+        clips: DeviceClips,
+        targets: np.ndarray,
+        normalizer,
+        recipe: Recipe,
+        *,
+        batch_size: int,
+        positions=None,
+        shard: bool = False,
+    ):
         self.host, self.targets_host, self.normalizer = clips, torch.as_tensor(targets, dtype=torch.float32), normalizer
         self.batch_size, self.shard = batch_size, shard
         self.positions = list(range(len(clips))) if positions is None else [int(i) for i in positions]
@@ -259,8 +290,12 @@ class DeviceEvalBatches:
     def place(self, device: torch.device | str) -> "DeviceEvalBatches":
         self.device = torch.device(device)
         owners, starts = self.host.eval_starts(self.step, self.min_tail)
-        self._placed = {"clips": self.host.to(self.device), "targets": self.targets_host.to(self.device),
-                        "owners": owners, "starts": starts}
+        self._placed = {
+            "clips": self.host.to(self.device),
+            "targets": self.targets_host.to(self.device),
+            "owners": owners,
+            "starts": starts,
+        }
         return self
 
     def _clip_order(self) -> list[int]:
@@ -281,11 +316,14 @@ class DeviceEvalBatches:
             first = np.searchsorted(owners, np.arange(len(self.host) + 1))  # clip i: chunks first[i]:first[i+1]
             batches = []
             for b in range(0, len(order), self.batch_size):
-                clips = order[b:b + self.batch_size]
+                clips = order[b : b + self.batch_size]
                 chunk_ids = np.concatenate([np.arange(first[c], first[c + 1]) for c in clips])
                 owner = np.repeat(np.arange(len(clips)), [first[c + 1] - first[c] for c in clips])
-                batches.append(tuple(torch.as_tensor(a, dtype=torch.long).to(self.device)
-                                     for a in (starts[chunk_ids], owner, clips)))
+                batches.append(
+                    tuple(
+                        torch.as_tensor(a, dtype=torch.long).to(self.device) for a in (starts[chunk_ids], owner, clips)
+                    )
+                )
             self._placed |= {"order": key, "batches": batches}
         return self._placed["batches"]
 

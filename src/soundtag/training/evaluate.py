@@ -50,12 +50,15 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
     if any(c.manually_verified is not None for c in manifest):
         subsets["verified"] = verified
     metrics = {name: evaluation.summarize(targets[m], probs[m], multilabel=ml) for name, m in subsets.items()}
-    metrics["per_fold"] = {int(k): evaluation.summarize(targets[folds == k], probs[folds == k], multilabel=ml)
-                           for k in np.unique(folds)}
+    metrics["per_fold"] = {
+        int(k): evaluation.summarize(targets[folds == k], probs[folds == k], multilabel=ml) for k in np.unique(folds)
+    }
     recall = evaluation.per_class_recall(targets, probs)
     precision = evaluation.per_class_precision(targets, probs)
-    metrics["per_class"] = {lab: {"recall": _num(r), "precision": _num(p), "clips": int(targets[:, i].sum())}
-                            for i, (lab, r, p) in enumerate(zip(manifest.labels, recall, precision))}
+    metrics["per_class"] = {
+        lab: {"recall": _num(r), "precision": _num(p), "clips": int(targets[:, i].sum())}
+        for i, (lab, r, p) in enumerate(zip(manifest.labels, recall, precision))
+    }
     metrics["folds"], metrics["complete"] = oof.finished, oof.complete
     metrics["tta"] = run.recipe().training.tta if tta is None else tta
     if tta is not None:
@@ -67,8 +70,13 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
     if plots:
         scope = "out-of-fold" if oof.complete else f"fold(s) {oof.finished} only"
         if not ml:
-            evaluation.plot_confusion(targets, probs, manifest.labels, run.confusion_png,
-                                      title=f"{run.path.name}: {scope}, top-1 {metrics['all']['top1']:.3f}")
+            evaluation.plot_confusion(
+                targets,
+                probs,
+                manifest.labels,
+                run.confusion_png,
+                title=f"{run.path.name}: {scope}, top-1 {metrics['all']['top1']:.3f}",
+            )
         histories = _histories(run)
         if histories:
             evaluation.plot_learning_curves(histories, run.learning_curves_png)
@@ -79,13 +87,23 @@ def _num(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def _write_oof_csv(path: Path, manifest: Manifest, probs: np.ndarray, folds: np.ndarray, in_training: np.ndarray) -> None:
+def _write_oof_csv(
+    path: Path, manifest: Manifest, probs: np.ndarray, folds: np.ndarray, in_training: np.ndarray
+) -> None:
     buf = io.StringIO()
     out = csv.writer(buf)
     out.writerow(["clip_id", "fold", "labels", "manually_verified", "blacklisted", *manifest.labels])
     for c, p, f, t in zip(manifest, probs, folds, in_training):
-        out.writerow([c.id, int(f), ",".join(c.labels), "" if c.manually_verified is None else int(c.manually_verified),
-                      int(not t), *(f"{v:.6f}" for v in p)])
+        out.writerow(
+            [
+                c.id,
+                int(f),
+                ",".join(c.labels),
+                "" if c.manually_verified is None else int(c.manually_verified),
+                int(not t),
+                *(f"{v:.6f}" for v in p),
+            ]
+        )
     atomic_write_text(path, buf.getvalue())
 
 

@@ -29,8 +29,10 @@ def merge_folds(jobs: list[str | Path], out: str | Path) -> tuple[Path, dict[int
     for job in jobs[1:]:
         for name in RunDir.MUST_AGREE:
             if (job / name).read_bytes() != (first / name).read_bytes():
-                raise DataError(f"{job / name} differs from {first / name}: these jobs are not folds of one run "
-                                "(same data, recipe and fold plan needed)")
+                raise DataError(
+                    f"{job / name} differs from {first / name}: these jobs are not folds of one run "
+                    "(same data, recipe and fold plan needed)"
+                )
     source: dict[int, Path] = {}
     for job in jobs:
         for k in RunDir(job).finished_folds():
@@ -40,8 +42,7 @@ def merge_folds(jobs: list[str | Path], out: str | Path) -> tuple[Path, dict[int
     if not source:
         raise DataError(f"none of {', '.join(map(str, jobs))} has a finished fold")
     merged = RunDir(out)
-    clashes = [k for k, job in source.items()
-               if merged.fold_dir(k).exists() and job.resolve() != out.resolve()]
+    clashes = [k for k, job in source.items() if merged.fold_dir(k).exists() and job.resolve() != out.resolve()]
     if clashes:
         raise DataError(f"{out} already holds fold(s) {sorted(clashes)}; merge into a new directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,9 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from soundtag import evaluation
 from soundtag._heap import release_freed_memory
 from soundtag.checkpoints import read_checkpoint, read_soundtag_checkpoint
-from soundtag.recipe import Recipe
 from soundtag.models import create_model
 from soundtag.models.pretrained import head_keys, load_checkpoint
+from soundtag.recipe import Recipe
 from soundtag.training import augment, noise
 
 
@@ -62,8 +62,15 @@ class TaggerModule(L.LightningModule):
     """Trains one fold. Everything needed to tag a file later is in ``hparams``: the recipe,
     the label names, and the normaliser's statistics."""
 
-    def __init__(self, recipe: dict, labels: list[str], multilabel: bool, normalizer: dict, fold: int = 0,
-                 init_weights: bool = True):
+    def __init__(
+        self,
+        recipe: dict,
+        labels: list[str],
+        multilabel: bool,
+        normalizer: dict,
+        fold: int = 0,
+        init_weights: bool = True,
+    ):
         super().__init__()
         # init_weights=False: a trained fold being loaded back needs no starting weights (whose
         # file may be gone by then).
@@ -158,14 +165,17 @@ class TaggerModule(L.LightningModule):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, trusted: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean loss; ``training.noise`` decides it for the samples not ``trusted``."""
-        return noise.noisy_label_loss(logits, targets, trusted, self.recipe.training.noise,
-                                      multilabel=self.multilabel, epoch=self.current_epoch)
+        return noise.noisy_label_loss(
+            logits, targets, trusted, self.recipe.training.noise, multilabel=self.multilabel, epoch=self.current_epoch
+        )
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor, extents: torch.Tensor | None = None,
-                trusted: torch.Tensor | None = None):
+    def augment(
+        self, x: torch.Tensor, y: torch.Tensor, extents: torch.Tensor | None = None, trusted: torch.Tensor | None = None
+    ):
         """The recipe's augmentations of a batch: ``(x, y, trusted)``, mixup's mixed samples
-        trusted in their label only where both sources are (``trusted`` None stays None). ``extents`` (``(batch, 2)`` sound frames) serve the
-        augmentations whose ``relative_to`` is ``sound``.
+        trusted in their label only where both sources are (``trusted`` None stays None).
+        ``extents`` (``(batch, 2)`` sound frames) serve the augmentations whose ``relative_to`` is
+        ``sound``.
 
         The kernel's order is kept (shift, reversal, masks, erasing, mixup) unless an
         augmentation is sized to the sound: then masks and erasing come first, while the
@@ -179,8 +189,9 @@ class TaggerModule(L.LightningModule):
 
         def shift(x):
             if a.shift.enabled:
-                x = augment.time_shift(x, max_fraction=a.shift.max_fraction, generator=g,
-                                       extents=extents if "shift" in sound else None)
+                x = augment.time_shift(
+                    x, max_fraction=a.shift.max_fraction, generator=g, extents=extents if "shift" in sound else None
+                )
             if a.reverse.enabled:
                 x = augment.time_reverse(x, p=a.reverse.p, generator=g)
             return x
@@ -188,12 +199,24 @@ class TaggerModule(L.LightningModule):
         def mask(x):
             s = a.specaugment
             if s.enabled:
-                x = augment.spec_augment(x, time_masks=s.time_masks, time_width=s.time_width, freq_masks=s.freq_masks,
-                                         freq_width=s.freq_width, generator=g,
-                                         extents=extents if "specaugment" in sound else None)
+                x = augment.spec_augment(
+                    x,
+                    time_masks=s.time_masks,
+                    time_width=s.time_width,
+                    freq_masks=s.freq_masks,
+                    freq_width=s.freq_width,
+                    generator=g,
+                    extents=extents if "specaugment" in sound else None,
+                )
             if a.erasing.enabled:
-                x = augment.random_erasing(x, p=a.erasing.p, area=a.erasing.area, aspect=a.erasing.aspect,
-                                           generator=g, extents=extents if "erasing" in sound else None)
+                x = augment.random_erasing(
+                    x,
+                    p=a.erasing.p,
+                    area=a.erasing.area,
+                    aspect=a.erasing.aspect,
+                    generator=g,
+                    extents=extents if "erasing" in sound else None,
+                )
             return x
 
         x = shift(mask(x)) if sound else mask(shift(x))
@@ -209,8 +232,9 @@ class TaggerModule(L.LightningModule):
         x, y, extents, trusted = batch
         x, y, trusted = self.augment(x, y, extents, trusted)
         loss = self.loss(self(x), y, trusted)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x),
-                 sync_dist=True)  # equal shards: the mean of the ranks' means is the mean
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True
+        )  # equal shards: the mean of the ranks' means is the mean
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -264,8 +288,9 @@ class TaggerModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if t.scheduler == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
-                                                        total_steps=int(self.trainer.estimated_stepping_batches))
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=[g["lr"] for g in groups], total_steps=int(self.trainer.estimated_stepping_batches)
+            )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

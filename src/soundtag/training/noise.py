@@ -36,8 +36,16 @@ import torch.nn.functional as F
 
 from soundtag.errors import ParameterError
 
-__all__ = ["STRATEGIES", "bootstrap_loss", "gce_loss", "loss_mask", "mixed_trust", "noisy_label_loss",
-           "plain_loss", "sce_loss"]
+__all__ = [
+    "STRATEGIES",
+    "bootstrap_loss",
+    "gce_loss",
+    "loss_mask",
+    "mixed_trust",
+    "noisy_label_loss",
+    "plain_loss",
+    "sce_loss",
+]
 
 STRATEGIES = ("none", "mask", "gce", "sce", "bootstrap")
 LOG_FLOOR = 1e-4  # Wang et al.'s A = log 1e-4 for log 0 in the reverse cross-entropy
@@ -67,13 +75,14 @@ def gce_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, *, q
         raise ParameterError(f"gce q={q} must be in (0, 1]")
     if multilabel:
         p = torch.sigmoid(logits).clamp(min=1e-7, max=1 - 1e-7)
-        return (targets * (1 - p ** q) + (1 - targets) * (1 - (1 - p) ** q)) / q
+        return (targets * (1 - p**q) + (1 - targets) * (1 - (1 - p) ** q)) / q
     p = torch.softmax(logits, dim=1).clamp(min=1e-7)
-    return (1 - (targets * p ** q).sum(dim=1)) / q
+    return (1 - (targets * p**q).sum(dim=1)) / q
 
 
-def sce_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, *, alpha: float = 0.1,
-             beta: float = 1.0) -> torch.Tensor:
+def sce_loss(
+    logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, *, alpha: float = 0.1, beta: float = 1.0
+) -> torch.Tensor:
     """Symmetric cross-entropy ``alpha CE(y, p) + beta CE(p, y)``, per element as :func:`plain_loss`.
 
     >>> logits, y = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
@@ -91,8 +100,7 @@ def sce_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, *, a
     return alpha * ce + beta * rce
 
 
-def bootstrap_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, *,
-                   beta: float = 0.8) -> torch.Tensor:
+def bootstrap_loss(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, *, beta: float = 0.8) -> torch.Tensor:
     """Cross-entropy against ``beta y + (1 - beta) p`` (``p`` detached: the target moves toward
     what the model believes, the gradient does not chase it), per element as :func:`plain_loss`."""
     if not 0 <= beta <= 1:
@@ -122,8 +130,9 @@ def loss_mask(losses: torch.Tensor, trusted: torch.Tensor, fraction: float) -> t
     n_drop = torch.round(fraction * untrusted.sum())
     ranked = column.detach().masked_fill(~untrusted[:, None], float("-inf"))
     order = ranked.argsort(dim=0, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(len(column), device=column.device)
-                                            .view(-1, 1).expand_as(order).contiguous())
+    rank = torch.empty_like(order).scatter_(
+        0, order, torch.arange(len(column), device=column.device).view(-1, 1).expand_as(order).contiguous()
+    )
     keep = rank >= n_drop
     return keep if losses.ndim == 2 else keep[:, 0]
 
@@ -133,8 +142,15 @@ def mixed_trust(trusted: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return trusted & trusted[perm]
 
 
-def noisy_label_loss(logits: torch.Tensor, targets: torch.Tensor, trusted: torch.Tensor | None, noise,
-                     *, multilabel: bool, epoch: int = 0) -> torch.Tensor:
+def noisy_label_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    trusted: torch.Tensor | None,
+    noise,
+    *,
+    multilabel: bool,
+    epoch: int = 0,
+) -> torch.Tensor:
     """The batch's mean loss under the recipe's ``training.noise`` (a
     :class:`~soundtag.recipe.NoiseConfig`). ``trusted`` None: every sample untrusted."""
     strategy = noise.strategy
@@ -150,9 +166,11 @@ def noisy_label_loss(logits: torch.Tensor, targets: torch.Tensor, trusted: torch
             return plain.mean()
         keep = loss_mask(plain, trusted, noise.mask_fraction)
         return (plain * keep).sum() / keep.sum().clamp(min=1)
-    robust = {"gce": lambda: gce_loss(logits, targets, multilabel, q=noise.gce_q),
-              "sce": lambda: sce_loss(logits, targets, multilabel, alpha=noise.sce_alpha, beta=noise.sce_beta),
-              "bootstrap": lambda: bootstrap_loss(logits, targets, multilabel, beta=noise.bootstrap_beta)}
+    robust = {
+        "gce": lambda: gce_loss(logits, targets, multilabel, q=noise.gce_q),
+        "sce": lambda: sce_loss(logits, targets, multilabel, alpha=noise.sce_alpha, beta=noise.sce_beta),
+        "bootstrap": lambda: bootstrap_loss(logits, targets, multilabel, beta=noise.bootstrap_beta),
+    }
     if strategy not in robust:
         raise ParameterError(f"training.noise.strategy={strategy!r} is not one of {', '.join(STRATEGIES)}")
     row_trusted = trusted.view(-1, *([1] * (plain.ndim - 1)))

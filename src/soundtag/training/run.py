@@ -25,15 +25,20 @@ from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.distributed import launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
-from soundtag.hardware import accelerator
-from soundtag.recipe import Recipe
 from soundtag.features.store import FeatureStore, clip_key
+from soundtag.hardware import accelerator
 from soundtag.manifest import Manifest
+from soundtag.recipe import Recipe
 from soundtag.runs import RunDir
 from soundtag.stopping import Stopped
 from soundtag.training.data import EpochSampler, EvalViews, Normalizer, ShardSampler, TrainViews, collate_chunks
-from soundtag.training.device_data import (DeviceClips, DeviceEvalBatches, DeviceTrainBatches, features_bytes,
-                                           wants_device_data)
+from soundtag.training.device_data import (
+    DeviceClips,
+    DeviceEvalBatches,
+    DeviceTrainBatches,
+    features_bytes,
+    wants_device_data,
+)
 from soundtag.training.splits import label_matrix, make_folds, validation_mask
 
 
@@ -61,18 +66,23 @@ def read_clip_list(path: str | Path, manifest: Manifest, *, what: str) -> dict[s
     known = set(manifest.ids)
     bad = [f"row {i} ({r[id_col]})" for i, r in enumerate(rows, start=2) if r[id_col] not in known]
     if bad:
-        raise DataError(f"{path}: {len(bad)} {what} row(s) name clips that are not in the dataset: "
-                        f"{', '.join(bad[:10])}")
+        raise DataError(
+            f"{path}: {len(bad)} {what} row(s) name clips that are not in the dataset: {', '.join(bad[:10])}"
+        )
     return {r[id_col]: (r.get("label") or "") for r in rows}
 
 
 def _apply_relabel(manifest: Manifest, relabel: dict[str, str], source: str) -> Manifest:
     import dataclasses
 
-    unknown = sorted({lab for labs in relabel.values() for lab in labs.split(",") if lab and lab not in manifest.labels})
+    unknown = sorted(
+        {lab for labs in relabel.values() for lab in labs.split(",") if lab and lab not in manifest.labels}
+    )
     if unknown:
         raise DataError(f"{source}: unknown label(s) {unknown}; known: {', '.join(manifest.labels)}")
-    return manifest.map(lambda c: dataclasses.replace(c, labels=tuple(relabel[c.id].split(","))) if relabel.get(c.id) else c)
+    return manifest.map(
+        lambda c: dataclasses.replace(c, labels=tuple(relabel[c.id].split(","))) if relabel.get(c.id) else c
+    )
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,18 @@ def default_run_dir(recipe: Recipe, *, root: str | Path = "runs", now: dt.dateti
     return Path(root) / f"{recipe.name}-{(now or dt.datetime.now()):%Y%m%d-%H%M%S}"
 
 
-def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir: str | Path,
-          folds: list[int] | None = None, progress: bool = True, resume: bool = False,
-          data_source: str | None = None, hardware: Hardware = Hardware()) -> RunResult:
+def train(
+    manifest: Manifest,
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    cache_dir: str | Path,
+    folds: list[int] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    data_source: str | None = None,
+    hardware: Hardware = Hardware(),
+) -> RunResult:
     """Train one model per fold and write out-of-fold predictions and metrics.
 
     Parameters
@@ -143,17 +162,26 @@ def train(manifest: Manifest, recipe: Recipe, run_dir: str | Path, *, cache_dir:
     t = recipe.training
     rank, launched = launch_rank()
     if rank == 0 and run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise ParameterError(f"run directory {run_dir} already exists; use --resume to continue it "
-                             "or give another --out")
+        raise ParameterError(
+            f"run directory {run_dir} already exists; use --resume to continue it or give another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
 
     if t.relabel:
         manifest = _apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
     blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
     if rank == 0:
-        run.start(recipe, manifest, {
-            "recipe": recipe.name, "data": data_source, "cache_dir": str(Path(cache_dir).absolute()),
-            "created": dt.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__})
+        run.start(
+            recipe,
+            manifest,
+            {
+                "recipe": recipe.name,
+                "data": data_source,
+                "cache_dir": str(Path(cache_dir).absolute()),
+                "created": dt.datetime.now().isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+            },
+        )
 
     if launched > 1:
         # Processes started together (torchrun, SLURM) must not compute the same features at
@@ -206,9 +234,11 @@ def stored_features(manifest: Manifest, recipe: Recipe, cache_dir: str | Path) -
             failed |= {row["clip_id"] for row in csv.DictReader(fh)}
     missing = [c.id for c in manifest if c.id not in failed and clip_key(c.path) not in store]
     if missing:
-        raise DataError(f"{len(missing)} clip(s) (e.g. {missing[:3]}) have no features in {store.path}; with "
-                        "several processes, compute them first: `soundtag features --data ... --recipe "
-                        f"{recipe.name} --cache {cache_dir}` (or in shards with --shard i/n)")
+        raise DataError(
+            f"{len(missing)} clip(s) (e.g. {missing[:3]}) have no features in {store.path}; with "
+            "several processes, compute them first: `soundtag features --data ... --recipe "
+            f"{recipe.name} --cache {cache_dir}` (or in shards with --shard i/n)"
+        )
     return store, failed
 
 
@@ -216,8 +246,16 @@ def resume(run_dir: str | Path, *, progress: bool = True, hardware: Hardware = H
     """Continue a run from what its directory holds (recipe, manifest, feature cache)."""
     run = RunDir(run_dir).require()
     info = run.info()
-    return train(run.manifest(), run.recipe(), run.path, cache_dir=info["cache_dir"], progress=progress,
-                 resume=True, data_source=info.get("data"), hardware=hardware)
+    return train(
+        run.manifest(),
+        run.recipe(),
+        run.path,
+        cache_dir=info["cache_dir"],
+        progress=progress,
+        resume=True,
+        data_source=info.get("data"),
+        hardware=hardware,
+    )
 
 
 @dataclass
@@ -256,9 +294,15 @@ class FoldSet:
     @classmethod
     def build(cls, manifest: Manifest, recipe: Recipe, store: FeatureStore, blacklist=frozenset()) -> "FoldSet":
         t = recipe.training
-        return cls(manifest, recipe, store, [clip_key(c.path) for c in manifest], label_matrix(manifest),
-                   make_folds(manifest, t.folds, seed=t.seed, strategy=t.fold_strategy),
-                   np.array([c.id not in blacklist for c in manifest]))
+        return cls(
+            manifest,
+            recipe,
+            store,
+            [clip_key(c.path) for c in manifest],
+            label_matrix(manifest),
+            make_folds(manifest, t.folds, seed=t.seed, strategy=t.fold_strategy),
+            np.array([c.id not in blacklist for c in manifest]),
+        )
 
     @property
     def n_folds(self) -> int:
@@ -282,12 +326,15 @@ class FoldSet:
         recipe, t = self.recipe, self.recipe.training
         train_idx = np.flatnonzero((self.fold_of != k) & self.in_training)
         verified_only = recipe.validation == "verified_only"
-        val_idx = np.flatnonzero(validation_mask(self.manifest, self.fold_of, k, verified_only=verified_only)
-                                 & self.in_training)
+        val_idx = np.flatnonzero(
+            validation_mask(self.manifest, self.fold_of, k, verified_only=verified_only) & self.in_training
+        )
         oof_idx = np.flatnonzero(self.fold_of == k)
         if len(train_idx) == 0 or len(val_idx) == 0:
-            raise DataError(f"fold {k}: {len(train_idx)} training and {len(val_idx)} validation clips; "
-                            "check the blacklist and the folds")
+            raise DataError(
+                f"fold {k}: {len(train_idx)} training and {len(val_idx)} validation clips; "
+                "check the blacklist and the folds"
+            )
         normalizer = Normalizer.fit(recipe, self.store, [self.keys[i] for i in train_idx])
 
         def subset(idx):
@@ -298,30 +345,60 @@ class FoldSet:
         drop_last = len(sampler) >= t.batch_size
         needed = features_bytes(self.store, self.keys, recipe)  # every clip: training + its fold
         if wants_device_data(t.device_data, needed, accelerator()[0]):
+
             def clips(idx):
                 return DeviceClips.load(self.store, [self.keys[i] for i in idx], recipe)
 
-            train = DeviceTrainBatches(clips(train_idx), self.targets[train_idx], normalizer, sampler,
-                                       batch_size=t.batch_size, drop_last=drop_last, seed=t.seed + k,
-                                       trusted=self.trusted[train_idx])
+            train = DeviceTrainBatches(
+                clips(train_idx),
+                self.targets[train_idx],
+                normalizer,
+                sampler,
+                batch_size=t.batch_size,
+                drop_last=drop_last,
+                seed=t.seed + k,
+                trusted=self.trusted[train_idx],
+            )
             # The validation clips are some of the fold's: one copy of the fold serves both.
             fold_clips = clips(oof_idx)
-            val = DeviceEvalBatches(fold_clips, self.targets[oof_idx], normalizer, recipe, batch_size=t.batch_size,
-                                    positions=np.searchsorted(oof_idx, val_idx), shard=True)
+            val = DeviceEvalBatches(
+                fold_clips,
+                self.targets[oof_idx],
+                normalizer,
+                recipe,
+                batch_size=t.batch_size,
+                positions=np.searchsorted(oof_idx, val_idx),
+                shard=True,
+            )
             oof = DeviceEvalBatches(fold_clips, self.targets[oof_idx], normalizer, recipe, batch_size=t.batch_size)
-            return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx],
-                               len(train_idx), len(val_idx), on_device=True)
+            return FoldLoaders(
+                train,
+                val,
+                oof,
+                normalizer,
+                [self.manifest[i].id for i in oof_idx],
+                len(train_idx),
+                len(val_idx),
+                on_device=True,
+            )
         common = {"num_workers": t.workers, "persistent_workers": t.workers > 0}
         train = torch.utils.data.DataLoader(
-            TrainViews(self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k,
-                       trusted=self.trusted[train_idx]),
-            batch_size=t.batch_size, sampler=sampler, drop_last=drop_last, **common)
+            TrainViews(
+                self.store, *subset(train_idx), recipe, normalizer, seed=t.seed + k, trusted=self.trusted[train_idx]
+            ),
+            batch_size=t.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            **common,
+        )
         eval_args = {"batch_size": t.batch_size, "collate_fn": collate_chunks, **common}
-        val = torch.utils.data.DataLoader(EvalViews(self.store, *subset(val_idx), recipe, normalizer),
-                                          sampler=ShardSampler(len(val_idx)), **eval_args)
+        val = torch.utils.data.DataLoader(
+            EvalViews(self.store, *subset(val_idx), recipe, normalizer), sampler=ShardSampler(len(val_idx)), **eval_args
+        )
         oof = torch.utils.data.DataLoader(EvalViews(self.store, *subset(oof_idx), recipe, normalizer), **eval_args)
-        return FoldLoaders(train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx], len(train_idx),
-                           len(val_idx))
+        return FoldLoaders(
+            train, val, oof, normalizer, [self.manifest[i].id for i in oof_idx], len(train_idx), len(val_idx)
+        )
 
 
 def _train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware = Hardware()) -> None:
@@ -370,27 +447,49 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     start = time.perf_counter()
     L.seed_everything(t.seed + k, workers=True, verbose=False)
     data = plan.loaders(k)
-    module = TaggerModule(recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict(),
-                          fold=k)
+    module = TaggerModule(
+        recipe.model_dump(), list(manifest.labels), manifest.multilabel, data.normalizer.to_dict(), fold=k
+    )
     mode = "min" if t.monitor == "val_loss" else "max"
-    checkpoint = ModelCheckpoint(dirpath=fold_dir, filename=run.checkpoint(k, "best").stem, monitor=t.monitor,
-                                 mode=mode, enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=fold_dir,
+        filename=run.checkpoint(k, "best").stem,
+        monitor=t.monitor,
+        mode=mode,
+        enable_version_counter=False,
+    )
     # The latest epoch, every epoch: Lightning's save_last writes last.ckpt only in an epoch that
     # also saved a best one, so a crash after epochs without improvement would redo them.
-    latest = ModelCheckpoint(dirpath=fold_dir, filename=run.checkpoint(k, "last").stem, monitor=None,
-                             save_top_k=1, enable_version_counter=False)
+    latest = ModelCheckpoint(
+        dirpath=fold_dir,
+        filename=run.checkpoint(k, "last").stem,
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
     callbacks = [checkpoint, latest]
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
     device_kind, auto_precision = accelerator()
     trainer = L.Trainer(
-        max_epochs=t.epochs, accelerator=device_kind, devices=hardware.devices, num_nodes=hardware.num_nodes,
-        strategy=hardware.lightning_strategy(), use_distributed_sampler=False,  # ours shard by rank
+        max_epochs=t.epochs,
+        accelerator=device_kind,
+        devices=hardware.devices,
+        num_nodes=hardware.num_nodes,
+        strategy=hardware.lightning_strategy(),
+        use_distributed_sampler=False,  # ours shard by rank
         precision=auto_precision if t.precision == "auto" else t.precision,
-        callbacks=callbacks, plugins=[SafeCheckpointIO()], logger=[CSVLogger(fold_dir, name=run.LOGS, version=""),
-                                     TensorBoardLogger(fold_dir, name=run.TENSORBOARD, version="")],
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, len(data.train))))
+        callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],
+        logger=[
+            CSVLogger(fold_dir, name=run.LOGS, version=""),
+            TensorBoardLogger(fold_dir, name=run.TENSORBOARD, version=""),
+        ],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(data.train))),
+    )
     data.place(trainer.strategy.root_device)
     last = run.checkpoint(k, "last")
     resumed_from = None
@@ -412,13 +511,23 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     best_module = TaggerModule.from_checkpoint(best)
     # One process predicts the whole fold, so every clip is predicted exactly once.
     probs = predict_clips(best_module, data.oof, trainer.strategy.root_device, tta=t.tta)
-    run.finish_fold(k, probs, {
-        "fold": k, "clips": data.oof_ids, "train_clips": data.train_clips,
-        "val_clips": data.val_clips, "best_checkpoint": Path(best).name,
-        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
-        "epochs": int(trainer.current_epoch), "resumed_after_epoch": resumed_from,
-        "processes": trainer.world_size, "features_on_device": data.on_device,
-        "seconds": time.perf_counter() - start})
+    run.finish_fold(
+        k,
+        probs,
+        {
+            "fold": k,
+            "clips": data.oof_ids,
+            "train_clips": data.train_clips,
+            "val_clips": data.val_clips,
+            "best_checkpoint": Path(best).name,
+            "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+            "epochs": int(trainer.current_epoch),
+            "resumed_after_epoch": resumed_from,
+            "processes": trainer.world_size,
+            "features_on_device": data.on_device,
+            "seconds": time.perf_counter() - start,
+        },
+    )
     trainer.strategy.barrier("oof")
 
 
