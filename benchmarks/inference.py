@@ -75,7 +75,7 @@ def time_engine(tagger, files: list[Path], warmup: int = 5) -> list[float]:
 def stages(tagger, files: list[Path]) -> dict[str, list[float]]:
     """Seconds per file in each stage of the pipeline."""
     from soundtag.features.views import decode_for_recipe, eval_chunks
-    from soundtag.prediction.combine import combine_folds
+    from soundtag.inference.combine import combine_folds
 
     out = {"decode": [], "log-mel": [], "models": [], "total": []}
     for f in files[:5]:
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=200, help="ESC-50 files tagged per engine")
     args = parser.parse_args()
 
-    from features import machine
+    from features import caption, machine
     from train import write_section
 
     from soundtag.prediction import export_onnx
@@ -137,16 +137,15 @@ def main() -> None:
     }
 
     folds = len(list(run.glob("fold-*/done.json")))
+    command = f"python benchmarks/inference.py{' --run ' + str(args.run) if args.run else ''} --clips {args.clips}"
+    date = dt.date.today().isoformat()
     lines = [
         "## Inference: tagging files (`benchmarks/inference.py`)",
         "",
-        f"- machine: {machine()}",
-        f"- date: {dt.date.today().isoformat()}",
-        f"- command: `python benchmarks/inference.py{' --run ' + str(args.run) if args.run else ''} --clips {args.clips}`",
         f"- run: `{run.name}` ({_run_model(run)}, {folds} fold models per clip, combined by "
         "their geometric mean); each file decoded, resampled, log-mel'd and tagged on its own, as `soundtag tag` does",
         "",
-        f"Two threads, {len(files)} ESC-50 files (five seconds each):",
+        caption(machine(), date, command, what=f"Two threads, {len(files)} ESC-50 files (five seconds each)"),
         "",
         "| engine | clips/s | ms per clip (mean) | ms per clip (median) |",
         "|---|---:|---:|---:|",
@@ -157,7 +156,12 @@ def main() -> None:
         "",
         f"ONNX Runtime is **{torch_s / ort_s:.2f} times** as fast as PyTorch eager (goal: 1.5).",
         "",
-        "One core (process pinned to one CPU, one thread), median ms per five-second clip, 100 files:",
+        caption(
+            machine(),
+            date,
+            command,
+            what="One core (process pinned to one CPU, one thread), median ms per five-second clip, 100 files",
+        ),
         "",
         "| engine | decode + resample | log-mel | fold models | end to end |",
         "|---|---:|---:|---:|---:|",

@@ -29,6 +29,8 @@ import soxr
 from soundtag import evaluation
 from soundtag.errors import DataError, ParameterError
 from soundtag.features import clip_key, eval_chunks, extract_features
+from soundtag.inference.clips import predict_out_of_fold
+from soundtag.inference.combine import EPS, clip_means
 from soundtag.manifest import read_manifest
 from soundtag.manifest.readers import FSDKAGGLE2018_LABELS
 from soundtag.prediction import (
@@ -45,9 +47,8 @@ from soundtag.prediction import (
     tag_files,
     write_submission,
 )
-from soundtag.prediction.combine import EPS, blend_loss, clip_means
+from soundtag.prediction.combine import blend_loss
 from soundtag.prediction.ensemble import load_oof_predictions
-from soundtag.prediction.predict import predict_out_of_fold
 from soundtag.prediction.tagger import read_onnx_metadata
 from soundtag.recipe import load_recipe
 from soundtag.runs import RunDir

@@ -20,7 +20,7 @@ from soundtag import audio
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.melspec import LogMel
 from soundtag.features.numpy_melspec import NumpyLogMel
-from soundtag.prediction.fold_models import audioset_labels, load_pretrained
+from soundtag.inference.fold_models import audioset_labels, load_pretrained
 from soundtag.prediction.tagger import load_tagger
 from soundtag.resolve import resolve_recipe
 
@@ -313,7 +313,7 @@ def test_fine_tuning_a_pretrained_checkpoint_runs_end_to_end(
     assert 0 <= result.metrics["all"]["map@3"] <= 1
 
     # the backbone started from the file: a layer the head does not touch moved only a little
-    from soundtag.prediction.fold_models import load_run
+    from soundtag.inference.fold_models import load_run
 
     tuned = load_run(result.run_dir).ensemble.models[0].state_dict()
     first = next(k for k in tuned if k.endswith("weight") and tuned[k].ndim == 4)

@@ -135,7 +135,7 @@ def test_normalising_over_the_sound_ignores_how_much_padding_there_is(short_clip
 
 
 def test_the_fold_ensemble_normalises_over_the_sound_as_training_does(short_clips):
-    from soundtag.prediction.fold_models import FoldEnsemble
+    from soundtag.inference.fold_models import FoldEnsemble
 
     recipe = load_recipe("esc50-lh", ["audio.trim_db=null", "view.normalize_over=sound"])
     specs = _views(short_clips, recipe)

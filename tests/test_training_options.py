@@ -408,7 +408,7 @@ def test_ema_averages_the_trained_weights_into_the_model_that_predicts():
 
 @pytest.mark.slow
 def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(tiny, feature_cache, fast, tmp_path):
-    from soundtag.prediction.fold_models import load_run
+    from soundtag.inference.fold_models import load_run
     from soundtag.runs import RunDir
 
     run, done = _train_fold0(
@@ -432,15 +432,16 @@ def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(ti
     assert any(not torch.equal(averaged[k], trained[k]) for k in averaged if averaged[k].is_floating_point())
     # the out-of-fold predictions are those of the averaged weights (what the tagger loads as `model.*`)
     from soundtag.features.store import FeatureStore
+    from soundtag.inference.clips import predict_loader
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet, predict_clips
+    from soundtag.training.run import FoldSet
 
     recipe = RunDir(run).recipe()
     loaders = FoldSet.build(tiny, recipe, FeatureStore.open(feature_cache, recipe)).loaders(0)
     module = TaggerModule.from_checkpoint(run / "fold-0" / "last.ckpt")
     oof = RunDir(run).out_of_fold(partial=True)
     order = [list(oof.manifest.ids).index(c) for c in loaders.oof_ids]
-    np.testing.assert_allclose(predict_clips(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)
+    np.testing.assert_allclose(predict_loader(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)
     module.model.load_state_dict(module.training_model.state_dict())
-    assert not np.allclose(predict_clips(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)
+    assert not np.allclose(predict_loader(module, loaders.oof, torch.device("cpu")), oof.probs[order], atol=1e-6)
     assert load_run(run).checkpoints == [run / "fold-0" / "last.ckpt"]

@@ -59,7 +59,7 @@ def outputs(subset_csv: Path, work: Path) -> dict[str, np.ndarray]:
     """Every number the record holds, computed with the code as it is."""
     from soundtag.manifest import read_manifest
     from soundtag.prediction import export_onnx, load_tagger, predict_dataset
-    from soundtag.prediction.predict import predict_out_of_fold
+    from soundtag.inference.clips import predict_out_of_fold
     from soundtag.recipe import load_recipe
     from soundtag.training import train
 

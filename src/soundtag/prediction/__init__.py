@@ -1,13 +1,14 @@
 """Use trained runs: predict datasets, blend runs, write submissions, tag files, export to ONNX.
 
-Names are imported on first use, so that tagging with ONNX Runtime never loads PyTorch.
+Names are imported on first use, so that tagging with ONNX Runtime never loads PyTorch. The
+models themselves are run by :mod:`soundtag.inference`, whose main names are offered here too.
 """
 
 from importlib import import_module
 
 _HOMES = {
-    "geometric_mean": "combine",
-    "combine_folds": "combine",
+    "geometric_mean": "soundtag.inference.combine",
+    "combine_folds": "soundtag.inference.combine",
     "fit_blend_weights": "combine",
     "Predictions": "predictions",
     "read_predictions": "predictions",
@@ -24,9 +25,9 @@ _HOMES = {
     "export_onnx": "export",
     "embed_clips": "embed",
     "write_embeddings": "embed",
-    "FoldEnsemble": "fold_models",
-    "load_run": "fold_models",
-    "load_pretrained": "fold_models",
+    "FoldEnsemble": "soundtag.inference.fold_models",
+    "load_run": "soundtag.inference.fold_models",
+    "load_pretrained": "soundtag.inference.fold_models",
     "render_tags": None,
 }
 
@@ -40,7 +41,7 @@ def __getattr__(name: str):
     value = (
         import_module(f"soundtag.prediction.{name}")
         if home is None
-        else getattr(import_module(f"soundtag.prediction.{home}"), name)
+        else getattr(import_module(home if "." in home else f"soundtag.prediction.{home}"), name)
     )
     globals()[name] = value
     return value

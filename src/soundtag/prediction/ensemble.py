@@ -20,7 +20,8 @@ import numpy as np
 
 from soundtag import evaluation
 from soundtag.errors import DataError, ParameterError
-from soundtag.prediction.combine import fit_blend_weights, geometric_mean
+from soundtag.inference.combine import geometric_mean
+from soundtag.prediction.combine import fit_blend_weights
 from soundtag.prediction.predictions import Predictions, read_predictions
 from soundtag.runs import EnsembleDir, RunDir
 

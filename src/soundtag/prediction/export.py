@@ -1,6 +1,6 @@
 """Export a run's fold ensemble to one self-contained ONNX file.
 
-The graph is :class:`~soundtag.prediction.fold_models.FoldEnsemble` (normalisation and every
+The graph is :class:`~soundtag.inference.fold_models.FoldEnsemble` (normalisation and every
 fold model): input ``chunks`` ``(n, n_mels, frames)`` float32 dB, output ``fold_probs``
 ``(folds, n, classes)``. Everything else tagging needs rides in the model's metadata under
 ``soundtag``: the labels, multi-label flag, the full recipe (audio handling, log-mel, view)
@@ -38,8 +38,8 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
     import torch
 
     from soundtag.errors import SoundtagError
+    from soundtag.inference.fold_models import load_pretrained, load_run
     from soundtag.models.base import segment_frames
-    from soundtag.prediction.fold_models import load_pretrained, load_run
 
     loaded = load_pretrained(run, arch) if arch else load_run(run)
     recipe = loaded.recipe

@@ -2,7 +2,7 @@
 
 One pipeline for every engine: decode and crop as the recipe's view does
 (:func:`~soundtag.features.views.decode_for_recipe`), log-mel, the view's chunks, then every
-fold model's chunk probabilities, combined by :func:`~soundtag.prediction.combine.combine_folds`.
+fold model's chunk probabilities, combined by :func:`~soundtag.inference.combine.combine_folds`.
 The engines differ only in the last two steps' machinery:
 
 * ``torch``: PyTorch's :class:`~soundtag.features.melspec.LogMel` (the one training used) and
@@ -26,7 +26,7 @@ from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
 from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
 from soundtag.features.views import add_tta_copies, chunk_starts, decode_for_recipe, eval_chunks, x_chunks
-from soundtag.prediction.combine import combine_folds, geometric_mean
+from soundtag.inference.combine import combine_folds, geometric_mean
 from soundtag.recipe import Recipe
 from soundtag.runs import EnsembleDir, RunDir
 
@@ -222,8 +222,8 @@ def _torch_tagger(source: Path, threads: int | None, arch: str | None = None) ->
     import torch
 
     from soundtag.features.melspec import LogMel
+    from soundtag.inference.fold_models import load_pretrained, load_run
     from soundtag.models.base import segment_frames
-    from soundtag.prediction.fold_models import load_pretrained, load_run
 
     run = load_pretrained(source, arch) if arch else load_run(source)
     logmel = LogMel.from_recipe(run.recipe)

@@ -25,7 +25,7 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
 
     With ``tta``, the out-of-fold predictions are made again from the kept fold models with
     that many shifted copies of every chunk
-    (:func:`~soundtag.prediction.predict.predict_out_of_fold`) and the metrics go to
+    (:func:`~soundtag.inference.clips.predict_out_of_fold`) and the metrics go to
     ``metrics-tta<N>.json``; the run's own predictions, metrics and plots are left as they are.
 
     Returns
@@ -39,7 +39,7 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
     if tta is None:
         oof = run.require().out_of_fold(partial=True)
     else:
-        from soundtag.prediction.predict import predict_out_of_fold
+        from soundtag.inference.clips import predict_out_of_fold
 
         oof = predict_out_of_fold(run, tta=tta, progress=False)
     manifest, probs, folds, in_training = oof.manifest, oof.probs, oof.folds, oof.in_training

@@ -19,21 +19,11 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from soundtag import evaluation
 from soundtag._heap import release_freed_memory
 from soundtag.checkpoints import read_checkpoint, read_soundtag_checkpoint
+from soundtag.inference.clips import clip_probabilities
 from soundtag.models import create_model
 from soundtag.models.pretrained import head_keys, load_checkpoint
 from soundtag.recipe import Recipe
 from soundtag.training import augment, noise
-
-
-def clip_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_clips: int, multilabel: bool) -> torch.Tensor:
-    """Mean of each clip's chunk probabilities, ``(n_clips, classes)``; rows of ``logits``
-    past ``len(owner)`` (padding, see ``data.collate_chunks``) are dropped."""
-    logits = logits[: len(owner)]
-    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-    total = torch.zeros(n_clips, probs.shape[1], dtype=probs.dtype, device=probs.device)
-    total.index_add_(0, owner, probs)
-    counts = torch.bincount(owner, minlength=n_clips).clamp(min=1).to(probs.dtype)
-    return total / counts[:, None]
 
 
 def _gather(array: np.ndarray) -> np.ndarray:

@@ -20,13 +20,13 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from soundtag._heap import release_freed_memory
 from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.distributed import launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
 from soundtag.features.store import FeatureStore, clip_key
 from soundtag.hardware import accelerator
+from soundtag.inference.clips import predict_loader
 from soundtag.manifest import Manifest
 from soundtag.recipe import Recipe
 from soundtag.runs import RunDir
@@ -510,7 +510,7 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     best = str(last) if t.keep == "last" else (checkpoint.best_model_path or str(last))
     best_module = TaggerModule.from_checkpoint(best)
     # One process predicts the whole fold, so every clip is predicted exactly once.
-    probs = predict_clips(best_module, data.oof, trainer.strategy.root_device, tta=t.tta)
+    probs = predict_loader(best_module, data.oof, trainer.strategy.root_device, tta=t.tta)
     run.finish_fold(
         k,
         probs,
@@ -529,23 +529,3 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
         },
     )
     trainer.strategy.barrier("oof")
-
-
-def predict_clips(module, loader: torch.utils.data.DataLoader, device: torch.device, *, tta: int = 0) -> np.ndarray:
-    """Clip probabilities of every clip of an evaluation loader, in its order, each the mean over
-    its chunks and their ``tta`` shifted copies (:func:`~soundtag.features.views.add_tta_copies`)."""
-    from soundtag.features.views import add_tta_copies
-    from soundtag.models.batching import pad_chunks
-    from soundtag.training.module import clip_probabilities
-
-    module = module.to(device).eval()
-    out = []
-    with torch.inference_mode():
-        for x, owner, y in loader:
-            x, owner = x.to(device), owner.to(device)
-            if tta:  # the copies of row i are rows i + c, i + 2c, ...: the owners repeat
-                x, owner = pad_chunks(add_tta_copies(x[: len(owner)], module.recipe, tta)), owner.repeat(tta + 1)
-            out.append(clip_probabilities(module(x), owner, len(y), module.multilabel).float().cpu())
-            if device.type == "cpu":
-                release_freed_memory()
-    return torch.cat(out).numpy()
