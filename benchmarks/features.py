@@ -208,6 +208,17 @@ def machine() -> str:
     return f"{cpu} ({vector}), {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
+def caption(machine: str, date: str, command: str | list[str], *, what: str = "", code: str = "") -> str:
+    """The caption a benchmark writes directly above each of its tables: what the table holds
+    (optional), then the machine, the date, the code (optional) and the command(s) of the run
+    that made it, on one line."""
+    commands = [command] if isinstance(command, str) else list(dict.fromkeys(command))
+    parts = [what.rstrip(". ")] if what else []
+    parts += [f"Machine: {machine}", f"Date: {date}"] + ([f"Code: {code}"] if code else [])
+    parts.append(("Command: " if len(commands) == 1 else "Commands: ") + ", ".join(f"`{c}`" for c in commands))
+    return ". ".join(parts) + "."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", nargs=2, metavar=("CASE", "PIPELINE"), help=argparse.SUPPRESS)
@@ -284,9 +295,6 @@ def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> 
         "<!-- features:start -->",
         "## Feature extraction (`benchmarks/features.py`)",
         "",
-        f"- Date: {dt.date.today().isoformat()}",
-        f"- Machine: {machine()}",
-        f"- Command: `python benchmarks/features.py --workers {workers} --repeats {repeats}` (SOUNDTAG_DATA=../shared/data)",
         "- Kernel: one process, per file `librosa.load` + `trim(top_db=60)` + head crop + "
         "`melspectrogram` + `power_to_db`. soundtag: `extract_features`, "
         f"{workers} decoding workers + batched PyTorch log-mel + store writes, into an empty cache; "
@@ -301,6 +309,13 @@ def write_markdown(path: Path, rows: list[dict], workers: int, repeats: int) -> 
         "(every ratio in its own column). "
         "Peak memory is the process plus its largest child. CPU a clip: user + system time of the "
         "decoding processes and of the main process (of the median triple's runs), divided by the clips.",
+        "",
+        caption(
+            machine(),
+            dt.date.today().isoformat(),
+            f"python benchmarks/features.py --workers {workers} --repeats {repeats}",
+            what="Feature extraction, clips per second and their ratios (SOUNDTAG_DATA=../shared/data)",
+        ),
         "",
         "| case | clips | decode-only clips/s | decode + log-mel clips/s | decode + log-mel vs decode-only | "
         "soundtag clips/s | soundtag vs decode-only | soundtag vs decode + log-mel | kernel clips/s | "

@@ -47,7 +47,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train import device_line, write_section  # noqa: E402
+from train import caption, device_line, write_section  # noqa: E402
 
 from soundtag import evaluation  # noqa: E402
 from soundtag.cleaning import DecisionBook, auto_clean, find_suspects, write_suspects  # noqa: E402
@@ -329,8 +329,6 @@ def write_fsd2018_doc(args, recipe, r: dict) -> None:
         [
             "## Label noise with FSDKaggle2018's shape: every strategy (`benchmarks/label_noise.py --shape fsd2018`)",
             "",
-            f"- Date: {dt.date.today()}; machine: {device_line()}",
-            f"- Command: `{command}`",
             f"- ESC-50 ({r['clips']} clips): in folds 2-5, {r['unverified']} clips marked unverified and {r['flipped']} "
             f"of those given a wrong label (seed {args.seed}; `flipped.csv` and `unverified.csv` in `{Path(r['out']).name}/`); "
             f"fold 1 untouched and scored. Recipe {recipe.name}, {recipe.training.epochs} epochs, the last epoch's "
@@ -341,6 +339,8 @@ def write_fsd2018_doc(args, recipe, r: dict) -> None:
             f"4-fold cross-validation on the noisy labels it ranks or verifies from, {r['cv_minutes']:.1f} min, and "
             "each self-verification round's own cross-validation).",
             "",
+            caption(device_line(), str(dt.date.today()), command, what="Fold-1 scores, one row a strategy"),
+            "",
             "| training set | clips trained on | fold-1 top-1 | vs clean | MAP@3 | wall time | in all | removed | "
             "precision | recall |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -350,7 +350,12 @@ def write_fsd2018_doc(args, recipe, r: dict) -> None:
             f"{'met' if clean - best['top1'] <= 0.01 + 1e-9 else 'not met'}); best automatic: {best_auto['name']} "
             f"({100 * (best_auto['top1'] - clean):+.2f}: {'met' if clean - best_auto['top1'] <= 0.02 + 1e-9 else 'not met'}).",
             "",
-            "Self-verification per round (unverified clips; correct against the clean labels):",
+            caption(
+                device_line(),
+                str(dt.date.today()),
+                command,
+                what="Self-verification per round (unverified clips; correct against the clean labels)",
+            ),
             "",
             "| round | threshold | kept | relabelled | dropped | kept with their true label | dropped that were flipped |",
             "|---|---|---|---|---|---|---|",
@@ -523,8 +528,6 @@ def write_doc(args, recipe, r: dict) -> None:
         [
             "## Label noise: finding flipped labels (`benchmarks/label_noise.py`)",
             "",
-            f"- Date: {dt.date.today()}; machine: {device_line()}",
-            f"- Command: `{command}`",
             f"- ESC-50: {r['clips']} clips; {n} labels of folds 2-5 flipped to a random other class (seed "
             f"{args.seed}, list in `{Path(r['out']).name}/flipped.csv`); recipe {recipe.name}, "
             f"{recipe.training.epochs} epochs. Suspects from 4-fold cross-validation over folds 2-5 "
@@ -533,10 +536,14 @@ def write_doc(args, recipe, r: dict) -> None:
             "- Goals: >= 80% of the flipped clips among the top 2N suspects; the reviewed retraining within "
             "1 point of the clean one.",
             "",
+            caption(device_line(), str(dt.date.today()), command, what="Flipped clips among the suspects"),
+            "",
             "| flipped clips (N) | suspects | among the top N | among the top 2N |",
             "|---|---|---|---|",
             f"| {n} | {r['suspects']} | {r['top_n']} ({100 * r['top_n'] / n:.1f}%) | "
             f"{r['top_2n']} ({100 * r['top_2n'] / n:.1f}%) |",
+            "",
+            caption(device_line(), str(dt.date.today()), command, what="Fold-1 scores, one row a training set"),
             "",
             "| training set | clips trained on | fold-1 top-1 | vs clean | MAP@3 | wall time |",
             "|---|---|---|---|---|---|",

@@ -39,7 +39,7 @@ ARCHS = ("panns-cnn14", "efficientat-mn10")
 
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from features import machine  # noqa: E402
+from features import caption, machine  # noqa: E402
 from inference import time_engine  # noqa: E402
 from train import write_section  # noqa: E402
 
@@ -153,13 +153,19 @@ def finetune(argv: list[str]) -> None:
     write_section(
         "pretrained-finetuning",
         [
-            f"Machine: {machine()}; device {device}, {torch.get_num_threads()} threads. Date: {dt.date.today()}. Code: {code}.",
-            "Command: `python benchmarks/pretrained.py finetune`.",
+            "## Pretrained models: fine-tuning speed (`benchmarks/pretrained.py finetune`)",
             "",
             "One fine-tuning epoch on ESC-50's folds 2-5 from a random-weight checkpoint in the publisher's layout (speed "
             "does not depend on the weights; no accuracy is measured): `train()` with `training.epochs=1` and fold 1 held "
             "out, that is the epoch, validation on fold 1 and its out-of-fold prediction. Features (LH 5 s at 32 kHz) are "
             "extracted first and timed apart (cached: near zero on a second run).",
+            "",
+            caption(
+                f"{machine()}; device {device}, {torch.get_num_threads()} threads",
+                str(dt.date.today()),
+                "python benchmarks/pretrained.py finetune",
+                code=code,
+            ),
             "",
             "| model | recipe | training clips | epoch + validation + out-of-fold | clips per second | features |",
             "|---|---|---|---|---|---|",
@@ -214,14 +220,19 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
     lines = [
-        f"Machine: {machine()}; {cores} core(s) allowed to the process, one thread. Date: {dt.date.today()}. "
-        f"Code: {code}.",
-        f"Command: `{'taskset -c 0 ' if cores == 1 else ''}python benchmarks/pretrained.py --clips {n}`.",
+        "## Pretrained models: tagging speed (`benchmarks/pretrained.py`)",
         "",
         "Median milliseconds to tag one 10-second 32 kHz WAV end to end (decode, front-end, model), one file at a time, "
         "random weights in each publisher's layout with BatchNorm statistics measured on the clips (fresh statistics "
         "let activations decay into denormal floats, which slowed PyTorch 60x in a first run and no real checkpoint "
         "does; speed does not otherwise depend on the weights).",
+        "",
+        caption(
+            f"{machine()}; {cores} core(s) allowed to the process, one thread",
+            str(dt.date.today()),
+            f"{'taskset -c 0 ' if cores == 1 else ''}python benchmarks/pretrained.py --clips {n}",
+            code=code,
+        ),
         "",
         "| model | PyTorch eager | ONNX Runtime | ONNX Runtime vs PyTorch |",
         "|---|---|---|---|",

@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed after)")
     args = parser.parse_args()
 
-    from features import machine
+    from features import caption, machine
     from train import write_section
 
     work = args.work or Path(tempfile.mkdtemp(prefix="soundtag-scale-"))
@@ -207,11 +207,15 @@ def main() -> None:
     lines = [
         "## Scale: 10x more clips (`benchmarks/scale.py`)",
         "",
-        f"- machine: {machine()}",
-        f"- date: {dt.date.today().isoformat()}",
-        f"- command: `python benchmarks/scale.py --sizes {' '.join(map(str, sorted(args.sizes)))}`",
         "- data: real ESC-50 clips repeated under distinct names; `esc50-x` view; one epoch of a small VGG on "
         "fold 0 (4/5 of the clips), then validation and out-of-fold prediction of the other fifth",
+        "",
+        caption(
+            machine(),
+            dt.date.today().isoformat(),
+            f"python benchmarks/scale.py --sizes {' '.join(map(str, sorted(args.sizes)))}",
+            what="Feature extraction, then one training epoch with evaluation, at each size",
+        ),
         "",
         "| clips | features: s | clips/s | peak heap | peak resident | train epoch + eval: s | train clips/s "
         "| peak heap | peak resident |",

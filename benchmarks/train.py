@@ -31,7 +31,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from features import machine  # noqa: E402
+from features import caption, machine  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 
@@ -129,12 +129,17 @@ def overhead(recipe_name: str, steps: int) -> None:
         [
             "## Training step overhead (`benchmarks/train.py overhead`)",
             "",
-            f"- Date: {dt.date.today()}; machine: {device_line()}",
-            f"- Command: `python benchmarks/train.py overhead --recipe {recipe_name} --steps {steps}`",
             f"- Recipe {recipe_name} ({recipe.training.model}, batch {recipe.training.batch_size}), ESC-10 fold 0. "
             "Full step: Lightning's loop with sampling from the memory-mapped store, oversampling, augmentation "
             "(shift, erasing, mixup), forward, backward, optimiser step and logging, timed between consecutive "
             "batch ends. Bare: the same model's forward + loss + backward on one fixed batch. Medians.",
+            "",
+            caption(
+                device_line(),
+                str(dt.date.today()),
+                f"python benchmarks/train.py overhead --recipe {recipe_name} --steps {steps}",
+                what="Median milliseconds a training step",
+            ),
             "",
             "| full step ms | bare forward+backward ms | ratio (goal <= 1.10) |",
             "|---|---|---|",
@@ -220,12 +225,17 @@ def accuracy(
             [
                 f"## Accuracy: {case}, {recipe_name} (`benchmarks/train.py {case}`)",
                 "",
-                f"- Date: {row['date']}; machine: {row['machine']}",
-                f"- Command: `{f'python benchmarks/train.py {case} --recipe {recipe_name} {over}'.rstrip()}`"
-                + (" --smoke (a handful of clips, one epoch: its numbers mean nothing)" if smoke else ""),
                 f"- Goal: {GOALS[case]}",
                 f"- Scored with the weights the recipe names before training: {recipe.training.keep} epoch"
                 + (" (EMA weights)" if recipe.training.ema.enabled else ""),
+                "",
+                caption(
+                    row["machine"],
+                    row["date"],
+                    f"python benchmarks/train.py {case} --recipe {recipe_name} {over}".rstrip(),
+                    what=f"{recipe_name}, out of fold"
+                    + (", --smoke (a handful of clips, one epoch: its numbers mean nothing)" if smoke else ""),
+                ),
                 "",
                 "| clips scored out of fold | model | epochs | top-1 | MAP@3 | wall time |",
                 "|---|---|---|---|---|---|",
@@ -293,12 +303,17 @@ def ensemble(argv: list[str]) -> None:
             [
                 f"## Accuracy: {folds}, LH + X ensemble (`benchmarks/train.py ensemble`)",
                 "",
-                f"- Date: {row['date']}; machine: {row['machine']}",
-                f"- Command: `python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}"
-                + (f" --case {args.case}`" if args.case != "esc50" else "`"),
                 f"- Goal: {GOALS[args.case]}",
                 "- Blend: `soundtag ensemble` (weighted geometric mean, the weights fitted on the same out-of-fold "
                 "predictions it is scored on); the equal-weight geometric mean beside it fits nothing",
+                "",
+                caption(
+                    row["machine"],
+                    row["date"],
+                    f"python benchmarks/train.py ensemble {' '.join(map(str, args.runs))} --out {args.out}"
+                    + (f" --case {args.case}" if args.case != "esc50" else ""),
+                    what=f"{folds} out of fold, each run and their blend",
+                ),
                 "",
                 "| run | recipe | weight | top-1 |",
                 "|---|---|---|---|",
@@ -340,8 +355,8 @@ def tta_scores(argv: list[str]) -> None:
     (`soundtag evaluate RUN --tta N`'s code), each run and their equal-weight blend."""
     from soundtag import evaluation
     from soundtag._io import atomic_write_json
-    from soundtag.prediction.combine import geometric_mean
-    from soundtag.prediction.predict import predict_out_of_fold
+    from soundtag.inference.clips import predict_out_of_fold
+    from soundtag.inference.combine import geometric_mean
     from soundtag.runs import RunDir
     from soundtag.training.splits import label_matrix
 
@@ -396,13 +411,19 @@ def tta_scores(argv: list[str]) -> None:
     lines = [
         f"## Test-time shifted copies, out of fold: {folds} (`benchmarks/train.py tta`)",
         "",
-        f"- Date: {report['date']}; machine: {report['machine']}; code {report['code']}",
-        f"- Command: `python benchmarks/train.py tta {' '.join(map(str, args.runs))} --tta "
-        f"{' '.join(map(str, args.tta))} --case {args.case}`",
         f"- {len(ids)} clips scored, each by the model of the fold it was held out in",
         "- Each fold model predicts its own held-out clips again with N copies of every chunk rolled in time "
         "(`soundtag evaluate RUN --tta N`); N = 0 is the run as trained. The runs were trained with the "
         "recipes named, unchanged; nothing is fitted on these scores.",
+        "",
+        caption(
+            report["machine"],
+            report["date"],
+            f"python benchmarks/train.py tta {' '.join(map(str, args.runs))} --tta "
+            f"{' '.join(map(str, args.tta))} --case {args.case}",
+            what=f"{folds}, top-1 (MAP@3) with N test-time copies",
+            code=report["code"],
+        ),
         "",
         head,
         "|---|" + "---|" * cells,
@@ -652,14 +673,19 @@ def _throughput_doc(report: dict) -> list[str]:
     lines = [
         "## Training throughput (`benchmarks/train.py throughput`)",
         "",
-        f"- Date: {report['date']}; machine: {report['machine']}; torch {report['torch']}",
-        f"- Command: `{report['command']}`",
         f"- Recipe {report['recipe']} on ESC-50's LH view, fold 1's training clips; samples/s of a training step "
         f"(median of {report['steps']} steps after warm-up). Loader: today's streaming path (per-clip Dataset, "
         "DataLoader, NumPy normalisation). Device: the fold's features held on the device, batches drawn and "
         "augmented there. Both are timed between consecutive batch ends of Lightning's own loop. Bare: forward + "
         "loss + backward + AdamW step on one fixed batch already on the device (the ceiling). bf16 on this "
         f"machine: {report['bf16']}.",
+        "",
+        caption(
+            f"{report['machine']}; torch {report['torch']}",
+            report["date"],
+            report["command"],
+            what="Samples/s of a training step",
+        ),
         "",
         "| model | parameters | batch | loader samples/s | device samples/s | bare samples/s | device / bare | "
         "device / loader | batches drawn without a host sync |",
@@ -676,9 +702,14 @@ def _throughput_doc(report: dict) -> list[str]:
         names = [*THROUGHPUT_VARIANTS, *dict.fromkeys(n for r in varied for n in MODEL_VARIANTS.get(r["model"], {}))]
         lines += [
             "",
-            "Toggles on the device path, samples/s against the model's default step (channels_last on, "
-            f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile, the recipe's "
-            "model_args):",
+            caption(
+                f"{report['machine']}; torch {report['torch']}",
+                report["date"],
+                report["command"],
+                what="Toggles on the device path, samples/s against the model's default step (channels_last on, "
+                f"precision auto = {report.get('auto_precision', 'fp32')} here, no compile, the recipe's "
+                "model_args)",
+            ),
             "",
             "| model | default | " + " | ".join(names) + " |",
             "|---|---|" + "---|" * len(names),
@@ -741,16 +772,17 @@ def _last_epoch_scores(manifest, recipe, cache: Path, run_dir: Path) -> dict:
     """Fold 1 scored with the last epoch's weights (the run itself keeps the best epoch's)."""
     from soundtag import evaluation
     from soundtag.features.store import FeatureStore
+    from soundtag.inference.clips import predict_loader
     from soundtag.runs import RunDir
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet, predict_clips
+    from soundtag.training.run import FoldSet
     from soundtag.training.splits import label_matrix
 
     plan = FoldSet.build(manifest, recipe, FeatureStore.open(cache, recipe))
     loaders = plan.loaders(0)
     module = TaggerModule.from_checkpoint(RunDir(run_dir).checkpoint(0, "last"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    probs = predict_clips(module, loaders.oof, device)
+    probs = predict_loader(module, loaders.oof, device)
     ids = {c: i for i, c in enumerate(manifest.ids)}
     targets = label_matrix(manifest)[[ids[c] for c in loaders.oof_ids]]
     return evaluation.summarize(targets, probs)
@@ -850,9 +882,6 @@ def _robustness_doc(report: dict) -> list[str]:
     lines = [
         "## Robustness: short clips cut from real audio (`benchmarks/train.py robustness`)",
         "",
-        f"- Date: {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; machine: {'; '.join(machines)}",
-        ("- Command: " if len(commands) == 1 else "- Commands (the table gathers their rows): ")
-        + ", ".join(f"`{c}`" for c in commands),
         "- Cases (built once into a FLAC cache with their CSV manifest; ESC-50's and ESC-10's own folds kept): "
         + "; ".join(f"`{name}`: {c['description']} ({c['clips']} clips)" for name, c in cases.items()),
         "- Each case and recipe in the same run: fold 1 only (trained on folds 2-5, scored on fold 1's clips). "
@@ -872,6 +901,14 @@ def _robustness_doc(report: dict) -> list[str]:
             "- **Smoke run** (a handful of clips, one epoch): checks that the benchmark runs, its numbers mean nothing."
         )
     lines += [
+        "",
+        caption(
+            "; ".join(machines),
+            " to ".join(dict.fromkeys([dates[0], dates[-1]])),
+            commands,
+            what="Fold 1, each case and recipe"
+            + (" (the table gathers the rows of these commands)" if len(commands) > 1 else ""),
+        ),
         "",
         "| case | recipe | features | model | epochs | top-1 | vs baseline | top-1 last epoch | MAP@3 | "
         "training wall | features wall | code |",
