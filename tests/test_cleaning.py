@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from soundtag.cleaning import DecisionBook, auto_clean, find_suspects, rank_suspects, read_suspects, write_suspects
-from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_COLUMNS
+from soundtag.cleaning.decisions import LOG_COLUMNS
 from soundtag.cleaning.suspects import COLUMNS, label_scores
 from soundtag.errors import DataError, ParameterError
 from soundtag.manifest import Manifest
-from soundtag.training.run import _apply_relabel, read_clip_list
+from soundtag.manifest.clip_lists import BLACKLIST_COLUMNS, RELABEL_COLUMNS, apply_relabel, read_clip_list
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_decision_book_writes_the_lists_training_reads(run_dir, run_manifest, tm
     assert read_clip_list(folder / "blacklist.csv", run_manifest, what="blacklist") == {a: ""}
     relabels = read_clip_list(folder / "relabel.csv", run_manifest, what="relabel")
     assert relabels == {b: new_label}
-    assert _apply_relabel(run_manifest, relabels, "relabel.csv")[1].labels == (new_label,)
+    assert apply_relabel(run_manifest, relabels, "relabel.csv")[1].labels == (new_label,)
 
     before = snapshot(folder)
     for args, kwargs, match in [

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from soundtag.cleaning import decisions
-from soundtag.cleaning.decisions import Decision, DecisionBook, quote_text, unquote_text
+from soundtag.cleaning.decisions import Decision, DecisionBook
 from soundtag.errors import DataError
 from soundtag.manifest import Clip, Manifest
-from soundtag.training.run import read_clip_list
+from soundtag.manifest.clip_lists import FORMULA_START, quote_text, read_clip_list, unquote_text
 
 # Ids and labels that a spreadsheet would take for formulas: they must still be written as they are.
 IDS = ["=cmd.wav", "-1.wav", "@a.wav", "+b.wav", "plain.wav", "'q.wav"]
@@ -32,8 +31,8 @@ def _cells(path: Path) -> list[dict]:
 def test_quote_text_round_trips_and_never_starts_a_formula(text):
     cell = quote_text(text)
     assert unquote_text(cell) == text
-    assert not cell.startswith(decisions.FORMULA_START)
-    if text.startswith(decisions.FORMULA_START):
+    assert not cell.startswith(FORMULA_START)
+    if text.startswith(FORMULA_START):
         assert cell == "'" + text  # OWASP: one single quote in front, nothing else changed
     elif not text.startswith("'"):
         assert cell == text
@@ -69,7 +68,7 @@ def test_reasons_are_neutralised_in_every_list_while_ids_and_labels_round_trip(t
         rows = _cells(folder / name)
         assert rows, name
         for row in rows:
-            assert not row["reason"].startswith(decisions.FORMULA_START), (name, row)
+            assert not row["reason"].startswith(FORMULA_START), (name, row)
             assert row["reason"] == "'" + latest[row["clip_id"]].reason, (name, row)
 
     # Training reads the ids and labels exactly as the page named them.

@@ -20,9 +20,10 @@ import pytest
 import soundfile as sf
 
 from soundtag.cleaning import review
-from soundtag.cleaning.decisions import BLACKLIST_COLUMNS, LOG_COLUMNS, RELABEL_COLUMNS
+from soundtag.cleaning.decisions import LOG_COLUMNS
 from soundtag.cleaning.review import create_app, running
 from soundtag.manifest import Manifest
+from soundtag.manifest.clip_lists import BLACKLIST_COLUMNS, RELABEL_COLUMNS
 from soundtag.recipe import load_recipe
 
 CHROMIUM = "/usr/bin/chromium"

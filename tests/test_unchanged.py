@@ -57,9 +57,9 @@ def machine() -> str:
 
 def outputs(subset_csv: Path, work: Path) -> dict[str, np.ndarray]:
     """Every number the record holds, computed with the code as it is."""
+    from soundtag.inference.clips import predict_out_of_fold
     from soundtag.manifest import read_manifest
     from soundtag.prediction import export_onnx, load_tagger, predict_dataset
-    from soundtag.inference.clips import predict_out_of_fold
     from soundtag.recipe import load_recipe
     from soundtag.training import train
 

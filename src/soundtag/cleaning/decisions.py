@@ -10,10 +10,10 @@ Layout of a lists folder (default ``cleaning/<dataset name>/``)::
 
 ``decisions.csv`` is the record; ``blacklist.csv`` and ``relabel.csv`` are derived from it after
 every decision, so they always agree with it (``soundtag train --blacklist/--relabel`` reads them
-through :func:`soundtag.training.run.read_clip_list`). Each file is replaced atomically, and a
-decision is taken under a thread lock and, across processes, a ``filelock`` lock on ``.lock`` (on
-every platform), with the log read again from disk, so a review page and ``soundtag clean --auto``
-can share a folder.
+through :func:`soundtag.manifest.clip_lists.read_clip_list`, which owns their format). Each file
+is replaced atomically, and a decision is taken under a thread lock and, across processes, a
+``filelock`` lock on ``.lock`` (on every platform), with the log read again from disk, so a review
+page and ``soundtag clean --auto`` can share a folder.
 
 Free text (a decision's ``reason``) is written so that a spreadsheet never runs it: a cell that
 would begin with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed is written
@@ -32,9 +32,7 @@ the evaluation).
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
-import io
 import json
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -43,19 +41,23 @@ from typing import Iterable, Iterator, Sequence
 
 import filelock
 
-from soundtag._io import atomic_write_json, atomic_write_text
+from soundtag._io import atomic_write_json
 from soundtag.errors import DataError, ParameterError
+from soundtag.manifest.clip_lists import (  # the lists' format: one owner, which training reads through
+    BLACKLIST_COLUMNS,
+    BLACKLIST_FILE,
+    RELABEL_COLUMNS,
+    RELABEL_FILE,
+    one_line,
+    read_rows,
+    unquote_text,
+    write_rows,
+)
 
 DECISIONS = ("blacklist", "keep", "relabel")
-LOG_FILE, BLACKLIST_FILE, RELABEL_FILE = "decisions.csv", "blacklist.csv", "relabel.csv"
+LOG_FILE = "decisions.csv"
 LOG_COLUMNS = ["clip_id", "decision", "label", "reason", "round", "time"]
-BLACKLIST_COLUMNS = ["clip_id", "decision", "reason", "round", "time"]
-RELABEL_COLUMNS = ["clip_id", "label", "decision", "reason", "round", "time"]
-MAX_REASON = 500  # characters; a reason is a note for people, not a document
 LOCK_TIMEOUT = 60.0  # seconds to wait for another process's decision before giving up
-# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-FREE_TEXT_COLUMNS = ("reason",)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ class DecisionBook:
         if not self.log_file.is_file():
             # Lists written before this book (by hand, or an older tool) become round-0 decisions.
             return self._import_lists()
-        rows = _read_rows(self.log_file, required=LOG_COLUMNS)
+        rows = read_rows(self.log_file, required=LOG_COLUMNS)
         log = []
         for line, r in rows:
             if r["decision"] not in DECISIONS:
@@ -190,7 +192,7 @@ class DecisionBook:
         for path, decision in ((self.blacklist_file, "blacklist"), (self.relabel_file, "relabel")):
             if not path.is_file():
                 continue
-            for _, r in _read_rows(path, required=["clip_id"] + (["label"] if decision == "relabel" else [])):
+            for _, r in read_rows(path, required=["clip_id"] + (["label"] if decision == "relabel" else [])):
                 label = (r.get("label") or "") if decision == "relabel" else ""
                 round_no = r.get("round") or "0"
                 log.append(
@@ -207,12 +209,12 @@ class DecisionBook:
 
     def _write_derived(self) -> None:
         """Write the log, then the blacklist and relabel files folded from it."""
-        _write_rows(self.log_file, LOG_COLUMNS, [d.to_dict() for d in self._log])
+        write_rows(self.log_file, LOG_COLUMNS, [d.to_dict() for d in self._log])
         blacklist, relabel = _fold(self._log)
-        _write_rows(
+        write_rows(
             self.blacklist_file, BLACKLIST_COLUMNS, [{k: getattr(d, k) for k in BLACKLIST_COLUMNS} for d in blacklist]
         )
-        _write_rows(self.relabel_file, RELABEL_COLUMNS, [{k: getattr(d, k) for k in RELABEL_COLUMNS} for d in relabel])
+        write_rows(self.relabel_file, RELABEL_COLUMNS, [{k: getattr(d, k) for k in RELABEL_COLUMNS} for d in relabel])
 
     # --- rounds --------------------------------------------------------------------------
     def start_round(self, run_dir: str | Path) -> int:
@@ -275,7 +277,7 @@ class DecisionBook:
         """
         stored_label = self.validate(clip_id, decision, label)
         entry = Decision(
-            clip_id, decision, stored_label, _one_line(reason), self.round if round is None else int(round), _now()
+            clip_id, decision, stored_label, one_line(reason), self.round if round is None else int(round), _now()
         )
         return self.decide_many([entry])[0]
 
@@ -284,11 +286,11 @@ class DecisionBook:
 
         Every entry is validated before anything is written, so one bad entry writes none.
         Entries without a time get the current time; reasons are folded onto one line of at
-        most ``MAX_REASON`` characters, as :meth:`decide` stores them.
+        most :data:`~soundtag.manifest.clip_lists.MAX_REASON` characters, as :meth:`decide` stores them.
         """
         for e in entries:
             self.validate(e.clip_id, e.decision, e.label or None)
-        entries = [replace(e, reason=_one_line(e.reason), time=e.time or _now()) for e in entries]
+        entries = [replace(e, reason=one_line(e.reason), time=e.time or _now()) for e in entries]
         with self._locked():
             before = self._log
             self._log = self._read_log() + list(entries)
@@ -354,67 +356,6 @@ def _fold(log: Sequence[Decision]) -> tuple[list[Decision], list[Decision]]:
                 relabel.pop(d.clip_id, None)
                 relabel[d.clip_id] = d
     return list(blacklist.values()), list(relabel.values())
-
-
-def _read_rows(path: Path, *, required: Sequence[str]) -> list[tuple[int, dict]]:
-    """Rows of a CSV with their line numbers; a missing column is an error naming the file."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = [(reader.line_num, r) for r in reader]
-            header = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
-    missing = [c for c in required if c not in header]
-    if missing and (rows or header):
-        raise DataError(
-            f"{path}: missing column(s) {missing}; found {header}. Fix the header or move the "
-            "file away to start a new list"
-        )
-    return rows
-
-
-def _one_line(text: str) -> str:
-    """Free text as one line: whitespace runs (tabs, line breaks) become one space, at most
-    ``MAX_REASON`` characters. (The csv module leaves a lone carriage return unquoted, and a
-    reader then splits the row there.)"""
-    return " ".join(str(text).split())[:MAX_REASON]
-
-
-def quote_text(text: str) -> str:
-    """Free text as a CSV cell that no spreadsheet runs as a formula.
-
-    Text that begins with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed
-    gets a single quote in front (OWASP's advice against CSV injection). Text that already
-    begins with a quote followed by one of those, or by another quote, gets one too, so
-    :func:`unquote_text` gives back every text exactly.
-
-    Examples
-    --------
-    >>> quote_text("=1+2"), quote_text("-3 dB"), quote_text("dog barks")
-    ("'=1+2", "'-3 dB", 'dog barks')
-    """
-    if text.startswith(FORMULA_START) or (text[:1] == "'" and text[1:2] in (*FORMULA_START, "'")):
-        return "'" + text
-    return text
-
-
-def unquote_text(cell: str) -> str:
-    """The text that :func:`quote_text` wrote as ``cell``."""
-    return cell[1:] if cell[:1] == "'" and cell[1:2] in (*FORMULA_START, "'") else cell
-
-
-def _write_rows(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
-    """Write a list atomically: free-text cells on one line and through :func:`quote_text`, ids
-    and labels as they are."""
-    buf = io.StringIO()
-    out = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    out.writeheader()
-    out.writerows(
-        {k: quote_text(_one_line(v)) if k in FREE_TEXT_COLUMNS and isinstance(v, str) else v for k, v in row.items()}
-        for row in rows
-    )
-    atomic_write_text(path, buf.getvalue())
 
 
 def retrain_command(run_dir: str | Path, lists_dir: str | Path) -> str:

@@ -33,9 +33,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from soundtag.cleaning.decisions import MAX_REASON, DecisionBook
+from soundtag.cleaning.decisions import DecisionBook
 from soundtag.cleaning.suspects import find_suspects, read_suspects, write_suspects
 from soundtag.errors import DataError, ParameterError
+from soundtag.manifest.clip_lists import MAX_REASON
 from soundtag.runs import RunDir
 
 HOST = "127.0.0.1"

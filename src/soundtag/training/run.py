@@ -28,6 +28,7 @@ from soundtag.features.store import FeatureStore, clip_key
 from soundtag.hardware import accelerator
 from soundtag.inference.clips import predict_loader
 from soundtag.manifest import Manifest
+from soundtag.manifest.clip_lists import apply_relabel, read_clip_list
 from soundtag.recipe import Recipe
 from soundtag.runs import RunDir
 from soundtag.stopping import Stopped
@@ -48,41 +49,6 @@ class RunResult:
     metrics: dict
     folds_trained: list[int]
     folds_skipped: list[int]
-
-
-def read_clip_list(path: str | Path, manifest: Manifest, *, what: str) -> dict[str, str]:
-    """Read a blacklist or relabel CSV: ``clip_id`` (or ``fname``/``id``) and an optional second
-    column (``label`` for relabels). Unknown clips are an error naming the row."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {}
-    id_col = next((c for c in ("clip_id", "fname", "id") if c in rows[0]), None)
-    if id_col is None:
-        raise DataError(f"{path}: needs a clip_id column; found {list(rows[0])}")
-    known = set(manifest.ids)
-    bad = [f"row {i} ({r[id_col]})" for i, r in enumerate(rows, start=2) if r[id_col] not in known]
-    if bad:
-        raise DataError(
-            f"{path}: {len(bad)} {what} row(s) name clips that are not in the dataset: {', '.join(bad[:10])}"
-        )
-    return {r[id_col]: (r.get("label") or "") for r in rows}
-
-
-def _apply_relabel(manifest: Manifest, relabel: dict[str, str], source: str) -> Manifest:
-    import dataclasses
-
-    unknown = sorted(
-        {lab for labs in relabel.values() for lab in labs.split(",") if lab and lab not in manifest.labels}
-    )
-    if unknown:
-        raise DataError(f"{source}: unknown label(s) {unknown}; known: {', '.join(manifest.labels)}")
-    return manifest.map(
-        lambda c: dataclasses.replace(c, labels=tuple(relabel[c.id].split(","))) if relabel.get(c.id) else c
-    )
 
 
 @dataclass(frozen=True)
@@ -168,7 +134,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     if t.relabel:
-        manifest = _apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
+        manifest = apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
     blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
     if rank == 0:
         run.start(
