@@ -416,3 +416,23 @@ def test_loss_masking_under_ddp_reaches_each_processs_loss_and_spares_verified_c
         for k in weights["verified"]
         if weights["verified"][k].is_floating_point()
     )
+
+
+def test_the_primary_process_is_rank_0_by_the_launcher_and_by_the_process_group(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    from soundtag.distributed import group_rank, is_primary_process
+
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert group_rank() == (0, 1) and is_primary_process()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not is_primary_process()  # the launcher says so before any process group exists
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert group_rank() == (0, 1) and is_primary_process()
+    finally:
+        dist.destroy_process_group()

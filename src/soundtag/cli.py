@@ -211,10 +211,11 @@ def train(
     With the recipe auto (or auto-x), the sample rate, window, mel resolution, model and epochs
     are chosen from the data and the machine, and the reasons printed first; -o still wins.
     """
+    from soundtag.distributed import is_primary_process
     from soundtag.manifest import open_dataset
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
-    from soundtag.training.run import Hardware, default_run_dir, is_primary_process
+    from soundtag.training.run import Hardware, default_run_dir
 
     hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
     if resume is not None:

@@ -1,16 +1,19 @@
-"""Who this process is among processes started together, and which share of the work is its own.
+"""Who this process is among processes started together, and which share of the work is its own:
+the one place that answers "am I rank 0".
 
 An external launcher (torchrun, SLURM's srun) starts several copies of a command and tells
 each its rank and the world size in the environment. :func:`launch_rank` reads them before
-any process group exists; :func:`resolve_shard` turns them, or a shard given by hand
-(``--shard 3/8`` for array jobs), into the ``(i, n)`` share of clips a process computes.
-Nothing here imports PyTorch.
+any process group exists, :func:`group_rank` asks PyTorch's process group once one does, and
+:func:`is_primary_process` (the one process that writes files and reports) asks both.
+:func:`resolve_shard` turns them, or a shard given by hand (``--shard 3/8`` for array jobs),
+into the ``(i, n)`` share of clips a process computes. Nothing here imports PyTorch.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+import sys
 from typing import Mapping, Union
 
 from soundtag.errors import ParameterError
@@ -45,6 +48,24 @@ def launch_rank(env: Mapping[str, str] | None = None) -> tuple[int, int]:
     # Processes started by Lightning's own launcher know only their node and local rank; this
     # number is unique and zero for the first process only, which is all that is asked of it.
     return int(env.get("NODE_RANK", "0")) * size + int(env.get("LOCAL_RANK", "0")), size
+
+
+def group_rank() -> tuple[int, int]:
+    """``(rank, world size)`` in PyTorch's process group once one exists, else ``(0, 1)``.
+
+    A process that has not imported PyTorch has no process group, so it is not imported here.
+    """
+    torch = sys.modules.get("torch")
+    dist = getattr(torch, "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_primary_process() -> bool:
+    """Whether this is the one process (of several, or the only one) that writes and reports:
+    rank 0 in the process group and by the launcher's word."""
+    return group_rank()[0] == 0 and launch_rank()[0] == 0
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from soundtag.distributed import group_rank
 from soundtag.errors import ParameterError
 from soundtag.features.store import FeatureStore
 from soundtag.features.views import (
@@ -159,14 +160,6 @@ def collate_chunks(batch):
     return cat_padded(list(xs)), owner, torch.stack(ys)
 
 
-def world() -> tuple[int, int]:
-    """``(rank, world size)`` of this process: ``(0, 1)`` outside ``torch.distributed``."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _check_rank(rank: int | None, world_size: int | None) -> None:
     if (
         (world_size is not None and world_size < 1)
@@ -177,9 +170,9 @@ def _check_rank(rank: int | None, world_size: int | None) -> None:
 
 
 def _rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """The given ``rank``/``world_size``, each that is None asked of :func:`world`."""
+    """The given ``rank``/``world_size``, each that is None asked of :func:`~soundtag.distributed.group_rank`."""
     if rank is None or world_size is None:
-        r, n = world()
+        r, n = group_rank()
         rank = r if rank is None else rank
         world_size = n if world_size is None else world_size
     _check_rank(rank, world_size)

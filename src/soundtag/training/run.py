@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from soundtag.checkpoints import read_soundtag_checkpoint
-from soundtag.distributed import launch_rank
+from soundtag.distributed import is_primary_process, launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.features.extract import extract_features
 from soundtag.features.store import FeatureStore, clip_key
@@ -181,13 +181,6 @@ def train(
     # A run trained in part (--fold) is scored on its finished folds' clips, which it says.
     metrics = evaluate_run(run) if run.finished_folds() else {}
     return RunResult(run_dir, metrics, trained, skipped)
-
-
-def is_primary_process() -> bool:
-    """Whether this is the one process (of several, or the only one) that writes and reports."""
-    from soundtag.training.data import world
-
-    return world()[0] == 0 and launch_rank()[0] == 0
 
 
 def stored_features(manifest: Manifest, recipe: Recipe, cache_dir: str | Path) -> tuple[FeatureStore, set[str]]:
