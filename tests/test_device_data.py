@@ -16,19 +16,17 @@ import torch
 
 from soundtag.errors import ParameterError
 from soundtag.features import extract_features
+from soundtag.features.frontend import Normalization, sound_extents
 from soundtag.features.views import sound_extent
 from soundtag.manifest import read_manifest
 from soundtag.recipe import load_recipe
 from soundtag.runs import RunDir
 from soundtag.training import train
-from soundtag.training.data import Normalizer
 from soundtag.training.device_data import (
     CPU_BUDGET_BYTES,
     DeviceClips,
     DeviceTrainBatches,
-    batch_sound_extents,
     features_bytes,
-    normalize_batch,
     wants_device_data,
 )
 from soundtag.training.run import FoldSet
@@ -162,13 +160,16 @@ def test_batched_extents_and_normalisation_match_the_per_view_functions(clips, t
     specs[0][:, :100] = specs[0].min()  # padding-like floors on both sides
     specs[0][:, 200:] = specs[0].min()
     batch = torch.from_numpy(np.stack(specs))
-    extents = batch_sound_extents(batch)
+    extents = sound_extents(batch)  # the torch front-end and its NumPy twin find the same sound
     assert extents.tolist() == [list(sound_extent(s)) for s in specs] and extents[0].tolist()[0] >= 100
     for over in ("window", "sound"):
-        norm = Normalizer("per_sample", over=over)
-        torch.testing.assert_close(
-            normalize_batch(batch, norm), torch.from_numpy(np.stack([norm(s) for s in specs])), rtol=1e-5, atol=1e-5
-        )
+        norm = Normalization("per_sample", over=over)
+        one_at_a_time = torch.cat([norm(torch.from_numpy(s)[None]) for s in specs])
+        torch.testing.assert_close(norm(batch, extents), one_at_a_time, rtol=1e-5, atol=1e-5)
+        start, end = sound_extent(specs[0]) if over == "sound" else (0, specs[0].shape[1])
+        stats = specs[0][:, start:end].astype(np.float64)
+        by_hand = (specs[0] - stats.mean()) / (stats.std() + 1.0)
+        np.testing.assert_allclose(norm(batch)[0].numpy(), by_hand, rtol=1e-4, atol=1e-4)
 
 
 def test_device_data_auto_follows_the_memory_budget_and_on_off_are_obeyed():

@@ -25,7 +25,6 @@ from soundtag.features import (
     feature_stats,
     log_mel,
     n_frames,
-    normalize_per_sample,
     x_chunks,
 )
 from soundtag.features.melspec import recipe_log_mel
@@ -453,9 +452,15 @@ def test_chunk_starts_docstring_numbers():
         chunk_starts(100, chunk=0, step=1)
 
 
+def _per_sample(spec: np.ndarray, over: str = "window") -> np.ndarray:
+    from soundtag.features.frontend import Normalization
+
+    return Normalization("per_sample", over=over)(torch.from_numpy(spec)[None])[0].numpy()
+
+
 def test_normalize_per_sample_constant_is_zero():
     for value in (-100.0, 0.0, 37.5):
-        out = normalize_per_sample(np.full((128, 201), value, dtype=np.float16))
+        out = _per_sample(np.full((128, 201), value, dtype=np.float16))
         assert np.isfinite(out).all()
         assert (out == 0).all()
 
@@ -464,7 +469,21 @@ def test_normalize_per_sample_formula():
     rng = np.random.default_rng(0)
     x = rng.normal(-40, 12, size=(64, 90)).astype(np.float32)
     expected = (x - x.mean()) / (x.std() + 1.0)
-    np.testing.assert_allclose(normalize_per_sample(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_per_sample(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fitted_normalisations_divide_by_the_std_of_the_training_clips():
+    from soundtag.features.frontend import Normalization
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(-40, 12, size=(3, 4, 10)).astype(np.float32)
+    mean, std = rng.normal(-40, 1, 4).astype(np.float32), rng.uniform(5, 15, 4).astype(np.float32)
+    per_feature = Normalization("per_feature", mean=mean, std=std)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(per_feature, (x - mean[:, None]) / (std[:, None] + 1e-6), rtol=1e-6)
+    glob = Normalization("global", mean=[-40.0], std=[12.0])(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(glob, (x + 40.0) / (12.0 + 1e-6), rtol=1e-6)
+    with pytest.raises(ParameterError, match="fitted mean and std"):
+        Normalization("global")
 
 
 def test_feature_stats_equals_concatenation():

@@ -22,8 +22,6 @@ _HOMES = {
     "decode_for_recipe": "views",
     "eval_chunks": "views",
     "feature_stats": "views",
-    "normalize_per_feature": "views",
-    "normalize_per_sample": "views",
     "x_chunks": "views",
 }
 

@@ -1,4 +1,4 @@
-"""The two views of a clip's log-mel spectrogram, and their normalisations.
+"""The two views of a clip's log-mel spectrogram, and the statistics their normalisations fit.
 
 * **LH**: the head of the sound at the finest resolution. The store already holds exactly the
   head crop (``recipe.view.duration`` seconds, centre-padded when shorter), so the view is the
@@ -178,27 +178,6 @@ def add_tta_copies(chunks, recipe: "Recipe", n: int):
     return torch.cat([chunks] + [chunks.roll(s, -1) for s in shifts])
 
 
-def normalize_per_sample(spec: np.ndarray, *, over: str = "window") -> np.ndarray:
-    """The kernel's LH normalisation ``(x - mean) / (std + 1)`` over one sample.
-
-    The ``+ 1`` keeps a silent (constant) clip finite: it becomes all zeros. With
-    ``over="sound"`` the mean and std are those of the sound's frames (:func:`sound_extent`),
-    applied to the whole view, so the padding of a short clip does not set them.
-
-    Examples
-    --------
-    >>> spec = np.full((2, 8), -80.0, dtype=np.float32)
-    >>> spec[:, 3:5] = [[-10.0, -30.0], [-10.0, -30.0]]
-    >>> normalize_per_sample(spec, over="sound")[0, 3:5]   # mean -20, std 10 of the sound
-    array([ 0.90909094, -0.90909094], dtype=float32)
-    """
-    if over not in ("window", "sound"):
-        raise ParameterError(f"over={over!r} must be 'window' or 'sound'")
-    spec = spec.astype(np.float32)
-    stats = sound_frames(spec) if over == "sound" else spec
-    return (spec - stats.mean()) / (stats.std() + 1.0)
-
-
 def feature_stats(specs) -> tuple[np.ndarray, np.ndarray]:
     """Per-mel-bin mean and standard deviation over an iterable of ``(n_mels, frames)`` arrays.
 
@@ -237,8 +216,3 @@ def global_stats(specs) -> tuple[float, float]:
         raise ParameterError("global_stats needs at least one non-empty spectrogram")
     mean = total / count
     return float(mean), float(np.sqrt(max(sq / count - mean**2, 0.0)))
-
-
-def normalize_per_feature(spec: np.ndarray, mean: np.ndarray, std: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """The kernel's X normalisation: each mel bin by the training set's mean and std."""
-    return ((spec.astype(np.float32) - mean[:, None]) / (std[:, None] + eps)).astype(np.float32)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from soundtag.checkpoints import read_soundtag_checkpoint
-from soundtag.errors import DataError
-from soundtag.features.views import SOUND_FLOOR_DB
+from soundtag.errors import DataError, ParameterError
+from soundtag.features.frontend import Normalization
 from soundtag.models import create_model
 from soundtag.models.batching import pad_chunks
 from soundtag.recipe import Recipe
@@ -29,46 +29,18 @@ class FoldEnsemble(torch.nn.Module):
     Parameters
     ----------
     models : one trained model per fold (eval mode is set here)
-    normalization : the recipe's ``view.normalization`` (``per_sample``, ``per_feature``,
-        ``global``, ``none``)
-    over : the recipe's ``view.normalize_over``: per-sample statistics of the whole chunk
-        (``window``) or of its sound's frames (``sound``)
-    means, stds : per-fold statistics, ``(folds, n_mels)`` for ``per_feature`` and ``(folds, 1)``
-        for ``global``
+    normalizations : each fold's :class:`~soundtag.features.frontend.Normalization` (an X run's
+        per-mel-bin statistics come from that fold's training clips), as training applied it
     multilabel : sigmoid per class instead of a softmax
     """
 
-    def __init__(
-        self,
-        models: list[torch.nn.Module],
-        *,
-        normalization: str,
-        multilabel: bool,
-        means: np.ndarray | None = None,
-        stds: np.ndarray | None = None,
-        over: str = "window",
-    ):
+    def __init__(self, models: list[torch.nn.Module], normalizations: list[Normalization], *, multilabel: bool):
         super().__init__()
+        if len(models) != len(normalizations):
+            raise ParameterError(f"{len(models)} models need as many normalisations, not {len(normalizations)}")
         self.models = torch.nn.ModuleList(models).eval()
-        self.normalization, self.multilabel, self.over = normalization, multilabel, over
-        if normalization in ("per_feature", "global"):
-            self.register_buffer("means", torch.as_tensor(np.asarray(means), dtype=torch.float32)[:, :, None])
-            # The same epsilon as views.normalize_per_feature.
-            self.register_buffer(
-                "scales", 1.0 / (torch.as_tensor(np.asarray(stds), dtype=torch.float32)[:, :, None] + 1e-6)
-            )
-
-    @staticmethod
-    def sound_mask(chunks: torch.Tensor) -> torch.Tensor:
-        """``(n, 1, frames)`` 1.0 on the frames of each chunk's sound, as
-        :func:`~soundtag.features.views.sound_extent` finds them, else 0.0."""
-        frames = torch.arange(chunks.shape[-1], device=chunks.device)[None, :]
-        floor = chunks.amin(dim=(1, 2))[:, None]
-        active = chunks.amax(dim=1) > floor + SOUND_FLOOR_DB
-        first = torch.where(active, frames, chunks.shape[-1]).amin(dim=1, keepdim=True)
-        last = torch.where(active, frames, -1).amax(dim=1, keepdim=True)
-        silent = last < 0  # no frame above the floor: all of it counts
-        return (((frames >= first) & (frames <= last)) | silent).to(chunks.dtype)[:, None, :]
+        self.normalizations = torch.nn.ModuleList(normalizations)
+        self.multilabel = multilabel
 
     def forward(self, chunks: torch.Tensor) -> torch.Tensor:
         out = []
@@ -85,20 +57,7 @@ class FoldEnsemble(torch.nn.Module):
 
     def normalized(self, chunks: torch.Tensor, fold: int) -> torch.Tensor:
         """``chunks`` as fold ``fold``'s model was trained on them."""
-        if self.normalization == "per_sample":
-            # views.normalize_per_sample per chunk: (x - mean) / (population std + 1)
-            if self.over == "sound":
-                mask = self.sound_mask(chunks)
-                count = mask.sum(dim=(1, 2), keepdim=True) * chunks.shape[1]
-                mean = (chunks * mask).sum(dim=(1, 2), keepdim=True) / count
-                std = ((chunks - mean).square() * mask).sum(dim=(1, 2), keepdim=True).div(count).sqrt()
-            else:
-                mean = chunks.mean(dim=(1, 2), keepdim=True)
-                std = (chunks - mean).square().mean(dim=(1, 2), keepdim=True).sqrt()
-            return (chunks - mean) / (std + 1.0)
-        if self.normalization in ("per_feature", "global"):
-            return (chunks - self.means[fold]) * self.scales[fold]
-        return chunks
+        return self.normalizations[fold](chunks)
 
     def probabilities(self, chunks: np.ndarray) -> np.ndarray:
         """:meth:`forward` on a NumPy batch, without autograd, as ``(folds, n, classes)``.
@@ -152,7 +111,7 @@ def load_pretrained(path: str | Path, arch: str) -> LoadedRun:
     labels = audioset_labels()
     model = create_model(arch, num_classes=info.classes, in_chans=1)
     load_checkpoint(model, path, recipe=recipe)
-    ensemble = FoldEnsemble([model], normalization="none", multilabel=True)
+    ensemble = FoldEnsemble([model], [Normalization("none")], multilabel=True)
     return LoadedRun(Path(path), recipe, labels[: info.classes], True, ensemble, [Path(path)], whole_clip=True)
 
 
@@ -176,7 +135,7 @@ def load_run(path: str | Path) -> LoadedRun:
     """
     path = Path(path)
     checkpoints = [path] if path.suffix == ".ckpt" else fold_checkpoints(path)
-    models, means, stds = [], [], []
+    models, normalizations = [], []
     for file in checkpoints:
         if not file.is_file():
             raise DataError(f"checkpoint {file} is missing; retrain that fold with `soundtag train --resume`")
@@ -186,16 +145,7 @@ def load_run(path: str | Path) -> LoadedRun:
         model = create_model(t.model, num_classes=len(ckpt.labels), in_chans=1, **t.model_args)
         model.load_state_dict(ckpt.model_weights())
         models.append(model)
-        norm = ckpt.normalizer
-        if norm["kind"] in ("per_feature", "global"):
-            means.append(norm["mean"])
-            stds.append(norm["std"])
-    ensemble = FoldEnsemble(
-        models,
-        normalization=recipe.view.normalization,
-        multilabel=ckpt.multilabel,
-        means=np.array(means) if means else None,
-        stds=np.array(stds) if stds else None,
-        over=recipe.view.normalize_over,
-    )
+        # the fold's own statistics; checkpoints from before normalize_over existed normalised the window
+        normalizations.append(Normalization.from_record({"over": "window", **ckpt.normalizer}))
+    ensemble = FoldEnsemble(models, normalizations, multilabel=ckpt.multilabel)
     return LoadedRun(path, recipe, ckpt.labels, ckpt.multilabel, ensemble, checkpoints)

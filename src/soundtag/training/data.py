@@ -15,13 +15,12 @@ import torch
 
 from soundtag.distributed import group_rank
 from soundtag.errors import ParameterError
+from soundtag.features.frontend import Normalization
 from soundtag.features.store import FeatureStore
 from soundtag.features.views import (
     eval_chunks,
     feature_stats,
     global_stats,
-    normalize_per_feature,
-    normalize_per_sample,
     sound_extent,
     sound_frames,
     x_chunks,
@@ -56,14 +55,9 @@ class Normalizer:
         mean, std = feature_stats(specs)
         return cls(kind, mean, std, over)
 
-    def __call__(self, spec: np.ndarray) -> np.ndarray:
-        if self.kind == "per_sample":
-            return normalize_per_sample(spec, over=self.over)
-        if self.kind == "per_feature":
-            return normalize_per_feature(spec, self.mean, self.std)
-        if self.kind == "global":
-            return ((np.asarray(spec, dtype=np.float32) - self.mean[0]) / (self.std[0] + 1e-6)).astype(np.float32)
-        return np.asarray(spec, dtype=np.float32)
+    def module(self) -> Normalization:
+        """The normalisation as the torch front-end applies it, these statistics as its buffers."""
+        return Normalization(self.kind, over=self.over, mean=self.mean, std=self.std)
 
     def to_dict(self) -> dict:
         return {
@@ -100,7 +94,7 @@ class TrainViews(torch.utils.data.Dataset):
     ):
         self.store, self.keys, self.targets = store, keys, targets
         self.trusted = np.zeros(len(keys), bool) if trusted is None else np.asarray(trusted, bool)
-        self.recipe, self.normalizer = recipe, normalizer
+        self.recipe, self.normalization = recipe, normalizer.module()
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
@@ -125,8 +119,10 @@ class TrainViews(torch.utils.data.Dataset):
                 spec = x_chunks(np.asarray(spec), chunk=chunk, step=chunk)[0]
         spec = np.asarray(spec)
         extent = torch.tensor(sound_extent(spec), dtype=torch.long)
+        with torch.no_grad():  # the sound found again in float32, as on the device path
+            x = self.normalization(torch.from_numpy(spec)[None])
         return (
-            torch.from_numpy(self.normalizer(spec))[None],
+            x,
             torch.from_numpy(self.targets[i]),
             extent,
             torch.tensor(bool(self.trusted[i])),
@@ -140,15 +136,16 @@ class EvalViews(torch.utils.data.Dataset):
         self, store: FeatureStore, keys: list[str], targets: np.ndarray, recipe: Recipe, normalizer: Normalizer
     ):
         self.store, self.keys, self.targets = store, keys, targets
-        self.recipe, self.normalizer = recipe, normalizer
+        self.recipe, self.normalization = recipe, normalizer.module()
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, i: int):
         chunks = eval_chunks(self.store.get(self.keys[i]), self.recipe)
-        x = np.stack([self.normalizer(c) for c in chunks])
-        return torch.from_numpy(x)[:, None], torch.from_numpy(self.targets[i])
+        with torch.no_grad():
+            x = self.normalization(torch.from_numpy(chunks))
+        return x[:, None], torch.from_numpy(self.targets[i])
 
 
 def collate_chunks(batch):

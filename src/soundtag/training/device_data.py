@@ -1,8 +1,8 @@
 """A fold's features held on the training device, and every batch drawn there.
 
 The streaming path (:mod:`soundtag.training.data`) reads one clip at a time from the
-memory-mapped store, crops and normalises it in NumPy and collates batches in DataLoader
-workers; on a GPU that caps training far below the model's own speed. When a fold's features
+memory-mapped store, crops and normalises it and collates batches in DataLoader workers; on a
+GPU that caps training far below the model's own speed. When a fold's features
 fit (``training.device_data``), they are loaded once onto the device instead:
 
 * LH: one ``(clips, mels, frames)`` tensor, normalised there once (the view is fixed), with
@@ -15,7 +15,8 @@ indices, sent to the device once per epoch; augmentations (:mod:`soundtag.traini
 already work on whole batches. Evaluation batches gather every chunk of a batch of clips at
 once, in :func:`~soundtag.training.data.collate_chunks`'s ``(chunks, owner, targets)`` form,
 so validation and out-of-fold prediction run unchanged. Values match the streaming path's:
-the stored float16 values, cast to float32, normalised with the same statistics.
+the stored float16 values, cast to float32, normalised by the same
+:class:`~soundtag.features.frontend.Normalization`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 
 from soundtag.errors import ParameterError
+from soundtag.features.frontend import sound_extents
 from soundtag.features.store import FeatureStore
-from soundtag.features.views import SOUND_FLOOR_DB, chunk_starts
+from soundtag.features.views import chunk_starts
 from soundtag.models.batching import pad_chunks
 from soundtag.recipe import Recipe
 from soundtag.training.data import ShardSampler
@@ -38,51 +40,6 @@ from soundtag.training.data import ShardSampler
 CPU_BUDGET_BYTES = 2 << 30
 #: ``device_data: auto`` on a GPU: below this share of the device's free memory.
 GPU_SHARE = 0.5
-
-
-def batch_sound_extents(x: torch.Tensor, *, floor_db: float = SOUND_FLOOR_DB) -> torch.Tensor:
-    """:func:`~soundtag.features.views.sound_extent` of each ``(mels, frames)`` view of a
-    ``(batch, mels, frames)`` tensor at once: ``(batch, 2)`` ``[start, end)`` frames.
-
-    Examples
-    --------
-    >>> x = torch.full((2, 4, 10), -80.0)
-    >>> x[0, :, 3:6] = -20.0
-    >>> batch_sound_extents(x).tolist()     # the second view is silent: all of it
-    [[3, 6], [0, 10]]
-    """
-    width = x.shape[-1]
-    active = x.amax(dim=1) > x.flatten(1).amin(dim=1)[:, None] + floor_db  # (batch, frames)
-    start = active.long().argmax(dim=1)
-    end = width - active.flip(1).long().argmax(dim=1)
-    any_sound = active.any(dim=1)
-    return torch.stack([torch.where(any_sound, start, 0), torch.where(any_sound, end, width)], dim=1)
-
-
-def normalize_batch(x: torch.Tensor, normalizer, extents: torch.Tensor | None = None) -> torch.Tensor:
-    """A ``(batch, mels, frames)`` float32 tensor normalised as
-    :class:`~soundtag.training.data.Normalizer` normalises each view (``per_sample`` over the
-    window, or over the frames of ``extents`` with ``over="sound"``)."""
-    kind = normalizer.kind
-    if kind == "per_sample":
-        if normalizer.over == "sound":
-            if extents is None:
-                extents = batch_sound_extents(x)
-            t = torch.arange(x.shape[-1], device=x.device)
-            inside = ((t >= extents[:, :1]) & (t < extents[:, 1:]))[:, None, :].expand_as(x)
-            count = inside.flatten(1).sum(dim=1).clamp(min=1)
-            mean = x.masked_fill(~inside, 0).flatten(1).sum(dim=1) / count
-            var = ((x - mean[:, None, None]) ** 2).masked_fill(~inside, 0).flatten(1).sum(dim=1) / count
-        else:
-            mean, var = x.flatten(1).mean(dim=1), x.flatten(1).var(dim=1, unbiased=False)
-        return (x - mean[:, None, None]) / (var.sqrt()[:, None, None] + 1.0)
-    if kind == "per_feature":
-        mean = torch.as_tensor(normalizer.mean, device=x.device)[None, :, None]
-        std = torch.as_tensor(normalizer.std, device=x.device)[None, :, None]
-        return (x - mean) / (std + 1e-6)
-    if kind == "global":
-        return (x - float(normalizer.mean[0])) / (float(normalizer.std[0]) + 1e-6)
-    return x
 
 
 def features_bytes(store: FeatureStore, keys: list[str], recipe: Recipe) -> int:
@@ -208,7 +165,8 @@ class DeviceTrainBatches:
         seed: int = 0,
         trusted: np.ndarray | None = None,
     ):
-        self.host, self.targets_host, self.normalizer = clips, torch.as_tensor(targets, dtype=torch.float32), normalizer
+        self.host, self.targets_host = clips, torch.as_tensor(targets, dtype=torch.float32)
+        self.normalizer, self.normalization = normalizer, normalizer.module()
         self.trusted_host = torch.as_tensor(
             np.zeros(len(targets), bool) if trusted is None else trusted, dtype=torch.bool
         )
@@ -219,6 +177,7 @@ class DeviceTrainBatches:
     def place(self, device: torch.device | str) -> "DeviceTrainBatches":
         """Load the features onto ``device`` (done at the first epoch otherwise)."""
         self.device = torch.device(device)
+        self.normalization = self.normalization.to(self.device)
         clips = self.host.to(self.device)
         placed = {
             "clips": clips,
@@ -231,8 +190,8 @@ class DeviceTrainBatches:
             views, extents = [], []
             for part in torch.split(clips.offsets, 1024):
                 raw = clips.windows(part)
-                extents.append(batch_sound_extents(raw))
-                views.append(normalize_batch(raw, self.normalizer, extents[-1]))
+                extents.append(sound_extents(raw))
+                views.append(self.normalization(raw, extents[-1]))
             placed |= {"views": torch.cat(views), "extents": torch.cat(extents)}
         self._placed = placed
         return self
@@ -248,8 +207,8 @@ class DeviceTrainBatches:
             x, extents = p["views"][clips], p["extents"][clips]
         else:
             raw = p["clips"].windows(p["clips"].random_starts(clips, generator))
-            extents = batch_sound_extents(raw)
-            x = normalize_batch(raw, self.normalizer, extents)
+            extents = sound_extents(raw)
+            x = self.normalization(raw, extents)
         return x[:, None], p["targets"][clips], extents, p["trusted"][clips]
 
     def __iter__(self):
@@ -280,7 +239,8 @@ class DeviceEvalBatches:
         positions=None,
         shard: bool = False,
     ):
-        self.host, self.targets_host, self.normalizer = clips, torch.as_tensor(targets, dtype=torch.float32), normalizer
+        self.host, self.targets_host = clips, torch.as_tensor(targets, dtype=torch.float32)
+        self.normalizer, self.normalization = normalizer, normalizer.module()
         self.batch_size, self.shard = batch_size, shard
         self.positions = list(range(len(clips))) if positions is None else [int(i) for i in positions]
         self.step, self.min_tail = recipe.chunk_step, recipe.view.min_tail
@@ -289,6 +249,7 @@ class DeviceEvalBatches:
 
     def place(self, device: torch.device | str) -> "DeviceEvalBatches":
         self.device = torch.device(device)
+        self.normalization = self.normalization.to(self.device)
         owners, starts = self.host.eval_starts(self.step, self.min_tail)
         self._placed = {
             "clips": self.host.to(self.device),
@@ -332,5 +293,5 @@ class DeviceEvalBatches:
             self.place(self.device)
         p = self._placed
         for starts, owner, clips in self._batches():
-            x = normalize_batch(p["clips"].windows(starts), self.normalizer)
+            x = self.normalization(p["clips"].windows(starts))
             yield pad_chunks(x[:, None]), owner, p["targets"][clips]
