@@ -73,8 +73,8 @@ def overhead(recipe_name: str, steps: int) -> None:
     from soundtag.features import extract_features
     from soundtag.manifest import read_manifest
     from soundtag.recipe import load_recipe
+    from soundtag.training.folds import FoldSet
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet
 
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     manifest = read_manifest(data / "esc10")
@@ -565,8 +565,8 @@ def throughput(argv: list[str]) -> None:
     from soundtag.hardware import accelerator
     from soundtag.manifest import read_manifest
     from soundtag.recipe import load_recipe
+    from soundtag.training.folds import FoldSet
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet
 
     parser = argparse.ArgumentParser(prog="benchmarks/train.py throughput", description=throughput.__doc__)
     parser.add_argument("--recipe", default="esc50-cpu-lh", help="features, view, batch and augmentations")
@@ -774,8 +774,8 @@ def _last_epoch_scores(manifest, recipe, cache: Path, run_dir: Path) -> dict:
     from soundtag.features.store import FeatureStore
     from soundtag.inference.clips import predict_loader
     from soundtag.runs import RunDir
+    from soundtag.training.folds import FoldSet
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet
     from soundtag.training.splits import label_matrix
 
     plan = FoldSet.build(manifest, recipe, FeatureStore.open(cache, recipe))

@@ -29,7 +29,7 @@ from soundtag.training.device_data import (
     features_bytes,
     wants_device_data,
 )
-from soundtag.training.run import FoldSet
+from soundtag.training.folds import FoldSet
 
 
 @pytest.fixture(scope="module")

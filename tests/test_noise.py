@@ -125,7 +125,7 @@ def test_the_trust_flag_follows_the_manifest(tmp_path):
 
     from soundtag.features.store import FeatureStore
     from soundtag.manifest import read_manifest
-    from soundtag.training.run import FoldSet
+    from soundtag.training.folds import FoldSet
 
     rng = np.random.default_rng(0)
     rows = ["fname,label,manually_verified"]

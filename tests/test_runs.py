@@ -150,7 +150,7 @@ def test_partial_evaluation_names_its_folds_and_writes_no_oof_csv(tmp_path):
 
 
 def test_bad_devices_is_a_message_not_a_traceback(soundtag_main):
-    from soundtag.training.run import Hardware
+    from soundtag.hardware import Hardware
 
     with pytest.raises(ParameterError, match="devices='two'"):
         Hardware(devices="two")

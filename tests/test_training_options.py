@@ -72,8 +72,8 @@ def test_optimiser_and_learning_rate_trajectory(tiny, feature_cache, fast, tmp_p
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
+    from soundtag.training.folds import FoldSet
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet
 
     lr, epochs = 0.004, 2
     recipe = load_recipe(
@@ -433,8 +433,8 @@ def test_a_run_with_ema_and_keep_last_predicts_with_the_last_averaged_weights(ti
     # the out-of-fold predictions are those of the averaged weights (what the tagger loads as `model.*`)
     from soundtag.features.store import FeatureStore
     from soundtag.inference.clips import predict_loader
+    from soundtag.training.folds import FoldSet
     from soundtag.training.module import TaggerModule
-    from soundtag.training.run import FoldSet
 
     recipe = RunDir(run).recipe()
     loaders = FoldSet.build(tiny, recipe, FeatureStore.open(feature_cache, recipe)).loaders(0)

@@ -212,10 +212,11 @@ def train(
     are chosen from the data and the machine, and the reasons printed first; -o still wins.
     """
     from soundtag.distributed import is_primary_process
+    from soundtag.hardware import Hardware
     from soundtag.manifest import open_dataset
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
-    from soundtag.training.run import Hardware, default_run_dir
+    from soundtag.training.run import default_run_dir
 
     hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
     if resume is not None:
