@@ -894,3 +894,18 @@ def test_an_ensemble_tags_through_the_onnx_engine_like_through_pytorch(runs, tmp
     (a / "model.onnx").unlink()
     with pytest.raises(ParameterError, match="soundtag export"):
         load_tagger(tmp_path / "ens", engine="onnx")
+
+
+def test_the_torch_and_numpy_clip_means_of_the_inference_core_agree():
+    """Training's batches average chunks in PyTorch, tagging without PyTorch in NumPy: one rule."""
+    import torch
+
+    from soundtag.inference.clips import clip_probabilities
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 5)).astype(np.float32)
+    owner = np.array([0, 0, 1, 2, 2, 2, 1])
+    for multilabel in (False, True):
+        probs = 1 / (1 + np.exp(-logits)) if multilabel else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        got = clip_probabilities(torch.from_numpy(logits), torch.from_numpy(owner), 3, multilabel).numpy()
+        np.testing.assert_allclose(got, clip_means(probs, owner, 3), rtol=1e-6, atol=1e-7)

@@ -120,7 +120,7 @@ class TrainViews(torch.utils.data.Dataset):
         spec = np.asarray(spec)
         extent = torch.tensor(sound_extent(spec), dtype=torch.long)
         with torch.no_grad():  # the sound found again in float32, as on the device path
-            x = self.normalization(torch.from_numpy(spec)[None])
+            x = self.normalization(torch.from_numpy(spec.astype(np.float32))[None])  # a copy: the store is read-only
         return (
             x,
             torch.from_numpy(self.targets[i]),
