@@ -125,6 +125,7 @@ def test_cnn14_tags_as_the_reference_does_on_real_clips(panns_models, clips_32k,
     assert expected.std() > 1e-3  # random weights that still discriminate: the check is not vacuous
 
 
+@pytest.mark.slow  # half a minute of CNN14 on 2 cores: make test runs it, make test-fast does not
 def test_cnn14_dlm_clip_and_framewise_outputs_equal_the_reference(panns_models, clips_32k, tmp_path):
     ref, ckpt = _reference_checkpoint(panns_models, tmp_path, "panns-cnn14-dlm", "Cnn14_DecisionLevelMax", seed=1)
     path = clips_32k["ten"]
@@ -154,6 +155,7 @@ def test_cnn14_dlm_clip_and_framewise_outputs_equal_the_reference(panns_models, 
         assert np.abs(tags.probs - expected_clip).max() < 1e-4, tagger.engine
 
 
+@pytest.mark.slow  # half a minute of CNN14 on 2 cores: make test runs it, make test-fast does not
 def test_cnn14_onnx_export_tags_as_the_reference_without_torch_engine(panns_models, clips_32k, tmp_path):
     from soundtag.prediction.export import export_onnx
 
