@@ -20,10 +20,8 @@ __all__ = ["Hardware", "accelerator", "cpu_count", "cpu_native_bf16", "default_d
 
 
 def default_device() -> str:
-    """``gpu`` when torch sees a CUDA device, else ``cpu``."""
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    """``gpu`` when torch sees a CUDA device, else ``cpu`` (:func:`accelerator`'s answer)."""
+    return accelerator()[0]
 
 
 def cpu_count() -> int:
