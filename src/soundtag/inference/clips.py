@@ -6,7 +6,8 @@ probabilities, which are averaged per clip (:func:`clip_probabilities` in PyTorc
 :func:`~soundtag.inference.combine.clip_means` in NumPy) and, across fold models, combined by
 their geometric mean. Training's validation and out-of-fold predictions
 (:func:`predict_loader`), ``soundtag predict`` and ``evaluate --tta`` (:func:`predict_store_clips`,
-:func:`predict_out_of_fold`) and ``tag`` all go through here.
+:func:`predict_out_of_fold`) go through here, and ``tag`` through the same NumPy step
+(:func:`~soundtag.inference.combine.ensemble_clip_probabilities`) with either engine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from soundtag._heap import release_freed_memory
 from soundtag.features.views import add_tta_copies, eval_chunks
-from soundtag.inference.combine import combine_folds
+from soundtag.inference.combine import ensemble_clip_probabilities
 from soundtag.models.batching import pad_chunks
 from soundtag.progress import progress_bar
 from soundtag.runs import OutOfFold, RunDir
@@ -95,9 +96,12 @@ def predict_store_clips(loaded, store, clips, *, tta: int, batch_clips: int, adv
     probs = np.empty((len(clips), len(loaded.labels)))
     for start in range(0, len(clips), batch_clips):
         batch = clips[start : start + batch_clips]
-        per_clip = [add_tta_copies(eval_chunks(store.get(clip_key(c.path)), recipe), recipe, tta) for c in batch]
-        owner = np.concatenate([np.full(len(ch), i) for i, ch in enumerate(per_clip)])
-        fold_probs = loaded.ensemble.probabilities(np.concatenate(per_clip))
-        probs[start : start + len(batch)] = combine_folds(fold_probs, owner, len(batch), multilabel=loaded.multilabel)
+        probs[start : start + len(batch)] = ensemble_clip_probabilities(
+            loaded.ensemble.probabilities,
+            [eval_chunks(store.get(clip_key(c.path)), recipe) for c in batch],
+            recipe,
+            tta=tta,
+            multilabel=loaded.multilabel,
+        )
         advance(len(batch))
     return probs

@@ -16,7 +16,7 @@ import numpy as np
 
 from soundtag.errors import ParameterError
 
-__all__ = ["EPS", "clip_means", "combine_folds", "geometric_mean"]
+__all__ = ["EPS", "clip_means", "combine_folds", "ensemble_clip_probabilities", "geometric_mean"]
 
 #: Probabilities are clipped to ``[EPS, 1]`` before the logarithm: one model's zero must not
 #: veto a class outright.
@@ -85,3 +85,22 @@ def combine_folds(
     ``(n_clips, classes)``.
     """
     return geometric_mean(clip_means(fold_chunk_probs, owner, n_clips), axis=0, multilabel=multilabel)
+
+
+def ensemble_clip_probabilities(fold_probs, clips_chunks, recipe, *, tta: int, multilabel: bool) -> np.ndarray:
+    """``(clips, classes)``: the clips' chunks, each with ``tta`` shifted copies
+    (:func:`~soundtag.features.views.add_tta_copies`), through an ensemble at once, then
+    :func:`combine_folds`. What ``predict`` does for a batch of clips and ``tag`` for one file.
+
+    Parameters
+    ----------
+    fold_probs : ``(chunks, mels, frames) -> (folds, chunks, classes)``, the ensemble in any
+        engine (PyTorch or ONNX Runtime)
+    clips_chunks : each clip's ``(n_chunks, mels, frames)`` view
+    recipe : the run's recipe (the shifts are sized to its training shift)
+    """
+    from soundtag.features.views import add_tta_copies
+
+    per_clip = [add_tta_copies(chunks, recipe, tta) for chunks in clips_chunks]
+    owner = np.concatenate([np.full(len(chunks), i) for i, chunks in enumerate(per_clip)])
+    return combine_folds(fold_probs(np.concatenate(per_clip)), owner, len(per_clip), multilabel=multilabel)

@@ -25,8 +25,8 @@ import numpy as np
 from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
 from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
-from soundtag.features.views import add_tta_copies, chunk_starts, decode_for_recipe, eval_chunks, x_chunks
-from soundtag.inference.combine import combine_folds, geometric_mean
+from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
+from soundtag.inference.combine import ensemble_clip_probabilities, geometric_mean
 from soundtag.recipe import Recipe
 from soundtag.runs import EnsembleDir, RunDir
 
@@ -104,10 +104,10 @@ class ModelTagger:
         """Probabilities for one file (any format, rate, channels, length); ``tta`` shifted
         copies of every chunk (default: the recipe's ``training.tta``)."""
         chunks, notes = self.chunks(path)
-        chunks = add_tta_copies(chunks, self.recipe, self.recipe.training.tta if tta is None else tta)
-        probs = combine_folds(self.fold_probs(chunks), np.zeros(len(chunks), dtype=int), 1, multilabel=self.multilabel)[
-            0
-        ]
+        tta = self.recipe.training.tta if tta is None else tta
+        probs = ensemble_clip_probabilities(
+            self.fold_probs, [chunks], self.recipe, tta=tta, multilabel=self.multilabel
+        )[0]
         result = ClipTags(str(path), probs, notes=notes)
         if timeline:
             result.timeline = self._timeline(path)
