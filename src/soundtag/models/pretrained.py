@@ -110,41 +110,17 @@ def check_panns_frontend(state: dict[str, torch.Tensor], recipe: "Recipe", path:
         naming what differs (DFT size, window, mel bands) and the ``--arch`` whose recipe fits
         the file, when one does
     """
-    from soundtag.features.numpy_melspec import hann_window, mel_filterbank
-
     found = panns_frontend(state)
     if found is None:
         return
-    f = recipe.features
-    problems = []
-    n_fft = found["window"].shape[0]
-    if n_fft != f.n_fft:
-        problems.append(f"a DFT of {n_fft} samples, the recipe {f.n_fft}")
-    elif not np.allclose(found["window"], hann_window(f.n_fft, f.window_length, f.periodic_window), atol=1e-6):
-        problems.append("another window than the recipe's Hann window")
-    if not problems:
-        ours = mel_filterbank(
-            sample_rate=recipe.audio.sample_rate,
-            n_fft=f.n_fft,
-            n_mels=f.n_mels,
-            fmin=f.fmin,
-            fmax=f.fmax,
-            mel_scale=f.mel_scale,
-        )
-        if ours.shape != found["mel"].shape:
-            problems.append(f"{found['mel'].shape[0]} mel bands, the recipe {f.n_mels}")
-        elif not np.allclose(ours, found["mel"], rtol=1e-4, atol=1e-7):
-            problems.append(
-                f"other mel bands than the recipe's ({recipe.audio.sample_rate} Hz, "
-                f"{f.fmin:g}-{f.fmax or recipe.audio.sample_rate / 2:g} Hz)"
-            )
+    problems = _frontend_problems(found, recipe)
     if problems:
         from soundtag.recipe import load_recipe
 
         fits = [
             arch
             for arch, p in PRETRAINED.items()
-            if arch.startswith("panns") and _frontend_fits(found, load_recipe(p.recipe))
+            if arch.startswith("panns") and not _frontend_problems(found, load_recipe(p.recipe))
         ]
         hint = f"; the file fits --arch {fits[0]}" if fits else ""
         raise DataError(
@@ -153,12 +129,17 @@ def check_panns_frontend(state: dict[str, torch.Tensor], recipe: "Recipe", path:
         )
 
 
-def _frontend_fits(found: dict[str, np.ndarray], recipe: "Recipe") -> bool:
-    from soundtag.features.numpy_melspec import mel_filterbank
+def _frontend_problems(found: dict[str, np.ndarray], recipe: "Recipe") -> list[str]:
+    """What differs between a checkpoint's front-end (:func:`panns_frontend`) and the recipe's
+    log-mel: the DFT size, the window, the mel bands; empty when they agree."""
+    from soundtag.features.numpy_melspec import hann_window, mel_filterbank
 
     f = recipe.features
-    if found["window"].shape[0] != f.n_fft:
-        return False
+    n_fft = found["window"].shape[0]
+    if n_fft != f.n_fft:
+        return [f"a DFT of {n_fft} samples, the recipe {f.n_fft}"]
+    if not np.allclose(found["window"], hann_window(f.n_fft, f.window_length, f.periodic_window), atol=1e-6):
+        return ["another window than the recipe's Hann window"]
     ours = mel_filterbank(
         sample_rate=recipe.audio.sample_rate,
         n_fft=f.n_fft,
@@ -167,7 +148,14 @@ def _frontend_fits(found: dict[str, np.ndarray], recipe: "Recipe") -> bool:
         fmax=f.fmax,
         mel_scale=f.mel_scale,
     )
-    return ours.shape == found["mel"].shape and np.allclose(ours, found["mel"], rtol=1e-4, atol=1e-7)
+    if ours.shape != found["mel"].shape:
+        return [f"{found['mel'].shape[0]} mel bands, the recipe {f.n_mels}"]
+    if not np.allclose(ours, found["mel"], rtol=1e-4, atol=1e-7):
+        return [
+            f"other mel bands than the recipe's ({recipe.audio.sample_rate} Hz, "
+            f"{f.fmin:g}-{f.fmax or recipe.audio.sample_rate / 2:g} Hz)"
+        ]
+    return []
 
 
 def head_keys(model: torch.nn.Module) -> set[str]:

@@ -22,6 +22,8 @@ __all__ = ["train_fold"]
 
 
 def train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware = Hardware()) -> None:
+    """Fit fold ``k`` of ``plan`` into ``run`` (resuming from its ``last.ckpt`` when there is one)
+    and write its out-of-fold predictions; on several processes, only rank 0 writes."""
     # Lightning's warnings that do not apply here are silenced for this fold only, not for
     # the process that called us (a notebook keeps its own filters).
     with warnings.catch_warnings():
