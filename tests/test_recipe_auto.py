@@ -345,14 +345,14 @@ def test_cli_data_check_with_a_recipe(short8k, long44k, soundtag_main):
 
 
 @pytest.mark.slow
-def test_cli_train_auto_prints_reasons_and_saves_the_resolved_recipe(short8k, tmp_path, soundtag_main):
+@pytest.mark.parametrize("named", [True, False], ids=["--recipe auto", "no recipe named"])
+def test_cli_train_auto_prints_reasons_and_saves_the_resolved_recipe(short8k, tmp_path, soundtag_main, named):
     run = tmp_path / "run"
     code, out, err = soundtag_main(
         "train",
         "--data",
         short8k,
-        "--recipe",
-        "auto",
+        *(["--recipe", "auto"] if named else []),  # auto is the default
         "--out",
         run,
         "--fold",
@@ -372,6 +372,31 @@ def test_cli_train_auto_prints_reasons_and_saves_the_resolved_recipe(short8k, tm
     saved = load_recipe(run / "recipe.yaml")
     assert saved.name == "auto" and saved.audio.sample_rate == 8000 and saved.training.epochs == 1
     assert saved.view.duration == pytest.approx(0.9)
+    assert saved.training.keep == "last" and "weights of the last epoch (keep: last)" in out
+    # the kept weights were named before training: the metrics do not call themselves optimistic
+    assert "out-of-fold" in out or "metrics of fold(s)" in out
+    assert "optimistic" not in out
+
+
+def test_a_run_that_keeps_the_best_epoch_says_its_scores_were_picked_on_the_scored_clips():
+    from soundtag.reports import metrics_table
+
+    metrics = {"all": {"clips": 10, "map@3": 0.5, "top1": 0.4, "log_loss": 1.0}, "complete": True}
+    assert "optimistic" not in metrics_table("runs/r", metrics).title
+    picked = metrics_table("runs/r", {**metrics, "selected_on_scored_clips": True}).title
+    assert "training.keep: best" in picked and "optimistic" in picked
+
+
+def test_auto_is_what_features_and_show_resolve_by_default_even_from_one_clip(short8k):
+    from soundtag.commands import load_recipes
+    from soundtag.manifest import Clip, Manifest
+    from soundtag.recipe import with_sibling_views
+
+    clip = read_manifest(short8k)[0]
+    one = Manifest.build([Clip(Path(clip.path).name, clip.path)], name="one")
+    recipes = load_recipes(with_sibling_views(["auto"]), [], manifest=one)
+    assert [(r.name, r.view.kind) for r in recipes] == [("auto", "lh"), ("auto-x", "x")]
+    assert recipes[0].audio.sample_rate == 8000
 
 
 def test_the_data_line_names_channels_where_the_manifest_has_them():

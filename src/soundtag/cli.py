@@ -48,7 +48,12 @@ class Strategy(str, Enum):
 def features(
     data: str = DataOpt,
     recipe: List[str] = typer.Option(
-        ["fsd2018-lh", "fsd2018-x"], "--recipe", "-r", help="built-in recipe name or YAML file; repeatable"
+        ["auto", "auto-x"],
+        "--recipe",
+        "-r",
+        help="built-in recipe name, YAML file, or auto / auto-x (chosen from the data); repeatable "
+        "[default: auto and auto-x, both views]",
+        show_default=False,
     ),
     cache: Path = typer.Option(DEFAULT_CACHE, "--cache", help="folder of the feature stores"),
     layout: Optional[str] = LayoutOpt,
@@ -87,7 +92,7 @@ def features(
         raise typer.BadParameter(str(exc), param_hint="--shard") from None
     manifest = open_dataset(data, layout)
     summaries = []
-    for r in load_recipes(recipe, override):
+    for r in load_recipes(recipe, override, manifest=manifest):
         with on_stop(
             rerun_note(
                 lambda: (
@@ -132,22 +137,30 @@ def features(
 def show(
     clip: Path = typer.Argument(..., help="an audio file"),
     recipe: List[str] = typer.Option(
-        ["fsd2018-lh"], "--recipe", "-r", help="recipe(s); a built-in LH/X recipe brings its sibling view"
+        ["auto"],
+        "--recipe",
+        "-r",
+        help="recipe(s); a built-in LH/X recipe brings its sibling view, auto (chosen from this clip) auto-x",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: CLIP name + .png)"),
     override: List[str] = OverrideOpt,
 ):
     """Write a PNG of a clip's waveform and its LH and X view spectrograms.
 
-    Example:
+    Examples:
+
+      soundtag show dog.ogg --out dog.png
 
       soundtag show dog.ogg --recipe fsd2018-lh --out dog.png
     """
+    from soundtag.manifest import Clip, Manifest
     from soundtag.plots import show_clip
     from soundtag.recipe import with_sibling_views
 
     out = out or Path(clip.name).with_suffix(".png")
-    show_clip(clip, load_recipes(with_sibling_views(recipe), override), out)
+    # auto is chosen from the data: here, this one clip
+    one_clip = Manifest.build([Clip(clip.name, str(clip))], name=clip.stem)
+    show_clip(clip, load_recipes(with_sibling_views(recipe), override, manifest=one_clip), out)
     console.print(f"wrote {out}")
 
 
@@ -155,11 +168,11 @@ def show(
 def train(
     data: Optional[str] = typer.Option(None, "--data", "-d", help="dataset folder, CSV, manifest or registered name"),
     recipe: str = typer.Option(
-        "esc50-lh",
+        "auto",
         "--recipe",
         "-r",
-        help="built-in recipe name, YAML file, or auto / "
-        "auto-x: chosen from the data (see `soundtag recipes auto --data D`)",
+        help="auto (the default): chosen from the data and this machine (see `soundtag recipes auto --data D`); "
+        "auto-x for the X view; or a built-in recipe name or YAML file",
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run: finished folds are skipped"),

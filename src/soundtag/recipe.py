@@ -457,18 +457,21 @@ def _describe(err: dict) -> str:
 
 
 def with_sibling_views(names: Iterable[str]) -> list[str]:
-    """``names`` plus the other view of each built-in LH/X pair (``esc50-lh`` brings ``esc50-x``),
-    in order and without repeats: what ``soundtag show`` draws.
+    """``names`` plus the other view of each built-in LH/X pair (``esc50-lh`` brings ``esc50-x``,
+    ``auto`` brings ``auto-x``), in order and without repeats: what ``soundtag show`` draws.
 
     Examples
     --------
     >>> with_sibling_views(["fsd2018-lh"])
     ['fsd2018-lh', 'fsd2018-x']
+    >>> with_sibling_views(["auto"])
+    ['auto', 'auto-x']
     >>> with_sibling_views(["esc50-x", "esc50-lh", "my.yaml"])
     ['esc50-x', 'esc50-lh', 'my.yaml']
     """
     out = list(dict.fromkeys(str(n) for n in names))
-    builtin = set(list_recipes())
+    builtin = set(list_recipes()) | set(AUTO_VIEWS)
+    out += [other for own, other in (("auto", "auto-x"), ("auto-x", "auto")) if own in out and other not in out]
     for name in list(out):
         for own, other in (("-lh", "-x"), ("-x", "-lh")):
             sibling = name[: -len(own)] + other if name.endswith(own) else None

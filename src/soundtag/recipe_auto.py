@@ -185,6 +185,15 @@ AUTO_RULES: dict[str, AutoRule] = {
             "training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}"
         },
     ),
+    "keep": AutoRule(
+        "training.keep",
+        "`last`: the weights named before training (the last epoch), since the validation fold is the "
+        "fold the out-of-fold score is computed on",
+        {
+            "": "weights of the last epoch (keep: last): picking the best epoch on the validation fold would "
+            "pick it on the clips the out-of-fold score is computed on"
+        },
+    ),
     "validation": AutoRule(
         "validation",
         "`verified_only` when the data marks some clips unverified",
@@ -566,6 +575,7 @@ def auto_recipe(
     frames = int(round(duration * rate)) // features["hop_length"]
     epochs, why = choose_epochs(profile.train_clips, max(1, frames) * features["n_mels"], device, cpu_count)
     reasons.append(why)
+    reasons.append(AUTO_RULES["keep"].explain())
 
     validation = "all"
     if profile.unverified and profile.unverified < profile.clips:
@@ -589,6 +599,7 @@ def auto_recipe(
             "weight_decay": 1e-2,
             "scheduler": "onecycle",
             "monitor": "val_loss",
+            "keep": "last",
             "balance": "oversample",
             "augment": augment,
         },

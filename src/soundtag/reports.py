@@ -36,6 +36,8 @@ def metrics_table(run_dir: str | Path, metrics: dict) -> Table:
     """
     complete = metrics.get("complete", True)
     scope = "out-of-fold metrics" if complete else f"metrics of fold(s) {metrics.get('folds')} only"
+    if metrics.get("selected_on_scored_clips"):
+        scope += " (training.keep: best, each fold's epoch picked on the clips scored here: optimistic)"
     any_blacklisted = metrics.get("blacklisted", {}).get("clips", 0) > 0
     rows = []
     for name in SUBSETS:

@@ -41,11 +41,12 @@ OverrideOpt = typer.Option(
 )
 
 
-def load_recipes(names: List[str], overrides: List[str]):
-    """Each named recipe (built-in or YAML file) with the same ``-o`` overrides applied."""
+def load_recipes(names: List[str], overrides: List[str], *, manifest=None):
+    """Each named recipe (built-in, YAML file, or ``auto`` chosen from ``manifest``) with the same
+    ``-o`` overrides applied."""
     from soundtag.resolve import resolve_recipe
 
-    return [resolve_recipe(name, overrides).recipe for name in names]
+    return [resolve_recipe(name, overrides, manifest=manifest).recipe for name in names]
 
 
 def rerun_note(kept: Callable[[], str]) -> Callable[[], str]:

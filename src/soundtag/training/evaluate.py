@@ -61,6 +61,8 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
     }
     metrics["folds"], metrics["complete"] = oof.finished, oof.complete
     metrics["tta"] = run.recipe().training.tta if tta is None else tta
+    # keep: best picks each fold's epoch by its validation clips, which are the clips it scores
+    metrics["selected_on_scored_clips"] = run.recipe().training.keep == "best"
     if tta is not None:
         atomic_write_json(run.path / f"metrics-tta{tta}.json", metrics)
         return metrics
