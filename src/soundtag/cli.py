@@ -211,6 +211,8 @@ def train(
 
     Examples:
 
+      soundtag train --data my_clips/ --out runs/mine
+
       soundtag train --data esc10 --recipe esc50-cpu-lh
 
       soundtag train --data ../shared/data/esc50 -r esc50-lh --model timm:resnet18 -o training.epochs=80
@@ -221,8 +223,9 @@ def train(
 
       torchrun --nproc-per-node 4 -m soundtag.cli train --data fsd50k --out runs/big --devices 4 --strategy ddp
 
-    With the recipe auto (or auto-x), the sample rate, window, mel resolution, model and epochs
-    are chosen from the data and the machine, and the reasons printed first; -o still wins.
+    With no --recipe, the recipe auto chooses the sample rate, window, mel resolution, model and
+    epochs from the data and the machine, and prints its reasons first (auto-x: the X view);
+    -o still wins.
     """
     from soundtag.distributed import is_primary_process
     from soundtag.hardware import Hardware
