@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from soundtag.errors import ParameterError
+from soundtag.recipe import FRONTEND_DEFAULTS
 
 if TYPE_CHECKING:
     from soundtag.recipe import Recipe
@@ -87,18 +88,7 @@ def kaldi_mel_filterbank(
 
 
 #: mel_params' keys that only the front-end's details use (the STFT size, rate and bands aside).
-FRONTEND_KEYS = (
-    "window_length",
-    "periodic_window",
-    "pad_mode",
-    "preemphasis",
-    "mel_scale",
-    "log",
-    "amin",
-    "log_offset",
-    "offset",
-    "scale",
-)
+FRONTEND_KEYS = tuple(FRONTEND_DEFAULTS)
 
 
 def mel_params(recipe: "Recipe") -> dict[str, Any]:
