@@ -39,6 +39,12 @@ app = typer.Typer(
 )
 
 
+class ViewsChoice(str, Enum):
+    lh = "lh"
+    x = "x"
+    both = "lh+x"
+
+
 class Strategy(str, Enum):
     auto = "auto"
     ddp = "ddp"
@@ -171,8 +177,18 @@ def train(
         "auto",
         "--recipe",
         "-r",
-        help="auto (the default): chosen from the data and this machine (see `soundtag recipes auto --data D`); "
-        "auto-x for the X view; or a built-in recipe name or YAML file",
+        help="auto (the default): chosen from the data and this machine (see `soundtag recipes auto --data D`), "
+        "the LH and X views blended; or a built-in recipe name or YAML file",
+    ),
+    time_budget: Optional[str] = typer.Option(
+        None,
+        "--time",
+        help="the whole command's time budget (30m, 1h30m, 90s; a bare number is minutes): a few real steps "
+        "are timed here first and the epochs set to fit. Default for auto: 1.4x the time of 30 epochs of the "
+        "LH view (the plain-CNN baseline's schedule)",
+    ),
+    views: Optional[ViewsChoice] = typer.Option(
+        None, "--views", help="auto's views: lh, x, or lh+x (default: lh+x when the clips hold two X chunks)"
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: runs/<recipe>-<time>)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run: finished folds are skipped"),
@@ -213,6 +229,8 @@ def train(
 
       soundtag train --data my_clips/ --out runs/mine
 
+      soundtag train --data my_clips/ --time 30m --out runs/mine
+
       soundtag train --data esc10 --recipe esc50-cpu-lh
 
       soundtag train --data ../shared/data/esc50 -r esc50-lh --model timm:resnet18 -o training.epochs=80
@@ -223,53 +241,98 @@ def train(
 
       torchrun --nproc-per-node 4 -m soundtag.cli train --data fsd50k --out runs/big --devices 4 --strategy ddp
 
-    With no --recipe, the recipe auto chooses the sample rate, window, mel resolution, model and
-    epochs from the data and the machine, and prints its reasons first (auto-x: the X view);
-    -o still wins.
+    With no --recipe, the recipe auto chooses the sample rate, window, mel resolution and model
+    from the data and the machine and prints its reasons; it trains the LH view and the X view
+    and blends them out of fold into one run directory (RUN/lh, RUN/x and the blend), which
+    evaluate, suspects, review, predict, tag and export take as any run. Before training it times
+    a few real steps of each view here and sets the epochs that fit --time, prints the plan, and
+    at the end the minutes it took; --resume keeps the plan. -o still wins.
     """
+    import time
+
     from soundtag.distributed import is_primary_process
     from soundtag.hardware import Hardware
     from soundtag.manifest import open_dataset
+    from soundtag.planning import parse_duration
+    from soundtag.recipe import AUTO_VIEWS
+    from soundtag.resolve import resolve_views
+    from soundtag.train_views import is_planned_run, resume_views, train_views
     from soundtag.training import resume as resume_run
     from soundtag.training import train as train_run
     from soundtag.training.run import default_run_dir
 
+    started = time.perf_counter()
     hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
+    quiet = not is_primary_process()
+
+    def echo(line: str) -> None:
+        if not quiet:
+            console.print(escape(line), highlight=False, soft_wrap=True)
+
     if resume is not None:
+        if time_budget is not None or views is not None:
+            raise typer.BadParameter("--resume keeps the run's plan: leave out --time and --views")
         with on_stop(lambda: _train_stop_note(resume)):
-            result = resume_run(resume, progress=progress, hardware=hardware)
+            if is_planned_run(resume):
+                result = resume_views(resume, progress=progress, hardware=hardware, echo=echo)
+            else:
+                result = resume_run(resume, progress=progress, hardware=hardware)
     else:
         if data is None:
             raise typer.BadParameter("give --data DATASET (or --resume RUN)")
+        budget = parse_duration(time_budget) if time_budget is not None else None
         manifest = open_dataset(data, layout)
-        # auto is chosen from the data; recipe.yaml of the run keeps the result
-        r = _resolve(
+        resolved = resolve_views(
             recipe,
             override,
             manifest=manifest,
-            quiet=not is_primary_process(),
+            views=views.value.split("+") if views else None,
             folds=folds,
             model=model,
             blacklist=blacklist,
             relabel=relabel,
             init=init,
         )
-        run_dir = out or default_run_dir(r)
+        for line in resolved.reasons:
+            echo(f"{recipe} recipe: {line}")
+        first = next(iter(resolved.recipes.values()))
+        run_dir = out or default_run_dir(first)
         with on_stop(lambda: _train_stop_note(run_dir)):
-            result = train_run(
-                manifest,
-                r,
-                run_dir,
-                cache_dir=cache,
-                folds=fold or None,
-                progress=progress,
-                data_source=data,
-                hardware=hardware,
-            )
-    if not is_primary_process():
+            if str(recipe) in AUTO_VIEWS or budget is not None:
+                # auto plans its epochs from timed steps; a named recipe does when given --time
+                result = train_views(
+                    manifest,
+                    resolved.recipes,
+                    run_dir,
+                    cache_dir=cache,
+                    budget_s=budget,
+                    epochs_given=any(o.replace(" ", "").startswith("training.epochs=") for o in override),
+                    folds=fold or None,
+                    progress=progress,
+                    data_source=data,
+                    hardware=hardware,
+                    started=started,
+                    echo=echo,
+                )
+            else:
+                result = train_run(
+                    manifest,
+                    first,
+                    run_dir,
+                    cache_dir=cache,
+                    folds=fold or None,
+                    progress=progress,
+                    data_source=data,
+                    hardware=hardware,
+                )
+    if quiet:
         return  # the first process reports
     if result.folds_skipped:
         console.print(f"skipped finished fold(s) {result.folds_skipped}")
+    if getattr(result, "blend", None) is not None:
+        from soundtag.reports import ensemble_table
+
+        console.print(ensemble_table(result.blend))
     if result.metrics:
         _print_metrics(result.run_dir, result.metrics)
 

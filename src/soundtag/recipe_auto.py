@@ -38,8 +38,9 @@ __all__ = [
     "AUTO_VIEWS",
     "DataProfile",
     "auto_recipe",
+    "auto_recipes",
     "choose_chunk",
-    "choose_epochs",
+    "choose_views",
     "choose_model",
     "choose_resolution",
     "choose_sample_rate",
@@ -49,18 +50,23 @@ __all__ = [
 
 
 STANDARD_RATES = (8000, 16000, 22050, 32000, 44100)
-MAX_RATE = 32000
+# The cheaper resolution stands until a dearer one wins at equal wall time on two data shapes.
+# 32 kHz / 128 mels cost twice the cells of 16 kHz / 64 mels and gained nothing where measured:
+# on ESC-10 esc50-cpu-lh scored 88.50% at 32 kHz against 89.00% at 16 kHz (docs/benchmarks.md).
+MAX_RATE = 16000
+N_MELS = 64
 WINDOW_QUANTILE = 90
 WINDOW_RANGE = (0.5, 10.0)
 CHUNK_RANGE = (0.5, 4.0)
 SHORT_WINDOW = 2.0  # a window up to this long gets the 10 ms hop
 FFT_SECONDS = 0.040
-MEL_RATE = 16000  # up to this rate 64 mels, above it 128
 SMALL_VGG = [16, 32, 64, 128]
 MEDIUM_VGG = [32, 64, 128, 256]
 LARGE_DATA = 5000  # clips from which a GPU gets the full VGG
-CELL_BUDGET = {"cpu": 30 * 1600 * 64 * 250, "gpu": 2e11}  # mels x frames x clip passes per fold (CPU: per 2 cores)
-EPOCH_RANGE = {"cpu": (15, 75), "gpu": (30, 150)}
+X_MIN_CHUNKS = 2  # the X view is trained when the median clip holds this many chunks
+#: Epochs a recipe chosen from the data states before ``soundtag train`` times this machine's
+#: steps and fits them to the time budget (:mod:`soundtag.planning`).
+PROVISIONAL_EPOCHS = {"cpu": 30, "gpu": 60}
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,12 @@ _RATES = "/".join(map(str, STANDARD_RATES))
 AUTO_RULES: dict[str, AutoRule] = {
     "sample_rate": AutoRule(
         "audio.sample_rate",
-        f"the median native rate snapped down to {_RATES} Hz, at most {MAX_RATE}: the typical clip is never upsampled",
+        f"the median native rate snapped down to {_RATES} Hz, at most {MAX_RATE}: the typical clip is never "
+        "upsampled, and a higher rate has not yet earned its cost",
         {
             "": "sample rate {rate} Hz: {share:.0%} of clips are {common} Hz natively; the rule takes the median "
             "native rate ({median} Hz) snapped down to a standard rate (" + _RATES + "), at most {cap} Hz, so the "
-            "typical clip is never upsampled{upsampled}"
+            "typical clip is never upsampled{upsampled}{capped}"
         },
     ),
     "window": AutoRule(
@@ -117,10 +124,10 @@ AUTO_RULES: dict[str, AutoRule] = {
     "resolution": AutoRule(
         "features",
         f"n_fft the power of two above {FFT_SECONDS * 1000:g} ms; hop 10 ms for windows up to {SHORT_WINDOW:g} s, "
-        f"else 20 ms; 64 mels up to {MEL_RATE // 1000} kHz, 128 above; 20 Hz to sr/2",
+        f"else 20 ms; {N_MELS} mels; 20 Hz to sr/2",
         {
             "": "mel resolution: n_fft {n_fft} (the next power of two of {fft_ms:g} ms), hop {hop} ({hop_ms:g} ms: "
-            "{why_hop}), {n_mels} mels ({where} " + str(MEL_RATE) + " Hz), 20 Hz to {nyquist:g} Hz"
+            "{why_hop}), " + str(N_MELS) + " mels, 20 Hz to {nyquist:g} Hz"
         },
     ),
     "padding": AutoRule(
@@ -174,15 +181,26 @@ AUTO_RULES: dict[str, AutoRule] = {
             + ", on a GPU",
         },
     ),
+    "views": AutoRule(
+        "views",
+        f"LH and X, blended out of fold, when the median clip holds at least {X_MIN_CHUNKS} X chunks; else LH alone",
+        {
+            "both": "views LH + X, blended out of fold with equal weights: the median clip ({median:.2f} s) holds "
+            "{chunks:.1f} X chunks of {chunk:g} s, so the X view votes over parts of the sound that LH sees "
+            "whole, and the two views err differently",
+            "lh": "view LH alone: the median clip ({median:.2f} s) holds {chunks:.1f} X chunk(s) of {chunk:g} s, "
+            "fewer than " + str(X_MIN_CHUNKS) + ", so the X view would see what LH sees; its time goes to LH",
+            "asked": "view {views} alone, as asked (--views)",
+        },
+    ),
     "epochs": AutoRule(
         "training.epochs",
-        f"a budget of mels x frames x clip passes per fold (on 2 CPU cores the plain-CNN baseline's: 30 epochs of "
-        f"1600 clips x 64 x 250), over the training clips x the cells of one view; "
-        f"{EPOCH_RANGE['cpu'][0]}-{EPOCH_RANGE['cpu'][1]} on a CPU (budget scaled by the cores), "
-        f"{EPOCH_RANGE['gpu'][0]}-{EPOCH_RANGE['gpu'][1]} on a GPU",
+        "from the time budget (`--time`; default 1.4x the time of 30 epochs of the LH view over every fold, "
+        "the plain-CNN baseline's schedule): a few real training and validation steps of each view are "
+        "timed on this machine before training, and the views share the budget with the same epochs",
         {
-            "": "epochs {epochs}: a budget of {budget:.2g} spectrogram cells per fold on {where}, over {train_clips} "
-            "training clips x {cells} cells = {raw:.1f}, kept within {lo}-{hi}"
+            "provisional": "epochs {epochs} for now: `soundtag train` times a few real steps on this machine "
+            "and sets the epochs that fit the time budget",
         },
     ),
     "keep": AutoRule(
@@ -317,7 +335,7 @@ def choose_sample_rate(
     >>> choose_sample_rate([8000] * 19 + [44100])[0]
     8000
     >>> choose_sample_rate([44100, 48000])[0]
-    32000
+    16000
     >>> choose_sample_rate([6000])[0]
     6000
     """
@@ -330,8 +348,13 @@ def choose_sample_rate(
     up = sum(r < rate for r in ordered) / len(ordered)
     common, n = Counter(ordered).most_common(1)[0]
     upsampled = f"; {up:.0%} of clips are below it natively and are upsampled" if up else ""
+    capped = (
+        " (a higher rate costs more cells a step and has not scored more at equal time where measured)"
+        if median > cap
+        else ""
+    )
     return rate, AUTO_RULES["sample_rate"].explain(
-        rate=rate, share=n / len(ordered), common=common, median=median, cap=cap, upsampled=upsampled
+        rate=rate, share=n / len(ordered), common=common, median=median, cap=cap, upsampled=upsampled, capped=capped
     )
 
 
@@ -388,15 +411,15 @@ def choose_resolution(sample_rate: int, window: float) -> tuple[dict[str, Any], 
     {'n_fft': 512, 'hop_length': 80, 'n_mels': 64, 'fmin': 20.0, 'fmax': None}
     >>> choose_resolution(16000, 5.0)[0]
     {'n_fft': 1024, 'hop_length': 320, 'n_mels': 64, 'fmin': 20.0, 'fmax': None}
-    >>> choose_resolution(32000, 5.0)[0]["n_mels"]
-    128
+    >>> choose_resolution(8000, 5.0)[0]["hop_length"]
+    160
     """
     if sample_rate <= 0:
         raise ParameterError(f"sample_rate={sample_rate} must be positive")
     n_fft = 1 << max(0, math.ceil(math.log2(FFT_SECONDS * sample_rate)))
     hop_s = 0.010 if window <= SHORT_WINDOW else 0.020
     hop = max(1, round(hop_s * sample_rate))
-    n_mels = 64 if sample_rate <= MEL_RATE else 128
+    n_mels = N_MELS
     why_hop = (
         f"windows up to {SHORT_WINDOW:g} s keep 10 ms for short events"
         if hop_s == 0.010
@@ -410,9 +433,7 @@ def choose_resolution(sample_rate: int, window: float) -> tuple[dict[str, Any], 
             hop=hop,
             hop_ms=hop_s * 1000,
             why_hop=why_hop,
-            n_mels=n_mels,
             nyquist=sample_rate / 2,
-            where="up to" if n_mels == 64 else "above",
         ),
     )
 
@@ -451,32 +472,29 @@ def choose_model(clips: int, device: str, available: Iterable[str]) -> tuple[str
     return "vgg", {}, rule.explain("vgg-gpu-full", clips=clips)
 
 
-def choose_epochs(train_clips: int, cells: int, device: str, cpu_count: int) -> tuple[int, str]:
-    """Epochs from the budget of spectrogram cells one fold may spend.
+def choose_views(
+    durations: Sequence[float], chunk: float, *, min_chunks: int = X_MIN_CHUNKS
+) -> tuple[tuple[str, ...], str]:
+    """The views trained by default: LH and X when the median clip holds ``min_chunks`` X chunks.
 
-    Parameters
-    ----------
-    train_clips : clips one fold trains on
-    cells : mels x frames of one training view
-    device : ``cpu`` or ``gpu``
-    cpu_count : CPU cores (the CPU budget is per 2 cores)
+    The X view cuts each clip into chunks and averages their predictions; on clips no longer
+    than one chunk it sees what LH sees, so its training time is better spent on LH.
 
     Examples
     --------
-    >>> choose_epochs(1600, 64 * 250, "cpu", 2)[0]
-    30
-    >>> choose_epochs(1600, 128 * 250, "cpu", 2)[0], choose_epochs(320, 128 * 250, "cpu", 2)[0]
-    (15, 75)
+    >>> choose_views([5.0] * 10, 2.5)[0]
+    ('lh', 'x')
+    >>> choose_views([0.6] * 10, 0.5)[0]
+    ('lh',)
     """
-    if train_clips < 1 or cells < 1:
-        raise ParameterError(f"train_clips={train_clips} and cells={cells} must be positive")
-    budget = CELL_BUDGET[device] * (max(1, cpu_count) / 2 if device == "cpu" else 1)
-    lo, hi = EPOCH_RANGE[device]
-    raw = budget / (train_clips * cells)
-    epochs = int(min(max(round(raw), lo), hi))
-    where = f"{cpu_count} CPU core(s)" if device == "cpu" else "a GPU"
-    return epochs, AUTO_RULES["epochs"].explain(
-        epochs=epochs, budget=budget, where=where, train_clips=train_clips, cells=cells, raw=raw, lo=lo, hi=hi
+    if chunk <= 0:
+        raise ParameterError(f"chunk={chunk} must be positive")
+    median = float(np.median(as_durations(durations)))
+    chunks = median / chunk
+    # 0.05 s of slack: durations are rounded to 0.1 s when the chunk is chosen
+    views = ("lh", "x") if chunks >= min_chunks - 0.05 / chunk else ("lh",)
+    return views, AUTO_RULES["views"].explain(
+        "both" if len(views) == 2 else "lh", median=median, chunks=chunks, chunk=chunk
     )
 
 
@@ -529,6 +547,51 @@ def auto_recipe(
 
     if view not in ("lh", "x"):
         raise ParameterError(f"view={view!r} must be 'lh' or 'x'")
+    return _recipe_from_profile(profile_data(manifest), view, overrides, device, cpu_count, models)
+
+
+def auto_recipes(
+    manifest,
+    *,
+    views: Sequence[str] | None = None,
+    overrides: Iterable[str] = (),
+    device: str = "cpu",
+    cpu_count: int | None = None,
+    models: Iterable[str] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The recipes of the views ``soundtag train`` trains by default, and why.
+
+    Parameters
+    ----------
+    manifest : the dataset; its headers are probed once
+    views : ``["lh"]``, ``["x"]`` or ``["lh", "x"]``; default: :func:`choose_views` decides
+    overrides, device, cpu_count, models : as :func:`auto_recipe`
+
+    Returns
+    -------
+    ({view: Recipe}, list of str)
+        the recipes in training order and the reasons, each line once (a line that only one view
+        has follows the shared ones)
+    """
+    profile = profile_data(manifest)
+    lh, lh_reasons = _recipe_from_profile(profile, "lh", overrides, device, cpu_count, models)
+    x, x_reasons = _recipe_from_profile(profile, "x", overrides, device, cpu_count, models)
+    if views is None:
+        views, why = choose_views(profile.durations, x.view.duration)
+    else:
+        views = tuple(views)
+        if not views or any(v not in ("lh", "x") for v in views) or len(set(views)) != len(views):
+            raise ParameterError(f"views={list(views)} must be lh, x, or both")
+        why = AUTO_RULES["views"].explain("asked", views="+".join(v.upper() for v in views))
+    chosen = {"lh": lh, "x": x}
+    reasons = list(lh_reasons) if "lh" in views else []
+    if "x" in views:
+        reasons += [line for line in x_reasons if line not in reasons]
+    reasons.insert(1, why)
+    return {v: chosen[v] for v in views}, reasons
+
+
+def _recipe_from_profile(profile: DataProfile, view, overrides, device, cpu_count, models):
     device = _device(device)
     if cpu_count is None:
         cpu_count = hardware.cpu_count()
@@ -538,7 +601,6 @@ def auto_recipe(
         from soundtag.models import list_models
 
         models = list_models()
-    profile = profile_data(manifest)
     d = np.asarray(profile.durations)
     reasons = [_data_line(profile)]
 
@@ -572,9 +634,8 @@ def auto_recipe(
 
     model, model_args, why = choose_model(profile.clips, device, models)
     reasons.append(why)
-    frames = int(round(duration * rate)) // features["hop_length"]
-    epochs, why = choose_epochs(profile.train_clips, max(1, frames) * features["n_mels"], device, cpu_count)
-    reasons.append(why)
+    epochs = PROVISIONAL_EPOCHS[device]
+    reasons.append(AUTO_RULES["epochs"].explain("provisional", epochs=epochs))
     reasons.append(AUTO_RULES["keep"].explain())
 
     validation = "all"

@@ -60,10 +60,11 @@ def ensemble_table(result) -> Table:
 
     rows = [(r, f"{w:.3f}", *cells(m)) for r, w, m in zip(result.runs, result.weights, result.run_metrics)]
     rows.append(("blend", "1.000", *cells(result.blend_metrics)))
-    if result.equal_weight_metrics:  # nothing fitted on the clips it is scored on
+    if result.equal_weight_metrics and result.weighting == "fitted":  # nothing fitted on the clips it scores
         rows.append(("blend, equal weights", "", *cells(result.equal_weight_metrics)))
+    how = f"weights fitted on {result.fitted_on} training clips" if result.weighting == "fitted" else "equal weights"
     return table(
-        f"ensemble: out-of-fold, weights fitted on {result.fitted_on} training clips",
+        f"ensemble: out-of-fold, {how}",
         ("run", "weight", "MAP@3", "top-1", metric.replace("_", " ")),
         rows,
         left=("run",),

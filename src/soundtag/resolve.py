@@ -20,7 +20,7 @@ from typing import Iterable
 from soundtag.errors import ParameterError
 from soundtag.recipe import AUTO_VIEWS, Recipe, load_recipe
 
-__all__ = ["ResolvedRecipe", "option_overrides", "resolve_recipe"]
+__all__ = ["ResolvedRecipe", "ResolvedViews", "option_overrides", "resolve_recipe", "resolve_views"]
 
 
 @dataclass
@@ -115,3 +115,50 @@ def resolve_recipe(
         )
         return ResolvedRecipe(recipe, reasons)
     return ResolvedRecipe(load_recipe(source, extra))
+
+
+@dataclass
+class ResolvedViews:
+    """The recipe of every view ``soundtag train`` trains, in order, and why."""
+
+    recipes: dict[str, Recipe]
+    reasons: list[str] = field(default_factory=list)
+
+
+def resolve_views(
+    source: str | Path | Recipe,
+    overrides: Iterable[str] = (),
+    *,
+    manifest=None,
+    views: Iterable[str] | None = None,
+    device: str | None = None,
+    cpu_count: int | None = None,
+    **options,
+) -> ResolvedViews:
+    """The views a training run trains: for ``auto``, LH and X when the data suits both (or the
+    ``views`` asked for); for ``auto-x`` the X view; for any other recipe, that recipe alone.
+
+    Parameters are those of :func:`resolve_recipe`, and ``views`` (``["lh"]``, ``["x"]`` or
+    ``["lh", "x"]``), which only ``auto`` takes.
+    """
+    views = list(views) if views is not None else None
+    if isinstance(source, Recipe) or str(source) != "auto":
+        if views is not None and not (str(source) == "auto-x" and views == ["x"]):
+            raise ParameterError(
+                f"--views chooses the views of the recipe auto; recipe {getattr(source, 'name', source)!r} is one view"
+            )
+        resolved = resolve_recipe(source, overrides, manifest=manifest, device=device, cpu_count=cpu_count, **options)
+        return ResolvedViews({resolved.recipe.view.kind: resolved.recipe}, resolved.reasons)
+    if manifest is None:
+        raise ParameterError("recipe 'auto' is chosen from a dataset: pass it (--data D, or manifest= from Python)")
+    from soundtag.hardware import default_device
+    from soundtag.recipe_auto import auto_recipes
+
+    recipes, reasons = auto_recipes(
+        manifest,
+        views=views,
+        overrides=[*overrides, *option_overrides(**options)],
+        device=device or default_device(),
+        cpu_count=cpu_count,
+    )
+    return ResolvedViews(recipes, reasons)

@@ -17,11 +17,14 @@ Layout of a run directory::
     suspects.csv        ``soundtag suspects``
     predictions/        ``soundtag predict``: one CSV per predicted dataset
     model.onnx          ``soundtag export`` (default place)
+    plan.json           ``soundtag train``'s time plan and the recipes it trains (when it planned)
 
 A fold counts as finished only once its ``done.json`` is written (atomically, last).
 
 An ensemble directory holds ``ensemble.json`` (runs, weights, metrics), the blended
-``oof.csv`` and ``predictions/<name>.csv``.
+``oof.csv`` and ``predictions/<name>.csv``. The one ``soundtag train`` leaves when it trains
+two views holds them as ``lh/`` and ``x/`` (each a run directory) beside its ``plan.json``,
+with ``metrics.json``, ``confusion.png`` and ``suspects.csv`` of the blend.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class RunDir:
     #: Of those, the files that must be byte-identical across the jobs of one run.
     MUST_AGREE = (RECIPE, MANIFEST, FOLDS)
     FOLD_DONE, FOLD_OOF, LOGS, TENSORBOARD = "done.json", "oof.npy", "logs", "tb"
+    PLAN = "plan.json"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -278,6 +282,11 @@ class RunDir:
         return self.path / "oof.csv"
 
     @property
+    def plan_file(self) -> Path:
+        """``soundtag train``'s time plan and recipes, where it planned the run."""
+        return self.path / self.PLAN
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.json"
 
@@ -331,13 +340,28 @@ class EnsembleDir:
         atomic_write_json(self.path / self.INFO, info)
 
     def members(self) -> list[tuple[Path, float]]:
-        """``(run directory, weight)`` of every run of the blend."""
-        return [(Path(r["path"]), float(r["weight"])) for r in self.info()["runs"]]
+        """``(run directory, weight)`` of every run of the blend (a relative path is relative to
+        the ensemble directory, so that a blend that holds its runs can be moved whole)."""
+        return [(self.path / r["path"], float(r["weight"])) for r in self.info()["runs"]]
+
+    def member_path(self, run: str | Path) -> str:
+        """How ``ensemble.json`` names ``run``: relative when it lies inside this directory."""
+        run = Path(run).absolute()
+        try:
+            return run.relative_to(self.path.absolute()).as_posix()
+        except ValueError:
+            return str(run)
+
+    def view_dir(self, view: str) -> Path:
+        """Where ``soundtag train`` trains ``view`` (``lh`` or ``x``) of a blended run."""
+        return self.path / view
 
     @property
     def info_file(self) -> Path:
         return self.path / self.INFO
 
     oof_csv = RunDir.oof_csv
+    plan_file = RunDir.plan_file
+    PLAN = RunDir.PLAN
     predictions_dir = RunDir.predictions_dir
     predictions_file = RunDir.predictions_file

@@ -10,7 +10,7 @@ import numpy as np
 from soundtag.cleaning.decisions import Decision, DecisionBook
 from soundtag.cleaning.suspects import check_run, label_scores
 from soundtag.errors import ParameterError
-from soundtag.runs import RunDir
+from soundtag.inference.blended import open_run
 
 
 def auto_clean(
@@ -43,7 +43,7 @@ def auto_clean(
     if relabel_above is not None and not 0 < relabel_above <= 1:
         raise ParameterError(f"relabel_above={relabel_above} must be in (0, 1], e.g. 0.9")
     run_dir = check_run(run_dir)
-    oof = RunDir(run_dir).out_of_fold()
+    oof = open_run(run_dir).out_of_fold()
     manifest, probs = oof.manifest, oof.probs
     given = [c.labels for c in manifest]
     quality, issues = label_scores(given, manifest.labels, probs, multilabel=manifest.multilabel, method=method)

@@ -87,9 +87,9 @@ class Decision:
 
 def default_lists_dir(run_dir: str | Path, base: str | Path = ".") -> Path:
     """The lists folder used when none is given: ``<base>/cleaning/<dataset name of the run>``."""
-    from soundtag.runs import RunDir
+    from soundtag.inference.blended import open_run
 
-    name = RunDir(run_dir).dataset_name()
+    name = open_run(run_dir).dataset_name()
     return Path(base) / "cleaning" / (name or "dataset")
 
 
@@ -361,11 +361,13 @@ def _fold(log: Sequence[Decision]) -> tuple[list[Decision], list[Decision]]:
 def retrain_command(run_dir: str | Path, lists_dir: str | Path) -> str:
     """The ``soundtag train`` command that retrains ``run_dir``'s recipe with a lists folder's
     blacklist and relabels (the next round of the blacklist loop)."""
-    from soundtag.runs import RunDir
+    from soundtag.inference.blended import BlendedRun, open_run
 
-    run = RunDir(run_dir)
+    run = open_run(run_dir)
     folder = Path(lists_dir)
+    # a blend of views was trained by the default recipe, which retrains both views
+    recipe = "" if isinstance(run, BlendedRun) else f" --recipe {run.recipe_file()}"
     return (
-        f"soundtag train --data {run.data_source() or 'DATA'} --recipe {run.recipe_file()} "
+        f"soundtag train --data {run.data_source() or 'DATA'}{recipe} "
         f"--blacklist {folder / BLACKLIST_FILE} --relabel {folder / RELABEL_FILE}"
     )

@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from soundtag.cleaning.decisions import DecisionBook
 from soundtag.cleaning.suspects import find_suspects, read_suspects, write_suspects
 from soundtag.errors import DataError, ParameterError
+from soundtag.inference.blended import open_run
 from soundtag.manifest.clip_lists import MAX_REASON
-from soundtag.runs import RunDir
 
 HOST = "127.0.0.1"
 NEIGHBOURS = 4
@@ -121,7 +121,7 @@ class ReviewData:
         suspects: pd.DataFrame | None = None,
         neighbours: int = NEIGHBOURS,
     ):
-        run = RunDir(run_dir).require_complete()
+        run = open_run(run_dir).require_complete()
         self.run_dir = run.path
         oof = run.out_of_fold()
         self.manifest, self.probs, self.folds, self.in_training = oof.manifest, oof.probs, oof.folds, oof.in_training

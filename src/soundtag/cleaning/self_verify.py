@@ -228,11 +228,16 @@ def self_verify(
     """
     from soundtag._io import atomic_write_json, atomic_write_text
     from soundtag.resolve import resolve_recipe
-    from soundtag.runs import RunDir
+    from soundtag.runs import EnsembleDir, RunDir
     from soundtag.training import Hardware, train  # the public API: the rounds are ordinary runs
 
     if rounds < 1:
         raise ParameterError(f"rounds={rounds} must be at least 1")
+    if EnsembleDir(run_dir).is_ensemble():
+        raise ParameterError(
+            f"{run_dir} blends several runs; self-verification retrains one recipe: give one of them "
+            f"(such as {EnsembleDir(run_dir).view_dir('lh')})"
+        )
     base = RunDir(run_dir).require_complete()
     oof = base.out_of_fold()
     manifest = oof.manifest

@@ -33,7 +33,7 @@ import pandas as pd
 from soundtag._io import atomic_write_text
 from soundtag.audio import SILENCE_PEAK, decode, trim
 from soundtag.errors import AudioError, DataError, ParameterError
-from soundtag.runs import RunDir
+from soundtag.inference.blended import open_run
 
 # Added to ``1 - label quality`` for each audio reason: a silent clip is useless whatever its
 # label; a duplicate with another label is a label conflict; clipping and shortness are worth a
@@ -305,7 +305,7 @@ def rank_suspects(
 
 def check_run(run_dir: str | Path) -> Path:
     """Return ``run_dir`` if it is a run whose every fold is finished; else raise DataError."""
-    return RunDir(run_dir).require_complete().path
+    return open_run(run_dir).require_complete().path
 
 
 def find_suspects(
@@ -330,7 +330,7 @@ def find_suspects(
     -------
     DataFrame with :data:`COLUMNS`, most suspect first (see :func:`rank_suspects`).
     """
-    run = RunDir(run_dir).require_complete()
+    run = open_run(run_dir).require_complete()
     oof = run.out_of_fold()
     manifest, probs, folds, in_training = oof.manifest, oof.probs, oof.folds, oof.in_training
     given = [c.labels for c in manifest]

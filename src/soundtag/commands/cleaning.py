@@ -49,15 +49,15 @@ def suspects(
       soundtag suspects runs/esc10 --top 100 --no-audio
     """
     from soundtag.cleaning import DecisionBook, find_suspects, summarize, write_suspects
+    from soundtag.inference.blended import open_run
     from soundtag.reports import suspects_tables
-    from soundtag.runs import RunDir
 
     folder = _lists_dir(run, lists)
     df = find_suspects(run, audio=audio)
     if top is not None:
         df = df.head(top)
-    path = write_suspects(df, RunDir(run).suspects_csv)
-    manifest = RunDir(run).manifest()
+    path = write_suspects(df, open_run(run).suspects_csv)
+    manifest = open_run(run).manifest()
     decided = DecisionBook(folder).latest() if folder.is_dir() else {}
     by_class, head = suspects_tables(run, df, summarize(df, manifest.labels, manifest.label_counts(), decided=decided))
     console.print(by_class)
@@ -86,11 +86,11 @@ def review(
     """
     from soundtag.cleaning import retrain_command
     from soundtag.cleaning.review import HOST, check_port, create_app, serve
-    from soundtag.runs import RunDir
+    from soundtag.inference.blended import open_run
 
     folder = _lists_dir(run, lists)
     port = check_port(port)
-    if not RunDir(run).suspects_csv.is_file():
+    if not open_run(run).suspects_csv.is_file():
         console.print("no suspects.csv yet: finding the suspects first (as `soundtag suspects` does)")
     web = create_app(run, folder)
     data = web.state.review

@@ -241,7 +241,13 @@ def export(
     from soundtag.prediction import export_onnx
 
     path = export_onnx(run, out, arch=arch)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); checked against PyTorch to 1e-4")
+    if path.is_dir():  # a blend of views: one model file a run
+        files = sorted(path.glob("*.onnx")) or sorted(path.glob("*/model.onnx"))
+        listed = ", ".join(f"{escape(str(f))} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
+        console.print(f"wrote {listed}; each checked against PyTorch to 1e-4", soft_wrap=True)
+        console.print(f"tag with: soundtag tag {escape(str(path))} CLIP" + ("" if out else " --engine onnx"))
+    else:
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); checked against PyTorch to 1e-4")
 
 
 def embed(

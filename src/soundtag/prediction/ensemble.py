@@ -38,6 +38,8 @@ class EnsembleResult:
     #: The equal-weight blend's out-of-fold metrics: nothing fitted on the clips it is scored on,
     #: unlike ``blend_metrics``, whose weights were.
     equal_weight_metrics: dict | None = None
+    #: ``fitted`` or ``equal``
+    weighting: str = "fitted"
 
 
 def load_oof_predictions(run: str | Path, *, partial: bool = False) -> tuple[Predictions, np.ndarray]:
@@ -65,8 +67,14 @@ def align(base: Predictions, other: Predictions, what: str) -> Predictions:
     return Predictions(base.ids, base.labels, other.probs[idx], base.given, base.multilabel)
 
 
-def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool = False) -> EnsembleResult:
+def ensemble_runs(
+    runs: list[str | Path], out_dir: str | Path, *, partial: bool = False, weights: str = "fitted"
+) -> EnsembleResult:
     """Fit blend weights on the runs' out-of-fold predictions and write the ensemble directory.
+
+    With ``weights="equal"`` nothing is fitted: every run weighs the same, so the blend's
+    out-of-fold score is not chosen on the clips it is computed on (``soundtag train``'s blend of
+    two views).
 
     With ``partial``, runs trained on some folds only (``soundtag train --fold``) are blended on
     the clips of their finished folds, which must be the same in every run. The fitted weights
@@ -74,6 +82,8 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
     metrics (``equal_weight_metrics``) have nothing fitted on them.
     """
     runs = [Path(r) for r in runs]
+    if weights not in ("fitted", "equal"):
+        raise ParameterError(f"weights={weights!r} must be 'fitted' or 'equal'")
     if len(runs) < 2:
         raise ParameterError(f"an ensemble needs at least two runs, got {len(runs)}")
     finished = [RunDir(r).require().finished_folds() for r in runs]
@@ -100,7 +110,11 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
         fit_mask &= np.array([c in keep for c in base.ids])
     targets = base.targets()
     stack = np.stack([p.probs for p in aligned])
-    weights = fit_blend_weights(targets[fit_mask], stack[:, fit_mask], multilabel=base.multilabel)
+    how = weights
+    if how == "equal":
+        weights = np.full(len(runs), 1 / len(runs))
+    else:
+        weights = fit_blend_weights(targets[fit_mask], stack[:, fit_mask], multilabel=base.multilabel)
     blended = geometric_mean(stack, weights=weights, multilabel=base.multilabel)
     run_metrics = [evaluation.summarize(targets, p.probs, multilabel=base.multilabel) for p in aligned]
     blend_metrics = evaluation.summarize(targets, blended, multilabel=base.multilabel)
@@ -129,13 +143,19 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
     out.write_info(
         {
             "runs": [
-                {"path": str(r.absolute()), "weight": float(w), "oof": m} for r, w, m in zip(runs, weights, run_metrics)
+                {"path": out.member_path(r), "weight": float(w), "oof": m}
+                for r, w, m in zip(runs, weights, run_metrics)
             ],
             "blend": {
                 "oof": blend_metrics,
                 "equal_weights_oof": equal_weight_metrics,
                 "combination": "weighted geometric mean",
-                "fitted_on": "out-of-fold predictions of the training clips, blacklisted clips left out",
+                "weights": how,
+                "fitted_on": (
+                    "out-of-fold predictions of the training clips, blacklisted clips left out"
+                    if how == "fitted"
+                    else None
+                ),
                 "fitted_clips": int(fit_mask.sum()),
                 "partial": partial,
                 "clips": len(base.ids),
@@ -145,5 +165,5 @@ def ensemble_runs(runs: list[str | Path], out_dir: str | Path, *, partial: bool 
         }
     )
     return EnsembleResult(
-        out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written, equal_weight_metrics
+        out.path, runs, weights, run_metrics, blend_metrics, int(fit_mask.sum()), written, equal_weight_metrics, how
     )

@@ -20,7 +20,7 @@ import numpy as np
 from soundtag._io import atomic_path
 from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
 from soundtag.prediction.tagger import ONNX_METADATA_KEY
-from soundtag.runs import RunDir
+from soundtag.runs import EnsembleDir, RunDir
 
 OPSET = 18
 
@@ -33,6 +33,8 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
     ``.onnx``. The check runs a batch of noise chunks (:func:`noise_chunks`) through PyTorch and ONNX Runtime and
     refuses to keep a file whose probabilities differ by more than 1e-4.
     """
+    if arch is None and EnsembleDir(run).is_ensemble():
+        return _export_blend(EnsembleDir(run), out)
     import onnx
     import onnxruntime as ort
     import torch
@@ -119,6 +121,44 @@ def export_onnx(run: str | Path, out: str | Path | None = None, *, arch: str | N
                 f"{out}: ONNX Runtime and PyTorch differ by {worst:.2e} (> 1e-4); "
                 "the model was not written. Please report this with the model name."
             )
+    return out
+
+
+def _export_blend(blend: EnsembleDir, out: str | Path | None) -> Path:
+    """A blend of runs (LH + X): every run exported; with ``out``, a folder that tags alone.
+
+    The views cut and scale the sound differently, so each keeps its own model file; without
+    ``out`` each run's ``model.onnx`` is written where ``soundtag export RUN`` writes it (``tag
+    RUN --engine onnx`` then uses them), with ``out`` the folder gets ``<run>.onnx`` for every
+    run and an ``ensemble.json`` with their weights, so ``soundtag tag FOLDER`` needs nothing else.
+    """
+    from soundtag.errors import ParameterError
+
+    members = blend.members()
+    if out is None:
+        for run, _ in members:
+            export_onnx(run)
+        return blend.path
+    out = Path(out)
+    if out.suffix == ".onnx":
+        raise ParameterError(
+            f"{blend.path} blends {len(members)} runs, one model file each: give a folder, --out {out.with_suffix('')}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for i, (run, _) in enumerate(members):
+        name = f"{run.name}.onnx" if f"{run.name}.onnx" not in names else f"{run.name}-{i}.onnx"
+        export_onnx(run, out / name)
+        names.append(name)
+    info = blend.info()
+    EnsembleDir(out).write_info(
+        {
+            "runs": [{"path": n, "weight": w} for n, (_, w) in zip(names, members)],
+            "blend": info.get("blend", {}),
+            "exported_from": str(blend.path.absolute()),
+            "exported": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+    )
     return out
 
 

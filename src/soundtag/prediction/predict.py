@@ -12,12 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from soundtag.errors import DataError
 from soundtag.inference.clips import predict_store_clips
+from soundtag.inference.combine import geometric_mean
 from soundtag.manifest import Manifest
 from soundtag.prediction.predictions import Predictions
 from soundtag.progress import progress_bar
-from soundtag.runs import RunDir
+from soundtag.runs import EnsembleDir, RunDir
 
 
 @dataclass
@@ -53,6 +56,8 @@ def predict_dataset(
     from soundtag.features.extract import extract_features
     from soundtag.inference.fold_models import load_run
 
+    if EnsembleDir(run).is_ensemble():
+        return _predict_blend(EnsembleDir(run), manifest, out, cache_dir, tta, batch_clips, progress)
     run = RunDir(run).require()
     loaded = load_run(run.path)
     recipe = loaded.recipe
@@ -79,3 +84,35 @@ def predict_dataset(
         else None
     )
     return PredictResult(predictions, path, summary.failures, metrics)
+
+
+def _predict_blend(blend: EnsembleDir, manifest: Manifest, out, cache_dir, tta, batch_clips, progress) -> PredictResult:
+    """Every run of the blend predicts (into its own ``predictions/``), then their weighted
+    geometric mean, as its out-of-fold predictions were blended."""
+    from soundtag import evaluation
+
+    parts = [
+        (predict_dataset(run, manifest, cache_dir=cache_dir, tta=tta, batch_clips=batch_clips, progress=progress), w)
+        for run, w in blend.members()
+    ]
+    first = parts[0][0].predictions
+    # a clip some run could not decode has no blended prediction
+    ids = [c for c in first.ids if all(c in set(p.predictions.ids) for p, _ in parts[1:])]
+    stack = []
+    for p, _ in parts:
+        row = {c: i for i, c in enumerate(p.predictions.ids)}
+        stack.append(p.predictions.reorder(first.labels).probs[[row[c] for c in ids]])
+    weights = np.array([w for _, w in parts], dtype=float)
+    probs = geometric_mean(np.stack(stack), weights=weights, multilabel=first.multilabel)
+    given = {c: g for c, g in zip(first.ids, first.given)}
+    predictions = Predictions(ids, first.labels, probs, [given[c] for c in ids], first.multilabel)
+    path = Path(out) if out else blend.predictions_file(manifest.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions.write_csv(path)
+    failures = list({f.clip_id: f for p, _ in parts for f in p.failures}.values())  # one per clip
+    metrics = (
+        evaluation.summarize(predictions.targets(), probs, multilabel=first.multilabel)
+        if predictions.labelled
+        else None
+    )
+    return PredictResult(predictions, path, failures, metrics)

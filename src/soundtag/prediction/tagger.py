@@ -190,7 +190,7 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
             f"{source} does not exist; give a run directory, an ensemble directory, "
             "a .ckpt, an exported .onnx model, or a pretrained checkpoint with --arch"
         )
-    engine = engine or ("onnx" if source.suffix == ".onnx" else "torch")
+    asked, engine = engine, engine or ("onnx" if source.suffix == ".onnx" else "torch")
     if engine not in ENGINES:
         raise ParameterError(f"engine={engine!r} must be one of {', '.join(ENGINES)}")
     if arch is not None:
@@ -202,7 +202,8 @@ def load_tagger(source: str | Path, *, engine: str | None = None, threads: int |
         return _torch_tagger(source, threads, arch)
     if EnsembleDir(source).is_ensemble():
         runs, weights = zip(*EnsembleDir(source).members())
-        members = [load_tagger(r, engine=engine, threads=threads) for r in runs]
+        # each member's own default: an exported blend's members are .onnx files
+        members = [load_tagger(r, engine=asked, threads=threads) for r in runs]
         return EnsembleTagger(members, np.array(weights), str(source))
     if engine == "onnx":
         if source.is_dir() and RunDir(source).onnx_model.is_file():  # where `soundtag export RUN` writes

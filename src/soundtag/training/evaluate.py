@@ -14,14 +14,17 @@ import numpy as np
 
 from soundtag import evaluation
 from soundtag._io import atomic_write_json, atomic_write_text
+from soundtag.errors import ParameterError
+from soundtag.inference.blended import BlendedRun, open_run
 from soundtag.manifest import Manifest
 from soundtag.runs import RunDir
 from soundtag.training.splits import label_matrix
 
 
-def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int | None = None) -> dict:
+def evaluate_run(run_dir: str | Path | RunDir | BlendedRun, *, plots: bool = True, tta: int | None = None) -> dict:
     """Compute and write ``metrics.json`` and the plots of a run (and ``oof.csv`` once every fold
-    is finished); a run with unfinished folds is scored on its finished folds' clips.
+    is finished); a run with unfinished folds is scored on its finished folds' clips. A blended
+    run (LH + X, an ensemble directory) is scored on its blended out-of-fold predictions.
 
     With ``tta``, the out-of-fold predictions are made again from the kept fold models with
     that many shifted copies of every chunk
@@ -35,7 +38,13 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
     ``per_fold``, ``per_class``; ``folds`` (the finished folds scored), ``complete`` and ``tta``
     (the shifted copies the predictions were made with).
     """
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = open_run(run_dir)
+    blended = isinstance(run, BlendedRun)
+    if blended and tta is not None:
+        raise ParameterError(
+            f"--tta predicts again with one run's fold models: evaluate each view of {run.path} "
+            f"({', '.join(str(r.path) for r in run.runs())}) with it"
+        )
     if tta is None:
         oof = run.require().out_of_fold(partial=True)
     else:
@@ -60,9 +69,10 @@ def evaluate_run(run_dir: str | Path | RunDir, *, plots: bool = True, tta: int |
         for i, (lab, r, p) in enumerate(zip(manifest.labels, recall, precision))
     }
     metrics["folds"], metrics["complete"] = oof.finished, oof.complete
-    metrics["tta"] = run.recipe().training.tta if tta is None else tta
+    recipes = run.recipes() if blended else [run.recipe()]
+    metrics["tta"] = recipes[0].training.tta if tta is None else tta
     # keep: best picks each fold's epoch by its validation clips, which are the clips it scores
-    metrics["selected_on_scored_clips"] = run.recipe().training.keep == "best"
+    metrics["selected_on_scored_clips"] = any(r.training.keep == "best" for r in recipes)
     if tta is not None:
         atomic_write_json(run.path / f"metrics-tta{tta}.json", metrics)
         return metrics
@@ -109,10 +119,10 @@ def _write_oof_csv(
     atomic_write_text(path, buf.getvalue())
 
 
-def _histories(run: str | Path | RunDir) -> dict:
+def _histories(run: str | Path | RunDir | BlendedRun) -> dict:
     import pandas as pd
 
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = open_run(run)
     out = {}
     for fold, files in run.fold_metric_logs().items():
         frames = [df for df in map(pd.read_csv, files) if "epoch" in df]

@@ -24,8 +24,14 @@ __all__ = ["train_fold"]
 def train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware = Hardware()) -> None:
     """Fit fold ``k`` of ``plan`` into ``run`` (resuming from its ``last.ckpt`` when there is one)
     and write its out-of-fold predictions; on several processes, only rank 0 writes."""
-    # Lightning's warnings that do not apply here are silenced for this fold only, not for
-    # the process that called us (a notebook keeps its own filters).
+    with lightning_quiet():
+        _fit_fold(plan, k, run, progress, hardware)
+
+
+@contextlib.contextmanager
+def lightning_quiet():
+    """Lightning's warnings that do not apply here, and its tips, silenced inside the block only,
+    not for the process that called us (a notebook keeps its own filters)."""
     with warnings.catch_warnings():
         # The fold folder holds logs (and, on resume, checkpoints) before the callback writes there.
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
@@ -34,7 +40,7 @@ def train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Har
         # Lightning's own use of a torch API that torch deprecates: nothing a user can act on.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         with _without_lightning_tips():
-            _fit_fold(plan, k, run, progress, hardware)
+            yield
 
 
 @contextlib.contextmanager

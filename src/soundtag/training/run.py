@@ -70,17 +70,14 @@ def train(
     """
     run = RunDir(run_dir)
     run_dir = run.path
-    t = recipe.training
-    rank, launched = launch_rank()
+    rank = launch_rank()[0]
     if rank == 0 and run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise ParameterError(
             f"run directory {run_dir} already exists; use --resume to continue it or give another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    if t.relabel:
-        manifest = apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
-    blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
+    manifest, blacklist = relabelled(manifest, recipe)
     if rank == 0:
         run.start(
             recipe,
@@ -94,16 +91,8 @@ def train(
             },
         )
 
-    if launched > 1:
-        # Processes started together (torchrun, SLURM) must not compute the same features at
-        # once: they read a store made beforehand (`soundtag features`, sharded if need be).
-        store, failed = stored_features(manifest, recipe, cache_dir)
-    else:
-        store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress, shard="all")
-        failed = {f.clip_id for f in summary.failures}
-    if failed:
-        manifest = manifest.filter(lambda c: c.id not in failed)
-    plan = FoldSet.build(manifest, recipe, store, blacklist)
+    plan = fold_set(manifest, recipe, blacklist, cache_dir, progress=progress)
+    manifest = plan.manifest
     if rank == 0:
         run.write_folds(manifest.ids, plan.fold_of, plan.in_training)
 
@@ -126,6 +115,32 @@ def train(
     # A run trained in part (--fold) is scored on its finished folds' clips, which it says.
     metrics = evaluate_run(run) if run.finished_folds() else {}
     return RunResult(run_dir, metrics, trained, skipped)
+
+
+def relabelled(manifest: Manifest, recipe: Recipe) -> tuple[Manifest, set[str]]:
+    """``manifest`` with the recipe's relabel list applied, and the clips its blacklist names."""
+    t = recipe.training
+    if t.relabel:
+        manifest = apply_relabel(manifest, read_clip_list(t.relabel, manifest, what="relabel"), t.relabel)
+    blacklist = set(read_clip_list(t.blacklist, manifest, what="blacklist")) if t.blacklist else set()
+    return manifest, blacklist
+
+
+def fold_set(
+    manifest: Manifest, recipe: Recipe, blacklist: set[str], cache_dir: str | Path, *, progress: bool = True
+) -> FoldSet:
+    """The run's clips in folds, with their features (computed once into ``cache_dir``); clips
+    whose audio cannot be decoded are left out (the extraction reports them)."""
+    if launch_rank()[1] > 1:
+        # Processes started together (torchrun, SLURM) must not compute the same features at
+        # once: they read a store made beforehand (`soundtag features`, sharded if need be).
+        store, failed = stored_features(manifest, recipe, cache_dir)
+    else:
+        store, summary = extract_features(manifest, recipe, cache_dir=cache_dir, progress=progress, shard="all")
+        failed = {f.clip_id for f in summary.failures}
+    if failed:
+        manifest = manifest.filter(lambda c: c.id not in failed)
+    return FoldSet.build(manifest, recipe, store, blacklist)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, hardware: Hardware = Hardware()) -> RunResult:

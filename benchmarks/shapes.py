@@ -1,0 +1,278 @@
+"""The default against the plain-CNN baseline over data shapes: ``soundtag train`` as a user runs it.
+
+Every row is one ``soundtag train`` command, run as a subprocess and timed whole (features,
+timing, every fold of every view, the blend, scoring): ``plain-cnn-lh`` (the plain-CNN
+baseline, 30 epochs) first, then the default (no recipe: ``auto``, both views where the clips
+suit them, the default budget), then the default given the baseline's own wall time
+(``--time``). Each command gets a fresh feature cache, so features are paid by every row.
+
+Cases (the folds are the dataset's own; "fold 1" trains on the others and scores fold 1):
+
+- ``esc50-fold1``: ESC-50 (16 kHz FLAC), fold 1
+- ``esc10``: ESC-10 at its native 44.1 kHz Ogg, uneven lengths, all 5 folds
+- ``esc50-fold1-44k``: ESC-50 fold 1 resampled to 44.1 kHz: the same sounds at a higher native
+  rate, where cost must not rise without a gain
+- ``esc50-20x40``: 20 of ESC-50's classes (every other one, in its label order), all 40 clips
+  each, fold 1: a small dataset
+- ``esc50-1s``, ``esc50-0.5s``: ESC-50 cut to each clip's loudest 1 s / 0.5 s
+  (``benchmarks/short_clips.py``), fold 1
+
+Usage::
+
+    python benchmarks/shapes.py --cases esc50-20x40 esc10 esc50-fold1
+    python benchmarks/shapes.py --smoke          # 10 classes x 2 clips a fold, a minute a row
+
+Results go to ``.cache/benchmarks/shapes/shapes.json`` (rows of earlier runs into the same
+folder are kept: a full run takes hours on 2 cores and is made in parts) and to the section
+``shapes`` of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from short_clips import CASES as SHORT_CASES  # noqa: E402
+from short_clips import build_case, pick_subset, read_case  # noqa: E402
+from train import DOC, code_version, device_line, write_section  # noqa: E402
+
+from soundtag import audio  # noqa: E402
+from soundtag._io import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from soundtag.manifest import Manifest, read_manifest  # noqa: E402
+
+BASELINE = "plain-cnn-lh"
+CASES = {
+    "esc50-fold1": "ESC-50, 16 kHz FLAC, fold 1",
+    "esc10": "ESC-10, native 44.1 kHz Ogg, uneven lengths, 5 folds",
+    "esc50-fold1-44k": "ESC-50 resampled to 44.1 kHz, fold 1",
+    "esc50-20x40": "20 ESC-50 classes x 40 clips, fold 1",
+    "esc50-1s": "ESC-50 cut to its loudest 1 s, fold 1",
+    "esc50-0.5s": "ESC-50 cut to its loudest 0.5 s, fold 1",
+}
+ROWS = ("baseline", "default", "default at the baseline's time")
+SMOKE_SUBSET = {"classes": 10, "per_class_per_fold": 2}
+
+
+def _write_manifest(folder: Path, rows: list[tuple[str, str, object]], name: str) -> Path:
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["path", "labels", "fold"])
+    out.writerows(rows)
+    path = folder / name
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def resampled_copy(manifest: Manifest, folder: Path, rate: int, *, name: str = "manifest.csv") -> Path:
+    """Every clip of ``manifest`` resampled to ``rate`` and written once as FLAC into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for clip in manifest:
+        rel = Path("audio") / (Path(clip.id).with_suffix("").as_posix().replace("/", "__") + ".flac")
+        target = folder / rel
+        if not target.is_file():
+            import soundfile as sf
+
+            native = audio.decode(clip.path)
+            mono = native.samples.mean(axis=1) if native.samples.shape[1] > 1 else native.samples[:, 0]
+            with atomic_path(target) as tmp:
+                sf.write(tmp, audio.resample(mono, native.sample_rate, rate), rate, format="FLAC", subtype="PCM_16")
+        rows.append((rel.as_posix(), ",".join(clip.labels), clip.fold))
+    return _write_manifest(folder, rows, name)
+
+
+def every_other_class(manifest: Manifest, classes: int) -> Manifest:
+    """The clips of ``classes`` labels taken every other one in the label order (no choosing)."""
+    keep = set(manifest.labels[::2][:classes])
+    return manifest.filter(lambda c: c.labels[0] in keep)
+
+
+def case_data(name: str, data: Path, work: Path, smoke: bool) -> tuple[str, list[str]]:
+    """The ``--data`` of case ``name`` and the extra arguments of its commands (``--fold 0``)."""
+    tag = "-smoke" if smoke else ""
+    esc50 = read_manifest(data / "esc50")
+    fold1 = ["--fold", "0"]
+    if name == "esc10":
+        source = read_manifest(data / "esc10")
+        if not smoke:
+            return str(data / "esc10"), []
+        subset = pick_subset(source, **SMOKE_SUBSET)
+        rows = [(c.path, ",".join(c.labels), c.fold) for c in subset]
+        return str(_write_manifest(_mkdir(work / "esc10"), rows, f"manifest{tag}.csv")), []
+    source = pick_subset(esc50, **SMOKE_SUBSET) if smoke else esc50
+    if name == "esc50-fold1":
+        if not smoke:
+            return str(data / "esc50"), fold1
+        rows = [(c.path, ",".join(c.labels), c.fold) for c in source]
+        return str(_write_manifest(_mkdir(work / name), rows, f"manifest{tag}.csv")), fold1
+    if name == "esc50-fold1-44k":
+        return str(resampled_copy(source, work / "clips-44k", 44100, name=f"manifest{tag}.csv")), fold1
+    if name == "esc50-20x40":
+        subset = every_other_class(esc50, 20)
+        if smoke:
+            subset = pick_subset(subset, **SMOKE_SUBSET)
+        rows = [(c.path, ",".join(c.labels), c.fold) for c in subset]
+        return str(_write_manifest(_mkdir(work / name), rows, f"manifest{tag}.csv")), fold1
+    if name in SHORT_CASES:
+        path, _ = build_case(SHORT_CASES[name], source, work / "clips" / name, manifest_name=f"manifest{tag}.csv")
+        read_case(path, source)  # the labels are all there
+        return str(path), fold1
+    raise SystemExit(f"unknown case {name!r}")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_train(args: list[str], run_dir: Path, log: Path) -> dict:
+    """One ``soundtag train`` command, timed whole; its scores, plan and wall time."""
+    command = [sys.executable, "-m", "soundtag.cli", "train", *args, "--out", str(run_dir), "--no-progress"]
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        done = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed ({done.returncode}); see {log}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    row = {
+        "top1": metrics["all"]["top1"],
+        "map3": metrics["all"]["map@3"],
+        "clips": metrics["all"]["clips"],
+        "wall_s": round(wall, 1),
+        "selected_on_scored_clips": metrics.get("selected_on_scored_clips", False),
+    }
+    plan_file = run_dir / "plan.json"
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text())["plan"]
+        row |= {
+            "views": "+".join(v.upper() for v in plan["views"]),
+            "epochs": plan["epochs"],
+            "budget_s": plan["budget_s"],
+            "expected_s": plan["expected_s"],
+        }
+    recipe = (run_dir / ("lh" if (run_dir / "lh").is_dir() else ".") / "recipe.yaml").read_text()
+    import yaml
+
+    r = yaml.safe_load(recipe)
+    row["front_end"] = f"{r['audio']['sample_rate'] // 1000} kHz, {r['features']['n_mels']} mels"
+    row.setdefault("epochs", r["training"]["epochs"])
+    row.setdefault("views", r["view"]["kind"].upper())
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="benchmarks/shapes.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="default: all three")
+    parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips a fold, 1-2 min budgets")
+    parser.add_argument("--out", type=Path, help="default .cache/benchmarks/shapes[-smoke]")
+    parser.add_argument(
+        "--doc", help="markdown file to write the table into (default docs/benchmarks.md; none with --smoke)"
+    )
+    args = parser.parse_args(argv)
+    out = args.out or REPO / ".cache" / "benchmarks" / ("shapes-smoke" if args.smoke else "shapes")
+    doc = Path(args.doc) if args.doc else (None if args.smoke else DOC)
+    data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
+    results = out / "shapes.json"
+    report = json.loads(results.read_text()) if results.is_file() else {"rows": {}}
+    report |= {
+        "machine": device_line(),
+        "command": " ".join(["python benchmarks/shapes.py", *map(shlex.quote, argv or sys.argv[1:])]),
+    }
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for case in args.cases:
+        data_arg, extra = case_data(case, data, out / "data", args.smoke)
+        baseline_wall = report["rows"].get(f"{case}|baseline", {}).get("wall_s")
+        for row in args.rows:
+            if row == "baseline":
+                recipe = ["--recipe", BASELINE] + (["-o", "training.epochs=1"] if args.smoke else [])
+            elif row == "default":
+                recipe = ["--time", "1m"] if args.smoke else []
+            else:
+                if baseline_wall is None:
+                    print(f"{case}: no baseline row yet, so no run at its time", file=sys.stderr)
+                    continue
+                recipe = ["--time", f"{baseline_wall:.0f}s"]
+            name = f"{case}-{row.replace(' ', '-').replace(chr(39), '')}-{stamp}"
+            run_dir = out / "runs" / name
+            cache = out / "cache" / name  # fresh: every row pays for its features
+            print(f"{case}: {row} ...", flush=True)
+            log = _mkdir(out / "logs") / f"{name}.log"
+            result = run_train(["--data", data_arg, *extra, *recipe, "--cache", str(cache)], run_dir, log)
+            result |= {
+                "case": case,
+                "row": row,
+                "date": str(dt.date.today()),
+                "code": code_version(),
+                "args": shlex.join(["soundtag", "train", "--data", data_arg, *extra, *recipe]),
+            }
+            if row == "baseline":
+                baseline_wall = result["wall_s"]
+            report["rows"][f"{case}|{row}"] = result
+            atomic_write_json(results, report)
+            print(
+                f"{case}: {row}: top-1 {result['top1']:.2%}, MAP@3 {result['map3']:.4f}, "
+                f"{result['wall_s'] / 60:.1f} min",
+                flush=True,
+            )
+    lines = table(report)
+    print("\n".join(lines))
+    if doc is not None:
+        write_section("shapes", lines, doc)
+
+
+def table(report: dict) -> list[str]:
+    """The markdown section: one row per case and command, the deltas against the baseline."""
+    rows = report["rows"]
+    dates = sorted({r["date"] for r in rows.values()})
+    lines = [
+        "## Data shapes: the default against the plain-CNN baseline (`benchmarks/shapes.py`)",
+        "",
+        "Each row is one `soundtag train` command as a user runs it, timed whole (features, timing, every "
+        "fold of every view, the blend, scoring), with a fresh feature cache. `default` names no recipe "
+        "(`auto`: both views where the clips hold two X chunks, the default time budget); `default at the "
+        "baseline's time` is the same with `--time` set to the baseline's wall time. Top-1 and MAP@3 are "
+        "out of fold on the scored clips (fold 1, or all 5 folds for esc10), with the weights named before "
+        "training (the last epoch).",
+        "",
+        f"Machine: {report['machine']}. Date: {', '.join(dates)}. Command: `{report['command']}`.",
+        "",
+        "| case | row | views | front-end | epochs | top-1 | vs baseline | MAP@3 | wall time | x baseline | "
+        "plan (expected / budget) | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        base = rows.get(f"{case}|baseline")
+        for row in ROWS:
+            r = rows.get(f"{case}|{row}")
+            if r is None:
+                continue
+            delta = f"{(r['top1'] - base['top1']) * 100:+.1f} pts" if base and row != "baseline" else ""
+            ratio = f"{r['wall_s'] / base['wall_s']:.2f}x" if base and row != "baseline" else ""
+            plan = (
+                f"{r['expected_s'] / 60:.1f} / {r['budget_s'] / 60:.1f} min"
+                if r.get("expected_s") and r.get("budget_s")
+                else ""
+            )
+            lines.append(
+                f"| {case} | {row} | {r['views']} | {r['front_end']} | {r['epochs']} | {r['top1']:.2%} | {delta} | "
+                f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | {r['code']} |"
+            )
+    lines += ["", "Commands of the rows: " + "; ".join(f"`{r['args']}`" for r in rows.values()) + "."]
+    return lines
+
+
+if __name__ == "__main__":
+    main()

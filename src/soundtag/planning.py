@@ -1,0 +1,266 @@
+"""A time budget turned into epochs: what ``soundtag train --time 30m`` plans before it trains.
+
+Before training, a few real steps of each view's model are timed on this machine
+(:func:`soundtag.training.timing.time_fold`); :func:`plan_epochs` then gives every view the same
+number of epochs, the most that let the whole command (features, every fold of every view,
+out-of-fold predictions, the blend) end within the budget. The budget is a measurement, not a
+constant, because the same model trains 2x faster or slower from one machine to the next.
+
+Examples
+--------
+>>> parse_duration("1h30m"), parse_duration("45s"), parse_duration("20")
+(5400.0, 45.0, 1200.0)
+>>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, train_batches=50, val_batches=13, oof_batches=13)
+>>> lh.epoch_s, lh.fixed_s
+(29.6, 5.6)
+>>> plan = plan_epochs({"lh": lh}, folds=1, budget_s=600, spent_s=60)
+>>> plan.epochs, round(plan.expected_s)
+(17, 579)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from soundtag.errors import ParameterError
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "FoldTiming",
+    "TimePlan",
+    "default_budget_s",
+    "format_minutes",
+    "parse_duration",
+    "plan_epochs",
+]
+
+#: The default budget: this many times the time the plain-CNN baseline's schedule (30 epochs of
+#: the LH view over every fold, features included) takes on the machine, timed.
+DEFAULT_BUDGET = {"factor": 1.4, "epochs": 30}
+EPOCH_LIMITS = (5, 300)
+#: Below this many epochs a view, two views would each train too little: LH takes the time alone.
+MIN_EPOCHS_PER_VIEW = 20
+#: Seconds kept for what follows the folds: scoring the run, blending the views.
+RESERVE_S = 10.0
+
+
+@dataclass(frozen=True)
+class FoldTiming:
+    """One fold of one view, timed on this machine.
+
+    Attributes
+    ----------
+    train_step_s : seconds of one training batch (forward, loss, backward, optimiser step, its data)
+    val_batch_s : seconds of one validation batch
+    epoch_overhead_s : what an epoch costs beyond its batches (checkpoints, logs, loader start)
+    fold_setup_s : what a fold costs before its first epoch (normaliser, loaders, trainer)
+    train_batches, val_batches, oof_batches : batches of one epoch, of validation, of the fold's
+        out-of-fold prediction
+    tta : shifted copies the out-of-fold prediction adds to each chunk
+    probe_s : seconds the measurement itself took
+    """
+
+    train_step_s: float
+    val_batch_s: float
+    epoch_overhead_s: float
+    fold_setup_s: float
+    train_batches: int
+    val_batches: int
+    oof_batches: int
+    tta: int = 0
+    probe_s: float = 0.0
+
+    @property
+    def epoch_s(self) -> float:
+        """Seconds of one epoch: its training batches, its validation and its overhead."""
+        return round(
+            self.train_batches * self.train_step_s + self.val_batches * self.val_batch_s + self.epoch_overhead_s, 6
+        )
+
+    @property
+    def fixed_s(self) -> float:
+        """Seconds of a fold beyond its epochs: set-up and the out-of-fold prediction."""
+        return round(self.fold_setup_s + self.oof_batches * self.val_batch_s * (1 + self.tta), 6)
+
+    def fold_s(self, epochs: int) -> float:
+        return epochs * self.epoch_s + self.fixed_s
+
+
+@dataclass
+class TimePlan:
+    """Epochs for every view and the time they are expected to take.
+
+    Attributes
+    ----------
+    budget_s : the whole command's budget, seconds (None: the epochs were given, not planned)
+    budget_source : where the budget came from, in words
+    epochs : epochs of every view
+    views : the views trained, in order
+    folds : folds each view trains
+    spent_s : seconds spent before training (features, timing)
+    expected_s : seconds the whole command is expected to take (None: not timed)
+    view_expected_s : expected seconds of each view's folds
+    timings : each view's :class:`FoldTiming`, as a dict
+    notes : what the plan changed and why (a view dropped, epochs held at a limit)
+    actual_s : seconds the command took, once it is done (summed over resumed sessions)
+    """
+
+    budget_s: float | None
+    budget_source: str
+    epochs: int
+    views: list[str]
+    folds: int
+    spent_s: float
+    expected_s: float | None
+    view_expected_s: dict[str, float]
+    timings: dict[str, dict]
+    notes: list[str] = field(default_factory=list)
+    actual_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TimePlan":
+        return cls(**data)
+
+    def lines(self) -> list[str]:
+        """The plan as printed before training."""
+        names = " + ".join(v.upper() for v in self.views)
+        if self.expected_s is None:
+            return [f"plan: {self.epochs} epochs for each of {names}: {self.budget_source}"]
+        per_view = ", ".join(f"{v.upper()} {format_minutes(s)}" for v, s in self.view_expected_s.items())
+        head = (
+            f"plan: {self.epochs} epochs for each of {names}, "
+            f"{self.folds} fold(s) each; expected {format_minutes(self.expected_s)} in all "
+            f"({format_minutes(self.spent_s)} spent on features and timing, then {per_view}"
+            + (", then the blend)" if len(self.views) > 1 else ")")
+        )
+        budget = (
+            f"budget {format_minutes(self.budget_s)}: {self.budget_source}"
+            if self.budget_s is not None
+            else f"no budget: {self.budget_source}"
+        )
+        steps = "; ".join(
+            f"{v.upper()}: {t['train_step_s'] * 1000:.0f} ms a training batch, "
+            f"{FoldTiming(**t).epoch_s:.1f} s an epoch of {t['train_batches']} batches"
+            for v, t in self.timings.items()
+        )
+        return [head, budget, f"timed on this machine: {steps}", *self.notes]
+
+
+def format_minutes(seconds: float) -> str:
+    """``'12.3 min'``; ``'45 s'`` under a minute.
+
+    >>> format_minutes(738), format_minutes(45.2)
+    ('12.3 min', '45 s')
+    """
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration such as ``30m``, ``1h30m``, ``90s`` or ``45`` (minutes).
+
+    Raises
+    ------
+    ParameterError
+        for anything else, or a duration that is not positive
+    """
+    value = str(text).strip().lower().replace(" ", "")
+    try:
+        seconds = float(value) * 60
+    except ValueError:
+        match = _DURATION.match(value)
+        if not value or not match or not any(match.groupdict().values()):
+            raise ParameterError(
+                f"--time {text!r} is not a duration: write it like 30m, 1h30m, 90s or 45 (minutes)"
+            ) from None
+        parts = {k: float(v) for k, v in match.groupdict().items() if v}
+        seconds = parts.get("h", 0) * 3600 + parts.get("m", 0) * 60 + parts.get("s", 0)
+    if not seconds > 0 or math.isinf(seconds):
+        raise ParameterError(f"--time {text!r} must be a positive duration")
+    return seconds
+
+
+def default_budget_s(lh: FoldTiming, folds: int, spent_s: float) -> float:
+    """The default budget: :data:`DEFAULT_BUDGET` ``factor`` x (what was spent before training +
+    ``epochs`` epochs of the LH view over every fold), the plain-CNN baseline's schedule.
+
+    >>> default_budget_s(FoldTiming(0.5, 0.2, 2.0, 3.0, 50, 13, 13), folds=1, spent_s=60)
+    1335.04
+    """
+    return round(DEFAULT_BUDGET["factor"] * (spent_s + folds * lh.fold_s(DEFAULT_BUDGET["epochs"])), 6)
+
+
+def plan_epochs(
+    timings: dict[str, FoldTiming],
+    *,
+    folds: int,
+    budget_s: float | None,
+    spent_s: float,
+    epochs: int | None = None,
+    budget_source: str = "",
+    limits: tuple[int, int] = EPOCH_LIMITS,
+) -> TimePlan:
+    """The epochs that fit ``budget_s`` for the views of ``timings``, the same for every view.
+
+    Parameters
+    ----------
+    timings : each view's timing, in training order (LH first)
+    folds : folds each view trains
+    budget_s : seconds for the whole command; None with ``epochs``
+    spent_s : seconds already spent (features, timing)
+    epochs : the epochs, when given rather than planned (the plan then only says how long)
+    limits : the fewest and the most epochs planned
+
+    When two views would get fewer than :data:`MIN_EPOCHS_PER_VIEW` epochs each, the X view is
+    dropped and LH takes the whole budget; a budget too small for ``limits[0]`` epochs still
+    trains them, and the plan says it will overrun.
+    """
+    if folds < 1:
+        raise ParameterError(f"folds={folds} must be at least 1")
+    if budget_s is None and epochs is None:
+        raise ParameterError("give a budget or the epochs")
+    views = list(timings)
+    notes: list[str] = []
+
+    def fitting(vs: list[str]) -> float:
+        left = budget_s - spent_s - RESERVE_S - folds * sum(timings[v].fixed_s for v in vs)
+        return left / (folds * sum(timings[v].epoch_s for v in vs))
+
+    if epochs is None:
+        raw = fitting(views)
+        if len(views) > 1 and raw < MIN_EPOCHS_PER_VIEW:
+            notes.append(
+                f"the budget fits {max(0, math.floor(raw))} epochs for each of {' + '.join(v.upper() for v in views)}, "
+                f"under {MIN_EPOCHS_PER_VIEW}: the {views[0].upper()} view takes the whole budget alone "
+                f"(give more --time to train both)"
+            )
+            views = views[:1]
+            raw = fitting(views)
+        epochs = int(min(max(math.floor(raw), limits[0]), limits[1]))
+        if raw < limits[0]:
+            notes.append(
+                f"the budget fits under {limits[0]} epochs; {limits[0]} are trained anyway, so the run will overrun it"
+            )
+        elif raw > limits[1]:
+            notes.append(f"the budget fits more than {limits[1]} epochs; {limits[1]} are trained, so it ends early")
+    view_expected = {v: folds * timings[v].fold_s(epochs) for v in views}
+    expected = spent_s + sum(view_expected.values()) + RESERVE_S
+    return TimePlan(
+        budget_s=budget_s,
+        budget_source=budget_source,
+        epochs=epochs,
+        views=views,
+        folds=folds,
+        spent_s=spent_s,
+        expected_s=round(expected, 3),
+        view_expected_s={v: round(s, 3) for v, s in view_expected.items()},
+        timings={v: asdict(timings[v]) for v in views},
+        notes=notes,
+    )

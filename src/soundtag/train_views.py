@@ -1,0 +1,258 @@
+"""``soundtag train``'s default product: the LH and the X view, trained in a time budget and
+blended out of fold into one run directory.
+
+:func:`train_views` extracts each view's features, times a few real steps of each view's model
+on this machine (:func:`~soundtag.training.timing.time_fold`), plans the epochs that fit the
+budget (:func:`~soundtag.planning.plan_epochs`), trains the views one after the other and
+blends them with equal weights (:func:`~soundtag.prediction.ensemble_runs`). With two views the
+run directory holds ``lh/`` and ``x/`` (each an ordinary run) and the blend; with one view it is
+that view's run. Either way ``evaluate``, ``suspects``, ``review``, ``predict``, ``tag`` and
+``export`` take it as they take any run, and ``plan.json`` keeps the plan and the recipes so that
+``--resume`` trains what was planned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from soundtag._io import atomic_write_json
+from soundtag.distributed import is_primary_process
+from soundtag.errors import DataError, ParameterError
+from soundtag.hardware import Hardware
+from soundtag.manifest import Manifest
+from soundtag.planning import TimePlan, default_budget_s, format_minutes, plan_epochs
+from soundtag.recipe import Recipe, load_recipe, recipe_from_dict
+from soundtag.runs import EnsembleDir, RunDir
+
+__all__ = ["ViewsResult", "is_planned_run", "resume_views", "train_views"]
+
+
+@dataclass
+class ViewsResult:
+    run_dir: Path
+    metrics: dict
+    plan: TimePlan
+    views: list[str]
+    folds_trained: list[int] = field(default_factory=list)
+    folds_skipped: list[int] = field(default_factory=list)
+    blend: object | None = None  # the EnsembleResult of two views
+
+
+def is_planned_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run ``soundtag train`` planned (it holds ``plan.json``)."""
+    return RunDir(path).plan_file.is_file()
+
+
+def train_views(
+    manifest: Manifest,
+    recipes: dict[str, Recipe],
+    run_dir: str | Path,
+    *,
+    cache_dir: str | Path,
+    budget_s: float | None = None,
+    epochs_given: bool = False,
+    folds: list[int] | None = None,
+    progress: bool = True,
+    data_source: str | None = None,
+    hardware: Hardware = Hardware(),
+    started: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> ViewsResult:
+    """Plan, train and blend the views of ``recipes`` into ``run_dir``.
+
+    Parameters
+    ----------
+    manifest : the training clips
+    recipes : ``{"lh": recipe, "x": recipe}``, or one of them, in training order
+    run_dir : the run directory; must not exist or be empty
+    cache_dir : the feature store folder
+    budget_s : seconds for the whole command (default: :func:`~soundtag.planning.default_budget_s`)
+    epochs_given : keep the recipes' epochs (the plan then only says how long they take)
+    folds : train only these folds (default: all)
+    started : ``time.perf_counter()`` when the command started (default: now)
+    echo : where the plan and the progress lines go
+    """
+    from soundtag.training.run import fold_set, relabelled
+    from soundtag.training.timing import time_fold
+
+    started = time.perf_counter() if started is None else started
+    run_dir = Path(run_dir)
+    if not recipes:
+        raise ParameterError("no view to train")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ParameterError(
+            f"run directory {run_dir} already exists; use --resume to continue it or give another --out"
+        )
+    if budget_s is not None and epochs_given:
+        raise ParameterError("give --time or training.epochs, not both: the budget sets the epochs")
+
+    timings, n_folds = {}, None
+    for view, recipe in recipes.items():
+        labelled, blacklist = relabelled(manifest, recipe)
+        plan_set = fold_set(labelled, recipe, blacklist, cache_dir, progress=progress)
+        n_folds = plan_set.n_folds
+        first = (folds or [0])[0]
+        if not 0 <= first < n_folds:
+            raise ParameterError(f"fold {first} does not exist: this dataset has folds 0..{n_folds - 1}")
+        if hardware.devices == 1 and hardware.num_nodes == 1:
+            timings[view] = time_fold(plan_set, first)
+    trained_folds = len(folds) if folds else n_folds
+    spent = time.perf_counter() - started
+    views = list(recipes)
+    if len(timings) < len(recipes):  # several processes: each would time its own share; no plan
+        plan = TimePlan(
+            budget_s=None,
+            budget_source="several processes: the recipes' epochs, untimed",
+            epochs=recipes[views[0]].training.epochs,
+            views=views,
+            folds=trained_folds,
+            spent_s=spent,
+            expected_s=None,
+            view_expected_s={},
+            timings={},
+        )
+    else:
+        if epochs_given:
+            source, budget = "the epochs were given (training.epochs)", None
+        elif budget_s is not None:
+            source, budget = f"--time {format_minutes(budget_s)}", budget_s
+        else:
+            budget = default_budget_s(timings[views[0]], trained_folds, spent)
+            source = (
+                "the default: 1.4x the time of 30 epochs of the LH view over every fold here, features "
+                "included (the plain-CNN baseline's schedule); set it with --time"
+            )
+        plan = plan_epochs(
+            timings,
+            folds=trained_folds,
+            budget_s=budget,
+            spent_s=spent,
+            epochs=recipes[views[0]].training.epochs if epochs_given else None,
+            budget_source=source,
+        )
+    for line in plan.lines():
+        echo(line)
+    recipes = {v: load_recipe(recipes[v], [f"training.epochs={plan.epochs}"]) for v in plan.views}
+    record = {
+        "plan": plan.to_dict(),
+        "recipes": {v: r.model_dump(mode="json") for v, r in recipes.items()},
+        "data": data_source,
+        "cache_dir": str(Path(cache_dir).absolute()),
+        "folds": folds,
+        "sessions_s": [],
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_primary_process():
+        atomic_write_json(RunDir(run_dir).plan_file, record)
+    return _train_planned(manifest, run_dir, record, progress=progress, hardware=hardware, started=started, echo=echo)
+
+
+def resume_views(
+    run_dir: str | Path, *, progress: bool = True, hardware: Hardware = Hardware(), echo: Callable = print
+) -> ViewsResult:
+    """Go on with a planned run: finished folds are kept, the plan's epochs and views hold."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    record = _read_record(run_dir)
+    plan = TimePlan.from_dict(record["plan"])
+    echo(
+        f"resuming the plan of {run_dir}: {plan.epochs} epochs for each of "
+        f"{' + '.join(v.upper() for v in plan.views)}"
+        + (f" (expected {format_minutes(plan.expected_s)} in all)" if plan.expected_s is not None else "")
+    )
+    first = RunDir(_view_dir(run_dir, plan.views[0], plan.views))
+    manifest = first.manifest() if first.is_run() else _open_data(record)
+    return _train_planned(manifest, run_dir, record, progress=progress, hardware=hardware, started=started, echo=echo)
+
+
+def _read_record(run_dir: Path) -> dict:
+    path = RunDir(run_dir).plan_file
+    if not path.is_file():
+        raise DataError(f"{run_dir} has no {path.name}: it is not a run `soundtag train` planned")
+    try:
+        record = json.loads(path.read_text())
+        record["plan"], record["recipes"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is damaged ({exc}); train the run again") from None
+    return record
+
+
+def _open_data(record: dict) -> Manifest:
+    from soundtag.manifest import open_dataset
+
+    if not record.get("data"):
+        raise DataError("the plan does not say which data it was made for; train the run again with --data")
+    return open_dataset(record["data"])
+
+
+def _view_dir(run_dir: Path, view: str, views: list[str]) -> Path:
+    """One view's run directory: the run itself when it trains one view, else ``lh/`` or ``x/``."""
+    return run_dir if len(views) == 1 else EnsembleDir(run_dir).view_dir(view)
+
+
+def _train_planned(
+    manifest: Manifest, run_dir: Path, record: dict, *, progress: bool, hardware: Hardware, started: float, echo
+) -> ViewsResult:
+    from soundtag.training import evaluate_run
+    from soundtag.training.run import train
+
+    plan = TimePlan.from_dict(record["plan"])
+    trained, skipped = [], []
+    for view in plan.views:
+        recipe = recipe_from_dict(record["recipes"][view], source=f"{RunDir(run_dir).plan_file} ({view})")
+        view_dir = _view_dir(run_dir, view, plan.views)
+        if len(plan.views) > 1:
+            echo(f"view {view.upper()}: {view_dir}")
+        result = train(
+            manifest,
+            recipe,
+            view_dir,
+            cache_dir=record["cache_dir"],
+            folds=record.get("folds"),
+            progress=progress,
+            resume=True,  # a fresh view directory has nothing to resume; a stopped one goes on
+            data_source=record.get("data"),
+            hardware=hardware,
+        )
+        trained += [(view, k) for k in result.folds_trained]
+        skipped += [(view, k) for k in result.folds_skipped]
+        metrics = result.metrics
+    blend = None
+    if is_primary_process() and len(plan.views) > 1:
+        from soundtag.prediction import ensemble_runs
+
+        blend = ensemble_runs(
+            [_view_dir(run_dir, v, plan.views) for v in plan.views],
+            run_dir,
+            partial=bool(record.get("folds")),
+            weights="equal",
+        )
+        metrics = evaluate_run(run_dir)
+    if is_primary_process():
+        record["sessions_s"] = [*record.get("sessions_s", []), round(time.perf_counter() - started, 3)]
+        plan.actual_s = round(sum(record["sessions_s"]), 3)
+        record["plan"] = plan.to_dict()
+        atomic_write_json(RunDir(run_dir).plan_file, record)
+        if plan.expected_s is not None:  # a timed plan
+            sessions = len(record["sessions_s"])
+            echo(
+                f"took {format_minutes(plan.actual_s)}"
+                + (f" over {sessions} sessions" if sessions > 1 else "")
+                + f"; the plan expected {format_minutes(plan.expected_s)}"
+                + (f" of a {format_minutes(plan.budget_s)} budget" if plan.budget_s else "")
+            )
+    return ViewsResult(
+        run_dir,
+        metrics,
+        plan,
+        plan.views,
+        folds_trained=sorted({k for _, k in trained}),
+        folds_skipped=sorted({k for _, k in skipped} - {k for _, k in trained}),
+        blend=blend,
+    )

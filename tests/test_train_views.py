@@ -1,0 +1,254 @@
+"""soundtag train's default product: views planned in a time budget, trained and blended into
+one run directory that every later command takes as a run (soundtag.train_views, soundtag.planning,
+soundtag.training.timing, soundtag.inference.blended)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundtag.errors import ParameterError
+from soundtag.planning import (
+    MIN_EPOCHS_PER_VIEW,
+    RESERVE_S,
+    FoldTiming,
+    TimePlan,
+    default_budget_s,
+    parse_duration,
+    plan_epochs,
+)
+
+TINY = [
+    "-o",
+    "training.batch_size=8",
+    "-o",
+    "training.model=vgg",
+    "-o",
+    "training.model_args={widths: [8, 16]}",
+    "-o",
+    "features.n_mels=32",
+]
+
+LH = FoldTiming(0.5, 0.2, 2.0, 3.0, train_batches=50, val_batches=13, oof_batches=13)
+X = FoldTiming(0.2, 0.2, 1.0, 2.0, train_batches=50, val_batches=13, oof_batches=13)
+
+
+# --- the plan, from timings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("30m", 1800), ("1h30m", 5400), ("90s", 90), ("45", 2700), ("1.5h", 5400), ("2min", 120)]
+)
+def test_durations_are_read_as_a_user_writes_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "30x", "-5", "0", "m"])
+def test_a_bad_duration_says_how_to_write_one(text):
+    with pytest.raises(ParameterError, match="--time"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("budget", [300.0, 900.0, 1800.0, 7200.0])
+@pytest.mark.parametrize("folds", [1, 5])
+def test_the_planned_epochs_are_the_most_that_fit_the_budget(budget, folds):
+    plan = plan_epochs({"lh": LH, "x": X}, folds=folds, budget_s=budget, spent_s=40)
+    if plan.notes:  # held at a limit or one view dropped: said
+        assert plan.epochs in (5, 300) or plan.views == ["lh"]
+        return
+    assert plan.expected_s <= budget
+    one_more = 40 + RESERVE_S + sum(folds * t.fold_s(plan.epochs + 1) for t in (LH, X))
+    assert one_more > budget
+    assert plan.view_expected_s["lh"] == pytest.approx(folds * LH.fold_s(plan.epochs), abs=1e-3)
+
+
+def test_two_views_that_would_train_too_little_leave_the_time_to_lh():
+    # room for about 10 epochs of both views, or 14 of LH alone
+    budget = 40 + RESERVE_S + LH.fixed_s + X.fixed_s + 10.5 * (LH.epoch_s + X.epoch_s)
+    plan = plan_epochs({"lh": LH, "x": X}, folds=1, budget_s=budget, spent_s=40)
+    assert plan.views == ["lh"] and plan.epochs > 10
+    assert f"under {MIN_EPOCHS_PER_VIEW}" in plan.notes[0] and "more --time" in plan.notes[0]
+
+
+def test_a_budget_too_small_still_trains_the_fewest_epochs_and_says_it_overruns():
+    plan = plan_epochs({"lh": LH}, folds=5, budget_s=60, spent_s=40)
+    assert plan.epochs == 5 and "overrun" in plan.notes[0]
+    assert plan.expected_s > 60
+
+
+def test_given_epochs_are_kept_and_only_timed():
+    plan = plan_epochs({"lh": LH, "x": X}, folds=2, budget_s=None, spent_s=10, epochs=3, budget_source="given")
+    assert plan.epochs == 3 and plan.views == ["lh", "x"] and plan.budget_s is None
+    assert plan.expected_s == pytest.approx(10 + RESERVE_S + 2 * (LH.fold_s(3) + X.fold_s(3)), abs=1e-3)
+    assert "no budget: given" in plan.lines()[1]
+
+
+def test_the_default_budget_is_the_baseline_schedule_timed_here():
+    # 1.4 x (what was spent + 30 epochs of LH over every fold)
+    assert default_budget_s(LH, folds=5, spent_s=100) == pytest.approx(1.4 * (100 + 5 * (30 * LH.epoch_s + LH.fixed_s)))
+
+
+def test_a_plan_round_trips_through_json_and_prints_its_numbers():
+    plan = plan_epochs({"lh": LH, "x": X}, folds=5, budget_s=7200, spent_s=40, budget_source="--time 120.0 min")
+    again = TimePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+    text = "\n".join(plan.lines())
+    assert f"{plan.epochs} epochs for each of LH + X, 5 fold(s)" in text and "budget 120.0 min" in text
+    assert "500 ms a training batch" in text and "then the blend" in text
+
+
+# --- timing real steps -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_fold_is_timed_with_its_own_batches(subset_csv, feature_cache):
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.training.run import fold_set
+    from soundtag.training.timing import time_fold
+
+    recipe = load_recipe(
+        "esc50-lh", ["training.batch_size=4", "training.model=vgg", "training.model_args={widths: [8]}"]
+    )
+    plan = fold_set(read_manifest(subset_csv), recipe, set(), feature_cache, progress=False)
+    loaders = plan.loaders(1)
+    timing = time_fold(plan, 1, train_steps=3, val_steps=2)
+    assert (timing.train_batches, timing.val_batches, timing.oof_batches) == (
+        len(loaders.train),
+        len(loaders.val),
+        len(loaders.oof),
+    )
+    assert timing.train_step_s > 0 and timing.val_batch_s > 0 and timing.fold_setup_s > 0
+    assert timing.epoch_s > timing.train_batches * timing.train_step_s
+    assert timing.probe_s >= timing.fold_setup_s
+    with pytest.raises(ValueError, match="train_steps"):
+        time_fold(plan, 1, train_steps=0)
+
+
+# --- the whole command -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blended_run(subset_csv, tmp_path_factory):
+    """``soundtag train`` with no recipe on 40 real 5 s clips: LH and X, two epochs, two folds."""
+    from soundtag import cli
+
+    folder = tmp_path_factory.mktemp("blended")
+    run = folder / "run"
+    args = ["train", "--data", subset_csv, "--out", run, "--cache", folder / "cache", "--no-progress"]
+    args += [*TINY, "-o", "training.epochs=2"]
+    _run_cli(cli, args)
+    return run
+
+
+def _run_cli(cli, args) -> None:
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["soundtag", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+    finally:
+        sys.argv = argv
+    assert (done.value.code or 0) == 0
+
+
+@pytest.mark.slow
+def test_the_default_trains_both_views_and_blends_them_into_one_run(blended_run):
+    from soundtag.inference.blended import open_run
+    from soundtag.runs import RunDir
+
+    assert RunDir(blended_run / "lh").require_complete().recipe().view.kind == "lh"
+    assert RunDir(blended_run / "x").require_complete().recipe().view.kind == "x"
+    info = json.loads((blended_run / "ensemble.json").read_text())
+    # the runs are named relative to the blend, so the folder can be moved whole
+    assert [r["path"] for r in info["runs"]] == ["lh", "x"] and [r["weight"] for r in info["runs"]] == [0.5, 0.5]
+    assert info["blend"]["weights"] == "equal" and info["blend"]["fitted_on"] is None
+    record = json.loads((blended_run / "plan.json").read_text())
+    assert record["plan"]["epochs"] == 2 and record["plan"]["views"] == ["lh", "x"]
+    assert record["plan"]["actual_s"] > 0 and len(record["sessions_s"]) == 1
+    assert set(record["plan"]["timings"]) == {"lh", "x"}
+    # the blend's metrics are those of the geometric mean of the views' out-of-fold predictions
+    metrics = json.loads((blended_run / "metrics.json").read_text())
+    lh, x = (RunDir(blended_run / v).out_of_fold() for v in ("lh", "x"))
+    blend = open_run(blended_run).out_of_fold()
+    assert blend.manifest.ids == lh.manifest.ids
+    expected = np.sqrt(lh.probs * x.probs)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.allclose(blend.probs, expected, atol=1e-5)
+    truth = np.array([blend.manifest.labels.index(c.labels[0]) for c in blend.manifest])
+    assert metrics["all"]["top1"] == pytest.approx(float(np.mean(blend.probs.argmax(1) == truth)))
+    assert (blended_run / "confusion.png").is_file()
+
+
+@pytest.mark.slow
+def test_every_later_command_takes_the_blended_run(blended_run, subset_csv, tmp_path, soundtag_main):
+    run = tmp_path / "run"
+    shutil.copytree(blended_run, run)  # moved whole: it still finds its views
+    code, out, err = soundtag_main("evaluate", run)
+    assert code == 0, err
+    assert "top-1" in out or "MAP@3" in out
+    code, out, err = soundtag_main("suspects", run, "--no-audio", "--lists", tmp_path / "lists")
+    assert code == 0, err
+    assert (run / "suspects.csv").is_file() and f"soundtag review {run}" in out
+    code, out, err = soundtag_main("predict", run, "--data", subset_csv, "--out", tmp_path / "pred.csv")
+    assert code == 0, err
+    rows = (tmp_path / "pred.csv").read_text().splitlines()
+    assert len(rows) == 41  # a header and every clip once
+    clip = Path(rows[1].split(",")[0])
+    clip = clip if clip.is_absolute() else Path(subset_csv).parent / clip
+    code, torch_out, err = soundtag_main("tag", run, clip, "--format", "json")
+    assert code == 0, err
+    code, out, err = soundtag_main("export", run, "--out", tmp_path / "model")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["ensemble.json", "lh.onnx", "x.onnx"]
+    code, onnx_out, err = soundtag_main("tag", tmp_path / "model", clip, "--format", "json")
+    assert code == 0, err
+    assert _top(torch_out) == _top(onnx_out)
+    # one ONNX file cannot hold two front-ends: a folder is asked for
+    code, out, err = soundtag_main("export", run, "--out", tmp_path / "one.onnx")
+    assert code != 0 and "give a folder" in err
+
+
+def _top(out: str) -> tuple[str, float]:
+    """The first tag of ``tag --format json``'s one file, and its score to 1e-3."""
+    (item,) = json.loads(out)
+    return item["tags"][0]["label"], round(item["tags"][0]["score"], 3)
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_plan_and_trains_only_what_is_missing(blended_run, tmp_path, soundtag_main):
+    run = tmp_path / "run"
+    shutil.copytree(blended_run, run)
+    # as if stopped during the X view's second fold: its record and the blend are not written
+    (run / "x" / "fold-1" / "done.json").unlink()
+    (run / "ensemble.json").unlink()
+    before = (run / "lh" / "fold-0" / "last.ckpt").read_bytes()
+    code, out, err = soundtag_main("train", "--resume", run, "--no-progress")
+    assert code == 0, err
+    assert "resuming the plan" in out and "2 epochs for each of LH + X" in out
+    assert "over 2 sessions" in out
+    assert (run / "lh" / "fold-0" / "last.ckpt").read_bytes() == before  # finished work is not redone
+    assert (run / "x" / "fold-1" / "done.json").is_file() and (run / "ensemble.json").is_file()
+    record = json.loads((run / "plan.json").read_text())
+    assert len(record["sessions_s"]) == 2 and record["plan"]["actual_s"] == pytest.approx(sum(record["sessions_s"]))
+    code, out, err = soundtag_main("train", "--resume", run, "--time", "5m")
+    assert code != 0 and "keeps the run's plan" in err
+
+
+def test_views_and_time_are_refused_where_they_mean_nothing(subset_csv, tmp_path, soundtag_main):
+    code, out, err = soundtag_main(
+        "train", "--data", subset_csv, "--recipe", "esc50-cpu-lh", "--views", "x", "--out", tmp_path / "r"
+    )
+    assert code != 0 and "--views chooses the views of the recipe auto" in err
+    code, out, err = soundtag_main("train", "--data", subset_csv, "--time", "soon", "--out", tmp_path / "r")
+    assert code != 0 and "--time 'soon' is not a duration" in err
+    code, out, err = soundtag_main(
+        "train", "--data", subset_csv, "--time", "5m", "-o", "training.epochs=3", "--out", tmp_path / "r"
+    )
+    assert code != 0 and "not both" in err
