@@ -139,13 +139,17 @@ def build_case(
                 sf.write(tmp, cut, case.sample_rate or native.sample_rate, format="FLAC", subtype="PCM_16")
             written += 1
         rows.append((rel.as_posix(), ",".join(clip.labels), clip.fold))
+    return write_manifest_csv(folder / manifest_name, rows), {"written": written, "kept": kept}
+
+
+def write_manifest_csv(path: Path, rows) -> Path:
+    """``path,labels,fold`` rows as a CSV manifest, written atomically."""
     buf = io.StringIO()
     out = csv.writer(buf)
     out.writerow(["path", "labels", "fold"])
     out.writerows(rows)
-    path = folder / manifest_name
     atomic_write_text(path, buf.getvalue())
-    return path, {"written": written, "kept": kept}
+    return path
 
 
 def read_case(path: Path, source: Manifest) -> Manifest:

@@ -90,6 +90,7 @@ def test_given_epochs_are_kept_and_only_timed():
 def test_the_default_budget_is_the_baseline_schedule_timed_here():
     # 1.4 x (what was spent + 30 epochs of LH over every fold)
     assert default_budget_s(LH, folds=5, spent_s=100) == pytest.approx(1.4 * (100 + 5 * (30 * LH.epoch_s + LH.fixed_s)))
+    assert default_budget_s(LH, 5, 100, "gpu") == pytest.approx(1.4 * (100 + 5 * (150 * LH.epoch_s + LH.fixed_s)))
 
 
 def test_a_plan_round_trips_through_json_and_prints_its_numbers():
@@ -196,6 +197,11 @@ def test_every_later_command_takes_the_blended_run(blended_run, subset_csv, tmp_
     code, out, err = soundtag_main("suspects", run, "--no-audio", "--lists", tmp_path / "lists")
     assert code == 0, err
     assert (run / "suspects.csv").is_file() and f"soundtag review {run}" in out
+    # the next round of the blacklist loop trains the default's views again, not one recipe file
+    from soundtag.cleaning import retrain_command
+
+    again = retrain_command(run, tmp_path / "lists")
+    assert again.startswith(f"soundtag train --data {subset_csv} --blacklist") and "--recipe" not in again
     code, out, err = soundtag_main("predict", run, "--data", subset_csv, "--out", tmp_path / "pred.csv")
     assert code == 0, err
     rows = (tmp_path / "pred.csv").read_text().splitlines()

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 from soundtag._io import atomic_write_json
-from soundtag.distributed import is_primary_process
+from soundtag.distributed import is_primary_process, launch_rank
 from soundtag.errors import DataError, ParameterError
-from soundtag.hardware import Hardware
+from soundtag.hardware import Hardware, default_device
 from soundtag.manifest import Manifest
-from soundtag.planning import TimePlan, default_budget_s, format_minutes, plan_epochs
+from soundtag.planning import DEFAULT_BUDGET, TimePlan, default_budget_s, format_minutes, plan_epochs
 from soundtag.recipe import Recipe, load_recipe, recipe_from_dict
 from soundtag.runs import EnsembleDir, RunDir
 
@@ -99,7 +99,7 @@ def train_views(
         first = (folds or [0])[0]
         if not 0 <= first < n_folds:
             raise ParameterError(f"fold {first} does not exist: this dataset has folds 0..{n_folds - 1}")
-        if hardware.devices == 1 and hardware.num_nodes == 1:
+        if hardware.devices == 1 and hardware.num_nodes == 1 and launch_rank()[1] == 1:
             timings[view] = time_fold(plan_set, first)
     trained_folds = len(folds) if folds else n_folds
     spent = time.perf_counter() - started
@@ -122,10 +122,14 @@ def train_views(
         elif budget_s is not None:
             source, budget = f"--time {format_minutes(budget_s)}", budget_s
         else:
-            budget = default_budget_s(timings[views[0]], trained_folds, spent)
+            device = default_device()
+            budget = default_budget_s(timings[views[0]], trained_folds, spent, device)
+            epochs = DEFAULT_BUDGET["epochs"][device]
             source = (
-                "the default: 1.4x the time of 30 epochs of the LH view over every fold here, features "
-                "included (the plain-CNN baseline's schedule); set it with --time"
+                f"the default: {DEFAULT_BUDGET['factor']:g}x the time of {epochs} epochs of the "
+                f"{views[0].upper()} view over every fold here, features included"
+                + (" (the plain-CNN baseline's schedule)" if device == "cpu" else "")
+                + "; set it with --time"
             )
         plan = plan_epochs(
             timings,

@@ -365,9 +365,16 @@ def retrain_command(run_dir: str | Path, lists_dir: str | Path) -> str:
 
     run = open_run(run_dir)
     folder = Path(lists_dir)
-    # a blend of views was trained by the default recipe, which retrains both views
-    recipe = "" if isinstance(run, BlendedRun) else f" --recipe {run.recipe_file()}"
-    return (
-        f"soundtag train --data {run.data_source() or 'DATA'}{recipe} "
-        f"--blacklist {folder / BLACKLIST_FILE} --relabel {folder / RELABEL_FILE}"
-    )
+    lists = f"--blacklist {folder / BLACKLIST_FILE} --relabel {folder / RELABEL_FILE}"
+    if not isinstance(run, BlendedRun):
+        return f"soundtag train --data {run.data_source() or 'DATA'} --recipe {run.recipe_file()} {lists}"
+    if run.ensemble.plan_file.is_file():  # the default's views: trained again the same way
+        return f"soundtag train --data {run.data_source() or 'DATA'} {lists}"
+    # a blend of runs made by hand: each run again, then the blend
+    steps = [
+        f"soundtag train --data {member.data_source() or 'DATA'} --recipe {member.recipe_file()} {lists} "
+        f"--out {member.path}-r2"
+        for member in run.runs()
+    ]
+    steps.append(f"soundtag ensemble {' '.join(f'{m.path}-r2' for m in run.runs())} --out {run.path}-r2")
+    return " && ".join(steps)
