@@ -182,10 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     results = out / "shapes.json"
     report = json.loads(results.read_text()) if results.is_file() else {"rows": {}}
     if not args.table_only:
-        report |= {
-            "machine": device_line(),
-            "command": " ".join(["python benchmarks/shapes.py", *map(shlex.quote, argv or sys.argv[1:])]),
-        }
+        command = " ".join(["python benchmarks/shapes.py", *map(shlex.quote, argv or sys.argv[1:])])
+        commands = [c for c in report.get("commands", []) if c != command]
+        report |= {"machine": device_line(), "commands": [*commands, command]}
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for case in [] if args.table_only else args.cases:
         data_arg, extra = case_data(case, data, out / "data", args.smoke)
@@ -244,7 +243,8 @@ def table(report: dict) -> list[str]:
         "out of fold on the scored clips (fold 1, or all 5 folds for esc10), with the weights named before "
         "training (the last epoch).",
         "",
-        f"Machine: {report['machine']}. Date: {', '.join(dates)}. Command: `{report['command']}`.",
+        f"Machine: {report['machine']}. Date: {', '.join(dates)}. "
+        f"Commands: {', '.join(f'`{c}`' for c in report.get('commands', []))}.",
         "",
         "| case | row | views | front-end | epochs | top-1 | vs baseline | MAP@3 | wall time | x baseline | "
         "plan (expected / budget) | code |",

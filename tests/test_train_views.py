@@ -20,6 +20,7 @@ from soundtag.planning import (
     default_budget_s,
     parse_duration,
     plan_epochs,
+    replan_epochs,
 )
 
 TINY = [
@@ -78,6 +79,14 @@ def test_a_budget_too_small_still_trains_the_fewest_epochs_and_says_it_overruns(
     plan = plan_epochs({"lh": LH}, folds=5, budget_s=60, spent_s=40)
     assert plan.epochs == 5 and "overrun" in plan.notes[0]
     assert plan.expected_s > 60
+
+
+@pytest.mark.parametrize("left", [120.0, 400.0, 2000.0])
+def test_a_later_view_gets_the_most_epochs_that_fit_what_is_left(left):
+    epochs = replan_epochs({"x": X}, folds=2, left_s=left)
+    used = RESERVE_S + 2 * X.fold_s(epochs)
+    assert epochs == 5 or used <= left  # the fewest are trained even when they do not fit
+    assert RESERVE_S + 2 * X.fold_s(epochs + 1) > left
 
 
 def test_given_epochs_are_kept_and_only_timed():

@@ -34,6 +34,7 @@ __all__ = [
     "format_minutes",
     "parse_duration",
     "plan_epochs",
+    "replan_epochs",
 ]
 
 #: The default budget: ``factor`` times the time ``epochs`` epochs of the LH view over every fold
@@ -106,6 +107,8 @@ class TimePlan:
     view_expected_s : expected seconds of each view's folds
     timings : each view's :class:`FoldTiming`, as a dict
     notes : what the plan changed and why (a view dropped, epochs held at a limit)
+    view_epochs : the epochs each view trains: ``epochs``, unless a later view was planned again
+        once the views before it had finished (:func:`replan_epochs`)
     actual_s : seconds the command took, once it is done (summed over resumed sessions)
     """
 
@@ -120,6 +123,10 @@ class TimePlan:
     timings: dict[str, dict]
     notes: list[str] = field(default_factory=list)
     actual_s: float | None = None
+    view_epochs: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.view_epochs = dict(self.view_epochs) or {v: self.epochs for v in self.views}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,6 +194,20 @@ def parse_duration(text: str) -> float:
     if not seconds > 0 or math.isinf(seconds):
         raise ParameterError(f"--time {text!r} must be a positive duration")
     return seconds
+
+
+def replan_epochs(
+    timings: dict[str, FoldTiming], *, folds: int, left_s: float, limits: tuple[int, int] = EPOCH_LIMITS
+) -> int:
+    """The epochs the views still to train get from the ``left_s`` seconds that remain, once the
+    views before them have finished: what corrects the plan for the time those really took.
+
+    >>> replan_epochs({"x": FoldTiming(0.2, 0.2, 1.0, 2.0, 50, 13, 13)}, folds=1, left_s=300)
+    20
+    """
+    left = left_s - RESERVE_S - folds * sum(t.fixed_s for t in timings.values())
+    raw = left / (folds * sum(t.epoch_s for t in timings.values()))
+    return int(min(max(math.floor(raw), limits[0]), limits[1]))
 
 
 def default_budget_s(lh: FoldTiming, folds: int, spent_s: float, device: str = "cpu") -> float:

@@ -58,7 +58,11 @@ def ensemble_table(result) -> Table:
     def cells(m):
         return f"{m['map@3']:.4f}", f"{m['top1']:.4f}", f"{m[metric]:.4f}"
 
-    rows = [(r, f"{w:.3f}", *cells(m)) for r, w, m in zip(result.runs, result.weights, result.run_metrics)]
+    def name(run: Path) -> str:  # a run inside the ensemble (a view of the default) by its folder's name
+        inside = Path(run).absolute().is_relative_to(Path(result.out_dir).absolute())
+        return Path(run).absolute().relative_to(Path(result.out_dir).absolute()).as_posix() if inside else str(run)
+
+    rows = [(name(r), f"{w:.3f}", *cells(m)) for r, w, m in zip(result.runs, result.weights, result.run_metrics)]
     rows.append(("blend", "1.000", *cells(result.blend_metrics)))
     if result.equal_weight_metrics and result.weighting == "fitted":  # nothing fitted on the clips it scores
         rows.append(("blend, equal weights", "", *cells(result.equal_weight_metrics)))

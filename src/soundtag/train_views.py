@@ -200,6 +200,30 @@ def _view_dir(run_dir: Path, view: str, views: list[str]) -> Path:
     return run_dir if len(views) == 1 else EnsembleDir(run_dir).view_dir(view)
 
 
+def _replan(plan: TimePlan, record: dict, rest: list[str], session_s: float, echo) -> None:
+    """Give the views still to train the epochs that fit what is left of the budget, now that the
+    views before them have taken what they really took (the timing of a few steps can be off)."""
+    from soundtag.planning import FoldTiming, replan_epochs
+
+    spent = sum(record.get("sessions_s", [])) + session_s
+    timings = {v: FoldTiming(**plan.timings[v]) for v in rest}
+    epochs = replan_epochs(timings, folds=plan.folds, left_s=plan.budget_s - spent)
+    if epochs == plan.view_epochs[rest[0]]:
+        return
+    done = [v for v in plan.views if v not in rest]
+    expected_then = plan.spent_s + sum(plan.view_expected_s[v] for v in done)
+    echo(
+        f"{' + '.join(v.upper() for v in done)} took {format_minutes(spent)} in all against "
+        f"{format_minutes(expected_then)} planned: "
+        f"{' + '.join(v.upper() for v in rest)} get {epochs} epochs instead of {plan.view_epochs[rest[0]]}, "
+        f"to end within the {format_minutes(plan.budget_s)} budget"
+    )
+    for v in rest:
+        plan.view_epochs[v] = epochs
+        record["recipes"][v]["training"]["epochs"] = epochs
+    record["plan"] = plan.to_dict()
+
+
 def _train_planned(
     manifest: Manifest, run_dir: Path, record: dict, *, progress: bool, hardware: Hardware, started: float, echo
 ) -> ViewsResult:
@@ -208,9 +232,13 @@ def _train_planned(
 
     plan = TimePlan.from_dict(record["plan"])
     trained, skipped = [], []
-    for view in plan.views:
-        recipe = recipe_from_dict(record["recipes"][view], source=f"{RunDir(run_dir).plan_file} ({view})")
+    for i, view in enumerate(plan.views):
         view_dir = _view_dir(run_dir, view, plan.views)
+        if i > 0 and plan.budget_s is not None and not RunDir(view_dir).is_run():
+            _replan(plan, record, plan.views[i:], time.perf_counter() - started, echo)
+            if is_primary_process():
+                atomic_write_json(RunDir(run_dir).plan_file, record)
+        recipe = recipe_from_dict(record["recipes"][view], source=f"{RunDir(run_dir).plan_file} ({view})")
         if len(plan.views) > 1:
             echo(f"view {view.upper()}: {view_dir}")
         result = train(

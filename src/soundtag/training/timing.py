@@ -106,8 +106,9 @@ def time_fold(plan: FoldSet, k: int = 0, *, train_steps: int = 12, val_steps: in
         train_ends = [marks["epoch_start"][1], *train_ends]
     if len(val_ends) < 3:
         val_ends = [marks["val_start"][1], *val_ends]
-    step_s = statistics.median(b - a for a, b in zip(train_ends, train_ends[1:]))
-    val_s = statistics.median(b - a for a, b in zip(val_ends, val_ends[1:]))
+    # means, not medians: an epoch's time is the sum of its batches, slow ones included
+    step_s = statistics.fmean(b - a for a, b in zip(train_ends, train_ends[1:]))
+    val_s = statistics.fmean(b - a for a, b in zip(val_ends, val_ends[1:]))
     first_s, epoch_s = (end - start for start, end in zip(marks["epoch_start"], marks["epoch_end"]))
     overhead_s = max(0.0, epoch_s - n_train * step_s - n_val * val_s)
     # A fold pays once for building its trainer and for its first epoch's warm-up (workers
