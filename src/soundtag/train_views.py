@@ -215,7 +215,8 @@ def _replan(plan: TimePlan, record: dict, rest: list[str], session_s: float, ech
     echo(
         f"{' + '.join(v.upper() for v in done)} took {format_minutes(spent)} in all against "
         f"{format_minutes(expected_then)} planned: "
-        f"{' + '.join(v.upper() for v in rest)} {'get' if len(rest) > 1 else 'gets'} {epochs} epochs instead of {plan.view_epochs[rest[0]]}, "
+        f"{' + '.join(v.upper() for v in rest)} {'get' if len(rest) > 1 else 'gets'} {epochs} epochs "
+        f"instead of {plan.view_epochs[rest[0]]}, "
         f"to end within the {format_minutes(plan.budget_s)} budget"
     )
     for v in rest:

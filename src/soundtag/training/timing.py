@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import warnings
 
 from soundtag.hardware import accelerator
 from soundtag.planning import FoldTiming
@@ -73,7 +74,9 @@ def time_fold(plan: FoldSet, k: int = 0, *, train_steps: int = 12, val_steps: in
     device_kind, auto_precision = accelerator()
     n_train = min(train_steps, len(data.train))
     n_val = min(val_steps, len(data.val))
-    with tempfile.TemporaryDirectory() as tmp, lightning_quiet():
+    with tempfile.TemporaryDirectory() as tmp, lightning_quiet(), warnings.catch_warnings():
+        # the short run logs as the real one does (every 50 steps), which Lightning questions
+        warnings.filterwarnings("ignore", message="The number of training batches")
         built = time.perf_counter()
         trainer = L.Trainer(
             max_epochs=2,
