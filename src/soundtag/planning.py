@@ -135,6 +135,21 @@ class TimePlan:
     def from_dict(cls, data: dict) -> "TimePlan":
         return cls(**data)
 
+    def epochs_text(self) -> str:
+        """``'28 epochs for each of LH + X'``, or each view's own once a later view was planned again.
+
+        >>> plan = TimePlan(budget_s=600, budget_source="", epochs=28, views=["lh", "x"], folds=1,
+        ...                 spent_s=20, expected_s=590, view_expected_s={}, timings={})
+        >>> plan.epochs_text()
+        '28 epochs for each of LH + X'
+        >>> plan.view_epochs["x"] = 21
+        >>> plan.epochs_text()
+        'LH 28 epochs, X 21 epochs'
+        """
+        if len(set(self.view_epochs.values())) <= 1:
+            return f"{self.epochs} epochs for each of {' + '.join(v.upper() for v in self.views)}"
+        return ", ".join(f"{v.upper()} {self.view_epochs[v]} epochs" for v in self.views)
+
     def lines(self) -> list[str]:
         """The plan as printed before training."""
         names = " + ".join(v.upper() for v in self.views)

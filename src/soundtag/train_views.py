@@ -166,8 +166,7 @@ def resume_views(
     record = _read_record(run_dir)
     plan = TimePlan.from_dict(record["plan"])
     echo(
-        f"resuming the plan of {run_dir}: {plan.epochs} epochs for each of "
-        f"{' + '.join(v.upper() for v in plan.views)}"
+        f"resuming the plan of {run_dir}: {plan.epochs_text()}"
         + (f" (expected {format_minutes(plan.expected_s)} in all)" if plan.expected_s is not None else "")
     )
     first = RunDir(_view_dir(run_dir, plan.views[0], plan.views))
