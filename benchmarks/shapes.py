@@ -22,9 +22,11 @@ Usage::
     python benchmarks/shapes.py --cases esc50-20x40 esc10 esc50-fold1
     python benchmarks/shapes.py --smoke          # 10 classes x 2 clips a fold, a minute a row
 
-Results go to ``.cache/benchmarks/shapes/shapes.json`` (rows of earlier runs into the same
-folder are kept: a full run takes hours on 2 cores and is made in parts) and to the section
-``shapes`` of docs/benchmarks.md.
+Results go to ``benchmarks/results/shapes.json``, which is committed: a full run takes hours on
+2 cores and is made in parts, often on different days and checkouts, and each part keeps the
+rows of the others (a row measured again replaces its old one). The table goes to the section
+``shapes`` of docs/benchmarks.md. Runs, logs and the built data sets stay under
+``.cache/benchmarks/shapes``. With ``--smoke`` or ``--out``, the results file is in that folder.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from soundtag._io import atomic_path, atomic_write_json  # noqa: E402
 from soundtag.manifest import Manifest, read_manifest  # noqa: E402
 
 BASELINE = "plain-cnn-lh"
+RESULTS = REPO / "benchmarks" / "results" / "shapes.json"
 CASES = {
     "esc50-fold1": "ESC-50, 16 kHz FLAC, fold 1",
     "esc10": "ESC-10, native 44.1 kHz Ogg, uneven lengths, 5 folds",
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS), help="default: %(default)s")
     parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips a fold, 1-2 min budgets")
-    parser.add_argument("--out", type=Path, help="default .cache/benchmarks/shapes[-smoke]")
+    parser.add_argument("--out", type=Path, help="runs, logs and data sets (default .cache/benchmarks/shapes[-smoke])")
     parser.add_argument(
         "--doc", help="markdown file to write the table into (default docs/benchmarks.md; none with --smoke)"
     )
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or REPO / ".cache" / "benchmarks" / ("shapes-smoke" if args.smoke else "shapes")
     doc = Path(args.doc) if args.doc else (None if args.smoke else DOC)
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
-    results = out / "shapes.json"
+    results = out / "shapes.json" if args.smoke or args.out else RESULTS
     report = json.loads(results.read_text()) if results.is_file() else {"rows": {}}
     if not args.table_only:
         command = " ".join(["python benchmarks/shapes.py", *map(shlex.quote, argv or sys.argv[1:])])
@@ -268,6 +271,12 @@ def table(report: dict) -> list[str]:
                 f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | {r['code']} |"
             )
     lines += ["", "Commands of the rows: " + "; ".join(f"`{r['args']}`" for r in rows.values()) + "."]
+    if any(r.get("wall_s_from_table") for r in rows.values()):
+        lines += [
+            "",
+            "Rows measured before the results file was kept in the repository were read back from this "
+            "table, so their wall times are to 0.1 min.",
+        ]
     return lines
 
 
