@@ -271,6 +271,9 @@ def table(report: dict) -> list[str]:
                 f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | {r['code']} |"
             )
     lines += ["", "Commands of the rows: " + "; ".join(f"`{r['args']}`" for r in rows.values()) + "."]
+    for key, r in rows.items():
+        if r.get("note"):
+            lines += ["", f"{key.replace('|', ', ')}: {r['note']}"]
     if any(r.get("wall_s_from_table") for r in rows.values()):
         lines += [
             "",
