@@ -44,14 +44,14 @@ from inference import time_engine  # noqa: E402
 from train import write_section  # noqa: E402
 
 
-def make_clips(folder: Path, n: int) -> list[Path]:
-    """``n`` 10 s 32 kHz WAVs, each two real ESC-50 clips end to end."""
+def make_clips(folder: Path, n: int, start: int = 0) -> list[Path]:
+    """``n`` 10 s 32 kHz WAVs, each two real ESC-50 clips end to end, from its ``start``-th clip."""
     import soundfile as sf
 
     from soundtag import audio
     from soundtag.manifest import read_manifest
 
-    clips = list(read_manifest(DATA / "esc50"))[: 2 * n]
+    clips = list(read_manifest(DATA / "esc50"))[start : start + 2 * n]
     out = []
     for i in range(n):
         parts = [audio.load(c.path, sample_rate=32000, trim_db=None).samples for c in clips[2 * i : 2 * i + 2]]

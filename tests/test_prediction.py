@@ -909,3 +909,283 @@ def test_the_torch_and_numpy_clip_means_of_the_inference_core_agree():
         probs = 1 / (1 + np.exp(-logits)) if multilabel else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         got = clip_probabilities(torch.from_numpy(logits), torch.from_numpy(owner), 3, multilabel).numpy()
         np.testing.assert_allclose(got, clip_means(probs, owner, 3), rtol=1e-6, atol=1e-7)
+
+
+# --- int8 models --------------------------------------------------------------------------------
+
+
+def _conv_weight_types(model_path: Path) -> set[int]:
+    """The ONNX element types of the tensors every Conv's weight comes from (through a
+    DequantizeLinear in an int8 model)."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    made_by = {o: n for n in model.graph.node for o in n.output}
+    types = set()
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        weight = node.input[1]
+        source = made_by.get(weight)
+        types.add(
+            inits[source.input[0]] if source is not None and source.op_type == "DequantizeLinear" else inits[weight]
+        )
+    return types
+
+
+@pytest.mark.slow
+def test_int8_export_keeps_the_tags_and_stores_its_convolutions_in_int8(runs, onnx_models, tmp_path, soundtag_main):
+    import onnx
+
+    model = tmp_path / "lh.int8.onnx"
+    code, stdout, stderr = soundtag_main("export", runs.lh, "--quantize", "int8", "--out", model, "--no-progress")
+    assert code == 0, stdout + stderr
+    assert "static,calibratedon" in _flat(stdout)
+    assert _conv_weight_types(onnx_models["lh"]) == {onnx.TensorProto.FLOAT}
+    assert _conv_weight_types(model) == {onnx.TensorProto.INT8}
+    info = read_onnx_metadata(model)
+    q = info["quantization"]
+    assert q["mode"] == "static" and q["calibration_source"] == "the run's training clips"
+    # the run's 2 folds are both scored, so every training clip may calibrate: calibration and check part them
+    assert q["calibration_clips"] > 0 and q["check_clips"] > 0
+    assert q["calibration_clips"] + q["check_clips"] == len(runs.data)
+    assert info["labels"] == read_onnx_metadata(onnx_models["lh"])["labels"]
+    # the user's side is unchanged: `tag model.onnx`; the int8 tags stay near the float model's
+    clips = [Path(c.path) for c in runs.data][::5]
+    fp32, int8 = load_tagger(onnx_models["lh"]), load_tagger(model)
+    a = np.stack([fp32.tag(c).probs for c in clips])
+    b = np.stack([int8.tag(c).probs for c in clips])
+    assert np.abs(a - b).max() < 0.05
+    assert np.abs(a - b).max() > 0  # it is another model, not the float one copied
+    code, stdout, _ = soundtag_main("tag", model, clips[0], "--format", "json")
+    assert code == 0 and json.loads(stdout)[0]["tags"][0]["label"] == int8.labels[int(np.argmax(b[0]))]
+
+
+@pytest.mark.slow
+def test_int8_dynamic_needs_no_clips_and_bad_requests_say_what_to_do(runs, tmp_path, soundtag_main):
+    model = tmp_path / "dyn.onnx"
+    code, stdout, stderr = soundtag_main(
+        "export", runs.x, "--quantize", "int8", "--int8-mode", "dynamic", "--out", model, "--no-progress"
+    )
+    assert code == 0, stdout + stderr
+    q = read_onnx_metadata(model)["quantization"]
+    assert q["mode"] == "dynamic" and q["calibration_clips"] == 0
+    assert load_tagger(model).tag(runs.data.clips[0].path).probs.shape == (len(runs.data.labels),)
+    empty = tmp_path / "no-audio"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not audio\n")
+    code, stdout, stderr = soundtag_main(
+        "export", runs.x, "--quantize", "int8", "--calibrate", empty, "--out", tmp_path / "c.onnx"
+    )
+    assert code != 0 and "no-audio" in _flat(stdout + stderr) and not (tmp_path / "c.onnx").exists()
+    code, stdout, stderr = soundtag_main("export", runs.x, "--quantize", "int4", "--out", tmp_path / "d.onnx")
+    assert code != 0 and "int8" in _flat(stdout + stderr) and not (tmp_path / "d.onnx").exists()
+
+
+@pytest.mark.slow
+def test_an_int8_blend_exports_one_model_a_view_and_tags_like_its_members(runs, tmp_path, esc10_root):
+    a, b = _copy_run(runs.lh, tmp_path / "a"), _copy_run(runs.x, tmp_path / "b")
+    ens = ensemble_runs([a, b], tmp_path / "ens")
+    with pytest.raises(ParameterError, match="folder"):
+        export_onnx(tmp_path / "ens", tmp_path / "blend.onnx", quantize="int8")
+    folder = export_onnx(tmp_path / "ens", tmp_path / "int8", quantize="int8", int8_mode="dynamic")
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["a.onnx", "b.onnx"]
+    clip = esc10_root / "audio" / "002 - Rain" / "1-17367-A.ogg"
+    members = np.stack([load_tagger(folder / f"{n}.onnx").tag(clip).probs for n in ("a", "b")])
+    assert np.allclose(load_tagger(folder).tag(clip).probs, geometric_mean(members, weights=ens.weights), atol=1e-9)
+
+
+# --- listening to a live source -----------------------------------------------------------------
+
+
+def _listen(model, *args, data: bytes = b"", timeout=300) -> subprocess.CompletedProcess:
+    """``soundtag listen MODEL --stdin ...`` in its own process, ``data`` through a real pipe."""
+    env = dict(os.environ, COLUMNS="300", NO_COLOR="1", TERM="dumb", PYTHONIOENCODING="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "soundtag.cli", "listen", str(model), "--stdin", *map(str, args)],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+@pytest.fixture(scope="module")
+def long_wav(runs, onnx_models, tmp_path_factory) -> SimpleNamespace:
+    """23 s of real clips end to end at the LH model's own rate, as 16-bit WAV (a tail past the
+    last whole window), and its samples as the WAV holds them."""
+    rate = read_onnx_metadata(onnx_models["lh"])["recipe"]["audio"]["sample_rate"]
+    pieces = [sf.read(c.path, dtype="float32")[0] for c in list(runs.data)[::7][:5]]
+    resampled = [
+        soxr.resample(p, 44100, rate) if p.ndim == 1 else soxr.resample(p.mean(1), 44100, rate) for p in pieces
+    ]
+    samples = np.concatenate(resampled)[: 23 * rate]
+    samples = np.frombuffer(_pcm16(samples), dtype="<i2").astype(np.float32) / 32768
+    path = tmp_path_factory.mktemp("listen") / "long.wav"
+    sf.write(path, samples, rate, subtype="PCM_16")
+    return SimpleNamespace(path=path, rate=rate, samples=samples)
+
+
+@pytest.mark.slow
+def test_a_clip_piped_into_listen_gives_the_windows_and_events_of_tag_timeline(onnx_models, long_wav, soundtag_main):
+    model, hop = onnx_models["lh"], 1.5
+    code, stdout, stderr = soundtag_main(
+        "tag", model, long_wav.path, "--timeline", "--hop", hop, "--format", "json", "--top", "4"
+    )
+    assert code == 0, stderr
+    timeline = json.loads(stdout)[0]["timeline"]
+    assert timeline[-1]["end"] == pytest.approx(23.0) and len(timeline) > 10
+    # a threshold in the widest gap between the middle half of the windows' best scores, so that
+    # events open and close and no score sits on it
+    best = np.sort([w["tags"][0]["score"] for w in timeline])
+    lo, hi = len(best) // 4, 3 * len(best) // 4
+    i = lo + int(np.argmax(np.diff(best[lo - 1 : hi + 1]))) if lo else 1
+    threshold = float(best[i - 1] + best[i]) / 2
+    code, stdout, _ = soundtag_main(
+        "tag", model, long_wav.path, "--timeline", "--hop", hop, "--format", "csv", "--threshold", threshold
+    )
+    assert code == 0
+    expected_events = sorted(
+        (float(r["start"]), float(r["end"]), r["label"]) for r in csv.DictReader(stdout.splitlines())
+    )
+    assert expected_events
+    common = ("--windows", "--hop", hop, "--threshold", threshold, "--top", "4", "--output", "jsonl")
+    raw = _listen(model, "--format", "s16le", "--rate", long_wav.rate, *common, data=_pcm16(long_wav.samples))
+    wav = _listen(model, *common, data=long_wav.path.read_bytes())  # the WAV stream, header first
+    for proc in (raw, wav):
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+        windows = [x for x in lines if x["type"] == "window"]
+        assert [(w["start"], w["end"]) for w in windows] == [(w["start"], w["end"]) for w in timeline]
+        for got, want in zip(windows, timeline):
+            assert [t["label"] for t in got["tags"]] == [t["label"] for t in want["tags"]]
+            assert np.allclose([t["score"] for t in got["tags"]], [t["score"] for t in want["tags"]], atol=2e-6)
+        events = sorted((x["start"], x["end"], x["label"]) for x in lines if x["type"] == "event")
+        assert [(round(s, 2), round(e, 2), lab) for s, e, lab in events] == expected_events
+        assert b"23.0 s of sound" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_hour_of_stream_keeps_the_listeners_memory_flat(onnx_models, long_wav, tmp_path):
+    rate = long_wav.rate
+    ten_seconds = _pcm16(np.tile(long_wav.samples[: 5 * rate], 2) * np.float32(0.5))
+    env = dict(os.environ, NO_COLOR="1", TERM="dumb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "soundtag.cli",
+            "listen",
+            str(onnx_models["lh"]),
+            "--stdin",
+            "--format",
+            "s16le",
+            "--rate",
+            str(rate),
+            "--threshold",
+            "0.99",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+    def rss_kb() -> int:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    rss = {}
+    for i in range(360):  # 3600 s of sound, written as fast as the listener takes it
+        proc.stdin.write(ten_seconds)
+        if i == 30:  # five minutes in: the model, the buffers and ONNX Runtime's arenas are all there
+            rss["start"] = rss_kb()
+    proc.stdin.flush()
+    rss["end"] = rss_kb()
+    proc.stdin.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, stderr[-2000:]
+    assert "3600.0 s of sound" in stderr
+    # what an hour kept in memory would cost: 3600 s x rate x 4 bytes (230 MB at 16 kHz)
+    assert rss["end"] - rss["start"] < 16 * 1024, rss
+
+
+@pytest.mark.slow
+def test_listen_explains_bad_input_and_a_closed_output(onnx_models, long_wav):
+    model, rate = onnx_models["lh"], long_wav.rate
+    two_seconds = _pcm16(long_wav.samples[: 2 * rate])
+    odd = _listen(model, "--format", "s16le", "--rate", rate, data=two_seconds + b"\x01")
+    assert odd.returncode == 0 and b"1 byte(s) left out" in odd.stderr and b"2.0 s of sound" in odd.stderr
+    for args, data, message in [
+        (("--format", "s16le", "--rate", 16), two_seconds, "is not an audio sample rate"),
+        (("--format", "s16le"), two_seconds, "give its rate with --rate"),
+        (("--rate", rate + 1), long_wav.path.read_bytes(), "contradicts the WAV header"),
+        ((), two_seconds, "not WAV"),
+        (("--format", "f32le", "--rate", rate), np.full(4000, np.nan, "<f4").tobytes(), "not a number"),
+    ]:
+        proc = _listen(model, *args, data=data)
+        err = _flat(proc.stderr.decode())
+        assert proc.returncode == 2 and _flat(message) in err and "Traceback" not in err, (args, err)
+    # a reader that goes away (| head -1): the listener stops quietly
+    env = dict(os.environ, NO_COLOR="1", TERM="dumb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "soundtag.cli",
+            "listen",
+            str(model),
+            "--stdin",
+            "--format",
+            "s16le",
+            "--rate",
+            str(rate),
+            "--windows",
+            "--hop",
+            "0.5",
+            "--output",
+            "jsonl",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdin.write(_pcm16(long_wav.samples[: 8 * rate]))
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["type"] == "window"
+    proc.stdout.close()
+    try:
+        proc.stdin.write(_pcm16(long_wav.samples))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "output was closed" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_listen_without_portaudio_says_how_to_get_it_or_pipe_sound_in(onnx_models, tmp_path):
+    blocked = (
+        "import sys\n"
+        "sys.modules['sounddevice'] = None  # as on a machine without it\n"
+        "sys.argv = ['soundtag'] + sys.argv[1:]\n"
+        "from soundtag.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", blocked, "listen", str(onnx_models["lh"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, NO_COLOR="1", TERM="dumb", COLUMNS="300"),
+    )
+    err = _flat(proc.stderr)
+    assert proc.returncode == 2 and "portaudio" in err.lower() and "--stdin" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+from soundtag.prediction.stream import events_of
 from soundtag.prediction.tagger import ClipTags, top_k
 
 
@@ -64,17 +65,7 @@ def to_events_csv(results: list[ClipTags], labels: list[str], threshold: float, 
                 if p >= threshold:
                     w.writerow([r.path, "", "", lab, f"{p:.6f}"])
             continue
-        events = []
-        for j, lab in enumerate(labels):
-            current = None
-            for s, e, probs in r.timeline:
-                if probs[j] >= threshold:
-                    current = [current[0], e, max(current[2], probs[j])] if current else [s, e, probs[j]]
-                elif current:
-                    events.append((current[0], current[1], lab, current[2]))
-                    current = None
-            if current:
-                events.append((current[0], current[1], lab, current[2]))
+        events = [(ev.start, ev.end, ev.label, ev.probability) for ev in events_of(r.timeline, labels, threshold)]
         for s, e, lab, p in sorted(events, key=lambda ev: (ev[0], -ev[3])):
             w.writerow([r.path, _seconds(s), _seconds(e), lab, f"{p:.6f}"])
     return buf.getvalue()

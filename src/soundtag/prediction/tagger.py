@@ -24,8 +24,8 @@ import numpy as np
 
 from soundtag import audio
 from soundtag.errors import DataError, ParameterError, SoundtagError
-from soundtag.features.numpy_melspec import NumpyLogMel, frontend_frames
-from soundtag.features.views import chunk_starts, decode_for_recipe, eval_chunks, x_chunks
+from soundtag.features.numpy_melspec import NumpyLogMel
+from soundtag.features.views import decode_for_recipe, eval_chunks
 from soundtag.inference.combine import ensemble_clip_probabilities, geometric_mean
 from soundtag.recipe import Recipe
 from soundtag.runs import EnsembleDir, RunDir
@@ -100,9 +100,12 @@ class ModelTagger:
         wav.samples = audio.pad_center(wav.samples, r.audio.sample_rate)
         return wav
 
-    def tag(self, path: str | Path, *, timeline: bool = False, tta: int | None = None) -> ClipTags:
+    def tag(
+        self, path: str | Path, *, timeline: bool = False, tta: int | None = None, hop: float | None = None
+    ) -> ClipTags:
         """Probabilities for one file (any format, rate, channels, length); ``tta`` shifted
-        copies of every chunk (default: the recipe's ``training.tta``)."""
+        copies of every chunk (default: the recipe's ``training.tta``); with ``timeline``, the
+        windows over the file, ``hop`` seconds apart (default: the view's overlap)."""
         chunks, notes = self.chunks(path)
         tta = self.recipe.training.tta if tta is None else tta
         probs = ensemble_clip_probabilities(
@@ -110,12 +113,13 @@ class ModelTagger:
         )[0]
         result = ClipTags(str(path), probs, notes=notes)
         if timeline:
-            result.timeline = self._timeline(path)
+            result.timeline = self._timeline(path, hop)
         return result
 
-    def _timeline(self, path: str | Path) -> list[tuple[float, float, np.ndarray]]:
-        """Windows the model's input size long over the whole file (X: its own chunks); a
-        decision-level model's own segments (32 frames each for PANNs)."""
+    def _timeline(self, path: str | Path, hop: float | None = None) -> list[tuple[float, float, np.ndarray]]:
+        """Windows the model's input size long over the whole file (X: its own chunks), each
+        scored on its own (:mod:`soundtag.prediction.stream`); a decision-level model's own
+        segments (32 frames each for PANNs)."""
         r = self.recipe
         if self.framewise is not None:
             wav = self._whole(path)
@@ -127,34 +131,10 @@ class ModelTagger:
                 for i, p in enumerate(probs)
                 if i * seconds - offset < wav.duration
             ]
+        from soundtag.prediction.stream import WindowGrid, file_timeline
+
         wav = audio.load(path, sample_rate=r.audio.sample_rate, trim_db=None, max_duration=r.audio.max_duration)
-        width_samples = r.view_samples
-        samples = audio.pad_center(wav.samples, width_samples)
-        spec = self.logmel(samples)
-        width = (
-            r.chunk_frames
-            if r.view.kind == "x"
-            else frontend_frames(width_samples, r.features.hop_length, r.features.preemphasis)
-        )
-        step = max(1, int(round(width * (1 - r.view.overlap))))
-        # The view's min_tail drops a short tail from a clip's chunks; a timeline must reach the
-        # end of the file, so a tail of more than the one frame the centred STFT adds gets one
-        # more window aligned to the end.
-        min_tail = 2 / width
-        starts = chunk_starts(spec.shape[1], chunk=width, step=step, min_tail=min_tail)
-        windows = x_chunks(spec, chunk=width, step=step, min_tail=min_tail)
-        probs = geometric_mean(self.fold_probs(windows), axis=0, multilabel=self.multilabel)
-        seconds = r.features.hop_length / r.audio.sample_rate
-        # Centre padding moved the clip right; report times in the file's own clock.
-        offset = (len(samples) - len(wav.samples)) // 2 / r.audio.sample_rate
-        return [
-            (
-                max(0.0, s * seconds - offset),
-                min(wav.duration, s * seconds - offset + width_samples / r.audio.sample_rate),
-                p,
-            )
-            for s, p in zip(starts, probs)
-        ]
+        return file_timeline(self, wav.samples, WindowGrid.from_recipe(r, hop))
 
 
 class EnsembleTagger:
@@ -168,7 +148,9 @@ class EnsembleTagger:
         self.members, self.weights, self.source = members, np.asarray(weights, dtype=np.float64), source
         self.labels, self.multilabel, self.engine = labels, members[0].multilabel, members[0].engine
 
-    def tag(self, path: str | Path, *, timeline: bool = False, tta: int | None = None) -> ClipTags:
+    def tag(
+        self, path: str | Path, *, timeline: bool = False, tta: int | None = None, hop: float | None = None
+    ) -> ClipTags:
         if timeline:
             raise ParameterError("--timeline needs one run or model: an ensemble's runs cut time differently")
         parts = [m.tag(path, tta=tta) for m in self.members]
@@ -434,14 +416,15 @@ def tag_files(
     *,
     timeline: bool = False,
     tta: int | None = None,
+    hop: float | None = None,
     on_result: Callable[[ClipTags | TagFailure], None] | None = None,
 ) -> tuple[list[ClipTags], list[TagFailure]]:
     """Tag every file; one that is missing or cannot be decoded becomes a :class:`TagFailure`
-    and the rest are tagged."""
+    and the rest are tagged. ``hop``: seconds between the windows of a timeline."""
     results, failures = [], []
     for path in audio_files(paths):
         try:
-            item = tagger.tag(path, timeline=timeline, tta=tta)
+            item = tagger.tag(path, timeline=timeline, tta=tta, hop=hop)
             results.append(item)
         except SoundtagError as exc:
             if isinstance(exc, ParameterError):
