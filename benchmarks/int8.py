@@ -121,6 +121,31 @@ def one_core_ms(model: Path, files: list[Path]) -> dict:
     return {"ms": 1000 * statistics.median(whole), "model_ms": 1000 * statistics.median(alone)}
 
 
+def op_profile(model: Path, chunks) -> dict:
+    """ONNX Runtime's own profile of the model alone on one file's chunks, one thread, 10 runs:
+    milliseconds a run in its kernels and the share of the operator types that take most."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        for _ in range(10):
+            session.run(None, {"chunks": chunks})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    by_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(by_op.values())
+    return {"kernel_ms": total / 10 / 1000, "ops": [(op, us / total) for op, us in by_op.most_common(4)]}
+
+
 def stream_timing(model: Path, files: list[Path], block_s: float = 0.1) -> dict:
     """Listening on one core: the files end to end as one stream at the model's rate, fed in
     ``block_s`` blocks, windows half a window apart (``soundtag listen``'s default). Latency: the
@@ -215,6 +240,10 @@ def main() -> None:
             for variant, model in variants(source, tmp, name, arch=arch, calibrate=calibrate).items():
                 row = {"model": name, "variant": variant, "bytes": model.stat().st_size}
                 row |= one_core_ms(model, files)
+                if variant != "int8 dynamic":
+                    from soundtag.prediction.tagger import load_tagger
+
+                    row["profile"] = op_profile(model, load_tagger(model).chunks(files[-1])[0])
                 row |= stream_timing(model, files)
                 if arch is None:
                     row |= accuracy(model, paths, targets)
@@ -227,7 +256,7 @@ def main() -> None:
                     + (f", top-1 {row['top1']:.2%}, MAP@3 {row['map3']:.4f}" if "top1" in row else ""),
                     flush=True,
                 )
-    lines = table(rows, n_files, len(paths), run) + [""] + listen_table(rows)
+    lines = table(rows, n_files, len(paths), run) + [""] + profile_table(rows) + [""] + listen_table(rows)
     print("\n".join(lines))
     if not args.smoke and args.doc:
         write_section("int8", lines, Path(args.doc))
@@ -279,6 +308,23 @@ def table(rows: list[dict], n_files: int, n_scored: int, run: Path) -> list[str]
         "Goals: int8 at least 2x as fast as the float model, at most a third of its size, and (our run) at most "
         "0.5 points of top-1 lost: " + "; ".join(verdicts) + ".",
     ]
+    return lines
+
+
+def profile_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "### Where the model's time goes: ONNX Runtime's profile, one thread",
+        "",
+        "Time in ONNX Runtime's kernels for one 10-second file's chunks (10 runs, one thread), and the operator "
+        "types that take the most of it: what keeps an int8 model from being faster.",
+        "",
+        "| model | variant | kernels | operators (share of the kernel time) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if "profile" in r:
+            ops = ", ".join(f"{op} {share:.0%}" for op, share in r["profile"]["ops"])
+            lines.append(f"| {r['model']} | {r['variant']} | {r['profile']['kernel_ms']:.1f} ms | {ops} |")
     return lines
 
 

@@ -233,7 +233,10 @@ def export(
     ),
     arch: Optional[str] = ArchOpt,
     quantize: Optional[str] = typer.Option(
-        None, "--quantize", help="int8: an int8 model (about 3x smaller, faster on CPUs), checked against the float one"
+        None,
+        "--quantize",
+        help="int8: an int8 model, about a third of the size, checked against the float one (faster only where "
+        "the CPU has fast int8 kernels: see the benchmarks)",
     ),
     int8_mode: Optional[str] = typer.Option(
         None,
