@@ -1011,6 +1011,17 @@ def _listen(model, *args, data: bytes = b"", timeout=300) -> subprocess.Complete
     )
 
 
+def _listen_process(model, *args, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """``soundtag listen MODEL --stdin ...`` running, its standard input a pipe to write to."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "soundtag.cli", "listen", str(model), "--stdin", *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, NO_COLOR="1", TERM="dumb"),
+    )
+
+
 def _pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
 
@@ -1074,26 +1085,8 @@ def test_a_clip_piped_into_listen_gives_the_windows_and_events_of_tag_timeline(o
 def test_an_hour_of_stream_keeps_the_listeners_memory_flat(onnx_models, long_wav, tmp_path):
     rate = long_wav.rate
     ten_seconds = _pcm16(np.tile(long_wav.samples[: 5 * rate], 2) * np.float32(0.5))
-    env = dict(os.environ, NO_COLOR="1", TERM="dumb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "soundtag.cli",
-            "listen",
-            str(onnx_models["lh"]),
-            "--stdin",
-            "--format",
-            "s16le",
-            "--rate",
-            str(rate),
-            "--threshold",
-            "0.99",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
+    proc = _listen_process(
+        onnx_models["lh"], "--format", "s16le", "--rate", rate, "--threshold", 0.99, stdout=subprocess.DEVNULL
     )
 
     def rss_kb() -> int:
@@ -1134,30 +1127,7 @@ def test_listen_explains_bad_input_and_a_closed_output(onnx_models, long_wav):
         err = _flat(proc.stderr.decode())
         assert proc.returncode == 2 and _flat(message) in err and "Traceback" not in err, (args, err)
     # a reader that goes away (| head -1): the listener stops quietly
-    env = dict(os.environ, NO_COLOR="1", TERM="dumb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "soundtag.cli",
-            "listen",
-            str(model),
-            "--stdin",
-            "--format",
-            "s16le",
-            "--rate",
-            str(rate),
-            "--windows",
-            "--hop",
-            "0.5",
-            "--output",
-            "jsonl",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+    proc = _listen_process(model, "--format", "s16le", "--rate", rate, "--windows", "--hop", 0.5, "--output", "jsonl")
     proc.stdin.write(_pcm16(long_wav.samples[: 8 * rate]))
     proc.stdin.flush()
     assert json.loads(proc.stdout.readline())["type"] == "window"

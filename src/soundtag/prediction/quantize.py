@@ -259,9 +259,9 @@ def _compare(fp32: Path, int8: Path, check: list[np.ndarray]) -> tuple[float | N
     (each clip's chunks averaged over chunks and folds, as tagging combines them)."""
     if not check:
         return None, None
-    import onnxruntime as ort
+    from soundtag.prediction.tagger import onnx_session
 
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
+    sessions = [onnx_session(p) for p in (fp32, int8)]
     same, worst = 0, 0.0
     for chunks in check:
         a, b = (s.run(["fold_probs"], {"chunks": chunks})[0].mean(axis=(0, 1)) for s in sessions)
