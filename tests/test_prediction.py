@@ -1118,7 +1118,7 @@ def test_listen_explains_bad_input_and_a_closed_output(onnx_models, long_wav):
     assert odd.returncode == 0 and b"1 byte(s) left out" in odd.stderr and b"2.0 s of sound" in odd.stderr
     for args, data, message in [
         (("--format", "s16le", "--rate", 16), two_seconds, "is not an audio sample rate"),
-        (("--format", "s16le"), two_seconds, "give its rate with --rate"),
+        (("--format", "s16le"), two_seconds, "give its sample rate with --rate"),
         (("--rate", rate + 1), long_wav.path.read_bytes(), "contradicts the WAV header"),
         ((), two_seconds, "not WAV"),
         (("--format", "f32le", "--rate", rate), np.full(4000, np.nan, "<f4").tobytes(), "not a number"),

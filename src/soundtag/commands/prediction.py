@@ -423,10 +423,6 @@ def listen(
         note(f"no sound from the source for {seconds:.0f} s; still listening (Ctrl-C to stop)")
 
     if stdin:
-        if fmt is not InputFormat.wav and rate is None:
-            raise ParameterError(
-                f"a raw {fmt.value} stream has no header: give its rate with --rate (e.g. --rate 16000)"
-            )
         source_rate, blocks = pipe_blocks(
             sys.stdin.buffer,
             fmt=fmt.value,
