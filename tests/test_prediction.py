@@ -12,6 +12,7 @@ Two tiny real runs (LH and X, two folds, four ESC-10 classes) are trained once p
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -1068,7 +1069,10 @@ def test_a_clip_piped_into_listen_gives_the_windows_and_events_of_tag_timeline(o
     common = ("--windows", "--hop", hop, "--threshold", threshold, "--top", "4", "--output", "jsonl")
     raw = _listen(model, "--format", "s16le", "--rate", long_wav.rate, *common, data=_pcm16(long_wav.samples))
     wav = _listen(model, *common, data=long_wav.path.read_bytes())  # the WAV stream, header first
-    for proc in (raw, wav):
+    flac = io.BytesIO()  # the same 16-bit samples in a container ffmpeg decodes as it streams
+    sf.write(flac, long_wav.samples, long_wav.rate, format="FLAC", subtype="PCM_16")
+    flac = _listen(model, *common, data=flac.getvalue())
+    for proc in (raw, wav, flac):
         assert proc.returncode == 0, proc.stderr.decode()[-2000:]
         lines = [json.loads(line) for line in proc.stdout.decode().splitlines()]
         windows = [x for x in lines if x["type"] == "window"]
@@ -1079,6 +1083,26 @@ def test_a_clip_piped_into_listen_gives_the_windows_and_events_of_tag_timeline(o
         events = sorted((x["start"], x["end"], x["label"]) for x in lines if x["type"] == "event")
         assert [(round(s, 2), round(e, 2), lab) for s, e, lab in events] == expected_events
         assert b"23.0 s of sound" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_ogg_stream_piped_into_listen_is_tagged_as_the_file_is(onnx_models, long_wav, tmp_path, soundtag_main):
+    """A lossy container read as it arrives: the windows of `tag --timeline` on the same Ogg file,
+    though ffmpeg's Vorbis decoder (listening) and libvorbis (files) are not the same code."""
+    model, hop = onnx_models["lh"], 2.0
+    ogg = tmp_path / "long.ogg"
+    sf.write(ogg, long_wav.samples, long_wav.rate, format="OGG", subtype="VORBIS")
+    code, stdout, stderr = soundtag_main("tag", model, ogg, "--timeline", "--hop", hop, "--format", "json")
+    assert code == 0, stderr
+    timeline = json.loads(stdout)[0]["timeline"]
+    proc = _listen(model, "--windows", "--hop", hop, "--output", "jsonl", "--top", "3", data=ogg.read_bytes())
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    windows = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    windows = [w for w in windows if w["type"] == "window"]
+    assert [(w["start"], w["end"]) for w in windows] == [(w["start"], w["end"]) for w in timeline]
+    for got, want in zip(windows, timeline):
+        assert got["tags"][0]["label"] == want["tags"][0]["label"]
+        assert got["tags"][0]["score"] == pytest.approx(want["tags"][0]["score"], abs=1e-3)
 
 
 @pytest.mark.slow
@@ -1114,13 +1138,18 @@ def test_an_hour_of_stream_keeps_the_listeners_memory_flat(onnx_models, long_wav
 def test_listen_explains_bad_input_and_a_closed_output(onnx_models, long_wav):
     model, rate = onnx_models["lh"], long_wav.rate
     two_seconds = _pcm16(long_wav.samples[: 2 * rate])
+    flac = io.BytesIO()
+    sf.write(flac, long_wav.samples[: 2 * rate], rate, format="FLAC")
     odd = _listen(model, "--format", "s16le", "--rate", rate, data=two_seconds + b"\x01")
     assert odd.returncode == 0 and b"1 byte(s) left out" in odd.stderr and b"2.0 s of sound" in odd.stderr
     for args, data, message in [
         (("--format", "s16le", "--rate", 16), two_seconds, "is not an audio sample rate"),
         (("--format", "s16le"), two_seconds, "give its sample rate with --rate"),
         (("--rate", rate + 1), long_wav.path.read_bytes(), "contradicts the WAV header"),
-        ((), two_seconds, "not WAV"),
+        (("--format", "wav"), two_seconds, "not WAV"),
+        ((), two_seconds, "raw PCM has no header, so give its format and rate"),  # no --format: not a container
+        ((), b"", "standard input is empty"),
+        (("--rate", rate * 2), flac.getvalue(), "contradicts the stream's header"),
         (("--format", "f32le", "--rate", rate), np.full(4000, np.nan, "<f4").tobytes(), "not a number"),
     ]:
         proc = _listen(model, *args, data=data)

@@ -342,6 +342,7 @@ def _clips_of(data: str, layout: Optional[str]) -> list[tuple[str, Path]]:
 
 
 class InputFormat(str, Enum):
+    auto = "auto"
     wav = "wav"
     s16le = "s16le"
     s32le = "s32le"
@@ -363,7 +364,10 @@ def listen(
     ),
     stdin: bool = typer.Option(False, "--stdin", help="read sound from standard input instead of the microphone"),
     fmt: InputFormat = typer.Option(
-        InputFormat.wav, "--format", help="--stdin: wav (a header first), or raw s16le, s32le or f32le"
+        InputFormat.auto,
+        "--format",
+        help="--stdin: auto (WAV, FLAC, Ogg, MP3, AAC or any container ffmpeg decodes, told by its header), "
+        "wav, or raw s16le, s32le or f32le (with --rate)",
     ),
     rate: Optional[int] = typer.Option(None, "--rate", help="--stdin raw: the stream's sample rate in Hz"),
     channels: int = typer.Option(1, "--channels", min=1, help="--stdin raw: interleaved channels (mixed to mono)"),
@@ -394,7 +398,7 @@ def listen(
       ffmpeg -i rtsp://camera/stream -f s16le -ac 1 -ar 16000 - | \
           soundtag listen model.onnx --stdin --format s16le --rate 16000
 
-      ffmpeg -i field.mp3 -f wav - | soundtag listen runs/mine --stdin --windows > events.jsonl
+      curl -s https://radio.example/stream.mp3 | soundtag listen runs/mine --stdin --windows > events.jsonl
     """
     import json
 

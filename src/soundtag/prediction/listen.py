@@ -8,10 +8,13 @@ window, a block and the open events, however long the source runs.
 
 Sources:
 
-* :func:`pipe_blocks`: raw PCM (``s16le``, ``s32le``, ``f32le``; any channel count) or a WAV
-  stream (header first, as ``ffmpeg -f wav -`` writes it) from a file descriptor such as standard
-  input, so ``ffmpeg -i rtsp://camera/stream -f s16le -ac 1 -ar 16000 - | soundtag listen
-  model.onnx --stdin --format s16le --rate 16000`` works;
+* :func:`pipe_blocks`: from a file descriptor such as standard input, raw PCM (``s16le``,
+  ``s32le``, ``f32le``; any channel count), or a stream that says what it is in its first bytes:
+  WAV (read here, as ``ffmpeg -f wav -`` writes it) or any container and codec ffmpeg's libraries
+  decode (FLAC, Ogg Vorbis and Opus, MP3, AAC in ADTS or MPEG-TS, Matroska/WebM ...; through PyAV).
+  So ``ffmpeg -i rtsp://camera/stream -f s16le -ac 1 -ar 16000 - | soundtag listen model.onnx
+  --stdin --format s16le --rate 16000`` works, and so does ``cat field.flac | soundtag listen
+  model.onnx --stdin``;
 * :func:`microphone_blocks`: the default (or a named) input device through PortAudio
   (``sounddevice``).
 """
@@ -30,10 +33,14 @@ from soundtag.errors import DataError, ParameterError
 from soundtag.prediction.stream import Event, EventTracker, StreamTimeline, Window, WindowGrid
 from soundtag.stopping import Stopped
 
-__all__ = ["PCM_FORMATS", "ListenSummary", "listen", "microphone_blocks", "pipe_blocks"]
+__all__ = ["HEADER_FORMATS", "PCM_FORMATS", "ListenSummary", "listen", "microphone_blocks", "pipe_blocks"]
 
 #: raw sample formats: NumPy dtype and the scale that maps them to [-1, 1)
 PCM_FORMATS = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", 2147483648.0), "f32le": ("<f4", 1.0)}
+#: ``--format`` values that read a header: ``auto`` tells WAV from any other container by it
+HEADER_FORMATS = ("auto", "wav")
+#: bytes ffmpeg reads at most to recognise a container on a pipe: 4 s of 16 kHz 16-bit mono
+PROBE_BYTES = 128 * 1024
 #: sample rates a stream may declare
 RATE_RANGE = (1000, 384000)
 
@@ -95,8 +102,11 @@ def _wav_header(read: Callable[[int], bytes]) -> tuple[str, int, int]:
         return out
 
     riff = exactly(12)
-    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-        raise DataError("the stream is not WAV (no RIFF/WAVE header): give the raw format with --format s16le")
+    if not _is_wav(riff):
+        raise DataError(
+            "the stream is not WAV (no RIFF/WAVE header): leave --format out to read any container, or give "
+            "the raw format with --format s16le"
+        )
     fmt = None
     while True:
         chunk_id, size = struct.unpack("<4sI", exactly(8))
@@ -118,6 +128,72 @@ def _wav_header(read: Callable[[int], bytes]) -> tuple[str, int, int]:
     return fmt, rate, channels
 
 
+def _is_wav(head: bytes) -> bool:
+    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+
+
+class _Pipe:
+    """A forward-only reader over ``read`` that hands back ``head`` first: bytes already read to
+    tell the format. It has no ``seek``, so PyAV treats it as the live pipe it is."""
+
+    def __init__(self, read: Callable[[int], bytes], head: bytes = b""):
+        self._read, self._head = read, head
+
+    def read(self, n: int) -> bytes:
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._read(n) if n > 0 else b""
+
+
+def _decoded(pipe: _Pipe) -> tuple[int, Iterator[np.ndarray]]:
+    """The rate and mono float32 blocks of a container stream, decoded by ffmpeg's
+    libraries (PyAV) as it arrives.
+
+    ffmpeg rather than soundfile: libsndfile asks a file for its length and seeks in it while
+    opening FLAC, Ogg and MP3, which a pipe cannot do; ffmpeg's demuxers are made for live input
+    (about a second of it is read before the first samples, to recognise the format).
+    """
+    import av
+
+    try:
+        # probesize: the bytes ffmpeg may read to recognise the format (its default, 5 MB, would keep
+        # a raw stream given without --format waiting minutes for its error)
+        container = av.open(pipe, mode="r", buffer_size=4096, options={"probesize": str(PROBE_BYTES)})
+    except av.FFmpegError as exc:
+        raise DataError(
+            f"the stream on standard input is not a sound container ffmpeg recognises ({exc.strerror or exc}): "
+            "raw PCM has no header, so give its format and rate (--format s16le --rate 16000)"
+        ) from None
+    if not container.streams.audio:
+        container.close()
+        raise DataError("the stream on standard input holds no audio track")
+    stream = container.streams.audio[0]
+    rate = check_rate(int(stream.codec_context.sample_rate or 0), "the stream's sample rate")
+    # float planes at the stream's own rate and layout; the channels are averaged below, as files
+    # are, and the rate is converted with the rest of the source's sound in listen()
+    resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+
+    def blocks() -> Iterator[np.ndarray]:
+        seen = 0
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    for out in resampler.resample(frame):
+                        planes = out.to_ndarray()
+                        x = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+                        seen += len(x)
+                        yield x
+        except av.FFmpegError as exc:
+            raise DataError(
+                f"the stream could not be decoded after {seen / rate:.2f} s of sound ({exc.strerror or exc})"
+            ) from None
+        finally:
+            container.close()
+
+    return rate, blocks()
+
+
 def pipe_blocks(
     source: BinaryIO | int,
     *,
@@ -134,8 +210,9 @@ def pipe_blocks(
     Parameters
     ----------
     source : a binary file or file descriptor (standard input)
-    fmt : ``wav`` (the header says the rest), or a raw format of :data:`PCM_FORMATS`
-    rate : the raw stream's rate (Hz); for WAV, if given, it must match the header
+    fmt : ``auto`` (WAV, or any container ffmpeg decodes: the header says the rest), ``wav``, or a
+        raw format of :data:`PCM_FORMATS`
+    rate : the raw stream's rate (Hz); with a header, if given, it must match it
     channels : interleaved channels of a raw stream, mixed down to mono
     stall_s : seconds without data after which ``on_stall`` is called (and again each time)
     on_note : called with a line for what the user should know (bytes dropped at the end)
@@ -145,15 +222,31 @@ def pipe_blocks(
     def read(n: int) -> bytes:
         return _read(fd, n, stall_s, on_stall)
 
-    if fmt == "wav":
-        fmt, header_rate, channels = _wav_header(read)
+    if fmt in HEADER_FORMATS:
+        head = b""
+        while fmt == "auto" and len(head) < 12:
+            part = read(12 - len(head))
+            if not part:
+                break
+            head += part
+        if fmt == "auto" and not _is_wav(head):
+            if not head:
+                raise DataError("standard input is empty: no sound came")
+            header_rate, decoded = _decoded(_Pipe(read, head))
+            kind, blocks_of_header = "stream's header", decoded
+        else:
+            fmt, header_rate, channels = _wav_header(_Pipe(read, head).read)
+            kind, blocks_of_header = "WAV header", None
         if rate is not None and rate != header_rate:
             raise ParameterError(
-                f"--rate {rate} Hz contradicts the WAV header ({header_rate} Hz): leave --rate out for WAV"
+                f"--rate {rate} Hz contradicts the {kind} ({header_rate} Hz): "
+                "leave --rate out for a stream with a header"
             )
         rate = header_rate
+        if blocks_of_header is not None:
+            return rate, blocks_of_header
     if fmt not in PCM_FORMATS:
-        raise ParameterError(f"--format must be wav or one of {', '.join(PCM_FORMATS)}, got {fmt!r}")
+        raise ParameterError(f"--format must be one of {', '.join([*HEADER_FORMATS, *PCM_FORMATS])}, got {fmt!r}")
     if rate is None:
         raise ParameterError(f"a raw {fmt} stream has no header: give its sample rate with --rate (e.g. --rate 16000)")
     check_rate(rate)
