@@ -203,6 +203,21 @@ def variants(source: Path, folder: Path, name: str, *, arch: str | None, calibra
     }
 
 
+def int8_instructions() -> list[str]:
+    """The CPU's int8 dot-product instructions (VNNI, AMX), which decide how much faster
+    ONNX Runtime's int8 kernels can be than its float ones: the tables of CPUs with and without
+    them are kept apart."""
+    try:
+        flags = next(
+            line.split(":", 1)[1].split()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx_vnni", "avx512_vnni", "amx_int8") if f in flags]
+
+
 def quantization_info(model: Path) -> dict:
     from soundtag.prediction.tagger import read_onnx_metadata
 
@@ -256,17 +271,19 @@ def main() -> None:
                     + (f", top-1 {row['top1']:.2%}, MAP@3 {row['map3']:.4f}" if "top1" in row else ""),
                     flush=True,
                 )
-    lines = table(rows, n_files, len(paths), run) + [""] + profile_table(rows) + [""] + listen_table(rows)
+    vnni = int8_instructions()
+    lines = table(rows, n_files, len(paths), run, vnni) + [""] + profile_table(rows) + [""] + listen_table(rows)
     print("\n".join(lines))
     if not args.smoke and args.doc:
-        write_section("int8", lines, Path(args.doc))
+        write_section("int8-vnni" if vnni else "int8", lines, Path(args.doc))
         print(f"table: {args.doc}")
 
 
-def table(rows: list[dict], n_files: int, n_scored: int, run: Path) -> list[str]:
+def table(rows: list[dict], n_files: int, n_scored: int, run: Path, vnni: list[str]) -> list[str]:
     base = {r["model"]: r for r in rows if r["variant"] == "float"}
+    cpu = f"a CPU with int8 dot products ({', '.join(vnni)})" if vnni else "a CPU without VNNI"
     lines = [
-        "## int8 models: size, speed and accuracy (`benchmarks/int8.py`)",
+        f"## int8 models on {cpu}: size, speed and accuracy (`benchmarks/int8.py`)",
         "",
         f"Median milliseconds to tag one 10-second file end to end on one core (one ONNX Runtime thread, {n_files} "
         "files of two ESC-50 clips each: decode, resample, log-mel, model), and of the model alone on the file's "

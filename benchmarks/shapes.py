@@ -175,12 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips a fold, 1-2 min budgets")
     parser.add_argument("--out", type=Path, help="runs, logs and data sets (default .cache/benchmarks/shapes[-smoke])")
     parser.add_argument(
-        "--doc", help="markdown file to write the table into (default docs/benchmarks.md; none with --smoke)"
+        "--doc",
+        help="markdown file to write the table into (default docs/benchmarks.md; none with --smoke or --out, "
+        "whose rows are not the committed ones)",
     )
     parser.add_argument("--table-only", action="store_true", help="write the table of the rows already measured")
     args = parser.parse_args(argv)
     out = args.out or REPO / ".cache" / "benchmarks" / ("shapes-smoke" if args.smoke else "shapes")
-    doc = Path(args.doc) if args.doc else (None if args.smoke else DOC)
+    doc = Path(args.doc) if args.doc else (None if args.smoke or args.out else DOC)
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     results = out / "shapes.json" if args.smoke or args.out else RESULTS
     report = json.loads(results.read_text()) if results.is_file() else {"rows": {}}
