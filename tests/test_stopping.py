@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,22 @@ def test_a_forked_worker_dies_of_the_signal_instead_of_unwinding_the_parents_cod
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` and the processes it started (Linux /proc)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tree = {pid}
+    for _ in range(4):  # the command, its workers and theirs
+        tree |= {p for p, (ppid, _) in stats.items() if ppid in tree}
+    total = sum(stats[p][1] for p in tree if p in stats)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.slow
 def test_stopped_feature_extraction_exits_143_and_keeps_what_it_computed(esc10_root, tmp_path):
     cache = tmp_path / "cache"
@@ -82,7 +99,14 @@ def test_stopped_feature_extraction_exits_143_and_keeps_what_it_computed(esc10_r
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
         assert time.time() < deadline, "the store was never opened"
         time.sleep(0.05)
-    time.sleep(2)  # a few batches in: about 6 s of decoding for the 400 clips on 2 cores
+    # a few batches in: the 400 clips take about 6 s of CPU to decode. Counted in CPU seconds of
+    # the command's processes, not wall seconds: on a loaded machine a fixed sleep stopped it
+    # before any clip was computed.
+    start = _cpu_seconds(proc.pid)
+    while _cpu_seconds(proc.pid) - start < 1.5:
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        assert time.time() < deadline, "the extraction never got going"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     said = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 143, said[-2000:]
