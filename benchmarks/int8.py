@@ -74,6 +74,15 @@ def train_run(out: Path, smoke: bool) -> Path:
     return out
 
 
+def run_label(run: Path) -> str:
+    """What the run is, for the tables: its recipe's name (``auto``: the default's LH model)."""
+    import yaml
+
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    name = recipe.get("name", run.name)
+    return f"default ({recipe['training']['model']})" if name == "auto" else name
+
+
 def scored_clips(run: Path) -> tuple[list[str], np.ndarray, list[str]]:
     """The clips the run scored out of fold, their one-hot targets, and the labels."""
     from soundtag.runs import RunDir
@@ -249,7 +258,7 @@ def main() -> None:
         paths, targets, _ = scored_clips(run)
         if args.smoke:
             paths, targets = paths[:10], targets[:10]
-        models = [(RUN_RECIPE, run, None, [])]
+        models = [(run_label(run), run, None, [])]
         models += [(arch, checkpoint(arch, tmp, files[:3]), arch, calib_files) for arch in PRETRAINED]
         for name, source, arch, calibrate in models:
             for variant, model in variants(source, tmp, name, arch=arch, calibrate=calibrate).items():
@@ -288,7 +297,7 @@ def table(rows: list[dict], n_files: int, n_scored: int, run: Path, vnni: list[s
         f"Median milliseconds to tag one 10-second file end to end on one core (one ONNX Runtime thread, {n_files} "
         "files of two ESC-50 clips each: decode, resample, log-mel, model), and of the model alone on the file's "
         "chunks; file size, and for our own run the top-1 / MAP@3 of each model on the "
-        f"{n_scored} clips of ESC-50 fold 1 it was scored on out of fold (run `{run.name}`: `{RUN_RECIPE}` trained on "
+        f"{n_scored} clips of ESC-50 fold 1 it was scored on out of fold (run `{run.name}`: `{run_label(run)}` trained on "
         "folds 2-5). Static int8: QDQ, weights per channel in 7 bits, activations calibrated on the run's own "
         "training clips (none of fold 1), or for the pretrained models on 10-second files of other ESC-50 clips "
         "(the calibration column counts them). mn10 and CNN14 have random weights in their publishers' layouts "

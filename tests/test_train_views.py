@@ -5,6 +5,7 @@ soundtag.training.timing, soundtag.inference.blended)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -58,11 +59,13 @@ def test_a_bad_duration_says_how_to_write_one(text):
 @pytest.mark.parametrize("folds", [1, 5])
 def test_the_planned_epochs_are_the_most_that_fit_the_budget(budget, folds):
     plan = plan_epochs({"lh": LH, "x": X}, folds=folds, budget_s=budget, spent_s=40)
-    if plan.notes:  # held at a limit or one view dropped: said
-        assert plan.epochs in (5, 300) or plan.views == ["lh"]
+    if plan.epochs in (5, 300):  # held at a limit: said
+        assert plan.notes
         return
+    trained = [{"lh": LH, "x": X}[v] for v in plan.views]
+    assert plan.views == ["lh", "x"] or (plan.views == ["lh"] and "under" in plan.notes[0])
     assert plan.expected_s <= budget
-    one_more = 40 + RESERVE_S + sum(folds * t.fold_s(plan.epochs + 1) for t in (LH, X))
+    one_more = 40 + RESERVE_S + sum(folds * t.fold_s(plan.epochs + 1) for t in trained)
     assert one_more > budget
     assert plan.view_expected_s["lh"] == pytest.approx(folds * LH.fold_s(plan.epochs), abs=1e-3)
 
@@ -72,7 +75,14 @@ def test_two_views_that_would_train_too_little_leave_the_time_to_lh():
     budget = 40 + RESERVE_S + LH.fixed_s + X.fixed_s + 10.5 * (LH.epoch_s + X.epoch_s)
     plan = plan_epochs({"lh": LH, "x": X}, folds=1, budget_s=budget, spent_s=40)
     assert plan.views == ["lh"] and plan.epochs > 10
-    assert f"under {MIN_EPOCHS_PER_VIEW}" in plan.notes[0] and "more --time" in plan.notes[0]
+    assert f"under {MIN_EPOCHS_PER_VIEW}" in plan.notes[0]
+    # the --time it names trains both views, each at least the fewest epochs
+    minutes = re.search(r"--time (\d+)m or more trains LH \+ X", plan.notes[0]).group(1)
+    enough = plan_epochs({"lh": LH, "x": X}, folds=1, budget_s=int(minutes) * 60, spent_s=40)
+    assert enough.views == ["lh", "x"] and enough.epochs >= MIN_EPOCHS_PER_VIEW
+    # views named by the user are kept however short the budget
+    asked = plan_epochs({"lh": LH, "x": X}, folds=1, budget_s=budget, spent_s=40, min_epochs_per_view=0)
+    assert asked.views == ["lh", "x"] and asked.epochs == 10 and not asked.notes
 
 
 def test_a_budget_too_small_still_trains_the_fewest_epochs_and_says_it_overruns():
@@ -103,11 +113,11 @@ def test_the_default_budget_is_the_baseline_schedule_timed_here():
 
 
 def test_a_plan_round_trips_through_json_and_prints_its_numbers():
-    plan = plan_epochs({"lh": LH, "x": X}, folds=5, budget_s=7200, spent_s=40, budget_source="--time 120.0 min")
+    plan = plan_epochs({"lh": LH, "x": X}, folds=5, budget_s=14400, spent_s=40, budget_source="--time 240.0 min")
     again = TimePlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
     text = "\n".join(plan.lines())
-    assert f"{plan.epochs} epochs for each of LH + X, 5 fold(s)" in text and "budget 120.0 min" in text
+    assert f"{plan.epochs} epochs for each of LH + X, 5 fold(s)" in text and "budget 240.0 min" in text
     assert "500 ms a training batch" in text and "then the blend" in text
 
 

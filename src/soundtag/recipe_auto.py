@@ -32,6 +32,7 @@ import numpy as np
 from soundtag import hardware
 from soundtag.errors import DataError, ParameterError
 from soundtag.manifest.durations import as_durations, duration_summary
+from soundtag.planning import MIN_EPOCHS_PER_VIEW
 from soundtag.recipe import AUTO_VIEWS, apply_override, recipe_from_dict
 
 __all__ = [
@@ -183,11 +184,15 @@ AUTO_RULES: dict[str, AutoRule] = {
     ),
     "views": AutoRule(
         "views",
-        f"LH and X, blended out of fold, when the median clip holds at least {X_MIN_CHUNKS} X chunks; else LH alone",
+        f"LH and X, blended out of fold, when the median clip holds at least {X_MIN_CHUNKS} X chunks and the time "
+        f"budget gives each view at least {MIN_EPOCHS_PER_VIEW} epochs (fewer: the blend scored below LH alone "
+        "trained for the same time); else LH alone",
         {
             "both": "views LH + X, blended out of fold with equal weights: the median clip ({median:.2f} s) holds "
             "{chunks:.1f} X chunks of {chunk:g} s, so the X view votes over parts of the sound that LH sees "
-            "whole, and the two views err differently",
+            "whole, and the two views err differently; X is trained if the time budget gives each view at least "
+            + str(MIN_EPOCHS_PER_VIEW)
+            + " epochs (the plan says)",
             "lh": "view LH alone: the median clip ({median:.2f} s) holds {chunks:.1f} X chunk(s) of {chunk:g} s, "
             "fewer than " + str(X_MIN_CHUNKS) + ", so the X view would see what LH sees; its time goes to LH",
             "asked": "view {views} alone, as asked (--views)",

@@ -62,6 +62,7 @@ def train_views(
     hardware: Hardware = Hardware(),
     started: float | None = None,
     echo: Callable[[str], None] = print,
+    views_asked: bool = False,
 ) -> ViewsResult:
     """Plan, train and blend the views of ``recipes`` into ``run_dir``.
 
@@ -76,6 +77,8 @@ def train_views(
     folds : train only these folds (default: all)
     started : ``time.perf_counter()`` when the command started (default: now)
     echo : where the plan and the progress lines go
+    views_asked : the views were named (``--views lh+x``): kept however few epochs the budget gives
+        them, rather than leaving a short budget to LH alone
     """
     from soundtag.training.run import fold_set, relabelled
     from soundtag.training.timing import time_fold
@@ -138,6 +141,7 @@ def train_views(
             spent_s=spent,
             epochs=recipes[views[0]].training.epochs if epochs_given else None,
             budget_source=source,
+            **({"min_epochs_per_view": 0} if views_asked else {}),
         )
     for line in plan.lines():
         echo(line)
