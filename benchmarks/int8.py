@@ -304,7 +304,9 @@ def table(rows: list[dict], n_files: int, n_scored: int, run: Path, vnni: list[s
         "(speed and size do not depend on them): 'same best label' is the share of the clips kept apart from "
         "calibration whose best label the int8 model gives as the float one.",
         "",
-        caption(machine(), str(dt.date.today()), "python benchmarks/int8.py", code=code_version()),
+        caption(
+            machine(), str(dt.date.today()), " ".join(["python benchmarks/int8.py", *sys.argv[1:]]), code=code_version()
+        ),
         "",
         "| model | variant | calibration | size | x float size | ms per 10 s file | x float speed | model alone | "
         "x float | top-1 | MAP@3 | same best label |",

@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     data = Path(os.environ.get("SOUNDTAG_DATA", REPO.parent / "shared" / "data"))
     results = out / "shapes.json" if args.smoke or args.out else RESULTS
     report = json.loads(results.read_text()) if results.is_file() else {"rows": {}}
+    for r in report["rows"].values():  # rows from before each row named its machine: the file's
+        r.setdefault("machine", report.get("machine", "unknown"))
     if not args.table_only:
         command = " ".join(["python benchmarks/shapes.py", *map(shlex.quote, argv or sys.argv[1:])])
         commands = [c for c in report.get("commands", []) if c != command]
@@ -217,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                 "row": row,
                 "date": str(dt.date.today()),
                 "code": code_version(),
+                "machine": device_line(),
                 "args": shlex.join(["soundtag", "train", "--data", data_arg, *extra, *recipe]),
             }
             if row == "baseline":
@@ -238,17 +241,23 @@ def table(report: dict) -> list[str]:
     """The markdown section: one row per case and command, the deltas against the baseline."""
     rows = report["rows"]
     dates = sorted({r["date"] for r in rows.values()})
+    # a case's rows are compared with each other only; cases measured on other machines say so
+    machines = list(dict.fromkeys(r.get("machine", report["machine"]) for r in rows.values()))
+    mark = {m: "" if len(machines) == 1 else f" ({chr(97 + i)})" for i, m in enumerate(machines)}
     lines = [
         "## Data shapes: the default against the plain-CNN baseline (`benchmarks/shapes.py`)",
         "",
         "Each row is one `soundtag train` command as a user runs it, timed whole (features, timing, every "
         "fold of every view, the blend, scoring), with a fresh feature cache. `default` names no recipe "
-        "(`auto`: both views where the clips hold two X chunks, the default time budget); `default at the "
+        "(`auto` in the default time budget: LH alone, or LH + X blended where the clips hold two X chunks and "
+        "the budget gives each view 60 epochs); `default at the "
         "baseline's time` is the same with `--time` set to the baseline's wall time. Top-1 and MAP@3 are "
         "out of fold on the scored clips (fold 1, or all 5 folds for esc10), with the weights named before "
         "training (the last epoch).",
         "",
-        f"Machine: {report['machine']}. Date: {', '.join(dates)}. "
+        ("Machine: " if len(machines) == 1 else "Machines (a case's rows all come from one): ")
+        + "; ".join(f"{m}{mark[m]}" for m in machines)
+        + f". Date: {', '.join(dates)}. "
         f"Commands: {', '.join(f'`{c}`' for c in report.get('commands', []))}.",
         "",
         "| case | row | views | front-end | epochs | top-1 | vs baseline | MAP@3 | wall time | x baseline | "
@@ -270,7 +279,8 @@ def table(report: dict) -> list[str]:
             )
             lines.append(
                 f"| {case} | {row} | {r['views']} | {r['front_end']} | {r['epochs']} | {r['top1']:.2%} | {delta} | "
-                f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | {r['code']} |"
+                f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | "
+                f"{r['code']}{mark[r.get('machine', report['machine'])]} |"
             )
     lines += ["", "Commands of the rows: " + "; ".join(f"`{r['args']}`" for r in rows.values()) + "."]
     for key, r in rows.items():
