@@ -153,6 +153,8 @@ class TimePlan:
         >>> plan.epochs_text()
         'LH 28 epochs, X 21 epochs'
         """
+        if len(self.views) == 1:
+            return f"{self.epochs} epochs of {self.views[0].upper()}"
         if len(set(self.view_epochs.values())) <= 1:
             return f"{self.epochs} epochs for each of {' + '.join(v.upper() for v in self.views)}"
         return ", ".join(f"{v.upper()} {self.view_epochs[v]} epochs" for v in self.views)
@@ -160,12 +162,13 @@ class TimePlan:
     def lines(self) -> list[str]:
         """The plan as printed before training."""
         names = " + ".join(v.upper() for v in self.views)
+        epochs = f"{self.epochs} epochs " + ("of " if len(self.views) == 1 else "for each of ") + names
         if self.expected_s is None:
-            return [f"plan: {self.epochs} epochs for each of {names}: {self.budget_source}"]
+            return [f"plan: {epochs}: {self.budget_source}"]
         per_view = ", ".join(f"{v.upper()} {format_minutes(s)}" for v, s in self.view_expected_s.items())
         head = (
-            f"plan: {self.epochs} epochs for each of {names}, "
-            f"{self.folds} fold(s) each; expected {format_minutes(self.expected_s)} in all "
+            f"plan: {epochs}, {self.folds} fold(s){' each' if len(self.views) > 1 else ''}; "
+            f"expected {format_minutes(self.expected_s)} in all "
             f"({format_minutes(self.spent_s)} spent on features and timing, then {per_view}"
             + (", then the blend)" if len(self.views) > 1 else ")")
         )
