@@ -25,7 +25,14 @@ from soundtag.distributed import is_primary_process, launch_rank
 from soundtag.errors import DataError, ParameterError
 from soundtag.hardware import Hardware, default_device
 from soundtag.manifest import Manifest
-from soundtag.planning import DEFAULT_BUDGET, TimePlan, default_budget_s, format_minutes, plan_epochs
+from soundtag.planning import (
+    DEFAULT_BUDGET,
+    MIN_EPOCHS_PER_VIEW,
+    TimePlan,
+    default_budget_s,
+    format_minutes,
+    plan_epochs,
+)
 from soundtag.recipe import Recipe, load_recipe, recipe_from_dict
 from soundtag.runs import EnsembleDir, RunDir
 
@@ -141,7 +148,7 @@ def train_views(
             spent_s=spent,
             epochs=recipes[views[0]].training.epochs if epochs_given else None,
             budget_source=source,
-            **({"min_epochs_per_view": 0} if views_asked else {}),
+            min_epochs_per_view=0 if views_asked else MIN_EPOCHS_PER_VIEW,
         )
     for line in plan.lines():
         echo(line)
