@@ -50,14 +50,18 @@ def write_section(name: str, lines: list[str], doc: Path = DOC) -> None:
 
 
 def code_version() -> str:
-    """The commit the benchmark ran on, ``+changes`` when the working tree differed from it."""
+    """The commit the benchmark ran on, ``+changes`` when the working tree's code differed from it
+    (results, docs and other markdown are not code: a benchmark writing its results file does not
+    mark its own later rows)."""
     import subprocess
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    not_code = (":(exclude)benchmarks/results", ":(exclude)docs", ":(exclude,glob)**/*.md")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *not_code)
+    return commit + ("+changes" if changed else "")
 
 
 def device_line() -> str:

@@ -19,6 +19,7 @@ from soundtag.planning import (
     FoldTiming,
     TimePlan,
     default_budget_s,
+    later_views_left_out,
     parse_duration,
     plan_epochs,
     replan_epochs,
@@ -83,6 +84,21 @@ def test_two_views_that_would_train_too_little_leave_the_time_to_lh():
     # views named by the user are kept however short the budget
     asked = plan_epochs({"lh": LH, "x": X}, folds=1, budget_s=budget, spent_s=40, min_epochs_per_view=0)
     assert asked.views == ["lh", "x"] and asked.epochs == 10 and not asked.notes
+
+
+@pytest.mark.parametrize("budget", [300.0, 900.0, 1500.0, 2500.0])
+def test_later_views_are_left_out_before_their_features_only_when_lh_alone_is_short(budget):
+    note = later_views_left_out("lh", LH, ["x"], folds=1, budget_s=budget, spent_s=40)
+    alone = plan_epochs({"lh": LH}, folds=1, budget_s=budget, spent_s=40)
+    # two views can never each get more epochs than LH alone would: only then is X certain to go
+    assert (note is not None) == (alone.epochs < MIN_EPOCHS_PER_VIEW)
+    if note is None:
+        return
+    assert f"fits {alone.epochs} epochs of LH alone" in note and "X's features are not computed" in note
+    # the --time it names trains both views, if X (its features included) costs what LH does
+    minutes = int(re.search(r"about --time (\d+)m trains LH \+ X", note).group(1))
+    both = plan_epochs({"lh": LH, "x": LH}, folds=1, budget_s=minutes * 60, spent_s=80)
+    assert both.views == ["lh", "x"] and both.epochs >= MIN_EPOCHS_PER_VIEW
 
 
 def test_a_budget_too_small_still_trains_the_fewest_epochs_and_says_it_overruns():
@@ -264,6 +280,21 @@ def test_resume_keeps_the_plan_and_trains_only_what_is_missing(blended_run, tmp_
     assert len(record["sessions_s"]) == 2 and record["plan"]["actual_s"] == pytest.approx(sum(record["sessions_s"]))
     code, out, err = soundtag_main("train", "--resume", run, "--time", "5m")
     assert code != 0 and "keeps the run's plan" in err
+
+
+@pytest.mark.slow
+def test_a_short_budget_trains_lh_alone_without_computing_x(subset_csv, tmp_path, soundtag_main):
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    # a budget under the fewest epochs: LH alone trains them (5), and says it overruns
+    args = ["train", "--data", subset_csv, "--cache", cache, "--no-progress", *TINY, "--time", "1s"]
+    code, out, err = soundtag_main(*args, "--out", run)
+    assert code == 0, err
+    assert "X's features are not computed" in out and "epochs of LH" in out
+    record = json.loads((run / "plan.json").read_text())
+    assert record["plan"]["views"] == ["lh"] and set(record["plan"]["timings"]) == {"lh"}
+    stores = [store.name for store in cache.iterdir() if (store / "store.json").is_file()]
+    assert len(stores) == 1 and stores[0].startswith("lh-"), stores  # one view's features only
+    assert not (run / "x").exists() and (run / "metrics.json").is_file()
 
 
 def test_views_and_time_are_refused_where_they_mean_nothing(subset_csv, tmp_path, soundtag_main):

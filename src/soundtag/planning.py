@@ -33,6 +33,7 @@ __all__ = [
     "TimePlan",
     "default_budget_s",
     "format_minutes",
+    "later_views_left_out",
     "parse_duration",
     "plan_epochs",
     "replan_epochs",
@@ -245,6 +246,45 @@ def default_budget_s(lh: FoldTiming, folds: int, spent_s: float, device: str = "
     """
     epochs = DEFAULT_BUDGET["epochs"]["gpu" if device == "gpu" else "cpu"]
     return round(DEFAULT_BUDGET["factor"] * (spent_s + folds * lh.fold_s(epochs)), 6)
+
+
+def later_views_left_out(
+    first: str,
+    timing: FoldTiming,
+    later: list[str],
+    *,
+    folds: int,
+    budget_s: float,
+    spent_s: float,
+    min_epochs_per_view: int = MIN_EPOCHS_PER_VIEW,
+) -> str | None:
+    """Why the views after ``first`` are left out before their features are computed, or None.
+
+    Once the first view is timed, a budget that gives it alone fewer than ``min_epochs_per_view``
+    epochs cannot give two views that many each, whatever the later ones cost: they would be
+    dropped by :func:`plan_epochs` anyway, so their features and timing are not paid for. The
+    ``--time`` the note names counts each later view's epochs and features at the first view's cost
+    (they are not timed), so it is an estimate.
+
+    >>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, train_batches=50, val_batches=13, oof_batches=13)
+    >>> later_views_left_out("lh", lh, ["x"], folds=1, budget_s=600, spent_s=60)[:58]
+    'the budget fits 17 epochs of LH alone, under 60 a view for '
+    >>> later_views_left_out("lh", lh, ["x"], folds=1, budget_s=6000, spent_s=60) is None
+    True
+    """
+    alone = (budget_s - spent_s - RESERVE_S - folds * timing.fixed_s) / (folds * timing.epoch_s)
+    if not later or alone >= min_epochs_per_view:
+        return None
+    views = [first, *later]
+    both = " + ".join(v.upper() for v in views)
+    needed = len(views) * (spent_s + folds * timing.fold_s(min_epochs_per_view)) + RESERVE_S
+    return (
+        f"the budget fits {max(0, math.floor(alone))} epochs of {first.upper()} alone, under {min_epochs_per_view} a "
+        f"view for {both}: views trained that little blend to less than {first.upper()} alone given the whole "
+        f"budget, so {first.upper()} takes it and {', '.join(v.upper() for v in later)}'s features are not computed "
+        f"(about --time {math.ceil(needed / 60)}m trains {both}, counting "
+        f"{', '.join(v.upper() for v in later)} at {first.upper()}'s cost)"
+    )
 
 
 def plan_epochs(

@@ -28,9 +28,11 @@ from soundtag.manifest import Manifest
 from soundtag.planning import (
     DEFAULT_BUDGET,
     MIN_EPOCHS_PER_VIEW,
+    FoldTiming,
     TimePlan,
     default_budget_s,
     format_minutes,
+    later_views_left_out,
     plan_epochs,
 )
 from soundtag.recipe import Recipe, load_recipe, recipe_from_dict
@@ -101,20 +103,35 @@ def train_views(
     if budget_s is not None and epochs_given:
         raise ParameterError("give --time or training.epochs, not both: the budget sets the epochs")
 
-    timings, n_folds = {}, None
-    for view, recipe in recipes.items():
+    timings, n_folds, views, notes = {}, None, list(recipes), []
+    timed = hardware.devices == 1 and hardware.num_nodes == 1 and launch_rank()[1] == 1
+    for i, (view, recipe) in enumerate(recipes.items()):
+        if i == 1 and timed and not (epochs_given or views_asked):
+            # LH alone short of the fewest epochs a view: X would be dropped by the plan, so its
+            # features and timing (a few seconds to a minute) go to LH's epochs instead
+            budget, _ = _budget(budget_s, timings[views[0]], views[0], len(folds) if folds else n_folds, started)
+            note = later_views_left_out(
+                views[0],
+                timings[views[0]],
+                views[1:],
+                folds=len(folds) if folds else n_folds,
+                budget_s=budget,
+                spent_s=time.perf_counter() - started,
+            )
+            if note:
+                views, notes = views[:1], [note]
+                break
         labelled, blacklist = relabelled(manifest, recipe)
         plan_set = fold_set(labelled, recipe, blacklist, cache_dir, progress=progress)
         n_folds = plan_set.n_folds
         first = (folds or [0])[0]
         if not 0 <= first < n_folds:
             raise ParameterError(f"fold {first} does not exist: this dataset has folds 0..{n_folds - 1}")
-        if hardware.devices == 1 and hardware.num_nodes == 1 and launch_rank()[1] == 1:
+        if timed:
             timings[view] = time_fold(plan_set, first)
     trained_folds = len(folds) if folds else n_folds
     spent = time.perf_counter() - started
-    views = list(recipes)
-    if len(timings) < len(recipes):  # several processes: each would time its own share; no plan
+    if not timed:  # several processes: each would time its own share; no plan
         plan = TimePlan(
             budget_s=None,
             budget_source="several processes: the recipes' epochs, untimed",
@@ -129,20 +146,10 @@ def train_views(
     else:
         if epochs_given:
             source, budget = "the epochs were given (training.epochs)", None
-        elif budget_s is not None:
-            source, budget = f"--time {format_minutes(budget_s)}", budget_s
         else:
-            device = default_device()
-            budget = default_budget_s(timings[views[0]], trained_folds, spent, device)
-            epochs = DEFAULT_BUDGET["epochs"][device]
-            source = (
-                f"the default: {DEFAULT_BUDGET['factor']:g}x the time of {epochs} epochs of the "
-                f"{views[0].upper()} view over every fold here, features included"
-                + (" (the plain-CNN baseline's schedule)" if device == "cpu" else "")
-                + "; set it with --time"
-            )
+            budget, source = _budget(budget_s, timings[views[0]], views[0], trained_folds, started, spent)
         plan = plan_epochs(
-            timings,
+            {v: timings[v] for v in views},
             folds=trained_folds,
             budget_s=budget,
             spent_s=spent,
@@ -150,6 +157,7 @@ def train_views(
             budget_source=source,
             min_epochs_per_view=0 if views_asked else MIN_EPOCHS_PER_VIEW,
         )
+        plan.notes[:0] = notes
     for line in plan.lines():
         echo(line)
     recipes = {v: load_recipe(recipes[v], [f"training.epochs={plan.epochs}"]) for v in plan.views}
@@ -166,6 +174,25 @@ def train_views(
     if is_primary_process():
         atomic_write_json(RunDir(run_dir).plan_file, record)
     return _train_planned(manifest, run_dir, record, progress=progress, hardware=hardware, started=started, echo=echo)
+
+
+def _budget(
+    budget_s: float | None, timing: FoldTiming, view: str, folds: int, started: float, spent: float | None = None
+) -> tuple[float, str]:
+    """The command's budget in seconds and where it came from: ``--time``, or the default
+    measured from the first view's ``timing`` and what was spent before training."""
+    if budget_s is not None:
+        return budget_s, f"--time {format_minutes(budget_s)}"
+    spent = time.perf_counter() - started if spent is None else spent
+    device = default_device()
+    epochs = DEFAULT_BUDGET["epochs"][device]
+    source = (
+        f"the default: {DEFAULT_BUDGET['factor']:g}x the time of {epochs} epochs of the "
+        f"{view.upper()} view over every fold here, features included"
+        + (" (the plain-CNN baseline's schedule)" if device == "cpu" else "")
+        + "; set it with --time"
+    )
+    return default_budget_s(timing, folds, spent, device), source
 
 
 def resume_views(
