@@ -268,7 +268,7 @@ def later_views_left_out(
 
     >>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, train_batches=50, val_batches=13, oof_batches=13)
     >>> later_views_left_out("lh", lh, ["x"], folds=1, budget_s=600, spent_s=60)[:58]
-    'the budget fits 17 epochs of LH alone, under 60 a view for '
+    'the budget fits 17 epochs of LH alone, under 60 a view for'
     >>> later_views_left_out("lh", lh, ["x"], folds=1, budget_s=6000, spent_s=60) is None
     True
     """
