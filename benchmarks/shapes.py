@@ -4,7 +4,9 @@ Every row is one ``soundtag train`` command, run as a subprocess and timed whole
 timing, every fold of every view, the blend, scoring): ``plain-cnn-lh`` (the plain-CNN
 baseline, 30 epochs) first, then the default (no recipe: ``auto``, both views where the clips
 suit them, the default budget), then the default given the baseline's own wall time
-(``--time``). Each command gets a fresh feature cache, so features are paid by every row.
+(``--time``). Asked for with ``--rows``: the default with both views forced into its budget
+(``default, LH + X``: the evidence for leaving X out of short budgets), and the default given 30
+minutes. Each command gets a fresh feature cache, so features are paid by every row.
 
 Cases (the folds are the dataset's own; "fold 1" trains on the others and scores fold 1):
 
@@ -20,6 +22,8 @@ Cases (the folds are the dataset's own; "fold 1" trains on the others and scores
 Usage::
 
     python benchmarks/shapes.py --cases esc50-20x40 esc10 esc50-fold1
+    python benchmarks/shapes.py --cases esc50-fold1 esc50-1s --rows "default, LH + X"
+    python benchmarks/shapes.py --cases esc50-20x40 --seeds 0 1 2   # each row 3 times: mean, spread
     python benchmarks/shapes.py --smoke          # 10 classes x 2 clips a fold, a minute a row
 
 Results go to ``benchmarks/results/shapes.json``, which is committed: a full run takes hours on
@@ -61,8 +65,10 @@ CASES = {
     "esc50-1s": "ESC-50 cut to its loudest 1 s, fold 1",
     "esc50-0.5s": "ESC-50 cut to its loudest 0.5 s, fold 1",
 }
-ROWS = ("baseline", "default", "default at the baseline's time", "default in 30 min")
-DEFAULT_ROWS = ROWS[:3]  # the 30-minute row is the goal of two cases: ask for it with --rows
+ROWS = ("baseline", "default", "default, LH + X", "default at the baseline's time", "default in 30 min")
+# asked for with --rows: the 30-minute row is the goal of two cases; "default, LH + X" (both views
+# forced into the default budget) is the evidence for the rule that leaves X out of short budgets
+DEFAULT_ROWS = ("baseline", "default", "default at the baseline's time")
 SMOKE_SUBSET = {"classes": 10, "per_class_per_fold": 2}
 
 
@@ -168,10 +174,30 @@ def run_train(args: list[str], run_dir: Path, log: Path) -> dict:
     return row
 
 
+def seed_mean(runs: list[dict]) -> dict:
+    """One row from the runs of several seeds: the mean of each score and of the wall time, and
+    each seed's top-1 and epochs (``top1_seeds``, ``epochs_seeds``); the plan and front end are
+    the last run's."""
+    row = {k: v for k, v in runs[-1].items() if k != "seed"}
+    if len(runs) > 1:
+        row |= {k: round(sum(r[k] for r in runs) / len(runs), 6) for k in ("top1", "map3", "wall_s")}
+        row["top1_seeds"] = {str(r["seed"]): r["top1"] for r in runs}
+        row["epochs_seeds"] = {str(r["seed"]): r["epochs"] for r in runs}
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks/shapes.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS), help="default: %(default)s")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="train every row once per seed (training.seed) and report the mean and the spread (default: 0, "
+        "the recipes' own)",
+    )
     parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips a fold, 1-2 min budgets")
     parser.add_argument("--out", type=Path, help="runs, logs and data sets (default .cache/benchmarks/shapes[-smoke])")
     parser.add_argument(
@@ -201,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                 recipe = ["--recipe", BASELINE] + (["-o", "training.epochs=1"] if args.smoke else [])
             elif row == "default":
                 recipe = ["--time", "1m"] if args.smoke else []
+            elif row == "default, LH + X":
+                recipe = ["--views", "lh+x"] + (["--time", "1m"] if args.smoke else [])
             elif row == "default in 30 min":
                 recipe = ["--time", "1m" if args.smoke else "30m"]
             else:
@@ -208,33 +236,53 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{case}: no baseline row yet, so no run at its time", file=sys.stderr)
                     continue
                 recipe = ["--time", f"{baseline_wall:.0f}s"]
-            name = f"{case}-{row.replace(' ', '-').replace(chr(39), '')}-{stamp}"
-            run_dir = out / "runs" / name
-            cache = out / "cache" / name  # fresh: every row pays for its features
-            print(f"{case}: {row} ...", flush=True)
-            log = _mkdir(out / "logs") / f"{name}.log"
-            result = run_train(["--data", data_arg, *extra, *recipe, "--cache", str(cache)], run_dir, log)
-            result |= {
+            slug = row.replace(" ", "-").replace(chr(39), "").replace(",", "").replace("+", "and")
+            runs = []
+            for seed in args.seeds:
+                # seed 0 is the recipes' own: its command is the one a user types
+                seeded = [*recipe, "-o", f"training.seed={seed}"] if seed else recipe
+                name = f"{case}-{slug}-{stamp}" + (f"-seed{seed}" if seed else "")
+                run_dir = out / "runs" / name
+                cache = out / "cache" / name  # fresh: every row pays for its features
+                print(f"{case}: {row}{f' (seed {seed})' if seed else ''} ...", flush=True)
+                log = _mkdir(out / "logs") / f"{name}.log"
+                one = run_train(["--data", data_arg, *extra, *seeded, "--cache", str(cache)], run_dir, log)
+                runs.append(one | {"seed": seed})
+                print(
+                    f"{case}: {row}{f' (seed {seed})' if seed else ''}: top-1 {one['top1']:.2%}, "
+                    f"MAP@3 {one['map3']:.4f}, {one['wall_s'] / 60:.1f} min",
+                    flush=True,
+                )
+            result = seed_mean(runs) | {
                 "case": case,
                 "row": row,
                 "date": str(dt.date.today()),
                 "code": code_version(),
                 "machine": device_line(),
-                "args": shlex.join(["soundtag", "train", "--data", data_arg, *extra, *recipe]),
+                "args": shlex.join(["soundtag", "train", "--data", data_arg, *extra, *recipe])
+                + (f" [-o training.seed=S for S in {', '.join(map(str, args.seeds))}]" if len(runs) > 1 else ""),
             }
             if row == "baseline":
                 baseline_wall = result["wall_s"]
             report["rows"][f"{case}|{row}"] = result
             atomic_write_json(results, report)
-            print(
-                f"{case}: {row}: top-1 {result['top1']:.2%}, MAP@3 {result['map3']:.4f}, "
-                f"{result['wall_s'] / 60:.1f} min",
-                flush=True,
-            )
     lines = table(report)
     print("\n".join(lines))
     if doc is not None:
         write_section("shapes", lines, doc)
+
+
+def _top1(row: dict) -> str:
+    """``'87.50%'``, or over seeds the mean and each seed's: ``'87.50% (86.25, 88.75, 87.50)'``."""
+    seeds = row.get("top1_seeds")
+    if not seeds:
+        return f"{row['top1']:.2%}"
+    return f"{row['top1']:.2%} ({', '.join(f'{v * 100:.2f}' for v in seeds.values())})"
+
+
+def _epochs(row: dict) -> str:
+    epochs = sorted(set((row.get("epochs_seeds") or {"": row["epochs"]}).values()))
+    return "-".join(map(str, (epochs[0], epochs[-1]) if len(epochs) > 1 else epochs))
 
 
 def table(report: dict) -> list[str]:
@@ -250,10 +298,12 @@ def table(report: dict) -> list[str]:
         "Each row is one `soundtag train` command as a user runs it, timed whole (features, timing, every "
         "fold of every view, the blend, scoring), with a fresh feature cache. `default` names no recipe "
         "(`auto` in the default time budget: LH alone, or LH + X blended where the clips hold two X chunks and "
-        "the budget gives each view 60 epochs); `default at the "
-        "baseline's time` is the same with `--time` set to the baseline's wall time. Top-1 and MAP@3 are "
+        "the budget gives each view 60 epochs); `default, LH + X` is the same with both views forced "
+        "(`--views lh+x`), the case for that rule; `default at the "
+        "baseline's time` is the same as `default` with `--time` set to the baseline's wall time. Top-1 and MAP@3 are "
         "out of fold on the scored clips (fold 1, or all 5 folds for esc10), with the weights named before "
-        "training (the last epoch).",
+        "training (the last epoch); a row trained with several seeds (`--seeds`) shows the mean, each seed's "
+        "top-1 in brackets, and its mean wall time.",
         "",
         ("Machine: " if len(machines) == 1 else "Machines (a case's rows all come from one): ")
         + "; ".join(f"{m}{mark[m]}" for m in machines)
@@ -278,7 +328,7 @@ def table(report: dict) -> list[str]:
                 else ""
             )
             lines.append(
-                f"| {case} | {row} | {r['views']} | {r['front_end']} | {r['epochs']} | {r['top1']:.2%} | {delta} | "
+                f"| {case} | {row} | {r['views']} | {r['front_end']} | {_epochs(r)} | {_top1(r)} | {delta} | "
                 f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | "
                 f"{r['code']}{mark[r.get('machine', report['machine'])]} |"
             )

@@ -963,6 +963,55 @@ def test_int8_export_keeps_the_tags_and_stores_its_convolutions_in_int8(runs, on
     assert code == 0 and json.loads(stdout)[0]["tags"][0]["label"] == int8.labels[int(np.argmax(b[0]))]
 
 
+def _tiny_exported_model(path: Path, mels: int = 16, frames: int = 32, classes: int = 4) -> Path:
+    """A small convolutional tagger exported as soundtag's ONNX files are: ``chunks`` in, one
+    fold's ``fold_probs`` out, and the metadata entry the quantiser copies."""
+    import onnx
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.head = torch.nn.Linear(8, classes)
+
+        def forward(self, chunks):
+            hidden = torch.relu(self.conv(chunks.unsqueeze(1))).mean(dim=(2, 3))
+            return torch.softmax(self.head(hidden) * 4, dim=-1).unsqueeze(0)
+
+    torch.onnx.export(
+        Tiny().eval(),
+        (torch.zeros(2, mels, frames),),
+        str(path),
+        input_names=["chunks"],
+        output_names=["fold_probs"],
+        dynamic_axes={"chunks": {0: "n"}, "fold_probs": {1: "n"}},
+        dynamo=False,
+    )
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "soundtag", json.dumps({"labels": [f"c{i}" for i in range(classes)]})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_int8_ranges_ignore_a_rare_outlier_in_the_calibration_clips(tmp_path):
+    from soundtag.prediction.quantize import CALIBRATION_PERCENTILE, quantize_model
+
+    fp32 = _tiny_exported_model(tmp_path / "tiny.onnx")
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((2, 16, 32)).astype(np.float32) for _ in range(60)]
+    # one value in 60 x 1024: a click in one clip. Ranges from the extremes would span +-1000 and
+    # round every ordinary input (about +-3) to zero; the 99.99th percentile leaves it out.
+    calibration[7][0, 3, 5] = 1000.0
+    check = [rng.standard_normal((2, 16, 32)).astype(np.float32) for _ in range(20)]
+    report = quantize_model(fp32, tmp_path / "tiny.int8.onnx", calibration=calibration, check=check)
+    assert report.top1_agreement >= 0.9 and report.max_prob_diff < 0.1
+    q = read_onnx_metadata(tmp_path / "tiny.int8.onnx")["quantization"]
+    assert q["ranges"] == f"{CALIBRATION_PERCENTILE:g}th percentile of the calibration chunks"
+
+
 @pytest.mark.slow
 def test_int8_dynamic_needs_no_clips_and_bad_requests_say_what_to_do(runs, tmp_path, soundtag_main):
     model = tmp_path / "dyn.onnx"

@@ -107,17 +107,11 @@ def train_views(
     timed = hardware.devices == 1 and hardware.num_nodes == 1 and launch_rank()[1] == 1
     for i, (view, recipe) in enumerate(recipes.items()):
         if i == 1 and timed and not (epochs_given or views_asked):
-            # LH alone short of the fewest epochs a view: X would be dropped by the plan, so its
-            # features and timing (a few seconds to a minute) go to LH's epochs instead
-            budget, _ = _budget(budget_s, timings[views[0]], views[0], len(folds) if folds else n_folds, started)
-            note = later_views_left_out(
-                views[0],
-                timings[views[0]],
-                views[1:],
-                folds=len(folds) if folds else n_folds,
-                budget_s=budget,
-                spent_s=time.perf_counter() - started,
-            )
+            # LH alone short of the fewest epochs a view: the plan would drop X, so X's features
+            # and timing are not paid for
+            spent, n = time.perf_counter() - started, len(folds) if folds else n_folds
+            budget, _ = _budget(budget_s, timings[views[0]], views[0], n, spent)
+            note = later_views_left_out(views[0], timings[views[0]], views[1:], folds=n, budget_s=budget, spent_s=spent)
             if note:
                 views, notes = views[:1], [note]
                 break
@@ -147,7 +141,7 @@ def train_views(
         if epochs_given:
             source, budget = "the epochs were given (training.epochs)", None
         else:
-            budget, source = _budget(budget_s, timings[views[0]], views[0], trained_folds, started, spent)
+            budget, source = _budget(budget_s, timings[views[0]], views[0], trained_folds, spent)
         plan = plan_epochs(
             {v: timings[v] for v in views},
             folds=trained_folds,
@@ -176,14 +170,11 @@ def train_views(
     return _train_planned(manifest, run_dir, record, progress=progress, hardware=hardware, started=started, echo=echo)
 
 
-def _budget(
-    budget_s: float | None, timing: FoldTiming, view: str, folds: int, started: float, spent: float | None = None
-) -> tuple[float, str]:
+def _budget(budget_s: float | None, timing: FoldTiming, view: str, folds: int, spent: float) -> tuple[float, str]:
     """The command's budget in seconds and where it came from: ``--time``, or the default
-    measured from the first view's ``timing`` and what was spent before training."""
+    measured from the first view's ``timing`` and the ``spent`` seconds before training."""
     if budget_s is not None:
         return budget_s, f"--time {format_minutes(budget_s)}"
-    spent = time.perf_counter() - started if spent is None else spent
     device = default_device()
     epochs = DEFAULT_BUDGET["epochs"][device]
     source = (

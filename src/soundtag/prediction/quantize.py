@@ -7,7 +7,10 @@ two modes:
 * ``static`` (the default where clips are at hand): QDQ format, weights int8 per output channel,
   activations uint8 with ranges measured by running the float model over the chunks of real
   clips through the model's own front-end (:func:`calibration_chunks`): a run's own training
-  clips, or the clips given with ``--calibrate``. Every convolution then runs in integers.
+  clips, or the clips given with ``--calibrate``. Every convolution then runs in integers. A
+  range spans the 99.99th percentile of an activation's magnitudes over the calibration chunks
+  rather than its extremes: one loud outlier otherwise widens the range and coarsens the steps
+  for every other value.
 * ``dynamic``: weights int8, activation ranges computed for every input at run time. It needs no
   clips, so a pretrained file exported without ``--calibrate`` gets it; ONNX Runtime's CPU
   kernels make it pay mostly for matrix products, not convolutions.
@@ -48,6 +51,11 @@ QUANT_MODES = ("static", "dynamic")
 #: Clips whose chunks calibrate a static model, and clips kept apart to check it.
 CALIBRATION_CLIPS = 300
 CHECK_CLIPS = 100
+#: Where a static model's activation ranges end: this percentile of each activation's magnitudes
+#: over the calibration chunks. On the default's LH run for ESC-50 fold 1 (400 clips scored, 300
+#: calibration clips), int8 top-1 fell 0.25 points from float with it and 1.25 with the extremes
+#: (min/max); entropy calibration also fell 1.25.
+CALIBRATION_PERCENTILE = 99.99
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,13 @@ def quantize_model(
     extra_metadata : more entries for the ``quantization`` metadata (where the clips came from)
     """
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from soundtag.prediction.tagger import ONNX_METADATA_KEY
@@ -218,6 +232,8 @@ def quantize_model(
                 reduce_range=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
             )
         else:
             quantize_dynamic(
@@ -241,7 +257,13 @@ def quantize_model(
             fp32_bytes=fp32.stat().st_size,
             int8_bytes=0,
         )
-        meta["quantization"] = {"dtype": "int8", "format": "QDQ" if mode == "static" else "dynamic"}
+        meta["quantization"] = {
+            "dtype": "int8",
+            "format": "QDQ" if mode == "static" else "dynamic",
+            "ranges": f"{CALIBRATION_PERCENTILE:g}th percentile of the calibration chunks"
+            if mode == "static"
+            else "each input's own, at run time",
+        }
         meta["quantization"] |= asdict(report) | (extra_metadata or {})
         del meta["quantization"]["int8_bytes"]
         del model.metadata_props[:]
