@@ -1007,7 +1007,8 @@ def test_static_int8_ranges_ignore_a_rare_outlier_in_the_calibration_clips(tmp_p
     calibration[7][0, 3, 5] = 1000.0
     check = [rng.standard_normal((2, 16, 32)).astype(np.float32) for _ in range(20)]
     report = quantize_model(fp32, tmp_path / "tiny.int8.onnx", calibration=calibration, check=check)
-    assert report.top1_agreement >= 0.9 and report.max_prob_diff < 0.1
+    # here the extremes leave probabilities 0.10 apart and the percentile 0.008
+    assert report.top1_agreement >= 0.9 and report.max_prob_diff < 0.03
     q = read_onnx_metadata(tmp_path / "tiny.int8.onnx")["quantization"]
     assert q["ranges"] == f"{CALIBRATION_PERCENTILE:g}th percentile of the calibration chunks"
 
