@@ -161,6 +161,8 @@ def run_train(args: list[str], run_dir: Path, log: Path) -> dict:
         row |= {
             "views": "+".join(v.upper() for v in plan["views"]),
             "epochs": plan["epochs"],
+            # a later view planned again once the first had finished trains its own epochs
+            "view_epochs": plan.get("view_epochs") or {},
             "budget_s": plan["budget_s"],
             "expected_s": plan["expected_s"],
         }
@@ -281,6 +283,10 @@ def _top1(row: dict) -> str:
 
 
 def _epochs(row: dict) -> str:
+    """``'41'``; ``'200 / 150'`` where X was planned again after LH; ``'40-41'`` over seeds."""
+    per_view = list((row.get("view_epochs") or {}).values())
+    if len(set(per_view)) > 1 and not row.get("epochs_seeds"):
+        return " / ".join(map(str, per_view))
     epochs = sorted(set((row.get("epochs_seeds") or {"": row["epochs"]}).values()))
     return "-".join(map(str, (epochs[0], epochs[-1]) if len(epochs) > 1 else epochs))
 
@@ -303,7 +309,8 @@ def table(report: dict) -> list[str]:
         "baseline's time` is the same as `default` with `--time` set to the baseline's wall time. Top-1 and MAP@3 are "
         "out of fold on the scored clips (fold 1, or all 5 folds for esc10), with the weights named before "
         "training (the last epoch); a row trained with several seeds (`--seeds`) shows the mean, each seed's "
-        "top-1 in brackets, and its mean wall time.",
+        "top-1 in brackets, and its mean wall time. Epochs are each view's; `LH / X` where X was planned again "
+        "from the time LH left it.",
         "",
         ("Machine: " if len(machines) == 1 else "Machines (a case's rows all come from one): ")
         + "; ".join(f"{m}{mark[m]}" for m in machines)
