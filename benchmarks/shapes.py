@@ -147,12 +147,17 @@ def run_train(args: list[str], run_dir: Path, log: Path) -> dict:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed ({done.returncode}); see {log}")
+    return read_run(run_dir) | {"wall_s": round(wall, 1)}
+
+
+def read_run(run_dir: Path) -> dict:
+    """What a finished run of ``soundtag train`` says of itself: its scores, its plan, its front
+    end, and with two views each view's own top-1 (``view_top1``)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     row = {
         "top1": metrics["all"]["top1"],
         "map3": metrics["all"]["map@3"],
         "clips": metrics["all"]["clips"],
-        "wall_s": round(wall, 1),
         "selected_on_scored_clips": metrics.get("selected_on_scored_clips", False),
     }
     plan_file = run_dir / "plan.json"
@@ -161,9 +166,15 @@ def run_train(args: list[str], run_dir: Path, log: Path) -> dict:
         row |= {
             "views": "+".join(v.upper() for v in plan["views"]),
             "epochs": plan["epochs"],
+            # a later view planned again once the first had finished trains its own epochs
+            "view_epochs": plan.get("view_epochs") or {},
             "budget_s": plan["budget_s"],
             "expected_s": plan["expected_s"],
         }
+        if len(plan["views"]) > 1:
+            row["view_top1"] = {
+                v: json.loads((run_dir / v / "metrics.json").read_text())["all"]["top1"] for v in plan["views"]
+            }
     recipe = (run_dir / ("lh" if (run_dir / "lh").is_dir() else ".") / "recipe.yaml").read_text()
     import yaml
 
@@ -280,7 +291,17 @@ def _top1(row: dict) -> str:
     return f"{row['top1']:.2%} ({', '.join(f'{v * 100:.2f}' for v in seeds.values())})"
 
 
+def _views(row: dict) -> str:
+    """``'LH'``; with two views each one's own top-1: ``'LH+X (85.00 / 82.00)'``."""
+    scores = row.get("view_top1") if not row.get("top1_seeds") else None
+    return row["views"] + (f" ({' / '.join(f'{v * 100:.2f}' for v in scores.values())})" if scores else "")
+
+
 def _epochs(row: dict) -> str:
+    """``'41'``; ``'200 / 150'`` where X was planned again after LH; ``'40-41'`` over seeds."""
+    per_view = list((row.get("view_epochs") or {}).values())
+    if len(set(per_view)) > 1 and not row.get("epochs_seeds"):
+        return " / ".join(map(str, per_view))
     epochs = sorted(set((row.get("epochs_seeds") or {"": row["epochs"]}).values()))
     return "-".join(map(str, (epochs[0], epochs[-1]) if len(epochs) > 1 else epochs))
 
@@ -303,7 +324,8 @@ def table(report: dict) -> list[str]:
         "baseline's time` is the same as `default` with `--time` set to the baseline's wall time. Top-1 and MAP@3 are "
         "out of fold on the scored clips (fold 1, or all 5 folds for esc10), with the weights named before "
         "training (the last epoch); a row trained with several seeds (`--seeds`) shows the mean, each seed's "
-        "top-1 in brackets, and its mean wall time.",
+        "top-1 in brackets, and its mean wall time. With two views, each view's own top-1 follows the views in "
+        "brackets, and the epochs read `LH / X` where X was planned again from the time LH left it.",
         "",
         ("Machine: " if len(machines) == 1 else "Machines (a case's rows all come from one): ")
         + "; ".join(f"{m}{mark[m]}" for m in machines)
@@ -328,7 +350,7 @@ def table(report: dict) -> list[str]:
                 else ""
             )
             lines.append(
-                f"| {case} | {row} | {r['views']} | {r['front_end']} | {_epochs(r)} | {_top1(r)} | {delta} | "
+                f"| {case} | {row} | {_views(r)} | {r['front_end']} | {_epochs(r)} | {_top1(r)} | {delta} | "
                 f"{r['map3']:.4f} | {r['wall_s'] / 60:.1f} min | {ratio} | {plan} | "
                 f"{r['code']}{mark[r.get('machine', report['machine'])]} |"
             )
