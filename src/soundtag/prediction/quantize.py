@@ -8,7 +8,7 @@ two modes:
   activations uint8 with ranges measured by running the float model over the chunks of real
   clips through the model's own front-end (:func:`calibration_chunks`): a run's own training
   clips, or the clips given with ``--calibrate``. Every convolution then runs in integers. A
-  range spans the 99.99th percentile of an activation's magnitudes over the calibration chunks
+  range is cut at the 99.99th percentile of an activation's values over the calibration chunks
   rather than its extremes: one loud outlier otherwise widens the range and coarsens the steps
   for every other value.
 * ``dynamic``: weights int8, activation ranges computed for every input at run time. It needs no
@@ -51,7 +51,7 @@ QUANT_MODES = ("static", "dynamic")
 #: Clips whose chunks calibrate a static model, and clips kept apart to check it.
 CALIBRATION_CLIPS = 300
 CHECK_CLIPS = 100
-#: Where a static model's activation ranges end: this percentile of each activation's magnitudes
+#: Where a static model's activation ranges end: this percentile of each activation's values
 #: over the calibration chunks. On the default's LH model for ESC-50 fold 1 (400 clips scored, 300
 #: calibration clips; docs/benchmarks.md), int8 top-1 was 85.75% against float's 85.00%; an earlier
 #: run of that model lost 1.25 points with the extremes (min/max), and by hand 0.25 with this
