@@ -232,8 +232,7 @@ def replan_epochs(
     >>> replan_epochs({"x": FoldTiming(0.2, 0.2, 1.0, 2.0, 50, 13, 13)}, folds=1, left_s=300)
     20
     """
-    left = left_s - RESERVE_S - folds * sum(t.fixed_s for t in timings.values())
-    raw = left / (folds * sum(t.epoch_s for t in timings.values()))
+    raw = _epochs_that_fit(list(timings.values()), folds=folds, budget_s=left_s, spent_s=0.0)
     return int(min(max(math.floor(raw), limits[0]), limits[1]))
 
 
@@ -247,6 +246,12 @@ def default_budget_s(lh: FoldTiming, folds: int, spent_s: float, device: str = "
     """
     epochs = DEFAULT_BUDGET["epochs"]["gpu" if device == "gpu" else "cpu"]
     return round(DEFAULT_BUDGET["factor"] * (spent_s + folds * lh.fold_s(epochs)), 6)
+
+
+def _epochs_that_fit(timings: list[FoldTiming], *, folds: int, budget_s: float, spent_s: float) -> float:
+    """Epochs (fractional) each of these views gets when they share what is left of ``budget_s``."""
+    left = budget_s - spent_s - RESERVE_S - folds * sum(t.fixed_s for t in timings)
+    return left / (folds * sum(t.epoch_s for t in timings))
 
 
 def later_views_left_out(
@@ -273,7 +278,7 @@ def later_views_left_out(
     >>> later_views_left_out("lh", lh, ["x"], folds=1, budget_s=6000, spent_s=60) is None
     True
     """
-    alone = (budget_s - spent_s - RESERVE_S - folds * timing.fixed_s) / (folds * timing.epoch_s)
+    alone = _epochs_that_fit([timing], folds=folds, budget_s=budget_s, spent_s=spent_s)
     if not later or alone >= min_epochs_per_view:
         return None
     views = [first, *later]
@@ -325,8 +330,7 @@ def plan_epochs(
     notes: list[str] = []
 
     def fitting(vs: list[str]) -> float:
-        left = budget_s - spent_s - RESERVE_S - folds * sum(timings[v].fixed_s for v in vs)
-        return left / (folds * sum(timings[v].epoch_s for v in vs))
+        return _epochs_that_fit([timings[v] for v in vs], folds=folds, budget_s=budget_s, spent_s=spent_s)
 
     if epochs is None:
         raw = fitting(views)
