@@ -17,6 +17,7 @@ from soundtag.planning import (
     MIN_EPOCHS_PER_VIEW,
     RESERVE_S,
     FoldTiming,
+    Pace,
     TimePlan,
     default_budget_s,
     later_views_left_out,
@@ -135,6 +136,148 @@ def test_a_plan_round_trips_through_json_and_prints_its_numbers():
     text = "\n".join(plan.lines())
     assert f"{plan.epochs} epochs for each of LH + X, 5 fold(s)" in text and "budget 240.0 min" in text
     assert "500 ms a training batch" in text and "then the blend" in text
+
+
+# --- keeping the pace while the first fold trains ---------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.0, 1.3])
+@pytest.mark.parametrize("folds, later", [(1, ()), (5, ()), (2, (X,))])
+def test_the_first_folds_real_epochs_replan_the_most_epochs_that_fit(factor, folds, later):
+    budget, spent = 3000.0, 40.0
+    views = {"lh": LH, **({"x": later[0]} if later else {})}
+    planned = plan_epochs(views, folds=folds, budget_s=budget, spent_s=spent, min_epochs_per_view=0).epochs
+    pace = Pace(deadline=budget, timing=LH, later=later, folds=folds, epochs=planned)
+    real = [t.scaled(factor) for t in (LH, *later)]
+    done = 3
+    now = spent + LH.fold_setup_s + done * real[0].epoch_s  # the clock at the start of the 4th epoch
+
+    def ends(epochs):  # when the command ends if every fold of every view trains `epochs` at the real pace
+        rest_of_fold = (epochs - done) * real[0].epoch_s + real[0].fixed_s - LH.fold_setup_s
+        return (
+            now
+            + rest_of_fold
+            + (folds - 1) * real[0].fold_s(epochs)
+            + sum(folds * t.fold_s(epochs) for t in real[1:])
+            + RESERVE_S
+        )
+
+    epochs = pace.replanned(epochs_done=done, real_epoch_s=real[0].epoch_s, now=now)
+    assert ends(epochs) <= budget < ends(epochs + 1)
+    if factor == 1.0:
+        assert epochs == planned  # the timed steps were right: the plan holds
+    else:
+        assert (epochs < planned) == (factor > 1.0)
+
+
+def test_a_pace_behind_its_deadline_still_trains_one_epoch_more_and_the_fewest():
+    pace = Pace(deadline=100.0, timing=LH, later=(), folds=1, epochs=40)
+    assert pace.replanned(epochs_done=3, real_epoch_s=LH.epoch_s, now=500.0) == 5
+    assert pace.replanned(epochs_done=10, real_epoch_s=LH.epoch_s, now=500.0) == 11
+    assert (
+        Pace(deadline=1e9, timing=LH, later=(), folds=1, epochs=40).replanned(
+            epochs_done=3, real_epoch_s=LH.epoch_s, now=0.0
+        )
+        == 300
+    )  # the most epochs
+
+
+@pytest.mark.parametrize("epochs, checks", [(5, (3,)), (12, (3, 6)), (41, (3, 10, 20)), (200, (3, 50, 100))])
+def test_the_pace_is_read_after_the_warm_up_epoch_and_before_half_the_schedule(epochs, checks):
+    assert Pace(0.0, LH, (), 1, epochs).checks() == checks
+
+
+def _rates(sched, opt, steps):
+    out = []
+    for _ in range(steps):
+        out.append((opt.param_groups[0]["lr"], opt.param_groups[0].get("betas", (None,))[0]))
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("kind", ["onecycle", "warmup_cosine"])
+@pytest.mark.parametrize("total, stretched", [(100, 150), (100, 70)])
+def test_a_stretched_schedule_goes_on_as_one_made_that_long(kind, total, stretched):
+    import torch
+
+    from soundtag.training.module import WarmupCosine, stretch_schedule
+
+    def made(steps):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        if kind == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps), opt
+        return torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warm=10, total=steps)), opt
+
+    sched, opt = made(total)
+    _rates(sched, opt, 20)  # within the warm-up of either schedule
+    stretch_schedule(sched, stretched / total)
+    # the rate the 20th step set stands until the next step, which follows the stretched schedule
+    after = _rates(sched, opt, stretched - 20)[1:]
+    fresh, fresh_opt = made(stretched)
+    assert np.allclose(after, _rates(fresh, fresh_opt, stretched)[21:], rtol=1e-9, atol=1e-12)
+    assert after[-1][0] < 1e-6  # annealed to (almost) nothing at the new end
+
+
+def test_a_stretched_epoch_cosine_reaches_its_floor_at_the_new_end():
+    import torch
+
+    from soundtag.training.module import stretch_schedule
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=40)
+    _rates(sched, opt, 10)
+    stretch_schedule(sched, 30 / 40)
+    rates = [lr for lr, _ in _rates(sched, opt, 21)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))  # still falling, no jump up
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)  # at epoch 30
+
+
+def test_a_schedule_that_cannot_be_stretched_says_so():
+    import torch
+
+    from soundtag.training.module import stretch_schedule
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(TypeError, match="StepLR"):
+        stretch_schedule(torch.optim.lr_scheduler.StepLR(opt, 5), 1.5)
+
+
+@pytest.mark.slow
+def test_a_run_behind_its_budget_trains_fewer_epochs_in_every_fold(subset_csv, feature_cache, tmp_path):
+    """Real folds under a pace whose timed steps were far too quick for its deadline: the first
+    fold re-plans the epochs of both folds, and the run's recipe keeps them for a resume."""
+    import time
+
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.runs import RunDir
+    from soundtag.training.run import train
+
+    recipe = load_recipe(
+        "esc50-lh",
+        ["training.batch_size=8", "training.model=vgg", "training.model_args={widths: [8]}", "training.epochs=8"],
+    )
+    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
+    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    found = []
+    run_dir = tmp_path / "run"
+    train(
+        read_manifest(subset_csv),
+        recipe,
+        run_dir,
+        cache_dir=feature_cache,
+        progress=False,
+        pace=pace,
+        on_pace=found.append,
+    )
+    # told at each check of the first fold (after epochs 3 and 4 of 8), never by the second
+    assert [(kept.planned, kept.epochs) for kept in found] == [(8, 5), (8, 5)]
+    assert all(kept.real_epoch_s > kept.timed_epoch_s for kept in found)
+    run = RunDir(run_dir)
+    assert run.recipe().training.epochs == 5
+    for k in (0, 1):
+        assert json.loads((run.fold_dir(k) / "done.json").read_text())["epochs"] == 5
 
 
 # --- timing real steps -----------------------------------------------------------------------------
@@ -308,3 +451,52 @@ def test_views_and_time_are_refused_where_they_mean_nothing(subset_csv, tmp_path
         "train", "--data", subset_csv, "--time", "5m", "-o", "training.epochs=3", "--out", tmp_path / "r"
     )
     assert code != 0 and "not both" in err
+
+
+@pytest.mark.slow
+def test_a_fold_stopped_after_its_pace_changed_resumes_to_the_new_epochs(subset_csv, feature_cache, tmp_path):
+    """Stopped in the epoch after the re-plan: the last checkpoint holds the stretched schedule,
+    and the resume trains the epochs it was stretched to (a one-cycle schedule stepped past its
+    end would fail)."""
+    import time
+
+    from soundtag.manifest import read_manifest
+    from soundtag.recipe import load_recipe
+    from soundtag.runs import RunDir
+    from soundtag.training.run import resume, train
+
+    recipe = load_recipe(
+        "esc50-lh",
+        [
+            "training.batch_size=8",
+            "training.model=vgg",
+            "training.model_args={widths: [8]}",
+            "training.epochs=8",
+            "training.scheduler=onecycle",  # auto's, which fails if stepped past its end
+        ],
+    )
+    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
+    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    checks = []
+
+    def stop_at_the_second_check(kept):
+        checks.append(kept)
+        if len(checks) == 2:
+            raise RuntimeError("stopped")  # as a crash at the start of the fifth epoch
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stopped"):
+        train(
+            read_manifest(subset_csv),
+            recipe,
+            run_dir,
+            cache_dir=feature_cache,
+            progress=False,
+            pace=pace,
+            on_pace=stop_at_the_second_check,
+        )
+    run = RunDir(run_dir)
+    assert run.recipe().training.epochs == 5 and not run.finished_folds()
+    resume(run_dir, progress=False)
+    for k in (0, 1):
+        assert json.loads((run.fold_dir(k) / "done.json").read_text())["epochs"] == 5

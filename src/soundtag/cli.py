@@ -257,6 +257,8 @@ def train(
     """
     import time
 
+    started = time.perf_counter()  # before the imports: they are part of the command a budget times
+
     from soundtag.distributed import is_primary_process
     from soundtag.hardware import Hardware
     from soundtag.manifest import open_dataset
@@ -268,7 +270,6 @@ def train(
     from soundtag.training import train as train_run
     from soundtag.training.run import default_run_dir
 
-    started = time.perf_counter()
     hardware = Hardware(devices=devices, num_nodes=num_nodes, strategy=strategy.value)
     quiet = not is_primary_process()
 
@@ -281,7 +282,7 @@ def train(
             raise typer.BadParameter("--resume keeps the run's plan: leave out --time and --views")
         with on_stop(lambda: _train_stop_note(resume)):
             if is_planned_run(resume):
-                result = resume_views(resume, progress=progress, hardware=hardware, echo=echo)
+                result = resume_views(resume, progress=progress, hardware=hardware, started=started, echo=echo)
             else:
                 result = resume_run(resume, progress=progress, hardware=hardware)
     else:

@@ -16,20 +16,21 @@ Examples
 (29.6, 5.6)
 >>> plan = plan_epochs({"lh": lh}, folds=1, budget_s=600, spent_s=60)
 >>> plan.epochs, round(plan.expected_s)
-(17, 579)
+(17, 574)
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from soundtag.errors import ParameterError
 
 __all__ = [
     "DEFAULT_BUDGET",
     "FoldTiming",
+    "Pace",
     "TimePlan",
     "default_budget_s",
     "format_minutes",
@@ -54,8 +55,10 @@ EPOCH_LIMITS = (5, 300)
 #: on 1 s clips, level on the subset over three seeds). Given 30 minutes (150-240 epochs a view) the
 #: blend gained 2.0 points over its better view on ESC-10 and none in top-1 on ESC-50 fold 1.
 MIN_EPOCHS_PER_VIEW = 60
-#: Seconds kept for what follows the folds: scoring the run, blending the views.
-RESERVE_S = 10.0
+#: Seconds kept for what follows the folds: scoring the run, its plots, blending the views and the
+#: interpreter's exit. Measured on one view of the 20-class subset on 2 CPU cores: 1.7 s scoring and
+#: plots, 1.5 s exit.
+RESERVE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,20 @@ class FoldTiming:
 
     def fold_s(self, epochs: int) -> float:
         return epochs * self.epoch_s + self.fixed_s
+
+    def scaled(self, factor: float) -> "FoldTiming":
+        """This timing with its batches and epoch overhead ``factor`` times as long: what a fold
+        costs once its real epochs have shown the timed steps to be off by that factor.
+
+        >>> FoldTiming(0.5, 0.2, 2.0, 3.0, 50, 13, 13).scaled(1.1).epoch_s
+        32.56
+        """
+        return replace(
+            self,
+            train_step_s=self.train_step_s * factor,
+            val_batch_s=self.val_batch_s * factor,
+            epoch_overhead_s=self.epoch_overhead_s * factor,
+        )
 
 
 @dataclass
@@ -230,10 +247,72 @@ def replan_epochs(
     views before them have finished: what corrects the plan for the time those really took.
 
     >>> replan_epochs({"x": FoldTiming(0.2, 0.2, 1.0, 2.0, 50, 13, 13)}, folds=1, left_s=300)
-    20
+    21
     """
     raw = _epochs_that_fit(list(timings.values()), folds=folds, budget_s=left_s, spent_s=0.0)
     return int(min(max(math.floor(raw), limits[0]), limits[1]))
+
+
+@dataclass(frozen=True)
+class Pace:
+    """The budget one view trains in, kept while it trains: the real epochs of its first fold set
+    the epochs of every fold of the view, where the steps timed before training were off.
+
+    Steps timed before training can be off by a third on 2 CPU cores: on the 20-class subset, the
+    data-shape benchmark's six runs of LH alone timed 93-121 ms a step and ended their 2-minute
+    budgets 5-32% early (their own ``plan.json``). The fold's own epochs, timed as it trains,
+    correct that before most of the schedule has run.
+
+    Attributes
+    ----------
+    deadline : ``time.perf_counter()`` at which the budget ends
+    timing : this view's :class:`FoldTiming`, from the steps timed before training
+    later : the timings of the views trained after this one (planned the same epochs)
+    folds : folds each view trains
+    epochs : the epochs planned
+    limits : the fewest and the most epochs
+    """
+
+    deadline: float
+    timing: FoldTiming
+    later: tuple[FoldTiming, ...]
+    folds: int
+    epochs: int
+    limits: tuple[int, int] = EPOCH_LIMITS
+
+    def checks(self) -> tuple[int, ...]:
+        """The epochs done at which the first fold's pace is read: after its third epoch (the
+        first, which warms up, is not counted), then a quarter and half of the way, as the
+        machine's speed drifts (by 4% within one fold on 2 CPU cores). Each re-plan stretches
+        or shortens the learning-rate schedule from where it is, a few percent once the first
+        has corrected the timed steps.
+
+        >>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, 50, 13, 13)
+        >>> Pace(0.0, lh, (), 1, epochs=41).checks(), Pace(0.0, lh, (), 1, epochs=8).checks()
+        ((3, 10, 20), (3, 4))
+        """
+        return tuple(sorted({e for e in (3, round(self.epochs / 4), round(self.epochs / 2)) if 3 <= e < self.epochs}))
+
+    def replanned(self, *, epochs_done: int, real_epoch_s: float, now: float) -> int:
+        """The epochs every fold of the view gets once its first fold has trained ``epochs_done``
+        epochs at ``real_epoch_s`` each: the most that end the command by the deadline, with the
+        views after it off from their timed steps by the same factor as this one; never fewer
+        than ``epochs_done + 1``, and within ``limits``.
+
+        >>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, train_batches=50, val_batches=13, oof_batches=13)
+        >>> pace = Pace(deadline=600.0, timing=lh, later=(), folds=1, epochs=17)
+        >>> pace.replanned(epochs_done=3, real_epoch_s=lh.epoch_s, now=60 + 3.0 + 3 * lh.epoch_s)
+        17
+        >>> pace.replanned(epochs_done=3, real_epoch_s=1.2 * lh.epoch_s, now=60 + 3.0 + 3 * 1.2 * lh.epoch_s)
+        14
+        """
+        factor = real_epoch_s / self.timing.epoch_s
+        timings = [t.scaled(factor) for t in (self.timing, *self.later)]
+        # The first fold's set-up and the epochs it has trained are counted in the folds' time
+        # below, so they are added back to what is left.
+        left = self.deadline - now + self.timing.fold_setup_s + epochs_done * timings[0].epoch_s
+        raw = _epochs_that_fit(timings, folds=self.folds, budget_s=left, spent_s=0.0)
+        return int(min(max(math.floor(raw), epochs_done + 1, self.limits[0]), self.limits[1]))
 
 
 def default_budget_s(lh: FoldTiming, folds: int, spent_s: float, device: str = "cpu") -> float:

@@ -145,6 +145,10 @@ class RunDir:
     def recipe_file(self) -> Path:
         return self.path / self.RECIPE
 
+    def write_recipe(self, recipe) -> None:
+        """Write the recipe the run trains with (again when a time budget changed its epochs)."""
+        atomic_write_text(self.recipe_file(), recipe.to_yaml())
+
     def recipe(self):
         from soundtag.recipe import load_recipe
 
@@ -161,7 +165,7 @@ class RunDir:
         if self.is_run():
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.recipe_file(), recipe.to_yaml())
+        self.write_recipe(recipe)
         manifest.to_jsonl(self.path / self.MANIFEST)
         atomic_write_json(self.path / self.INFO, info)  # last: it marks the folder as a run
 

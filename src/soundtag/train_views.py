@@ -29,6 +29,7 @@ from soundtag.planning import (
     DEFAULT_BUDGET,
     MIN_EPOCHS_PER_VIEW,
     FoldTiming,
+    Pace,
     TimePlan,
     default_budget_s,
     format_minutes,
@@ -187,10 +188,16 @@ def _budget(budget_s: float | None, timing: FoldTiming, view: str, folds: int, s
 
 
 def resume_views(
-    run_dir: str | Path, *, progress: bool = True, hardware: Hardware = Hardware(), echo: Callable = print
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    hardware: Hardware = Hardware(),
+    started: float | None = None,
+    echo: Callable = print,
 ) -> ViewsResult:
-    """Go on with a planned run: finished folds are kept, the plan's epochs and views hold."""
-    started = time.perf_counter()
+    """Go on with a planned run: finished folds are kept, the plan's epochs and views hold
+    (``started``: ``time.perf_counter()`` when this session started; default: now)."""
+    started = time.perf_counter() if started is None else started
     run_dir = Path(run_dir)
     record = _read_record(run_dir)
     plan = TimePlan.from_dict(record["plan"])
@@ -253,6 +260,37 @@ def _replan(plan: TimePlan, record: dict, rest: list[str], session_s: float, ech
     record["plan"] = plan.to_dict()
 
 
+def _paced(plan: TimePlan, record: dict, view: str, kept, run_dir: Path) -> None:
+    """Keep in the plan what a check of a view's first fold found of its real epochs (a
+    :class:`~soundtag.training.fit.PaceKept`): the epochs every fold of the view trains."""
+    plan.view_epochs[view] = kept.epochs
+    record["recipes"][view]["training"]["epochs"] = kept.epochs
+    record["plan"] = plan.to_dict()
+    record.setdefault("paces", {})[view] = {
+        "planned": kept.planned,
+        "epochs": kept.epochs,
+        "real_epoch_s": round(kept.real_epoch_s, 4),
+        "timed_epoch_s": round(kept.timed_epoch_s, 4),
+    }
+    if is_primary_process():
+        atomic_write_json(RunDir(run_dir).plan_file, record)
+
+
+def _pace_line(view: str, pace: dict, budget_s: float) -> str:
+    """What a view's first fold found of its real epochs, in words."""
+    held = pace["epochs"] == pace["planned"]
+    return (
+        f"{view.upper()}: its first fold's epochs took {pace['real_epoch_s']:.2f} s against "
+        f"{pace['timed_epoch_s']:.2f} s timed, so "
+        + (
+            f"the {pace['planned']} epochs planned hold"
+            if held
+            else f"each fold trains {pace['epochs']} epochs instead of {pace['planned']}"
+        )
+        + f" to end within the {format_minutes(budget_s)} budget"
+    )
+
+
 def _train_planned(
     manifest: Manifest, run_dir: Path, record: dict, *, progress: bool, hardware: Hardware, started: float, echo
 ) -> ViewsResult:
@@ -260,6 +298,8 @@ def _train_planned(
     from soundtag.training.run import train
 
     plan = TimePlan.from_dict(record["plan"])
+    # the budget ends this many seconds after this session's start, given what earlier ones took
+    deadline = started + plan.budget_s - sum(record.get("sessions_s", [])) if plan.budget_s is not None else None
     trained, skipped = [], []
     for i, view in enumerate(plan.views):
         view_dir = _view_dir(run_dir, view, plan.views)
@@ -270,6 +310,10 @@ def _train_planned(
         recipe = recipe_from_dict(record["recipes"][view], source=f"{RunDir(run_dir).plan_file} ({view})")
         if len(plan.views) > 1:
             echo(f"view {view.upper()}: {view_dir}")
+        pace = None
+        if deadline is not None and view in plan.timings:
+            later = tuple(FoldTiming(**plan.timings[v]) for v in plan.views[i + 1 :])
+            pace = Pace(deadline, FoldTiming(**plan.timings[view]), later, plan.folds, recipe.training.epochs)
         result = train(
             manifest,
             recipe,
@@ -280,7 +324,11 @@ def _train_planned(
             resume=True,  # a fresh view directory has nothing to resume; a stopped one goes on
             data_source=record.get("data"),
             hardware=hardware,
+            pace=pace,
+            on_pace=lambda kept, view=view: _paced(plan, record, view, kept, run_dir),
         )
+        if pace is not None and view in record.get("paces", {}):
+            echo(_pace_line(view, record["paces"][view], plan.budget_s))
         trained += [(view, k) for k in result.folds_trained]
         skipped += [(view, k) for k in result.folds_skipped]
         metrics = result.metrics

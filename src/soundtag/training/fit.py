@@ -9,23 +9,78 @@ import contextlib
 import signal
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from soundtag.checkpoints import read_soundtag_checkpoint
 from soundtag.hardware import Hardware, accelerator
 from soundtag.inference.clips import predict_loader
+from soundtag.planning import Pace
 from soundtag.runs import RunDir
 from soundtag.stopping import Stopped
 from soundtag.training.folds import FoldSet
 
-__all__ = ["train_fold"]
+__all__ = ["PaceKept", "train_fold"]
 
 
-def train_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware = Hardware()) -> None:
+@dataclass(frozen=True)
+class PaceKept:
+    """What a fold trained under a :class:`~soundtag.planning.Pace` found: the epochs that fit the
+    budget (``planned`` if the timed steps were right) and its real seconds an epoch."""
+
+    epochs: int
+    planned: int
+    real_epoch_s: float
+    timed_epoch_s: float
+
+
+def train_fold(
+    plan: FoldSet,
+    k: int,
+    run: RunDir,
+    progress: bool,
+    hardware: Hardware = Hardware(),
+    pace: Pace | None = None,
+    on_pace: Callable[[PaceKept], None] | None = None,
+) -> None:
     """Fit fold ``k`` of ``plan`` into ``run`` (resuming from its ``last.ckpt`` when there is one)
-    and write its out-of-fold predictions; on several processes, only rank 0 writes."""
+    and write its out-of-fold predictions; on several processes, only rank 0 writes.
+
+    With a ``pace`` (kept only by a fold trained from its first epoch), the fold's real epochs
+    are timed at :meth:`Pace.checks <soundtag.planning.Pace.checks>`, and its epochs and
+    learning-rate schedule set to what fits the budget; ``on_pace`` hears what each check found,
+    before the next checkpoint is written, so that a resume trains the epochs the schedule was
+    stretched to.
+    """
     with lightning_quiet():
-        _fit_fold(plan, k, run, progress, hardware)
+        _fit_fold(plan, k, run, progress, hardware, pace, on_pace)
+
+
+def _keep_pace(pace: Pace, on_pace: Callable[[PaceKept], None] | None):
+    """A Lightning callback that times the fold's epochs and re-plans them at the pace's checks."""
+    import lightning as L
+
+    class KeepPace(L.Callback):
+        def __init__(self):
+            self.starts: list[float] = []
+
+        def on_train_epoch_start(self, trainer, module):
+            now = time.perf_counter()
+            self.starts.append(now)
+            done = trainer.current_epoch
+            if done not in pace.checks() or len(self.starts) < 3:
+                return
+            # the first epoch warms up (allocations, loader start): the real pace is the later ones'
+            real_s = (self.starts[-1] - self.starts[1]) / (len(self.starts) - 2)
+            epochs = pace.replanned(epochs_done=done, real_epoch_s=real_s, now=now)
+            if on_pace is not None:
+                on_pace(PaceKept(epochs, pace.epochs, real_s, pace.timing.epoch_s))
+            if epochs != trainer.max_epochs:
+                module.stretch_schedule(epochs)
+                trainer.fit_loop.max_epochs = epochs
+
+    return KeepPace()
 
 
 @contextlib.contextmanager
@@ -60,7 +115,15 @@ def _without_lightning_tips():
             logger.removeFilter(tip)
 
 
-def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hardware) -> None:
+def _fit_fold(
+    plan: FoldSet,
+    k: int,
+    run: RunDir,
+    progress: bool,
+    hardware: Hardware,
+    pace: Pace | None,
+    on_pace: Callable[[PaceKept], None] | None,
+) -> None:
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -98,6 +161,9 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
     callbacks = [checkpoint, latest]
     if t.early_stopping:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping))
+    last = run.checkpoint(k, "last")
+    if pace is not None and not last.is_file():
+        callbacks.append(_keep_pace(pace, on_pace))
     device_kind, auto_precision = accelerator()
     trainer = L.Trainer(
         max_epochs=t.epochs,
@@ -119,7 +185,6 @@ def _fit_fold(plan: FoldSet, k: int, run: RunDir, progress: bool, hardware: Hard
         log_every_n_steps=max(1, min(50, len(data.train))),
     )
     data.place(trainer.strategy.root_device)
-    last = run.checkpoint(k, "last")
     resumed_from = None
     if last.is_file():
         resumed_from = read_soundtag_checkpoint(last).epoch + 1

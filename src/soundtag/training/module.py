@@ -269,13 +269,7 @@ class TaggerModule(L.LightningModule):
         if t.scheduler == "warmup_cosine":
             total = int(self.trainer.estimated_stepping_batches)
             warm = min(total - 1, int(round(t.warmup_epochs * total / t.epochs)))
-
-            def factor(step: int) -> float:  # linear to lr over `warm` steps, then cosine to 0
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warm, total))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if t.scheduler == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -284,3 +278,51 @@ class TaggerModule(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def stretch_schedule(self, epochs: int) -> None:
+        """Give the learning-rate schedule ``epochs`` epochs in all instead of the trainer's
+        ``max_epochs``, going on from the step it is at: what keeping a time budget does once the
+        first fold's real epochs say how many fit (:class:`soundtag.planning.Pace`)."""
+        for config in self.trainer.lr_scheduler_configs:
+            stretch_schedule(config.scheduler, epochs / self.trainer.max_epochs)
+
+
+def stretch_schedule(sched: torch.optim.lr_scheduler.LRScheduler, ratio: float) -> None:
+    """Make ``sched`` (one of the schedules a recipe names) ``ratio`` times as long, going on from
+    the step it is at; a one-cycle or warm-up cosine schedule then gives the same rates from there
+    on as one made that long from the start.
+    """
+    if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR):
+        # torch keeps each phase's end as a step; both of a two-phase cycle are fractions of the
+        # total (pct_start x total - 1, total - 1), so they scale with it
+        for phase in sched._schedule_phases:
+            phase["end_step"] = (phase["end_step"] + 1) * ratio - 1
+        sched.total_steps = round(sched.total_steps * ratio)
+    elif isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        sched.T_max = round(sched.T_max * ratio)
+    elif isinstance(sched, torch.optim.lr_scheduler.LambdaLR) and all(
+        isinstance(f, WarmupCosine) for f in sched.lr_lambdas
+    ):
+        for f in sched.lr_lambdas:
+            f.total = round(f.total * ratio)
+    else:
+        raise TypeError(f"no way to stretch a {type(sched).__name__} schedule")
+
+
+class WarmupCosine:
+    """The ``warmup_cosine`` schedule's factor of the learning rate at a step: linear up to 1 over
+    ``warm`` steps, then a cosine down to 0 at step ``total``. An object rather than a closure so
+    that its ``total`` can be stretched and is saved in the scheduler's state.
+
+    >>> f = WarmupCosine(warm=10, total=110)
+    >>> f(0), f(9), round(f(60), 6), f(110)
+    (0.1, 1.0, 0.5, 0.0)
+    """
+
+    def __init__(self, warm: int, total: int):
+        self.warm, self.total = warm, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - self.warm) / max(1, self.total - self.warm))))

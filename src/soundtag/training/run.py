@@ -10,8 +10,9 @@ continues an interrupted one from its ``last.ckpt``.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -21,9 +22,10 @@ from soundtag.features.extract import extract_features
 from soundtag.hardware import Hardware
 from soundtag.manifest import Manifest
 from soundtag.manifest.clip_lists import apply_relabel, read_clip_list
-from soundtag.recipe import Recipe
+from soundtag.planning import Pace
+from soundtag.recipe import Recipe, load_recipe
 from soundtag.runs import RunDir
-from soundtag.training.fit import train_fold
+from soundtag.training.fit import PaceKept, train_fold
 from soundtag.training.folds import FoldSet, stored_features
 
 
@@ -54,6 +56,8 @@ def train(
     resume: bool = False,
     data_source: str | None = None,
     hardware: Hardware = Hardware(),
+    pace: Pace | None = None,
+    on_pace: Callable[[PaceKept], None] | None = None,
 ) -> RunResult:
     """Train one model per fold and write out-of-fold predictions and metrics.
 
@@ -67,6 +71,10 @@ def train(
     resume : continue a run: finished folds are skipped, an interrupted one continues
     hardware : devices, nodes and strategy (see :class:`Hardware`); with several processes,
         only global rank 0 writes files
+    pace : the time budget to keep (:class:`~soundtag.planning.Pace`): the first fold trained,
+        when no fold is finished yet, re-plans the epochs of every fold from its real epochs; the
+        run's ``recipe.yaml`` then holds the new epochs, and ``on_pace`` hears what each of its
+        checks found (:class:`~soundtag.training.fit.PaceKept`)
     """
     run = RunDir(run_dir)
     run_dir = run.path
@@ -98,14 +106,27 @@ def train(
 
     n_folds = plan.n_folds
     wanted = list(range(n_folds)) if folds is None else folds
+
+    def paced(kept: PaceKept) -> None:
+        # the epochs of every fold from now on, written before the fold's next checkpoint
+        nonlocal plan
+        if kept.epochs != plan.recipe.training.epochs:
+            plan = replace(plan, recipe=load_recipe(plan.recipe, [f"training.epochs={kept.epochs}"]))
+            run.write_recipe(plan.recipe)
+        if on_pace is not None:
+            on_pace(kept)
+
     trained, skipped = [], []
+    # every fold trains the same epochs, so only a run's first fold may re-plan them
+    pace = pace if not run.finished_folds() else None
     for k in wanted:
         if not 0 <= k < n_folds:
             raise ParameterError(f"fold {k} does not exist: this run has folds 0..{n_folds - 1}")
         if run.is_finished(k):
             skipped.append(k)
             continue
-        train_fold(plan, k, run, progress, hardware)
+        train_fold(plan, k, run, progress, hardware, pace=pace, on_pace=paced)
+        pace = None
         trained.append(k)
 
     if not is_primary_process():
