@@ -243,23 +243,31 @@ def test_a_schedule_that_cannot_be_stretched_says_so():
         stretch_schedule(torch.optim.lr_scheduler.StepLR(opt, 5), 1.5)
 
 
+def _behind_its_budget(*overrides):
+    """A tiny recipe of 8 epochs on two folds, and a pace whose deadline is now and whose timed
+    steps are far too quick: the first fold's real epochs re-plan the run to the fewest (5)."""
+    import time
+
+    from soundtag.recipe import load_recipe
+
+    recipe = load_recipe(
+        "esc50-lh",
+        ["training.batch_size=8", "training.model=vgg", "training.model_args={widths: [8]}", "training.epochs=8"]
+        + list(overrides),
+    )
+    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
+    return recipe, Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+
+
 @pytest.mark.slow
 def test_a_run_behind_its_budget_trains_fewer_epochs_in_every_fold(subset_csv, feature_cache, tmp_path):
     """Real folds under a pace whose timed steps were far too quick for its deadline: the first
     fold re-plans the epochs of both folds, and the run's recipe keeps them for a resume."""
-    import time
-
     from soundtag.manifest import read_manifest
-    from soundtag.recipe import load_recipe
     from soundtag.runs import RunDir
     from soundtag.training.run import train
 
-    recipe = load_recipe(
-        "esc50-lh",
-        ["training.batch_size=8", "training.model=vgg", "training.model_args={widths: [8]}", "training.epochs=8"],
-    )
-    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
-    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    recipe, pace = _behind_its_budget()
     found = []
     run_dir = tmp_path / "run"
     train(
@@ -458,25 +466,12 @@ def test_a_fold_stopped_after_its_pace_changed_resumes_to_the_new_epochs(subset_
     """Stopped in the epoch after the re-plan: the last checkpoint holds the stretched schedule,
     and the resume trains the epochs it was stretched to (a one-cycle schedule stepped past its
     end would fail)."""
-    import time
 
     from soundtag.manifest import read_manifest
-    from soundtag.recipe import load_recipe
     from soundtag.runs import RunDir
     from soundtag.training.run import resume, train
 
-    recipe = load_recipe(
-        "esc50-lh",
-        [
-            "training.batch_size=8",
-            "training.model=vgg",
-            "training.model_args={widths: [8]}",
-            "training.epochs=8",
-            "training.scheduler=onecycle",  # auto's, which fails if stepped past its end
-        ],
-    )
-    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
-    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    recipe, pace = _behind_its_budget("training.scheduler=onecycle")  # auto's, which fails if stepped past its end
     checks = []
 
     def stop_at_the_second_check(kept):

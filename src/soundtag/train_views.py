@@ -310,10 +310,15 @@ def _train_planned(
         recipe = recipe_from_dict(record["recipes"][view], source=f"{RunDir(run_dir).plan_file} ({view})")
         if len(plan.views) > 1:
             echo(f"view {view.upper()}: {view_dir}")
-        pace = None
+        pace, heard = None, []
         if deadline is not None and view in plan.timings:
             later = tuple(FoldTiming(**plan.timings[v]) for v in plan.views[i + 1 :])
             pace = Pace(deadline, FoldTiming(**plan.timings[view]), later, plan.folds, recipe.training.epochs)
+
+        def paced(kept, view=view, heard=heard):
+            heard.append(kept)
+            _paced(plan, record, view, kept, run_dir)
+
         result = train(
             manifest,
             recipe,
@@ -325,9 +330,9 @@ def _train_planned(
             data_source=record.get("data"),
             hardware=hardware,
             pace=pace,
-            on_pace=lambda kept, view=view: _paced(plan, record, view, kept, run_dir),
+            on_pace=paced,
         )
-        if pace is not None and view in record.get("paces", {}):
+        if heard:  # the view's first fold kept the pace in this session
             echo(_pace_line(view, record["paces"][view], plan.budget_s))
         trained += [(view, k) for k in result.folds_trained]
         skipped += [(view, k) for k in result.folds_skipped]
