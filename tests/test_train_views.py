@@ -19,6 +19,7 @@ from soundtag.planning import (
     FoldTiming,
     Pace,
     TimePlan,
+    default_budget_epochs,
     default_budget_s,
     later_views_left_out,
     parse_duration,
@@ -168,6 +169,22 @@ def test_the_first_folds_real_epochs_replan_the_most_epochs_that_fit(factor, fol
         assert epochs == planned  # the timed steps were right: the plan holds
     else:
         assert (epochs < planned) == (factor > 1.0)
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.3])
+def test_the_default_budget_moves_with_the_real_epochs_and_a_given_one_does_not(factor):
+    folds, spent, done = 5, 40.0, 3
+    default = default_budget_s(LH, folds, spent)
+    planned = plan_epochs({"lh": LH}, folds=folds, budget_s=default, spent_s=spent).epochs
+    real = LH.scaled(factor)
+    now = spent + LH.fold_setup_s + done * real.epoch_s
+    moving = Pace(default, LH, (), folds, planned, budget_epochs=default_budget_epochs(folds))
+    given = Pace(default, LH, (), folds, planned)
+    # 1.4x the time of 30 epochs, as they really take: about the epochs planned, whatever the pace
+    assert abs(moving.replanned(epochs_done=done, real_epoch_s=real.epoch_s, now=now) - planned) <= 2
+    assert moving.budget_change_s(real.epoch_s) == pytest.approx(1.4 * folds * 30 * (real.epoch_s - LH.epoch_s))
+    # --time: the epochs that fit the same seconds at the real pace
+    assert abs(given.replanned(epochs_done=done, real_epoch_s=real.epoch_s, now=now) - planned / factor) <= 2
 
 
 def test_a_pace_behind_its_deadline_still_trains_one_epoch_more_and_the_fewest():
@@ -443,6 +460,9 @@ def test_a_short_budget_trains_lh_alone_without_computing_x(subset_csv, tmp_path
     assert "X's features are not computed" in out and "epochs of LH" in out
     record = json.loads((run / "plan.json").read_text())
     assert record["plan"]["views"] == ["lh"] and set(record["plan"]["timings"]) == {"lh"}
+    # the first fold kept the pace: far behind a 1 s budget, it trains the fewest epochs, and says so
+    assert record["paces"]["lh"]["epochs"] == 5 and record["paces"]["lh"]["budget_s"] == 1.0
+    assert "LH: its first fold's epochs took" in out and "the 5 epochs planned hold" in out
     stores = [store.name for store in cache.iterdir() if (store / "store.json").is_file()]
     assert len(stores) == 1 and stores[0].startswith("lh-"), stores  # one view's features only
     assert not (run / "x").exists() and (run / "metrics.json").is_file()
