@@ -19,6 +19,7 @@ from soundtag.planning import (
     FoldTiming,
     Pace,
     TimePlan,
+    default_budget_epochs,
     default_budget_s,
     later_views_left_out,
     parse_duration,
@@ -170,6 +171,22 @@ def test_the_first_folds_real_epochs_replan_the_most_epochs_that_fit(factor, fol
         assert (epochs < planned) == (factor > 1.0)
 
 
+@pytest.mark.parametrize("factor", [0.7, 1.3])
+def test_the_default_budget_moves_with_the_real_epochs_and_a_given_one_does_not(factor):
+    folds, spent, done = 5, 40.0, 3
+    default = default_budget_s(LH, folds, spent)
+    planned = plan_epochs({"lh": LH}, folds=folds, budget_s=default, spent_s=spent).epochs
+    real = LH.scaled(factor)
+    now = spent + LH.fold_setup_s + done * real.epoch_s
+    moving = Pace(default, LH, (), folds, planned, budget_epochs=default_budget_epochs(folds))
+    given = Pace(default, LH, (), folds, planned)
+    # 1.4x the time of 30 epochs, as they really take: about the epochs planned, whatever the pace
+    assert abs(moving.replanned(epochs_done=done, real_epoch_s=real.epoch_s, now=now) - planned) <= 2
+    assert moving.budget_change_s(real.epoch_s) == pytest.approx(1.4 * folds * 30 * (real.epoch_s - LH.epoch_s))
+    # --time: the epochs that fit the same seconds at the real pace
+    assert abs(given.replanned(epochs_done=done, real_epoch_s=real.epoch_s, now=now) - planned / factor) <= 2
+
+
 def test_a_pace_behind_its_deadline_still_trains_one_epoch_more_and_the_fewest():
     pace = Pace(deadline=100.0, timing=LH, later=(), folds=1, epochs=40)
     assert pace.replanned(epochs_done=3, real_epoch_s=LH.epoch_s, now=500.0) == 5
@@ -243,23 +260,31 @@ def test_a_schedule_that_cannot_be_stretched_says_so():
         stretch_schedule(torch.optim.lr_scheduler.StepLR(opt, 5), 1.5)
 
 
+def _behind_its_budget(*overrides):
+    """A tiny recipe of 8 epochs on two folds, and a pace whose deadline is now and whose timed
+    steps are far too quick: the first fold's real epochs re-plan the run to the fewest (5)."""
+    import time
+
+    from soundtag.recipe import load_recipe
+
+    recipe = load_recipe(
+        "esc50-lh",
+        ["training.batch_size=8", "training.model=vgg", "training.model_args={widths: [8]}", "training.epochs=8"]
+        + list(overrides),
+    )
+    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
+    return recipe, Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+
+
 @pytest.mark.slow
 def test_a_run_behind_its_budget_trains_fewer_epochs_in_every_fold(subset_csv, feature_cache, tmp_path):
     """Real folds under a pace whose timed steps were far too quick for its deadline: the first
     fold re-plans the epochs of both folds, and the run's recipe keeps them for a resume."""
-    import time
-
     from soundtag.manifest import read_manifest
-    from soundtag.recipe import load_recipe
     from soundtag.runs import RunDir
     from soundtag.training.run import train
 
-    recipe = load_recipe(
-        "esc50-lh",
-        ["training.batch_size=8", "training.model=vgg", "training.model_args={widths: [8]}", "training.epochs=8"],
-    )
-    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
-    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    recipe, pace = _behind_its_budget()
     found = []
     run_dir = tmp_path / "run"
     train(
@@ -435,6 +460,9 @@ def test_a_short_budget_trains_lh_alone_without_computing_x(subset_csv, tmp_path
     assert "X's features are not computed" in out and "epochs of LH" in out
     record = json.loads((run / "plan.json").read_text())
     assert record["plan"]["views"] == ["lh"] and set(record["plan"]["timings"]) == {"lh"}
+    # the first fold kept the pace: far behind a 1 s budget, it trains the fewest epochs, and says so
+    assert record["paces"]["lh"]["epochs"] == 5 and record["paces"]["lh"]["budget_s"] == 1.0
+    assert "LH: its first fold's epochs took" in out and "the 5 epochs planned hold" in out
     stores = [store.name for store in cache.iterdir() if (store / "store.json").is_file()]
     assert len(stores) == 1 and stores[0].startswith("lh-"), stores  # one view's features only
     assert not (run / "x").exists() and (run / "metrics.json").is_file()
@@ -458,25 +486,12 @@ def test_a_fold_stopped_after_its_pace_changed_resumes_to_the_new_epochs(subset_
     """Stopped in the epoch after the re-plan: the last checkpoint holds the stretched schedule,
     and the resume trains the epochs it was stretched to (a one-cycle schedule stepped past its
     end would fail)."""
-    import time
 
     from soundtag.manifest import read_manifest
-    from soundtag.recipe import load_recipe
     from soundtag.runs import RunDir
     from soundtag.training.run import resume, train
 
-    recipe = load_recipe(
-        "esc50-lh",
-        [
-            "training.batch_size=8",
-            "training.model=vgg",
-            "training.model_args={widths: [8]}",
-            "training.epochs=8",
-            "training.scheduler=onecycle",  # auto's, which fails if stepped past its end
-        ],
-    )
-    quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
-    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    recipe, pace = _behind_its_budget("training.scheduler=onecycle")  # auto's, which fails if stepped past its end
     checks = []
 
     def stop_at_the_second_check(kept):

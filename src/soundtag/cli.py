@@ -248,8 +248,9 @@ def train(
 
     With no --recipe, the recipe auto chooses the sample rate, window, mel resolution and model
     from the data and the machine and prints its reasons. Before training it times a few real
-    steps of each view here and sets the epochs that fit --time, prints the plan, and at the end
-    the minutes it took; --resume keeps the plan. When the budget gives each view at least 60
+    steps of each view here and sets the epochs that fit --time, prints the plan, corrects the
+    epochs from the first fold's real ones, and at the end prints the minutes it took; --resume
+    keeps the plan. When the budget gives each view at least 60
     epochs it trains the LH view and the X view and blends them out of fold into one run
     directory (RUN/lh, RUN/x and the blend), which evaluate, suspects, review, predict, tag and
     export take as any run; a shorter budget, the default included, goes to LH alone, which

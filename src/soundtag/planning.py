@@ -32,6 +32,7 @@ __all__ = [
     "FoldTiming",
     "Pace",
     "TimePlan",
+    "default_budget_epochs",
     "default_budget_s",
     "format_minutes",
     "later_views_left_out",
@@ -136,6 +137,9 @@ class TimePlan:
     view_epochs : the epochs each view trains: ``epochs``, unless a later view was planned again
         once the views before it had finished (:func:`replan_epochs`)
     actual_s : seconds the command took, once it is done (summed over resumed sessions)
+    budget_epochs : with the default budget, the epochs of the first view it counts (its factor x
+        the folds x the baseline's epochs), so that the budget follows that view's real epoch
+        time once its first fold has shown it (:class:`Pace`); 0 for a budget given (``--time``)
     """
 
     budget_s: float | None
@@ -150,6 +154,7 @@ class TimePlan:
     notes: list[str] = field(default_factory=list)
     actual_s: float | None = None
     view_epochs: dict[str, int] = field(default_factory=dict)
+    budget_epochs: float = 0.0
 
     def __post_init__(self):
         self.view_epochs = dict(self.view_epochs) or {v: self.epochs for v in self.views}
@@ -270,6 +275,8 @@ class Pace:
     later : the timings of the views trained after this one (planned the same epochs)
     folds : folds each view trains
     epochs : the epochs planned
+    budget_epochs : the epochs of this view the budget counts (:attr:`TimePlan.budget_epochs`): the
+        default budget, timed from the same steps, moves with the real epochs too
     limits : the fewest and the most epochs
     """
 
@@ -278,7 +285,18 @@ class Pace:
     later: tuple[FoldTiming, ...]
     folds: int
     epochs: int
+    budget_epochs: float = 0.0
     limits: tuple[int, int] = EPOCH_LIMITS
+
+    def budget_change_s(self, real_epoch_s: float) -> float:
+        """Seconds the budget moves by when this view's epochs take ``real_epoch_s``: none for a
+        budget given, ``budget_epochs`` x the error of the timed epoch for the default.
+
+        >>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, 50, 13, 13)
+        >>> Pace(600.0, lh, (), 1, 17, budget_epochs=42).budget_change_s(lh.epoch_s + 1)
+        42.0
+        """
+        return self.budget_epochs * (real_epoch_s - self.timing.epoch_s)
 
     def checks(self) -> tuple[int, ...]:
         """The epochs done at which the first fold's pace is read: after its third epoch (the
@@ -297,7 +315,8 @@ class Pace:
         """The epochs every fold of the view gets once its first fold has trained ``epochs_done``
         epochs at ``real_epoch_s`` each: the most that end the command by the deadline, with the
         views after it off from their timed steps by the same factor as this one; never fewer
-        than ``epochs_done + 1``, and within ``limits``.
+        than ``epochs_done + 1``, and within ``limits``. The deadline moves with the default
+        budget (:meth:`budget_change_s`).
 
         >>> lh = FoldTiming(0.5, 0.2, 2.0, 3.0, train_batches=50, val_batches=13, oof_batches=13)
         >>> pace = Pace(deadline=600.0, timing=lh, later=(), folds=1, epochs=17)
@@ -310,9 +329,20 @@ class Pace:
         timings = [t.scaled(factor) for t in (self.timing, *self.later)]
         # The first fold's set-up and the epochs it has trained are counted in the folds' time
         # below, so they are added back to what is left.
-        left = self.deadline - now + self.timing.fold_setup_s + epochs_done * timings[0].epoch_s
+        deadline = self.deadline + self.budget_change_s(real_epoch_s)
+        left = deadline - now + self.timing.fold_setup_s + epochs_done * timings[0].epoch_s
         raw = _epochs_that_fit(timings, folds=self.folds, budget_s=left, spent_s=0.0)
         return int(min(max(math.floor(raw), epochs_done + 1, self.limits[0]), self.limits[1]))
+
+
+def default_budget_epochs(folds: int, device: str = "cpu") -> float:
+    """The LH epochs the default budget counts: :data:`DEFAULT_BUDGET` ``factor`` x the folds x
+    its ``epochs`` for ``device``.
+
+    >>> default_budget_epochs(5)
+    210.0
+    """
+    return DEFAULT_BUDGET["factor"] * folds * DEFAULT_BUDGET["epochs"]["gpu" if device == "gpu" else "cpu"]
 
 
 def default_budget_s(lh: FoldTiming, folds: int, spent_s: float, device: str = "cpu") -> float:
@@ -323,8 +353,8 @@ def default_budget_s(lh: FoldTiming, folds: int, spent_s: float, device: str = "
     >>> default_budget_s(FoldTiming(0.5, 0.2, 2.0, 3.0, 50, 13, 13), folds=1, spent_s=60)
     1335.04
     """
-    epochs = DEFAULT_BUDGET["epochs"]["gpu" if device == "gpu" else "cpu"]
-    return round(DEFAULT_BUDGET["factor"] * (spent_s + folds * lh.fold_s(epochs)), 6)
+    factor = DEFAULT_BUDGET["factor"]
+    return round(factor * (spent_s + folds * lh.fixed_s) + default_budget_epochs(folds, device) * lh.epoch_s, 6)
 
 
 def _epochs_that_fit(timings: list[FoldTiming], *, folds: int, budget_s: float, spent_s: float) -> float:

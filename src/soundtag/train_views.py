@@ -31,6 +31,7 @@ from soundtag.planning import (
     FoldTiming,
     Pace,
     TimePlan,
+    default_budget_epochs,
     default_budget_s,
     format_minutes,
     later_views_left_out,
@@ -111,7 +112,7 @@ def train_views(
             # LH alone short of the fewest epochs a view: the plan would drop X, so X's features
             # and timing are not paid for
             spent, n = time.perf_counter() - started, len(folds) if folds else n_folds
-            budget, _ = _budget(budget_s, timings[views[0]], views[0], n, spent)
+            budget, _, _ = _budget(budget_s, timings[views[0]], views[0], n, spent)
             note = later_views_left_out(views[0], timings[views[0]], views[1:], folds=n, budget_s=budget, spent_s=spent)
             if note:
                 views, notes = views[:1], [note]
@@ -139,10 +140,11 @@ def train_views(
             timings={},
         )
     else:
+        budget_epochs = 0.0
         if epochs_given:
             source, budget = "the epochs were given (training.epochs)", None
         else:
-            budget, source = _budget(budget_s, timings[views[0]], views[0], trained_folds, spent)
+            budget, source, budget_epochs = _budget(budget_s, timings[views[0]], views[0], trained_folds, spent)
         plan = plan_epochs(
             {v: timings[v] for v in views},
             folds=trained_folds,
@@ -153,6 +155,7 @@ def train_views(
             min_epochs_per_view=0 if views_asked else MIN_EPOCHS_PER_VIEW,
         )
         plan.notes[:0] = notes
+        plan.budget_epochs = budget_epochs
     for line in plan.lines():
         echo(line)
     recipes = {v: load_recipe(recipes[v], [f"training.epochs={plan.epochs}"]) for v in plan.views}
@@ -171,20 +174,23 @@ def train_views(
     return _train_planned(manifest, run_dir, record, progress=progress, hardware=hardware, started=started, echo=echo)
 
 
-def _budget(budget_s: float | None, timing: FoldTiming, view: str, folds: int, spent: float) -> tuple[float, str]:
-    """The command's budget in seconds and where it came from: ``--time``, or the default
-    measured from the first view's ``timing`` and the ``spent`` seconds before training."""
+def _budget(
+    budget_s: float | None, timing: FoldTiming, view: str, folds: int, spent: float
+) -> tuple[float, str, float]:
+    """The command's budget in seconds, where it came from (``--time``, or the default measured
+    from the first view's ``timing`` and the ``spent`` seconds before training), and the epochs of
+    the first view it counts (:attr:`TimePlan.budget_epochs`; 0 for ``--time``)."""
     if budget_s is not None:
-        return budget_s, f"--time {format_minutes(budget_s)}"
+        return budget_s, f"--time {format_minutes(budget_s)}", 0.0
     device = default_device()
     epochs = DEFAULT_BUDGET["epochs"][device]
     source = (
         f"the default: {DEFAULT_BUDGET['factor']:g}x the time of {epochs} epochs of the "
         f"{view.upper()} view over every fold here, features included"
         + (" (the plain-CNN baseline's schedule)" if device == "cpu" else "")
-        + "; set it with --time"
+        + ", as timed, then as the first fold's epochs take; set it with --time"
     )
-    return default_budget_s(timing, folds, spent, device), source
+    return default_budget_s(timing, folds, spent, device), source, default_budget_epochs(folds, device)
 
 
 def resume_views(
@@ -262,32 +268,37 @@ def _replan(plan: TimePlan, record: dict, rest: list[str], session_s: float, ech
 
 def _paced(plan: TimePlan, record: dict, view: str, kept, run_dir: Path) -> None:
     """Keep in the plan what a check of a view's first fold found of its real epochs (a
-    :class:`~soundtag.training.fit.PaceKept`): the epochs every fold of the view trains."""
+    :class:`~soundtag.training.fit.PaceKept`): the epochs every fold of the view trains, and the
+    default budget as those epochs take it."""
+    found = record.setdefault("paces", {}).setdefault(view, {"planned_budget_s": plan.budget_s})
+    plan.budget_s = round(found["planned_budget_s"] + kept.budget_change_s, 3)
     plan.view_epochs[view] = kept.epochs
     record["recipes"][view]["training"]["epochs"] = kept.epochs
     record["plan"] = plan.to_dict()
-    record.setdefault("paces", {})[view] = {
+    found |= {
         "planned": kept.planned,
         "epochs": kept.epochs,
         "real_epoch_s": round(kept.real_epoch_s, 4),
         "timed_epoch_s": round(kept.timed_epoch_s, 4),
+        "budget_s": plan.budget_s,
     }
     if is_primary_process():
         atomic_write_json(RunDir(run_dir).plan_file, record)
 
 
-def _pace_line(view: str, pace: dict, budget_s: float) -> str:
+def _pace_line(view: str, found: dict) -> str:
     """What a view's first fold found of its real epochs, in words."""
-    held = pace["epochs"] == pace["planned"]
+    moved = round(found["budget_s"]) != round(found["planned_budget_s"])
     return (
-        f"{view.upper()}: its first fold's epochs took {pace['real_epoch_s']:.2f} s against "
-        f"{pace['timed_epoch_s']:.2f} s timed, so "
+        f"{view.upper()}: its first fold's epochs took {found['real_epoch_s']:.2f} s against "
+        f"{found['timed_epoch_s']:.2f} s timed, so "
+        + (f"the default budget is {format_minutes(found['budget_s'])} and " if moved else "")
         + (
-            f"the {pace['planned']} epochs planned hold"
-            if held
-            else f"each fold trains {pace['epochs']} epochs instead of {pace['planned']}"
+            f"the {found['planned']} epochs planned hold"
+            if found["epochs"] == found["planned"]
+            else f"each fold trains {found['epochs']} epochs instead of {found['planned']}"
         )
-        + f" to end within the {format_minutes(budget_s)} budget"
+        + ("" if moved else f" to end within the {format_minutes(found['budget_s'])} budget")
     )
 
 
@@ -298,8 +309,6 @@ def _train_planned(
     from soundtag.training.run import train
 
     plan = TimePlan.from_dict(record["plan"])
-    # the budget ends this many seconds after this session's start, given what earlier ones took
-    deadline = started + plan.budget_s - sum(record.get("sessions_s", [])) if plan.budget_s is not None else None
     trained, skipped = [], []
     for i, view in enumerate(plan.views):
         view_dir = _view_dir(run_dir, view, plan.views)
@@ -310,10 +319,21 @@ def _train_planned(
         recipe = recipe_from_dict(record["recipes"][view], source=f"{RunDir(run_dir).plan_file} ({view})")
         if len(plan.views) > 1:
             echo(f"view {view.upper()}: {view_dir}")
-        pace = None
-        if deadline is not None and view in plan.timings:
+        pace, heard = None, []
+        if plan.budget_s is not None and view in plan.timings:
+            # the budget ends this long after this session's start, given what earlier ones took
+            deadline = started + plan.budget_s - sum(record.get("sessions_s", []))
             later = tuple(FoldTiming(**plan.timings[v]) for v in plan.views[i + 1 :])
-            pace = Pace(deadline, FoldTiming(**plan.timings[view]), later, plan.folds, recipe.training.epochs)
+            # the default budget counts the first view's epochs: it moves with them
+            budget_epochs = plan.budget_epochs if i == 0 else 0.0
+            pace = Pace(
+                deadline, FoldTiming(**plan.timings[view]), later, plan.folds, recipe.training.epochs, budget_epochs
+            )
+
+        def paced(kept, view=view, heard=heard):
+            heard.append(kept)
+            _paced(plan, record, view, kept, run_dir)
+
         result = train(
             manifest,
             recipe,
@@ -325,10 +345,10 @@ def _train_planned(
             data_source=record.get("data"),
             hardware=hardware,
             pace=pace,
-            on_pace=lambda kept, view=view: _paced(plan, record, view, kept, run_dir),
+            on_pace=paced,
         )
-        if pace is not None and view in record.get("paces", {}):
-            echo(_pace_line(view, record["paces"][view], plan.budget_s))
+        if heard:  # the view's first fold kept the pace in this session
+            echo(_pace_line(view, record["paces"][view]))
         trained += [(view, k) for k in result.folds_trained]
         skipped += [(view, k) for k in result.folds_skipped]
         metrics = result.metrics

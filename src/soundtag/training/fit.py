@@ -27,12 +27,14 @@ __all__ = ["PaceKept", "train_fold"]
 @dataclass(frozen=True)
 class PaceKept:
     """What a fold trained under a :class:`~soundtag.planning.Pace` found: the epochs that fit the
-    budget (``planned`` if the timed steps were right) and its real seconds an epoch."""
+    budget (``planned`` if the timed steps were right), its real seconds an epoch, and the seconds
+    the default budget moved by with them."""
 
     epochs: int
     planned: int
     real_epoch_s: float
     timed_epoch_s: float
+    budget_change_s: float = 0.0
 
 
 def train_fold(
@@ -75,7 +77,7 @@ def _keep_pace(pace: Pace, on_pace: Callable[[PaceKept], None] | None):
             real_s = (self.starts[-1] - self.starts[1]) / (len(self.starts) - 2)
             epochs = pace.replanned(epochs_done=done, real_epoch_s=real_s, now=now)
             if on_pace is not None:
-                on_pace(PaceKept(epochs, pace.epochs, real_s, pace.timing.epoch_s))
+                on_pace(PaceKept(epochs, pace.epochs, real_s, pace.timing.epoch_s, pace.budget_change_s(real_s)))
             if epochs != trainer.max_epochs:
                 module.stretch_schedule(epochs)
                 trainer.fit_loop.max_epochs = epochs
