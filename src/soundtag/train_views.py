@@ -373,8 +373,8 @@ def _train_planned(
             echo(
                 f"took {format_minutes(plan.actual_s)}"
                 + (f" over {sessions} sessions" if sessions > 1 else "")
-                + f"; the plan expected {format_minutes(plan.expected_s)}"
                 + (f" of a {format_minutes(plan.budget_s)} budget" if plan.budget_s else "")
+                + f"; the plan made before training expected {format_minutes(plan.expected_s)}"
             )
     return ViewsResult(
         run_dir,
