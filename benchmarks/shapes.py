@@ -189,12 +189,13 @@ def read_run(run_dir: Path) -> dict:
 
 
 def seed_mean(runs: list[dict]) -> dict:
-    """One row from the runs of several seeds: the mean of each score and of the wall time, and
-    each seed's top-1 and epochs (``top1_seeds``, ``epochs_seeds``); the plan and front end are
-    the last run's."""
+    """One row from the runs of several seeds: the mean of each score, of the wall time and of the
+    budget and expected time (each run plans its own), and each seed's top-1 and epochs
+    (``top1_seeds``, ``epochs_seeds``); the front end is the last run's."""
     row = {k: v for k, v in runs[-1].items() if k != "seed"}
     if len(runs) > 1:
-        row |= {k: round(sum(r[k] for r in runs) / len(runs), 6) for k in ("top1", "map3", "wall_s")}
+        means = [k for k in ("top1", "map3", "wall_s", "budget_s", "expected_s") if all(r.get(k) for r in runs)]
+        row |= {k: round(sum(r[k] for r in runs) / len(runs), 6) for k in means}
         row["top1_seeds"] = {str(r["seed"]): r["top1"] for r in runs}
         row["epochs_seeds"] = {str(r["seed"]): r["epochs"] for r in runs}
     return row
@@ -330,7 +331,8 @@ def table(report: dict) -> list[str]:
         "top-1 in brackets, and its mean wall time. With two views, each view's own top-1 follows the views in "
         "brackets, and the epochs read `LH / X` where X trains its own. The epochs are those trained: the plan's, "
         "or what the first fold's real epochs re-planned them to. `wall / budget` is the whole command's wall time "
-        "(the process included) over the budget it planned for.",
+        "(the process included) over its budget as it ended (the default budget moves with the first fold's real "
+        "epochs); over seeds, the mean wall time over the mean budget.",
         "",
         ("Machine: " if len(machines) == 1 else "Machines (a case's rows all come from one): ")
         + "; ".join(f"{m}{mark[m]}" for m in machines)
