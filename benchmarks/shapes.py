@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
             }
             if row == "baseline":
                 baseline_wall = result["wall_s"]
+            else:  # wall times compare only within a session: the baseline's of this one
+                result["baseline_wall_s"] = baseline_wall
             report["rows"][f"{case}|{row}"] = result
             atomic_write_json(results, report)
     lines = table(report)
@@ -350,7 +352,7 @@ def table(report: dict) -> list[str]:
             if r is None:
                 continue
             delta = f"{(r['top1'] - base['top1']) * 100:+.1f} pts" if base and row != "baseline" else ""
-            ratio = f"{r['wall_s'] / base['wall_s']:.2f}x" if base and row != "baseline" else ""
+            ratio = f"{r['wall_s'] / r['baseline_wall_s']:.2f}x" if r.get("baseline_wall_s") else ""
             plan = (
                 f"{r['expected_s'] / 60:.1f} / {r['budget_s'] / 60:.1f} min"
                 if r.get("expected_s") and r.get("budget_s")
@@ -366,6 +368,13 @@ def table(report: dict) -> list[str]:
     for key, r in rows.items():
         if r.get("note"):
             lines += ["", f"{key.replace('|', ', ')}: {r['note']}"]
+    if any(not r.get("baseline_wall_s") for key, r in rows.items() if not key.endswith("|baseline")):
+        lines += [
+            "",
+            "`x baseline` is the row's wall time over the baseline's measured in the same session, before the row: "
+            "the same CPU model ran the same step up to 1.4x faster in one session than another. Rows without it "
+            "come from a session whose baseline row has since been measured again.",
+        ]
     if any(r.get("wall_s_from_table") for r in rows.values()):
         lines += [
             "",
