@@ -260,12 +260,14 @@ def test_a_schedule_that_cannot_be_stretched_says_so():
         stretch_schedule(torch.optim.lr_scheduler.StepLR(opt, 5), 1.5)
 
 
-def _behind_its_budget(*overrides):
-    """A tiny recipe of 8 epochs on two folds, and a pace whose deadline is now and whose timed
-    steps are far too quick: the first fold's real epochs re-plan the run to the fewest (5)."""
+def _train_behind_its_budget(subset_csv, feature_cache, run_dir, on_pace, *overrides) -> None:
+    """Train a tiny recipe of 8 epochs on two folds under a pace whose deadline is now and whose
+    timed steps are far too quick: the first fold's real epochs re-plan the run to the fewest (5)."""
     import time
 
+    from soundtag.manifest import read_manifest
     from soundtag.recipe import load_recipe
+    from soundtag.training.run import train
 
     recipe = load_recipe(
         "esc50-lh",
@@ -273,29 +275,21 @@ def _behind_its_budget(*overrides):
         + list(overrides),
     )
     quick = FoldTiming(1e-4, 1e-4, 0.0, 0.0, train_batches=3, val_batches=1, oof_batches=1)
-    return recipe, Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    pace = Pace(deadline=time.perf_counter(), timing=quick, later=(), folds=2, epochs=8)
+    train(
+        read_manifest(subset_csv), recipe, run_dir, cache_dir=feature_cache, progress=False, pace=pace, on_pace=on_pace
+    )
 
 
 @pytest.mark.slow
 def test_a_run_behind_its_budget_trains_fewer_epochs_in_every_fold(subset_csv, feature_cache, tmp_path):
     """Real folds under a pace whose timed steps were far too quick for its deadline: the first
     fold re-plans the epochs of both folds, and the run's recipe keeps them for a resume."""
-    from soundtag.manifest import read_manifest
     from soundtag.runs import RunDir
-    from soundtag.training.run import train
 
-    recipe, pace = _behind_its_budget()
     found = []
     run_dir = tmp_path / "run"
-    train(
-        read_manifest(subset_csv),
-        recipe,
-        run_dir,
-        cache_dir=feature_cache,
-        progress=False,
-        pace=pace,
-        on_pace=found.append,
-    )
+    _train_behind_its_budget(subset_csv, feature_cache, run_dir, found.append)
     # told at each check of the first fold (after epochs 3 and 4 of 8), never by the second
     assert [(kept.planned, kept.epochs) for kept in found] == [(8, 5), (8, 5)]
     assert all(kept.real_epoch_s > kept.timed_epoch_s for kept in found)
@@ -487,11 +481,9 @@ def test_a_fold_stopped_after_its_pace_changed_resumes_to_the_new_epochs(subset_
     and the resume trains the epochs it was stretched to (a one-cycle schedule stepped past its
     end would fail)."""
 
-    from soundtag.manifest import read_manifest
     from soundtag.runs import RunDir
-    from soundtag.training.run import resume, train
+    from soundtag.training.run import resume
 
-    recipe, pace = _behind_its_budget("training.scheduler=onecycle")  # auto's, which fails if stepped past its end
     checks = []
 
     def stop_at_the_second_check(kept):
@@ -501,14 +493,9 @@ def test_a_fold_stopped_after_its_pace_changed_resumes_to_the_new_epochs(subset_
 
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="stopped"):
-        train(
-            read_manifest(subset_csv),
-            recipe,
-            run_dir,
-            cache_dir=feature_cache,
-            progress=False,
-            pace=pace,
-            on_pace=stop_at_the_second_check,
+        # auto's one-cycle schedule, which fails if stepped past its end
+        _train_behind_its_budget(
+            subset_csv, feature_cache, run_dir, stop_at_the_second_check, "training.scheduler=onecycle"
         )
     run = RunDir(run_dir)
     assert run.recipe().training.epochs == 5 and not run.finished_folds()
