@@ -5,7 +5,9 @@ Before training, a few real steps of each view's model are timed on this machine
 number of epochs, the most that let the whole command (features, every fold of every view,
 out-of-fold predictions, the blend) end within the budget, or gives LH the whole budget where two
 views would each train too little (:data:`MIN_EPOCHS_PER_VIEW`). The budget is a measurement, not a
-constant, because the same model trains 2x faster or slower from one machine to the next.
+constant, because the same model trains 2x faster or slower from one machine to the next. While
+training, each view's first fold times its own epochs and re-plans the epochs of every fold from
+them (:class:`Pace`), since a few timed steps can be off by a third.
 
 Examples
 --------

@@ -203,7 +203,7 @@ AUTO_RULES: dict[str, AutoRule] = {
         "from the time budget (`--time`; default 1.4x the time of 30 epochs of the LH view over every fold on "
         "a CPU, the plain-CNN baseline's schedule, 150 on a GPU): a few real training and validation steps of "
         "each view are timed on this machine before training, and the views share the budget with the same "
-        "epochs",
+        "epochs; each view's first fold re-plans them from its real epochs (and the default budget with them)",
         {
             "provisional": "epochs {epochs} for now: `soundtag train` times a few real steps on this machine "
             "and sets the epochs that fit the time budget",
