@@ -101,8 +101,8 @@ def test_stopped_feature_extraction_exits_143_and_keeps_what_it_computed(esc10_r
         time.sleep(0.05)
     # a few batches in: the 400 clips take about 6 s of CPU to decode. Counted in CPU seconds of
     # the command's processes, not wall seconds: on a loaded machine a fixed sleep stopped it
-    # before any clip was computed. 3 s, not 1.5: on a fresh clone the worker's own start
-    # (imports, bytecode) took 1.5 s of CPU and the stop came before its first clip.
+    # before any clip was computed. 3 s, not 1.5: on a fresh clone, 1.5 s stopped it before any
+    # clip was stored once (the cause not found; a cold start is the likeliest).
     start = _cpu_seconds(proc.pid)
     while _cpu_seconds(proc.pid) - start < 3.0:
         assert proc.poll() is None, proc.stdout.read().decode()[-2000:]

@@ -59,8 +59,8 @@ EPOCH_LIMITS = (5, 300)
 #: blend gained 2.0 points over its better view on ESC-10 and none in top-1 on ESC-50 fold 1.
 MIN_EPOCHS_PER_VIEW = 60
 #: Seconds kept for what follows the folds: scoring the run, its plots, blending the views and the
-#: interpreter's exit. Measured on one view of the 20-class subset on 2 CPU cores: 1.7 s scoring and
-#: plots, 1.5 s exit.
+#: interpreter's exit. Timed by hand from one run's printed lines, one view of the 20-class subset on
+#: 2 CPU cores: 1.7 s scoring and plots, 1.5 s exit.
 RESERVE_S = 5.0
 
 
@@ -267,7 +267,7 @@ class Pace:
 
     Steps timed before training can be off by a third on 2 CPU cores: on the 20-class subset, the
     data-shape benchmark's six runs of LH alone timed 93-121 ms a step and ended their 2-minute
-    budgets 5-32% early (their own ``plan.json``). The fold's own epochs, timed as it trains,
+    budgets 5-32% early (worked out by hand from their own ``plan.json``). The fold's own epochs, timed as it trains,
     correct that before most of the schedule has run.
 
     Attributes
@@ -303,7 +303,7 @@ class Pace:
     def checks(self) -> tuple[int, ...]:
         """The epochs done at which the first fold's pace is read: after its third epoch (the
         first, which warms up, is not counted), then a quarter and half of the way, as the
-        machine's speed drifts (by 4% within one fold on 2 CPU cores). Each re-plan stretches
+        machine's speed drifts within a fold. Each re-plan stretches
         or shortens the learning-rate schedule from where it is, a few percent once the first
         has corrected the timed steps.
 
