@@ -25,6 +25,11 @@ Usage::
     python benchmarks/shapes.py --cases esc50-fold1 esc50-1s --rows "default, LH + X"
     python benchmarks/shapes.py --cases esc50-20x40 --seeds 0 1 2   # each row 3 times: mean, spread
     python benchmarks/shapes.py --smoke          # 10 classes x 2 clips a fold, a minute a row
+    python benchmarks/shapes.py --cases esc10 --rows default --set training.batch_size=16   # a variant
+
+A variant (``--set KEY=VALUE ...``) is the default's rows with those recipe overrides (``-o``): the
+evidence for or against changing a rule, kept as its own rows (``default with KEY=VALUE``) beside the
+default's. The baseline never takes them.
 
 Results go to ``benchmarks/results/shapes.json``, which is committed: a full run takes hours on
 2 cores and is made in parts, often on different days and checkouts, and each part keeps the
@@ -213,6 +218,13 @@ def main(argv: list[str] | None = None) -> None:
         help="train every row once per seed (training.seed) and report the mean and the spread (default: 0, "
         "the recipes' own)",
     )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe overrides (-o) for every row but the baseline, kept as rows of their own",
+    )
     parser.add_argument("--smoke", action="store_true", help="10 classes x 2 clips a fold, 1-2 min budgets")
     parser.add_argument("--out", type=Path, help="runs, logs and data sets (default .cache/benchmarks/shapes[-smoke])")
     parser.add_argument(
@@ -251,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{case}: no baseline row yet, so no run at its time", file=sys.stderr)
                     continue
                 recipe = ["--time", f"{baseline_wall:.0f}s"]
+            overrides = [] if row == "baseline" else [a for kv in args.set for a in ("-o", kv)]
+            recipe += overrides
+            row = variant_name(row, [] if row == "baseline" else args.set)
             slug = row.replace(" ", "-").replace(chr(39), "").replace(",", "").replace("+", "and")
             runs = []
             for seed in args.seeds:
@@ -287,6 +302,18 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     if doc is not None:
         write_section("shapes", lines, doc)
+
+
+def variant_name(row: str, overrides: list[str]) -> str:
+    """``'default'``, or with overrides ``'default with training.batch_size=16'``."""
+    return f"{row} with {', '.join(overrides)}" if overrides else row
+
+
+def _case_rows(rows: dict, case: str) -> list[tuple[str, dict]]:
+    """The rows of ``case`` in the order of :data:`ROWS`, each variant after the row it varies."""
+    mine = {key.split("|", 1)[1]: r for key, r in rows.items() if key.split("|", 1)[0] == case}
+    order = {row: i for i, row in enumerate(ROWS)}
+    return sorted(mine.items(), key=lambda kv: (order.get(kv[0].split(" with ")[0], len(ROWS)), kv[0]))
 
 
 def _top1(row: dict) -> str:
@@ -347,10 +374,7 @@ def table(report: dict) -> list[str]:
     ]
     for case in CASES:
         base = rows.get(f"{case}|baseline")
-        for row in ROWS:
-            r = rows.get(f"{case}|{row}")
-            if r is None:
-                continue
+        for row, r in _case_rows(rows, case):
             delta = f"{(r['top1'] - base['top1']) * 100:+.1f} pts" if base and row != "baseline" else ""
             ratio = f"{r['wall_s'] / r['baseline_wall_s']:.2f}x" if r.get("baseline_wall_s") else ""
             plan = (
