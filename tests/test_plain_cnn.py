@@ -69,6 +69,20 @@ def test_plain_cnn_channels_and_dropout_are_keyword_args():
         create_model("plain-cnn", num_classes=3, dropout=1.5)
 
 
+def test_plain_cnn_mean_plus_max_pooling_keeps_a_short_event_that_the_mean_dilutes():
+    model = create_model("plain-cnn", num_classes=3, channels=[4, 8], time_pooling="mean+max").eval()
+    features = torch.zeros(1, 8, 4, 15)
+    features[0, :, :, 7] = 1.0  # one frame of 15 active in every mel row
+    pooled = model.forward_head(features, pre_logits=True)
+    # the mean over mels, then max (1) + mean (1/15) over frames; the plain mean gives only 1/15
+    torch.testing.assert_close(pooled, torch.full((1, 8), 1 + 1 / 15))
+    plain = create_model("plain-cnn", num_classes=3, channels=[4, 8]).eval()
+    torch.testing.assert_close(plain.forward_head(features, pre_logits=True), torch.full((1, 8), 1 / 15))
+    assert model(torch.randn(2, 1, 32, 40)).shape == (2, 3)
+    with pytest.raises(ParameterError, match="time_pooling='max'"):
+        create_model("plain-cnn", num_classes=3, time_pooling="max")
+
+
 def _same_weights(pooled_first: torch.nn.Module, pooled_after: torch.nn.Module, scale_sign: float = 1.0):
     """Copy the convolutions, BatchNorms (with made-up running statistics and scales of the given
     sign) and head of ``pooled_after`` into ``pooled_first``, layer by layer in order."""

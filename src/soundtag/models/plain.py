@@ -1,8 +1,9 @@
 """The plain baseline CNN that every other recipe is measured against, written with timm's surface.
 
 Five 3x3 conv-BN-ReLU blocks (32-64-128-128-256 channels by default), a 2x2 max-pooling after
-each of the first four, global average pooling over mels and frames, dropout and one linear
-head: about 0.55M parameters for 50 classes. No large strides, so a 0.3 s event in a 5 s
+each of the first four, global average pooling over mels and frames (or, with
+``time_pooling="mean+max"``, the mean over mels then the max plus the mean over frames, as PANNs
+pool), dropout and one linear head: about 0.55M parameters for 50 classes. No large strides, so a 0.3 s event in a 5 s
 window (15 frames at hop 320 / 16 kHz) still spans a frame of the last map.
 
 Takes ``(batch, in_chans, n_mels, frames)`` of any size and returns ``(batch, num_classes)``.
@@ -37,7 +38,12 @@ class PlainCNN(TaggerNet):
         one bf16 training step on 2 CPU cores, BatchNorm and ReLU (forward and backward, memory-
         bound over the full-size maps of the first blocks) took over a third of it; pooling first
         trained ESC-10 in 1.2-1.3x less time (docs/benchmarks.md).
+    time_pooling : how the last map becomes one vector: ``"mean"`` over mels and frames, or
+        ``"mean+max"``: the mean over mels, then the max over frames plus the mean over frames
+        (PANNs' head), so that a short event in a long window is not averaged away
     """
+
+    TIME_POOLINGS = ("mean", "mean+max")
 
     def __init__(
         self,
@@ -47,8 +53,12 @@ class PlainCNN(TaggerNet):
         channels: Sequence[int] = (32, 64, 128, 128, 256),
         dropout: float = 0.3,
         pool_before_norm: bool = False,
+        time_pooling: str = "mean",
     ):
         super().__init__()
+        if time_pooling not in self.TIME_POOLINGS:
+            raise ParameterError(f"time_pooling={time_pooling!r} must be one of {', '.join(self.TIME_POOLINGS)}")
+        self.time_pooling = time_pooling
         channels = tuple(int(c) for c in channels)
         if not channels or min(channels) <= 0:
             raise ParameterError(f"channels={list(channels)} must be a non-empty list of positive widths")
@@ -71,8 +81,12 @@ class PlainCNN(TaggerNet):
         self.classifier = nn.Linear(self.num_features, num_classes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global average pooling, then (unless ``pre_logits``) dropout and the classifier."""
-        x = x.mean(dim=(2, 3))
+        """Global pooling (:attr:`time_pooling`), then (unless ``pre_logits``) dropout and the classifier."""
+        if self.time_pooling == "mean+max":
+            over_frames = x.mean(dim=2)
+            x = over_frames.amax(dim=2) + over_frames.mean(dim=2)
+        else:
+            x = x.mean(dim=(2, 3))
         if pre_logits:
             return x
         return self.classifier(nn.functional.dropout(x, self.drop_rate, self.training))
@@ -85,6 +99,14 @@ def plain_cnn(
     channels: Sequence[int] = (32, 64, 128, 128, 256),
     dropout: float = 0.3,
     pool_before_norm: bool = False,
+    time_pooling: str = "mean",
 ) -> nn.Module:
     """The plain 0.55M-parameter baseline CNN (see :class:`PlainCNN`)."""
-    return PlainCNN(num_classes, in_chans, channels=channels, dropout=dropout, pool_before_norm=pool_before_norm)
+    return PlainCNN(
+        num_classes,
+        in_chans,
+        channels=channels,
+        dropout=dropout,
+        pool_before_norm=pool_before_norm,
+        time_pooling=time_pooling,
+    )
