@@ -83,6 +83,24 @@ def test_plain_cnn_mean_plus_max_pooling_keeps_a_short_event_that_the_mean_dilut
         create_model("plain-cnn", num_classes=3, time_pooling="max")
 
 
+def test_plain_cnn_mean_plus_max_pooling_exports_to_onnx_with_the_same_outputs(tmp_path):
+    import onnxruntime as ort
+
+    from soundtag.prediction.export import OPSET
+
+    torch.manual_seed(0)
+    model = create_model(
+        "plain-cnn", num_classes=3, channels=[4, 8], pool_before_norm=True, time_pooling="mean+max"
+    ).eval()
+    x = torch.randn(2, 1, 32, 40)
+    with torch.no_grad():  # the exporter soundtag's export uses: torch.export, the same opset
+        program = torch.onnx.export(model, (x,), input_names=["x"], opset_version=OPSET, dynamo=True, verbose=False)
+        expected = model(x).numpy()
+    program.save(str(tmp_path / "plain.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
+
+
 def _same_weights(pooled_first: torch.nn.Module, pooled_after: torch.nn.Module, scale_sign: float = 1.0):
     """Copy the convolutions, BatchNorms (with made-up running statistics and scales of the given
     sign) and head of ``pooled_after`` into ``pooled_first``, layer by layer in order."""
