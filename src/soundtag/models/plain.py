@@ -43,7 +43,8 @@ class PlainCNN(TaggerNet):
         ``"mean+max"``: the mean over mels, then the max over frames plus the mean over frames
         (PANNs' head), so that a short event in a long window is not averaged away. In the
         data-shape benchmark, against the mean at equal wall time, it gained 1.25 points on ESC-10
-        and lost 1.0 on ESC-50 fold 1 (docs/benchmarks.md), so the mean stays the default
+        and lost 1.0 on ESC-50 fold 1 (worked out from the rows of docs/benchmarks.md), so the
+        mean stays the default
     """
 
     TIME_POOLINGS = ("mean", "mean+max")
