@@ -104,6 +104,7 @@ def test_short_clips_at_8k(short8k):
     assert aug.shift.enabled and aug.shift.relative_to == "sound"
     assert aug.specaugment.enabled and aug.specaugment.relative_to == "sound"
     assert (aug.specaugment.time_masks, aug.specaugment.freq_masks) == (1, 1)
+    assert aug.freq_shift.enabled and aug.freq_shift.max_bins == 2
     assert r.validation == "all"
     assert "short8k" in r.description or "clips" in r.description
     assert "40 clips" in r.description
@@ -113,7 +114,7 @@ def test_short_clips_at_8k(short8k):
     assert _mentions(reasons, "n_fft 512", "hop 80", "10 ms", "64 mels")
     assert _mentions(reasons, "padding center")
     assert _mentions(reasons, "normalisation global", "sound")
-    assert _mentions(reasons, "augmentation", "no random erasing")
+    assert _mentions(reasons, "augmentation", "no random erasing", "2 of the 64 mel bins")
     assert _mentions(reasons, "model vgg", "CPU")
     # the epochs are provisional until training times this machine's steps against the budget
     assert r.training.epochs == 30 and _mentions(reasons, "epochs 30 for now", "times a few real steps")
