@@ -65,10 +65,10 @@ SMALL_VGG = [16, 32, 64, 128]
 MEDIUM_VGG = [32, 64, 128, 256]
 LARGE_DATA = 5000  # clips from which a GPU gets the full VGG
 #: The mel bins a sample may move up or down, of :data:`N_MELS` (from 20 Hz to 8 kHz, two bins
-#: above 1 kHz are 10% in frequency, about 1.7 semitones). It costs nothing a step, and at the
-#: baseline's wall time the default scored about 2 points more with it on each of three data shapes
-#: (worked out from the figures the reason prints; docs/benchmarks.md, data shapes), where a second time
-#: and mel mask did not gain. At the default budget ESC-50 fold 1 scored 1.8 points less with it over
+#: above 1 kHz are 10% in frequency by ``librosa.mel_frequencies``, about 1.7 semitones). It costs
+#: nothing a step. At the baseline's wall time the default scored more with it on each of three
+#: data shapes (the figures are in the printed reason and docs/benchmarks.md, data shapes), where
+#: a second time and mel mask did not; at the default budget ESC-50 fold 1 scored less with it over
 #: three seeds, within the 3 points its seeds spread.
 FREQ_SHIFT_BINS = 2
 X_MIN_CHUNKS = 2  # the X view is trained when the median clip holds this many chunks
